@@ -1,0 +1,128 @@
+"""Optional (`--profile`): where the gateway spends its time under the heartbeat load, by py-spy.
+
+One extra, untimed gateway phase runs under `py-spy record` (which pauses the process for each
+sample, so stacks are whole); the folded stacks go to
+bench/results/latest-http-profile.folded (flamegraph/speedscope input) and the functions with the most
+samples, by own time and by inclusive time, to the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench import procstat
+
+if TYPE_CHECKING:
+    from bench.http_bench import HttpBench, Progress, TargetRun
+
+logger = logging.getLogger("bench.profile")
+
+TOP = 25
+RATE = 100
+
+
+class ProfileError(Exception):
+    """py-spy is missing or could not attach to the gateway."""
+
+
+def find_py_spy() -> str | None:
+    local = Path(sys.executable).with_name("py-spy")
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def _frame_name(frame: str) -> str:
+    # py-spy raw frames: "function (path/to/file.py:line)"; drop the line so a function is one entry.
+    name, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    if "/work/" in path or path.startswith("/"):
+        path = "/".join(path.split("/")[-2:])
+    return f"{name} ({path})"
+
+
+def summarize(folded: str, top: int = TOP) -> dict[str, object]:
+    """Own and inclusive sample shares per function from py-spy's folded stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in folded.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_frame_name(f) for f in stack.split(";") if f.strip()]
+        # Thread/process header frames from py-spy are not Python functions.
+        frames = [f for f in frames if "(" in f and not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+
+    def share(counter: Counter[str]) -> list[dict[str, object]]:
+        return [{"function": name, "percent": 100.0 * n / total} for name, n in counter.most_common(top)]
+
+    return {"samples": total, "own": share(own), "inclusive": share(inclusive)}
+
+
+def profile_gateway(
+    bench: HttpBench, run: TargetRun, results_dir: Path, progress: Progress
+) -> dict[str, object]:
+    exe = find_py_spy()
+    if exe is None:
+        raise ProfileError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    out = bench.workdir / "profile.folded"
+    seconds = bench.cfg.duration
+    command = [
+        *bench.cores.prefix(bench.cores.load),
+        exe,
+        "record",
+        "--pid",
+        str(run.target.pid),
+        "--rate",
+        str(RATE),
+        "--duration",
+        str(seconds + 2),
+        # Only the thread holding the GIL: Python's own time, not threads parked in a queue.
+        "--gil",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+    ]
+    spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(1.0)
+    if spy.poll() is not None:
+        output = spy.stdout.read().decode(errors="replace") if spy.stdout else ""
+        raise ProfileError(f"py-spy could not attach to the gateway (pid {run.target.pid}):\n{output}")
+    threads_before = procstat.thread_cpu(run.target.pid)
+    result = bench.phase(run, "profile", seconds, measured=False)
+    after = procstat.thread_cpu(run.target.pid)
+    used = {tid: cpu - threads_before.get(tid, 0.0) for tid, cpu in after.items()}
+    main = used.pop(run.target.pid, 0.0)
+    spy.wait(timeout=seconds + 30)
+    if not out.exists():
+        raise ProfileError("py-spy wrote no profile")
+    folded = out.read_text()
+    saved = results_dir / "latest-http-profile.folded"
+    saved.write_text(folded)
+    summary = summarize(folded)
+    # Where the core went, by thread: py-spy does not see C code that released the GIL (SQLite itself).
+    summary["cpu_share"] = {
+        "main thread (event loop)": main / result.seconds,
+        f"{len(used)} other threads (store, executor)": sum(used.values()) / result.seconds,
+    }
+    progress(
+        f"profile    gateway   {summary['samples']} samples under load (py-spy, untimed); stacks in {saved}"
+    )
+    return summary

@@ -1,0 +1,55 @@
+"""The results table on stdout and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("bench.report")
+
+# Share of the server's core used by anything but the server beyond which the numbers are suspect.
+CONTENTION_WARNING = 0.15
+
+
+def http_table(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    rows = [
+        f"HTTP heartbeats: {cfg['agents']} agents, {cfg['connections']} keep-alive connections, "
+        f"{cfg['rounds']} x {cfg['duration']} s per target (closed loop, wrk)",
+        f"{result['pinning']}",
+        "",
+        f"{'target':<10} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}",
+    ]
+    for name, summary in result["targets"].items():
+        rows.append(
+            f"{name:<10} {summary['requests_per_second']:>11,.0f} {summary['p50_ms']:>8.2f}"
+            f" {summary['p99_ms']:>8.2f} {summary['errors']:>7}"
+        )
+    rounds = ", ".join(f"{r:.2f}" for r in result["round_ratios"])
+    rows += [
+        "",
+        f"ratio gateway/baseline = {result['ratio']:.2f} (aim >= {result['aim']:.2f}); per round: {rounds}",
+    ]
+    if result["profile"]:
+        rows += ["", "gateway hot spots (py-spy, share of samples, own time):"]
+        rows += [
+            f"  {entry['percent']:5.1f}%  {entry['function']}" for entry in result["profile"]["own"][:10]
+        ]
+    for name, summary in result["targets"].items():
+        other = summary["server_core_busy"] - summary["server_cpu"]
+        if other > CONTENTION_WARNING:
+            rows.append(
+                f"WARNING: while {name} ran, {other:.0%} of its core went to other processes or the kernel "
+                f"(server {summary['server_cpu']:.0%}, core busy {summary['server_core_busy']:.0%}): "
+                "the machine was not quiet, rerun for trustworthy numbers"
+            )
+    for problem in result["checks"]["problems"]:
+        rows.append(f"INVALID: {problem}")
+    return "\n".join(rows)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,114 @@
+"""The admin JSON API: /api/v1/agents, /api/v1/agents/{instance_uid}, /api/v1/fleet/summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, get_args
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api.errors import error
+from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
+from gateway.fleet.render import agent_json
+from gateway.fleet.status import Status
+from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
+from gateway.transport import routing
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+_STATUSES = get_args(Status)
+_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor"})
+_ATTR_PREFIX = "attr."
+
+
+class BadQuery(ValueError):
+    """A query parameter of the admin API is invalid; the message names it."""
+
+
+def parse_query(params: dict[str, str]) -> AgentQuery:
+    unknown = sorted(k for k in params if k not in _KNOWN_PARAMS and not k.startswith(_ATTR_PREFIX))
+    if unknown:
+        raise BadQuery(f"unknown query parameter {unknown[0]!r}; use status, q, limit, cursor or attr.<key>")
+    status = params.get("status")
+    if status is not None and status not in _STATUSES:
+        raise BadQuery(f"status: must be one of {', '.join(_STATUSES)}")
+    limit_text = params.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+        raise BadQuery(f"limit: must be an integer from 1 to {MAX_PAGE_SIZE}")
+    attributes = {k[len(_ATTR_PREFIX) :]: v for k, v in params.items() if k.startswith(_ATTR_PREFIX)}
+    if any(not key for key in attributes):
+        raise BadQuery("attr.<key>: the attribute key must not be empty")
+    return AgentQuery(
+        status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
+        q=params.get("q") or None,
+        attributes=attributes,
+        limit=int(limit_text),
+        cursor=params.get("cursor") or None,
+    )
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _store_down(exc: StoreError) -> Response:
+    response = error(503, f"the store is unavailable: {exc}", "store_unavailable")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+async def list_agents(request: Request) -> Response:
+    services = _services(request)
+    try:
+        query = parse_query(dict(request.query_params))
+    except BadQuery as exc:
+        return error(400, str(exc))
+    now, offline_after = services.clock(), services.settings.offline_after
+    try:
+        page = await services.store.list_agents(query, now, offline_after)
+    except InvalidCursor as exc:
+        return error(400, f"cursor: {exc}")
+    except StoreError as exc:
+        return _store_down(exc)
+    where = await routing.connection_info(services, page.agents)
+    return JSONResponse(
+        {
+            "agents": [
+                agent_json(state, now, offline_after, where.get(state.instance_uid)) for state in page.agents
+            ],
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+async def get_agent(request: Request) -> Response:
+    services = _services(request)
+    text = request.path_params["instance_uid"]
+    try:
+        uid = uid_bytes(text)
+    except InvalidInstanceUid:
+        return error(404, f"no agent {text!r}: instance_uid must be a canonical UUID string")
+    try:
+        state = await services.writer.get(uid)
+    except StoreError as exc:
+        return _store_down(exc)
+    if state is None:
+        return error(404, f"no agent {text}")
+    where = await routing.connection_info(services, [state])
+    body = agent_json(state, services.clock(), services.settings.offline_after, where.get(state.instance_uid))
+    if state.instance_uid != uid:
+        # The uid was moved: say where to, so scripts holding the old uid can follow.
+        body["moved_from"] = text
+    return JSONResponse(body)
+
+
+async def fleet_summary(request: Request) -> Response:
+    services = _services(request)
+    try:
+        summary = await services.store.summary(services.clock(), services.settings.offline_after)
+    except StoreError as exc:
+        return _store_down(exc)
+    return JSONResponse(dataclasses.asdict(summary))

@@ -1,0 +1,27 @@
+"""JSON errors for the admin API: {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+}
+
+
+def error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code or _CODES.get(status, "error"), "message": message}}, status_code=status
+    )
+
+
+async def http_exception(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if exc.status_code != 404 else "no such endpoint"
+    return error(exc.status_code, message)

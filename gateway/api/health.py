@@ -1,0 +1,39 @@
+"""Liveness and readiness, served on both ports."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.store.base import StoreError
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+
+async def healthz(_request: Request) -> JSONResponse:
+    """The process and its event loop are alive. Never checks dependencies: an outage of the store
+    must not make Kubernetes restart every pod."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    problems: dict[str, str] = {}
+    if services.draining:
+        problems["drain"] = "draining: not accepting new agents"
+    try:
+        await services.store.ping()
+    except StoreError as exc:
+        problems["store"] = str(exc)
+    if services.writer.last_error is not None:
+        problems["writer"] = f"last flush failed: {services.writer.last_error}"
+    # The bus is reported, never a reason to fail: with Redis down a node still answers every agent
+    # and converges them on their next message; failing readiness on every node at once would turn
+    # a slower push into a fleet-wide outage.
+    bus = services.bus.status()
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems, "bus": bus}, status_code=503)
+    return JSONResponse({"status": "ready", "node": services.settings.node_id, "bus": bus})

@@ -1,0 +1,59 @@
+"""Builds the two ASGI apps (OpAMP port and admin port) around one node's Services."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+
+from gateway.api import admin, commands, health
+from gateway.api.errors import http_exception
+from gateway.transport.http import opamp_http
+from gateway.transport.websocket import opamp_websocket
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+OPAMP_PATH = "/v1/opamp"
+
+
+def opamp_app(services: Services) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route(OPAMP_PATH, opamp_http, methods=["POST"]),
+            # Same path: Route matches only HTTP requests, WebSocketRoute only upgrades.
+            WebSocketRoute(OPAMP_PATH, opamp_websocket),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+        ]
+    )
+    app.state.services = services
+    return app
+
+
+async def _metrics(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def admin_app(services: Services) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
+            Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
+            Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
+            Route("/api/v1/drain", commands.drain, methods=["POST"]),
+            Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),
+            Route("/metrics", _metrics, methods=["GET"]),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_exception},
+    )
+    app.state.services = services
+    return app

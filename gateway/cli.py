@@ -1,0 +1,67 @@
+"""The `opamp-gateway` command: serve, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__, logs, settings as settings_mod
+
+logger = logging.getLogger("gateway.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opamp-gateway", description="A horizontally scaled OpAMP server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run a gateway node",
+        description="Run a gateway node. Every flag can also be set as OPAMP_GATEWAY_<FLAG> in the "
+        "environment.",
+    )
+    settings_mod.add_arguments(serve)
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _refuse_insecure(s: settings_mod.Settings) -> str | None:
+    exposed = s.insecure_bindings()
+    if not exposed or s.insecure_allow_anonymous:
+        return None
+    return (
+        f"refusing to serve the {' and the '.join(exposed)} without authentication. "
+        "This version has no agent or admin authentication, so anyone who can reach those addresses "
+        "could enroll agents and read the fleet. Bind to 127.0.0.1 (the default), or, on a network you "
+        "trust, pass --insecure-allow-anonymous (OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS=true)."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"opamp-gateway {__version__}")
+        return 0
+    try:
+        s = settings_mod.from_namespace(args)
+    except settings_mod.SettingsError as exc:
+        print(f"opamp-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(s.log_level, s.log_format)
+    refusal = _refuse_insecure(s)
+    if refusal:
+        print(f"opamp-gateway: error: {refusal}", file=sys.stderr)
+        return 2
+    from gateway.server import serve
+
+    try:
+        asyncio.run(serve(s))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

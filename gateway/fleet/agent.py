@@ -1,0 +1,136 @@
+"""The agent record: what the gateway remembers about one OpAMP agent.
+
+Sub-messages are kept as their deterministic protobuf encoding. That is lossless (every AnyValue
+type, every health node, every config file survives), cheap to compare for "changed?", and each
+store adapter derives the indexed fields it needs from it with `facts()`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+from gateway.fleet.attributes import JSONValue, key_values, scalar_text
+from gateway.proto import opamp_pb2 as pb
+
+# Fields a plain heartbeat touches. A write that changes nothing else is a cheap "touch". `node` and
+# `transport` are here so an HTTP agent polling through a round-robin balancer stays a touch.
+HEARTBEAT_FIELDS = frozenset({"last_seen", "sequence_num", "node", "transport"})
+
+Transport = Literal["http", "websocket"]
+
+
+class InvalidInstanceUid(ValueError):
+    """An instance_uid that is not a canonical UUID string (admin API) or not 16 bytes (wire)."""
+
+
+def uid_str(uid: bytes) -> str:
+    return str(uuid.UUID(bytes=uid))
+
+
+def uid_bytes(text: str) -> bytes:
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        raise InvalidInstanceUid(f"not a UUID: {text!r}") from None
+    if str(parsed) != text.lower():
+        raise InvalidInstanceUid(f"not a canonical UUID string: {text!r}")
+    return parsed.bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    instance_uid: bytes
+    enrolled_at: float
+    last_seen: float
+    sequence_num: int = 0
+    capabilities: int = 0
+    # Serialized sub-messages; None means "never reported".
+    description: bytes | None = None
+    health: bytes | None = None
+    effective_config: bytes | None = None
+    remote_config_status: bytes | None = None
+    disconnected: bool = False
+    previous_instance_uids: tuple[bytes, ...] = ()
+    # A ServerToAgentCommand (CommandType value) waiting for the agent's next message; None: none.
+    pending_command: int | None = None
+    # The node and transport that handled the agent's last message ("" before this was recorded).
+    node: str = ""
+    transport: Transport | Literal[""] = ""
+
+    @property
+    def uid(self) -> str:
+        return uid_str(self.instance_uid)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentWrite:
+    """One change to store: the full new record and the names of the fields that changed."""
+
+    state: AgentState
+    changed: frozenset[str]
+    # Set when the record moved to a new uid: the old row goes and becomes an alias.
+    previous_uid: bytes | None = None
+
+    @property
+    def is_touch(self) -> bool:
+        return self.previous_uid is None and self.changed <= HEARTBEAT_FIELDS
+
+    def merged(self, later: AgentWrite) -> AgentWrite:
+        """Coalesce two writes for one agent: the later record wins, changes add up."""
+        return AgentWrite(
+            state=later.state,
+            changed=self.changed | later.changed,
+            previous_uid=later.previous_uid or self.previous_uid,
+        )
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """Fields derived from the record for filtering, search and fleet summaries."""
+
+    identifying: dict[str, JSONValue] = field(default_factory=dict)
+    non_identifying: dict[str, JSONValue] = field(default_factory=dict)
+    healthy: bool | None = None
+
+    @cached_property
+    def attributes(self) -> dict[str, str]:
+        """Both attribute sets flattened to text; identifying ones win a key clash."""
+        flat = {k: scalar_text(v) for k, v in self.non_identifying.items()}
+        flat.update({k: scalar_text(v) for k, v in self.identifying.items()})
+        return flat
+
+    @property
+    def agent_type(self) -> str:
+        return self.attributes.get("service.name", "")
+
+    @property
+    def agent_version(self) -> str:
+        return self.attributes.get("service.version", "")
+
+    @property
+    def os_type(self) -> str:
+        return self.attributes.get("os.type", "")
+
+    @property
+    def host_name(self) -> str:
+        return self.attributes.get("host.name", "")
+
+    def search_text(self, uid: str) -> str:
+        """Lower-cased text that `q` searches: the uid and every attribute value."""
+        return " ".join([uid, *self.attributes.values()]).lower()
+
+
+def facts(state: AgentState) -> AgentFacts:
+    identifying: dict[str, JSONValue] = {}
+    non_identifying: dict[str, JSONValue] = {}
+    if state.description is not None:
+        desc = pb.AgentDescription.FromString(state.description)
+        identifying = key_values(desc.identifying_attributes)
+        non_identifying = key_values(desc.non_identifying_attributes)
+    healthy = None
+    if state.health is not None:
+        healthy = pb.ComponentHealth.FromString(state.health).healthy
+    return AgentFacts(identifying=identifying, non_identifying=non_identifying, healthy=healthy)

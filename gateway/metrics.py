@@ -1,0 +1,145 @@
+"""Prometheus metrics, on a registry of the gateway's own (several gateways can share a process in tests)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gateway import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gateway.bus.base import Bus
+    from gateway.opamp.engine import Outcome
+    from gateway.transport.registry import Registry
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build = Info("opamp_gateway_build", "Version and protobuf backend", registry=r)
+        self.messages = Counter(
+            "opamp_gateway_messages_total",
+            "AgentToServer messages handled, by transport and result (HTTP status code)",
+            ["transport", "result"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "opamp_gateway_message_duration_seconds",
+            "Time to handle one AgentToServer, reply included",
+            ["transport"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events = Counter(
+            "opamp_gateway_agent_events_total",
+            "Engine decisions: enrolled, moved, reported, heartbeat, disconnected, rejected",
+            ["event"],
+            registry=r,
+        )
+        self.full_state_requests = Counter(
+            "opamp_gateway_full_state_requests_total", "Replies that set ReportFullState", registry=r
+        )
+        self.shed = Counter(
+            "opamp_gateway_shed_requests_total",
+            "Requests refused to protect the gateway",
+            ["reason"],
+            registry=r,
+        )
+        self.writer_depth = Gauge(
+            "opamp_gateway_writer_queue_depth", "Agents with writes not yet flushed", registry=r
+        )
+        self.flush_size = Histogram(
+            "opamp_gateway_store_flush_size",
+            "Agent writes per store commit",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
+        self.flush_latency = Histogram(
+            "opamp_gateway_store_flush_duration_seconds",
+            "Time per store commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter("opamp_gateway_store_errors_total", "Failed store operations", registry=r)
+        self._connection_metrics(r)
+
+    def _connection_metrics(self, r: CollectorRegistry) -> None:
+        self.connected_agents = Gauge(
+            "opamp_gateway_connected_agents",
+            "Agents connected to this node, by transport (http: polled this node within offline_after)",
+            ["transport"],
+            registry=r,
+        )
+        self.websocket_connections = Gauge(
+            "opamp_gateway_websocket_connections", "Open WebSocket connections on this node", registry=r
+        )
+        self.websocket_closes = Counter(
+            "opamp_gateway_websocket_closes_total",
+            "WebSockets closed by the gateway, by close code",
+            ["code"],
+            registry=r,
+        )
+        self.bus_up = Gauge(
+            "opamp_gateway_bus_up", "1 while the bus (Redis pub/sub) is connected", registry=r
+        )
+        self.bus_events = Counter(
+            "opamp_gateway_bus_events_total",
+            "Bus events sent to and received from other nodes, by type",
+            ["direction", "event"],
+            registry=r,
+        )
+        self.bus_lag = Histogram(
+            "opamp_gateway_bus_lag_seconds",
+            "Publish-to-receive delay of bus events (across nodes this includes clock skew)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pushes = Counter(
+            "opamp_gateway_pushes_total",
+            "Server-initiated messages, by kind and how they went: pushed over a socket here, published "
+            "to the node holding the socket, or kept pending for the agent's next message",
+            ["kind", "delivery"],
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "opamp_gateway_connection_takeovers_total",
+            "Older connections dropped because the same instance_uid connected again (here or elsewhere)",
+            ["scope"],
+            registry=r,
+        )
+        self.draining = Gauge("opamp_gateway_draining", "1 while this node drains its WebSockets", registry=r)
+        self.drain_closed = Counter(
+            "opamp_gateway_drain_closed_total", "WebSockets closed by a drain", registry=r
+        )
+
+    def watch_node(
+        self, registry: Registry, bus: Bus, clock: Callable[[], float], offline_after: float
+    ) -> None:
+        """Gauges read from the node's live objects at scrape time."""
+        self.connected_agents.labels(transport="websocket").set_function(lambda: registry.websocket_agents)
+        self.connected_agents.labels(transport="http").set_function(
+            lambda: registry.http_agents(clock(), offline_after)
+        )
+        self.websocket_connections.set_function(lambda: registry.socket_count)
+        self.bus_up.set_function(lambda: 1 if bus.up else 0)
+
+    def set_build(self, backend: str) -> None:
+        self.build.info({"version": __version__, "protobuf_backend": backend})
+
+    def observe_outcome(self, outcome: Outcome) -> None:
+        self.events.labels(event=outcome.event).inc()
+        if outcome.reply.flags & 1:
+            self.full_state_requests.inc()
+
+    def observe_flush(self, size: int, seconds: float) -> None:
+        self.flush_size.observe(size)
+        self.flush_latency.observe(seconds)
+
+    def observe_store_error(self, _exc: BaseException) -> None:
+        self.store_errors.inc()

@@ -1,0 +1,248 @@
+"""The protocol core: one AgentToServer in, the reply and the state change out.
+
+Pure: no I/O, no clock reads, no globals. The caller passes the stored record (or None), the
+fleet's desired state, the time and a uid factory; it gets back everything it must send and store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.opamp import capabilities as caps
+from gateway.proto import opamp_pb2 as pb
+
+UID_LENGTH = 16
+
+Event = Literal["enrolled", "moved", "reported", "heartbeat", "disconnected", "rejected"]
+
+# Changes that are committed before the reply goes out (design principle 4).
+_DURABLE_FIELDS = frozenset(
+    {
+        "enrolled",
+        "instance_uid",
+        "description",
+        "health",
+        "remote_config_status",
+        "disconnected",
+        "capabilities",
+        # A command is cleared before the reply that carries it goes out: delivered at most once.
+        "pending_command",
+    }
+)
+# The capability an agent must report for each ServerToAgentCommand type (spec 8.4).
+COMMAND_CAPABILITY: dict[int, int] = {pb.CommandType_Restart: caps.ACCEPTS_RESTART_COMMAND}
+# The only fields `command` may travel with (spec 8.4: "send commands in a message of their own").
+_COMMAND_COMPANIONS = frozenset({"instance_uid", "capabilities"})
+# Sub-messages the agent may omit when unchanged (status compression).
+_SUB_MESSAGES = ("description", "health", "effective_config", "remote_config_status")
+_WIRE_NAMES = {
+    "description": "agent_description",
+    "health": "health",
+    "effective_config": "effective_config",
+    "remote_config_status": "remote_config_status",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """What the fleet wants, as far as the engine needs it."""
+
+    server_capabilities: int = caps.SERVER_CAPABILITIES
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    reply: pb.ServerToAgent
+    # None when nothing is to be stored (a rejected message, or a goodbye from a stranger).
+    write: AgentWrite | None
+    durable: bool
+    event: Event
+    # The agent's record after this message (None if rejected).
+    state: AgentState | None
+
+    @property
+    def rejected(self) -> bool:
+        return self.event == "rejected"
+
+
+def bad_request(instance_uid: bytes, message: str) -> pb.ServerToAgent:
+    """A ServerErrorResponse{BadRequest}: only instance_uid beside it (spec: later fields unset)."""
+    reply = pb.ServerToAgent(instance_uid=instance_uid)
+    reply.error_response.type = pb.ServerErrorResponseType_BadRequest
+    reply.error_response.error_message = message
+    return reply
+
+
+def server_error(instance_uid: bytes, message: str) -> bytes:
+    """A serialized ServerErrorResponse{Unknown}: the server failed, and retrying will not help."""
+    reply = pb.ServerToAgent(instance_uid=instance_uid)
+    reply.error_response.type = pb.ServerErrorResponseType_Unknown
+    reply.error_response.error_message = message
+    data: bytes = reply.SerializeToString()
+    return data
+
+
+def unavailable(instance_uid: bytes, message: str, retry_after_seconds: float | None) -> pb.ServerToAgent:
+    reply = pb.ServerToAgent(instance_uid=instance_uid)
+    reply.error_response.type = pb.ServerErrorResponseType_Unavailable
+    reply.error_response.error_message = message
+    if retry_after_seconds is not None:
+        reply.error_response.retry_info.retry_after_nanoseconds = int(retry_after_seconds * 1e9)
+    return reply
+
+
+def _rejected(msg: pb.AgentToServer, reason: str) -> Outcome:
+    return Outcome(bad_request(msg.instance_uid, reason), None, False, "rejected", None)
+
+
+def _serialized(msg: pb.AgentToServer, name: str) -> bytes | None:
+    wire = _WIRE_NAMES[name]
+    if not msg.HasField(wire):
+        return None
+    sub = getattr(msg, wire)
+    data: bytes = sub.SerializeToString(deterministic=True)
+    return data
+
+
+def _is_full_report(msg: pb.AgentToServer, capabilities: int) -> bool:
+    """Carries everything the agent's capabilities say it reports (remote config status excepted:
+    agents send it only after their first remote config, spec issue 379)."""
+    if not msg.HasField("agent_description"):
+        return False
+    if capabilities & caps.REPORTS_HEALTH and not msg.HasField("health"):
+        return False
+    return not (capabilities & caps.REPORTS_EFFECTIVE_CONFIG and not msg.HasField("effective_config"))
+
+
+def _identity(
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    wants_uid: bool,
+    reply: pb.ServerToAgent,
+    now: float,
+    mint_uid: Callable[[], bytes],
+) -> tuple[AgentState, Event, bool, bytes | None]:
+    """Which record this message updates, under which uid: (base record, event, sequence gap?,
+    uid the record moves away from). Sets agent_identification on the reply when the uid changes."""
+    if state is None:
+        uid = mint_uid() if wants_uid else msg.instance_uid
+        if wants_uid:
+            reply.agent_identification.new_instance_uid = uid
+        base = AgentState(instance_uid=uid, enrolled_at=now, last_seen=now, sequence_num=msg.sequence_num)
+        return base, "enrolled", True, None
+    gap = msg.sequence_num != state.sequence_num + 1
+    if state.instance_uid != msg.instance_uid:
+        # The agent still uses a uid we moved it away from: tell it again (idempotent re-answer).
+        reply.agent_identification.new_instance_uid = state.instance_uid
+        return state, "reported", gap, None
+    if wants_uid:
+        new_uid = mint_uid()
+        reply.agent_identification.new_instance_uid = new_uid
+        moved = replace(
+            state,
+            instance_uid=new_uid,
+            previous_instance_uids=(*state.previous_instance_uids, state.instance_uid),
+        )
+        return moved, "moved", gap, state.instance_uid
+    return state, "reported", gap, None
+
+
+def handle(
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    fleet: FleetView,
+    now: float,
+    mint_uid: Callable[[], bytes],
+) -> Outcome:
+    """Decide the reply and the state change for one message.
+
+    `state` is the record stored under msg.instance_uid, or the record that uid was moved to (the
+    agent has not adopted its new uid yet), or None for an agent never seen.
+    """
+    if len(msg.instance_uid) != UID_LENGTH:
+        return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
+    wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
+    disconnecting = msg.HasField("agent_disconnect")
+    if wants_uid and disconnecting:
+        return _rejected(msg, "RequestInstanceUid cannot be combined with agent_disconnect")
+
+    reply = pb.ServerToAgent(instance_uid=msg.instance_uid, capabilities=fleet.server_capabilities)
+
+    if state is None and disconnecting:
+        # A goodbye from an agent we never knew carries nothing worth enrolling.
+        return Outcome(reply, None, False, "disconnected", None)
+
+    base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid)
+    changed: set[str] = set()
+    if state is None:
+        changed.add("enrolled")
+    elif previous_uid is not None:
+        changed.add("instance_uid")
+
+    updates: dict[str, object] = {"last_seen": now, "sequence_num": msg.sequence_num}
+    changed.update(("last_seen", "sequence_num"))
+    # capabilities MUST always be set, but a bare poll may leave it 0: that means "not reported".
+    if msg.capabilities and msg.capabilities != base.capabilities:
+        updates["capabilities"] = msg.capabilities
+        changed.add("capabilities")
+    for name in _SUB_MESSAGES:
+        data = _serialized(msg, name)
+        if data is not None and data != getattr(base, name):
+            updates[name] = data
+            changed.add(name)
+    if disconnecting != base.disconnected:
+        updates["disconnected"] = disconnecting
+        changed.add("disconnected")
+    new_state = replace(base, **updates)  # type: ignore[arg-type]
+
+    effective_caps = new_state.capabilities
+    # Only a gap (or a stranger) proves state was lost. Asking again whenever the description is
+    # missing would loop forever with an agent that has none to give.
+    lacks_state = gap and not _is_full_report(msg, effective_caps)
+    if lacks_state and not disconnecting:
+        reply.flags |= caps.REPORT_FULL_STATE
+
+    if disconnecting:
+        event = "disconnected"
+    elif event == "reported" and changed <= {"last_seen", "sequence_num"}:
+        event = "heartbeat"
+    new_state = _deliver_pending(new_state, reply, disconnecting, changed)
+    write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
+    durable = bool(changed & _DURABLE_FIELDS)
+    return Outcome(reply, write, durable, event, new_state)
+
+
+def accepts_command(state: AgentState, command: int) -> bool:
+    needed = COMMAND_CAPABILITY.get(command)
+    return needed is not None and bool(state.capabilities & needed)
+
+
+def command_message(instance_uid: bytes, command: int, fleet: FleetView) -> pb.ServerToAgent:
+    """A ServerToAgent carrying only a command (plus the fields spec 8.4 allows beside it)."""
+    reply = pb.ServerToAgent(instance_uid=instance_uid, capabilities=fleet.server_capabilities)
+    # CommandType_Restart is 0: without SetInParent an all-default sub-message would not be sent.
+    reply.command.SetInParent()
+    reply.command.type = command  # type: ignore[assignment]
+    return reply
+
+
+def _deliver_pending(
+    state: AgentState, reply: pb.ServerToAgent, disconnecting: bool, changed: set[str]
+) -> AgentState:
+    """Put the pending command into `reply` if the reply has nothing else to say (spec 8.4), and
+    return the record with the command cleared; otherwise the command keeps waiting for a quieter
+    reply. Adds "pending_command" to `changed` when it clears it."""
+    command = state.pending_command
+    if command is None or disconnecting:
+        return state
+    if accepts_command(state, command):
+        if {f.name for f, _ in reply.ListFields()} - _COMMAND_COMPANIONS:
+            return state
+        reply.command.SetInParent()
+        reply.command.type = command  # type: ignore[assignment]
+    # else: the agent stopped accepting it (capabilities are re-read on every message): drop it.
+    changed.add("pending_command")
+    return replace(state, pending_command=None)

@@ -1,0 +1,103 @@
+"""Runs one gateway node: both ports on one event loop, one set of Services, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from gateway.app import admin_app, opamp_app
+from gateway.opamp import framing
+from gateway.services import Services, running
+from gateway.settings import Settings
+from gateway.transport.drain import start_drain
+
+logger = logging.getLogger("gateway.server")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server, minus its own signal handling: one node owns two servers and stops both."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _config(app: object, host: str, port: int, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        # OpAMP messages are compact protobuf; deflate would cost ~2.5x memory per socket.
+        ws_per_message_deflate=False,
+        # uvicorn enforces the limit while reading (closing with 1009, spec 2.2) before a byte of an
+        # oversized message is buffered; the header may take up to 10 bytes of it.
+        ws_max_size=settings.max_message_bytes + framing.MAX_HEADER_BYTES,
+        # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent).
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+def build_servers(services: Services) -> list[uvicorn.Server]:
+    s = services.settings
+    return [
+        _Server(_config(opamp_app(services), s.host, s.port, s)),
+        _Server(_config(admin_app(services), s.admin_host, s.admin_port, s)),
+    ]
+
+
+async def serve(settings: Settings) -> None:
+    async with running(settings) as services:
+        servers = build_servers(services)
+        loop = asyncio.get_running_loop()
+
+        def _exit_now(_drained: object = None) -> None:
+            for server in servers:
+                if server.should_exit:
+                    server.force_exit = True
+                server.should_exit = True
+
+        sigterm_seen = False
+
+        def _stop(sig: signal.Signals) -> None:
+            nonlocal sigterm_seen
+            # SIGTERM (Kubernetes) drains first: uvicorn alone would close every socket at once with
+            # 1012. A second signal, or SIGINT (a person at a terminal), stops at once.
+            if sig == signal.SIGTERM and not sigterm_seen:
+                sigterm_seen = True
+                logger.info("received SIGTERM: draining WebSockets, then shutting down")
+                start_drain(services).add_done_callback(_exit_now)
+                return
+            logger.info("received %s, shutting down", sig.name)
+            _exit_now()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _stop, sig)
+        logger.info(
+            "gateway node %s serving OpAMP on http://%s:%d/v1/opamp, admin on http://%s:%d/api/v1",
+            settings.node_id,
+            settings.host,
+            settings.port,
+            settings.admin_host,
+            settings.admin_port,
+        )
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        # If one port could not start (address in use), stop the other too.
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks)
+        for task in done:
+            task.result()
+        if any(not server.started for server in servers):
+            raise SystemExit(1)

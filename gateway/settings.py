@@ -1,0 +1,187 @@
+"""The gateway's settings: one frozen dataclass, built once from CLI flags and OPAMP_GATEWAY_* env."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ENV_PREFIX = "OPAMP_GATEWAY_"
+LogFormat = Literal["text", "json"]
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the flag or environment variable."""
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"help": "address of the OpAMP port"})
+    port: int = field(default=4320, metadata={"help": "OpAMP port (POST /v1/opamp)"})
+    admin_host: str = field(default="127.0.0.1", metadata={"help": "address of the admin port"})
+    admin_port: int = field(default=4321, metadata={"help": "admin port (/api/v1, /metrics)"})
+    sqlite_path: str = field(default="./opamp-gateway.db", metadata={"help": "SQLite store file"})
+    offline_after: float = field(
+        default=300.0, metadata={"help": "seconds without a message before an agent is offline"}
+    )
+    node_id: str = field(default_factory=_default_node_id, metadata={"help": "this node's name"})
+    log_level: str = field(default="info", metadata={"help": "|".join(_LOG_LEVELS)})
+    log_format: LogFormat = field(default="text", metadata={"help": "text|json"})
+    max_message_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={"help": "largest AgentToServer accepted, after decompression (HTTP 413 above)"},
+    )
+    flush_interval: float = field(
+        default=0.5, metadata={"help": "seconds between store flushes of non-urgent writes"}
+    )
+    flush_batch: int = field(default=1000, metadata={"help": "most agent writes per store commit"})
+    writer_queue_size: int = field(
+        default=200_000, metadata={"help": "most agents with unflushed writes before shedding load"}
+    )
+    insecure_allow_anonymous: bool = field(
+        default=False,
+        metadata={"help": "serve on a non-loopback address without authentication"},
+    )
+    redis_url: str = field(
+        default="",
+        metadata={"help": "Redis for pushes across nodes, e.g. redis://redis:6379/0; empty: one node"},
+    )
+    ws_ping_interval: float = field(
+        default=20.0,
+        metadata={"help": "seconds between WebSocket pings (keeps idle proxies and balancers open)"},
+    )
+    ws_ping_timeout: float = field(
+        default=20.0, metadata={"help": "seconds to wait for a pong before dropping a WebSocket"}
+    )
+    owner_ttl: float = field(
+        default=60.0,
+        metadata={"help": "seconds a node's claim on a WebSocket agent lives in Redis unrefreshed"},
+    )
+    drain_seconds: float = field(
+        default=30.0, metadata={"help": "seconds over which a draining node closes its WebSockets"}
+    )
+    drain_retry_window: float = field(
+        default=10.0,
+        metadata={"help": "drained agents are told to reconnect after a random 1 to this many seconds"},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("port", "admin_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise SettingsError(f"{_flag(name)}: must be a port number 0-65535, got {value}")
+        for name in ("offline_after", "flush_interval", "ws_ping_interval", "ws_ping_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_flag(name)}: must be greater than 0")
+        for name in ("max_message_bytes", "flush_batch", "writer_queue_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_flag(name)}: must be at least 1")
+        if self.log_level not in _LOG_LEVELS:
+            raise SettingsError(f"--log-level: must be one of {', '.join(_LOG_LEVELS)}")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("--log-format: must be text or json")
+        if not self.node_id:
+            raise SettingsError("--node-id: must not be empty")
+        if self.drain_seconds < 0:
+            raise SettingsError("--drain-seconds: must be 0 or more")
+        if self.drain_retry_window < 1:
+            raise SettingsError("--drain-retry-window: must be at least 1")
+        # The refresh runs every third of the TTL; below 3 s it would hammer Redis.
+        if self.owner_ttl < 3:
+            raise SettingsError("--owner-ttl: must be at least 3")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("--redis-url: must start with redis://, rediss:// or unix://")
+
+    def insecure_bindings(self) -> list[str]:
+        """Ports bound beyond loopback; without authentication those need explicit consent."""
+        found = []
+        if not is_loopback(self.host):
+            found.append(f"OpAMP port {self.host}:{self.port}")
+        if not is_loopback(self.admin_host):
+            found.append(f"admin port {self.admin_host}:{self.admin_port}")
+        return found
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _caster(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+    if kind == "int":
+        return int
+    if kind == "float":
+        return float
+    if kind == "bool":
+        return _parse_bool
+    return str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(Settings):
+        help_text = f"{f.metadata.get('help', '')} [env {env_name(f.name)}]"
+        if _caster(f) is _parse_bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, help=help_text)
+
+
+def from_namespace(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Flags win over OPAMP_GATEWAY_* variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        cast = _caster(f)
+        raw = getattr(args, f.name, None)
+        if raw is not None and not isinstance(raw, str):
+            values[f.name] = raw
+            continue
+        source = _flag(f.name)
+        if raw is None:
+            if env_name(f.name) not in env:
+                continue
+            raw, source = env[env_name(f.name)], env_name(f.name)
+        try:
+            values[f.name] = cast(raw)
+        except ValueError:
+            raise SettingsError(f"{source}: cannot read {raw!r} as {cast.__name__.lstrip('_')}") from None
+    return Settings(**values)
+
+
+def load(argv: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from serve-style flags; for tests and embedding."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    return from_namespace(parser.parse_args(list(argv)), environ)

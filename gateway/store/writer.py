@@ -1,0 +1,206 @@
+"""The per-node writer: coalesces agent writes and commits them to the store in batches.
+
+Heartbeats from one agent collapse into one row write per flush. Writes that matter (enrollment,
+uid moves, status changes) are awaited by the caller: they trigger an immediate flush and the reply
+waits for the commit. Reads go through `get()`, which sees writes not yet flushed, so the node that
+just handled an agent's message never mistakes its own pending write for a sequence gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.store.base import Store, StoreError
+
+logger = logging.getLogger("gateway.store.writer")
+
+_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class WriterFull(Exception):
+    """Too many agents have unflushed writes; the caller should shed load."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__(f"writer queue full ({depth} agents pending)")
+        self.depth = depth
+
+
+class WriterStopped(Exception):
+    """The writer was stopped; nothing new is accepted."""
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        flush_interval: float = 0.5,
+        batch_size: int = 1000,
+        max_pending: int = 200_000,
+        on_flush: Callable[[int, float], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._max_pending = max_pending
+        self._on_flush = on_flush
+        self._on_error = on_error
+        self._pending: dict[bytes, AgentWrite] = {}
+        # old uid -> new uid, for moves not yet committed
+        self._moved: dict[bytes, bytes] = {}
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        # The batch being committed: still visible to get() until the store has it.
+        self._inflight: dict[bytes, AgentWrite] = {}
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.last_error: BaseException | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gateway-writer")
+
+    async def stop(self) -> None:
+        """Flush everything still pending (retrying a while), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted so far is committed (or `timeout` passes)."""
+        deadline = time.monotonic() + timeout
+        while (self._pending or self._inflight) and time.monotonic() < deadline:
+            self._urgent = True
+            self._wake.set()
+            await asyncio.sleep(0.005)
+
+    async def get(self, uid: bytes) -> AgentState | None:
+        target = self._moved.get(uid, uid)
+        for source in (self._pending, self._inflight):
+            write = source.get(target) or source.get(uid)
+            if write is not None:
+                return write.state
+        return await self._store.get(uid)
+
+    def submit(self, write: AgentWrite) -> None:
+        """Queue a write to be flushed within the flush interval."""
+        self._enqueue(write)
+
+    async def submit_durable(self, write: AgentWrite) -> None:
+        """Queue a write and return once it is committed; raise StoreError if it cannot be."""
+        self._enqueue(write)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(write.state.instance_uid, []).append(future)
+        self._urgent = True
+        self._wake.set()
+        await future
+
+    def _enqueue(self, write: AgentWrite) -> None:
+        if self._stopping:
+            raise WriterStopped("writer stopped")
+        uid = write.state.instance_uid
+        earlier = self._pending.get(uid)
+        if earlier is None and write.previous_uid is not None:
+            earlier = self._pending.pop(write.previous_uid, None)
+            self._move_waiters(write.previous_uid, uid)
+        if earlier is None and len(self._pending) >= self._max_pending:
+            raise WriterFull(len(self._pending))
+        self._pending[uid] = write if earlier is None else earlier.merged(write)
+        if write.previous_uid is not None:
+            self._moved[write.previous_uid] = uid
+        if len(self._pending) >= self._batch_size:
+            self._wake.set()
+
+    def _move_waiters(self, old: bytes, new: bytes) -> None:
+        moved = self._waiters.pop(old, None)
+        if moved:
+            self._waiters.setdefault(new, []).extend(moved)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending and self._stopping:
+                return
+            if not self._urgent and not self._stopping and len(self._pending) < self._batch_size:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._flush_interval)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            self._urgent = False
+            if self._pending:
+                await self._flush_once()
+            # Durable writes beyond this batch must not wait for the next interval.
+            self._urgent = bool(self._waiters)
+
+    async def _commit(self, batch: list[AgentWrite], *, durable_waiting: bool) -> StoreError | None:
+        """Write a batch, retrying transient failures; return the last error if all tries failed."""
+        error: StoreError | None = None
+        for attempt, delay in enumerate((*_RETRY_DELAYS, None)):
+            try:
+                await self._store.write(batch)
+                return None
+            except StoreError as exc:
+                error = exc
+                if self._on_error is not None:
+                    self._on_error(exc)
+                # Callers waiting for durability should not wait through every retry.
+                if delay is None or (durable_waiting and attempt >= 2):
+                    break
+                await asyncio.sleep(delay)
+        return error
+
+    async def _flush_once(self) -> None:
+        uids = list(self._pending)[: self._batch_size]
+        batch = [self._pending.pop(uid) for uid in uids]
+        waiters = [w for uid in uids for w in self._waiters.pop(uid, ())]
+        moved = {write.previous_uid for write in batch if write.previous_uid is not None}
+        started = time.perf_counter()
+        self._inflight = {write.state.instance_uid: write for write in batch}
+        try:
+            error = await self._commit(batch, durable_waiting=bool(waiters))
+        except Exception as exc:
+            # A bug (not a store failure): retrying cannot help, but the writer must live on.
+            logger.exception("dropping %d agent writes after an unexpected error", len(batch))
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(StoreError(f"write failed: {exc!r}"))
+            return
+        finally:
+            self._inflight = {}
+        for old in moved:
+            self._moved.pop(old, None)
+        if error is None:
+            self.last_error = None
+            if self._on_flush is not None:
+                self._on_flush(len(batch), time.perf_counter() - started)
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+            return
+        self.last_error = error
+        logger.warning("store write of %d agents failed: %s", len(batch), error)
+        for future in waiters:
+            if not future.done():
+                future.set_exception(error)
+        if self._stopping:
+            logger.error("dropping %d agent writes at shutdown: the store is failing", len(batch))
+            return
+        # Keep them for the next flush; a newer write for the same agent merges over them.
+        for write in batch:
+            uid = write.state.instance_uid
+            later = self._pending.get(uid)
+            self._pending[uid] = write if later is None else write.merged(later)
+            if write.previous_uid is not None:
+                self._moved[write.previous_uid] = uid
+        await asyncio.sleep(self._flush_interval)

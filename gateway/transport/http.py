@@ -1,0 +1,155 @@
+"""Plain-HTTP OpAMP transport: POST /v1/opamp with a protobuf body, one ServerToAgent back."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import random
+import time
+import zlib
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import DecodeError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+
+from gateway.opamp import engine
+from gateway.proto import opamp_pb2 as pb
+from gateway.transport import pipeline
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+logger = logging.getLogger("gateway.transport.http")
+
+PROTOBUF = "application/x-protobuf"
+# Spec: the minimum recommended retry interval is 30 s; jitter spreads the returning herd.
+RETRY_AFTER_SECONDS = 30
+RETRY_JITTER_SECONDS = 30
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the message size limit (after decompression)."""
+
+
+class BadEncoding(Exception):
+    """The request body could not be decompressed."""
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def accepts_gzip(header: str) -> bool:
+    """True if Accept-Encoding admits gzip (an explicit q=0 refuses it; `*` admits it)."""
+    star: bool | None = None
+    for part in header.split(","):
+        token, _, params = part.strip().partition(";")
+        name = token.strip().lower()
+        if name not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name == "*":
+            star = q > 0
+        else:
+            return q > 0
+    return bool(star)
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, never producing more than `limit` bytes (no zip bombs)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BadEncoding(f"invalid gzip body: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
+    if not inflater.eof:
+        raise BadEncoding("truncated gzip body")
+    return out
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+def _unavailable(services: Services, reason: str) -> Response:
+    services.metrics.shed.labels(reason=reason).inc()
+    retry = RETRY_AFTER_SECONDS + random.randint(0, RETRY_JITTER_SECONDS)
+    return _text(503, f"service unavailable: {reason}", {"Retry-After": str(retry)})
+
+
+def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response:
+    body = reply.SerializeToString()
+    if len(body) > limit:
+        # Spec: never send a message over the limit; say why instead of silently dropping it.
+        logger.error("dropped a %d-byte reply over the %d-byte limit", len(body), limit)
+        # Unknown, not BadRequest (reserved for malformed agent messages) nor Unavailable (would retry).
+        body = engine.server_error(reply.instance_uid, "reply exceeded the server's message size limit")
+    headers = {"Content-Type": PROTOBUF}
+    if accepts_gzip(request.headers.get("accept-encoding", "")):
+        body = gzip.compress(body, compresslevel=5, mtime=0)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status_code=200, headers=headers)
+
+
+async def opamp_http(request: Request) -> Response:
+    services: Services = request.app.state.services
+    started = time.perf_counter()
+    result = await _handle(request, services)
+    services.metrics.messages.labels(transport="http", result=str(result.status_code)).inc()
+    services.metrics.latency.labels(transport="http").observe(time.perf_counter() - started)
+    return result
+
+
+async def _handle(request: Request, services: Services) -> Response:
+    settings = services.settings
+    limit = settings.max_message_bytes
+    if _media_type(request.headers.get("content-type", "")) != PROTOBUF:
+        return _text(415, f"Content-Type must be {PROTOBUF}")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        return _text(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+    try:
+        body = await _read_body(request, limit)
+        if encoding != "identity":
+            body = gunzip(body, limit)
+    except BodyTooLarge as exc:
+        return _text(413, str(exc))
+    except BadEncoding as exc:
+        return _text(400, str(exc))
+    except ClientDisconnect:
+        return _text(400, "client disconnected before the body was complete")
+    try:
+        msg = pb.AgentToServer.FromString(body)
+    except DecodeError as exc:
+        return _text(400, f"body is not a valid AgentToServer: {exc}")
+
+    try:
+        state = await pipeline.load_state(services, msg)
+        outcome = await pipeline.process(services, state, msg)
+    except pipeline.Shed as exc:
+        return _unavailable(services, exc.reason)
+    return _protobuf(outcome.reply, request, limit)

@@ -1,0 +1,81 @@
+"""One AgentToServer through the engine and the writer; shared by every transport."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from gateway.fleet.agent import AgentState, Transport, uid_str
+from gateway.opamp import engine
+from gateway.proto import opamp_pb2 as pb
+from gateway.store.base import StoreError
+from gateway.store.writer import WriterFull, WriterStopped
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+logger = logging.getLogger("gateway.transport.pipeline")
+
+
+class Shed(Exception):
+    """The message was not processed to protect the gateway or because the store is failing;
+    the agent should retry later. `reason` is a metric label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def load_state(services: Services, msg: pb.AgentToServer) -> AgentState | None:
+    """The stored record for the message's uid (None for bad uids: the engine rejects those)."""
+    if len(msg.instance_uid) != engine.UID_LENGTH:
+        return None
+    try:
+        return await services.writer.get(msg.instance_uid)
+    except StoreError as exc:
+        logger.warning("store read failed: %s", exc)
+        raise Shed("store") from exc
+
+
+def _stamped(outcome: engine.Outcome, node: str, transport: Transport) -> engine.Outcome:
+    """Record which node and transport handled the message (plumbing, so not the engine's job)."""
+    new, write = outcome.state, outcome.write
+    if new is None or write is None or (new.node, new.transport) == (node, transport):
+        return outcome
+    changed = {"node"} if new.node != node else set()
+    if new.transport != transport:
+        changed.add("transport")
+    new = replace(new, node=node, transport=transport)
+    write = replace(write, state=new, changed=write.changed | changed)
+    return replace(outcome, state=new, write=write)
+
+
+async def process(
+    services: Services, state: AgentState | None, msg: pb.AgentToServer, transport: Transport = "http"
+) -> engine.Outcome:
+    """Run the engine and hand its write to the writer (awaiting the commit when it matters)."""
+    now = services.clock()
+    outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
+    outcome = _stamped(outcome, services.settings.node_id, transport)
+    if transport == "http" and outcome.state is not None:
+        services.registry.saw_http(outcome.state.instance_uid, now)
+    if outcome.write is not None:
+        try:
+            if outcome.durable:
+                await services.writer.submit_durable(outcome.write)
+            else:
+                services.writer.submit(outcome.write)
+        except WriterFull as exc:
+            raise Shed("writer_queue_full") from exc
+        except WriterStopped as exc:
+            raise Shed("shutting_down") from exc
+        except StoreError as exc:
+            logger.warning("store write failed: %s", exc)
+            raise Shed("store") from exc
+    services.metrics.observe_outcome(outcome)
+    if outcome.rejected:
+        logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
+    elif outcome.event in ("enrolled", "moved") and outcome.state is not None:
+        logger.info("agent %s", outcome.event, extra={"instance_uid": uid_str(outcome.state.instance_uid)})
+    return outcome

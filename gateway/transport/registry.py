@@ -1,0 +1,86 @@
+"""This node's connection registry: which instance_uid is served by which open WebSocket.
+
+One socket may carry several agents (a concentrating proxy), so the map is uid -> connection, and a
+connection knows its own uids. HTTP agents hold no socket; the registry only remembers when each one
+last polled this node, for the "connected agents" gauge.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.proto import opamp_pb2 as pb
+
+
+class Holder(Protocol):
+    """What the registry and the bus handlers need from a WebSocket connection."""
+
+    # This connection's id; owner records carry it so a node never closes a newer connection.
+    epoch: str
+
+    async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
+        """Send a server-initiated message for `uid`; False if the socket is gone or not `uid`'s."""
+
+    async def push_command(self, uid: bytes, command: int) -> bool: ...
+
+    async def taken_over(self, uid: bytes, where: str) -> None:
+        """`uid` connected again elsewhere: stop serving it here (closing the socket if it was the
+        socket's only agent)."""
+
+    async def drain(self, retry_after: float) -> None:
+        """Tell every agent on the socket to come back after `retry_after` seconds, then close."""
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_uid: dict[bytes, Holder] = {}
+        # Every open socket, including those that have not sent their first message yet.
+        self._sockets: dict[Holder, None] = {}
+        self._http_seen: dict[bytes, float] = {}
+
+    def attach(self, conn: Holder) -> None:
+        self._sockets[conn] = None
+
+    def detach(self, conn: Holder) -> None:
+        self._sockets.pop(conn, None)
+
+    def register(self, uid: bytes, conn: Holder) -> Holder | None:
+        """Route `uid` to `conn`; the other connection that served it until now, if any."""
+        previous = self._by_uid.get(uid)
+        self._by_uid[uid] = conn
+        self._http_seen.pop(uid, None)
+        return previous if previous is not conn else None
+
+    def unregister(self, uid: bytes, conn: Holder) -> bool:
+        """Forget `uid` if `conn` still serves it (a newer connection keeps its registration)."""
+        if self._by_uid.get(uid) is conn:
+            del self._by_uid[uid]
+            return True
+        return False
+
+    def get(self, uid: bytes) -> Holder | None:
+        return self._by_uid.get(uid)
+
+    def registrations(self) -> list[tuple[bytes, Holder]]:
+        return list(self._by_uid.items())
+
+    def sockets(self) -> list[Holder]:
+        return list(self._sockets)
+
+    @property
+    def socket_count(self) -> int:
+        return len(self._sockets)
+
+    @property
+    def websocket_agents(self) -> int:
+        return len(self._by_uid)
+
+    def saw_http(self, uid: bytes, now: float) -> None:
+        self._http_seen[uid] = now
+
+    def http_agents(self, now: float, window: float) -> int:
+        """HTTP agents that polled this node within `window` seconds (prunes the rest)."""
+        stale = [uid for uid, seen in self._http_seen.items() if now - seen > window]
+        for uid in stale:
+            del self._http_seen[uid]
+        return len(self._http_seen)

@@ -1,0 +1,137 @@
+"""Getting server-initiated messages to agents, wherever their socket is, and saying where that is.
+
+A command for an agent goes, in order of preference: over this node's socket; to the node that owns
+the agent's socket (bus, per-node channel); into the agent's record as a pending command, which the
+engine delivers in the reply to the agent's next message, on whichever node that arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+from gateway.bus.base import AgentCommand, BusUnavailable, ConfigsChanged, ConnectionTakenOver, Envelope
+from gateway.fleet.agent import AgentState, AgentWrite, uid_str
+from gateway.fleet.render import ConnectionInfo
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+logger = logging.getLogger("gateway.transport.routing")
+
+DeliveryKind = Literal["pushed", "published", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    kind: DeliveryKind
+    # The node that holds (or was told to deliver to) the agent's socket; None when pending.
+    node: str | None
+
+
+async def deliver_command(
+    services: Services, uid: bytes, command: int, *, from_bus: bool = False
+) -> Delivery:
+    """Send `command` to the agent now if its socket is reachable, else keep it pending in its record.
+
+    Raises StoreError (and writer errors) if the command has to be stored and cannot be.
+    """
+    me = services.settings.node_id
+    conn = services.registry.get(uid)
+    if conn is not None and await conn.push_command(uid, command):
+        services.metrics.pushes.labels(kind="command", delivery="pushed").inc()
+        return Delivery("pushed", me)
+    if not from_bus:
+        # A node that got the command from the bus and has no socket must not bounce it back.
+        delivered = await _publish(services, uid, command)
+        if delivered is not None:
+            services.metrics.pushes.labels(kind="command", delivery="published").inc()
+            return delivered
+    await _store_pending(services, uid, command)
+    services.metrics.pushes.labels(kind="command", delivery="pending").inc()
+    return Delivery("pending", None)
+
+
+async def _publish(services: Services, uid: bytes, command: int) -> Delivery | None:
+    bus = services.bus
+    try:
+        owner = (await bus.owners([uid])).get(uid)
+        if owner is None or owner.node == bus.node_id:
+            return None
+        receivers = await bus.send(owner.node, AgentCommand(uid=uid, command=command))
+    except BusUnavailable as exc:
+        logger.warning(
+            "bus unavailable, keeping the command pending: %s", exc, extra={"instance_uid": uid_str(uid)}
+        )
+        return None
+    services.metrics.bus_events.labels(direction="sent", event="AgentCommand").inc()
+    if receivers == 0:
+        logger.info(
+            "node %s is not listening; keeping the command pending",
+            owner.node,
+            extra={"instance_uid": uid_str(uid)},
+        )
+        return None
+    return Delivery("published", owner.node)
+
+
+async def _store_pending(services: Services, uid: bytes, command: int) -> None:
+    state = await services.writer.get(uid)
+    if state is None:
+        return
+    pending = replace(state, pending_command=command)
+    await services.writer.submit_durable(AgentWrite(state=pending, changed=frozenset({"pending_command"})))
+
+
+async def on_event(services: Services, envelope: Envelope) -> None:
+    """Handle one bus event addressed to this node (or to every node)."""
+    event = envelope.event
+    services.metrics.bus_events.labels(direction="received", event=type(event).__name__).inc()
+    services.metrics.bus_lag.observe(max(0.0, time.time() - envelope.sent_at))
+    if isinstance(event, AgentCommand):
+        await deliver_command(services, event.uid, event.command, from_bus=True)
+    elif isinstance(event, ConnectionTakenOver):
+        conn = services.registry.get(event.uid)
+        # Only the connection that was replaced: a newer one on this node must stay.
+        if conn is not None and conn.epoch == event.epoch:
+            services.metrics.takeovers.labels(scope="remote").inc()
+            await conn.taken_over(event.uid, f"node {event.new_node}")
+    elif isinstance(event, ConfigsChanged):
+        # Configs are re-checked on every agent message; pushing them early is the config feature's job.
+        logger.debug("configs changed (%s) on node %s", event.reason, envelope.source)
+
+
+async def connection_info(services: Services, states: list[AgentState]) -> dict[bytes, ConnectionInfo]:
+    """Where each agent is connected, for the admin API."""
+    me = services.settings.node_id
+    registry, bus = services.registry, services.bus
+    now, offline_after = services.clock(), services.settings.offline_after
+    remote = [
+        s.instance_uid for s in states if s.transport == "websocket" and registry.get(s.instance_uid) is None
+    ]
+    owners = {}
+    known = False
+    if remote:
+        try:
+            owners = await bus.owners(remote)
+            known = bus.authoritative
+        except BusUnavailable:
+            pass
+    out: dict[bytes, ConnectionInfo] = {}
+    for state in states:
+        uid = state.instance_uid
+        fresh = not state.disconnected and now - state.last_seen <= offline_after
+        transport = state.transport or None
+        if registry.get(uid) is not None:
+            out[uid] = ConnectionInfo(connected=True, transport="websocket", node=me)
+        elif uid in owners:
+            out[uid] = ConnectionInfo(connected=True, transport="websocket", node=owners[uid].node)
+        elif state.transport == "websocket" and (known or state.node == me):
+            # Nobody holds its socket, and we would know: it closed.
+            out[uid] = ConnectionInfo(connected=False, transport="websocket", node=state.node or None)
+        else:
+            # HTTP agents are "connected" while they poll; so are sockets we cannot see (bus down).
+            out[uid] = ConnectionInfo(connected=fresh, transport=transport, node=state.node or None)
+    return out

@@ -1,0 +1,284 @@
+"""WebSocket OpAMP transport: GET /v1/opamp upgraded, binary messages `varint 0 || protobuf`.
+
+One `Connection` per socket. It caches each agent's record after the first message (kept current from
+every outcome), so a heartbeat costs no store read. A socket may carry several agents (a
+concentrating proxy): state and registration are per instance_uid. Close codes the gateway sends:
+
+- 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
+- 1002 protocol error: the OpAMP header is missing or not 0.
+- 1003 unsupported data: a text message (OpAMP is binary only).
+- 1007 invalid payload: the bytes after the header are not an AgentToServer.
+- 1009 message too big: over --max-message-bytes (spec: SHOULD close with 1009).
+- 4000 taken over: the same instance_uid connected again, here or on another node; the newer
+  connection wins. A private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a
+  policy violation of this connection (1008), and a distinct code lets clients and operators tell a
+  duplicate agent from a failing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import uuid6
+from google.protobuf.message import DecodeError
+from starlette.responses import PlainTextResponse
+from starlette.types import Message
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.fleet.agent import AgentState, uid_str
+from gateway.opamp import engine, framing
+from gateway.proto import opamp_pb2 as pb
+from gateway.store.base import StoreError
+from gateway.transport import pipeline
+from gateway.transport.http import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+logger = logging.getLogger("gateway.transport.websocket")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_TAKEN_OVER = 4000
+# RFC 6455: a close reason is at most 123 bytes of UTF-8.
+_REASON_BYTES = 123
+# A cached record is re-read this often, to pick up a command another node stored while it could not
+# reach this one over the bus. Heartbeats in between read nothing.
+RELOAD_AFTER_SECONDS = 60.0
+
+# Fire-and-forget tasks (closing a displaced socket) must be referenced until they finish.
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _reason(text: str) -> str:
+    data = text.encode()
+    if len(data) <= _REASON_BYTES:
+        return text
+    return data[: _REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+async def opamp_websocket(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    if services.draining:
+        services.metrics.shed.labels(reason="draining").inc()
+        retry = random.randint(1, int(services.settings.drain_retry_window))
+        await websocket.send_denial_response(
+            PlainTextResponse(
+                "this node is draining: connect to another node\n",
+                status_code=503,
+                headers={"Retry-After": str(retry)},
+            )
+        )
+        return
+    await websocket.accept()
+    await Connection(websocket, services).serve()
+
+
+class Connection:
+    def __init__(self, websocket: WebSocket, services: Services) -> None:
+        self._ws = websocket
+        self._services = services
+        self._limit = services.settings.max_message_bytes
+        # Identifies this connection in owner records: a node never closes a newer connection.
+        self.epoch = uuid6.uuid7().hex
+        # The agents on this socket, by the uid each record lives under.
+        self._states: dict[bytes, AgentState] = {}
+        self._loaded_at: dict[bytes, float] = {}
+        # uid an agent still sends -> uid its record moved to (until the agent adopts it).
+        self._aliases: dict[bytes, bytes] = {}
+        self._closed = False
+
+    @property
+    def uids(self) -> list[bytes]:
+        return list(self._states)
+
+    async def serve(self) -> None:
+        registry = self._services.registry
+        registry.attach(self)
+        try:
+            while not self._closed:
+                message = await self._ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if not await self._on_message(message):
+                    break
+        finally:
+            registry.detach(self)
+            # Spec 3.4: when the stream closes, forget every agent it carried.
+            for uid in list(self._states):
+                self._forget(uid)
+
+    # -- incoming ---------------------------------------------------------------------------------
+
+    async def _on_message(self, message: Message) -> bool:
+        """Handle one message; False once the socket is closed."""
+        if message.get("text") is not None:
+            await self.close(CLOSE_UNSUPPORTED_DATA, "OpAMP uses binary WebSocket messages only")
+            return False
+        started = time.perf_counter()
+        try:
+            msg = pb.AgentToServer.FromString(framing.decode(message.get("bytes") or b"", self._limit))
+        except framing.MessageTooLarge as exc:
+            await self.close(CLOSE_TOO_BIG, str(exc))
+            return False
+        except framing.FramingError as exc:
+            await self.close(CLOSE_PROTOCOL_ERROR, str(exc))
+            return False
+        except DecodeError:
+            await self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
+            return False
+        metrics = self._services.metrics
+        try:
+            outcome = await self._process(msg)
+            reply, result = outcome.reply, "rejected" if outcome.rejected else "ok"
+        except pipeline.Shed as exc:
+            metrics.shed.labels(reason=exc.reason).inc()
+            retry = RETRY_AFTER_SECONDS + random.uniform(0, RETRY_JITTER_SECONDS)
+            reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
+            result = "unavailable"
+        sent = await self._send(reply)
+        metrics.messages.labels(transport="websocket", result=result).inc()
+        metrics.latency.labels(transport="websocket").observe(time.perf_counter() - started)
+        return sent
+
+    async def _process(self, msg: pb.AgentToServer) -> engine.Outcome:
+        uid = msg.instance_uid
+        key = self._aliases.get(uid, uid)
+        state = self._states.get(key)
+        now = self._services.clock()
+        if state is None:
+            state = await pipeline.load_state(self._services, msg)
+            self._loaded_at[key] = now
+        elif now - self._loaded_at.get(key, now) > RELOAD_AFTER_SECONDS:
+            state = await self._reloaded(state)
+            self._loaded_at[key] = now
+        outcome = await pipeline.process(self._services, state, msg, "websocket")
+        self._track(msg, key, outcome)
+        return outcome
+
+    async def _reloaded(self, cached: AgentState) -> AgentState:
+        """The cached record, plus a command stored for it since (the cache is otherwise newer)."""
+        try:
+            stored = await self._services.writer.get(cached.instance_uid)
+        except StoreError as exc:
+            logger.debug("record reload failed: %s", exc, extra={"instance_uid": cached.uid})
+            return cached
+        if stored is None or stored.pending_command is None or cached.pending_command is not None:
+            return cached
+        return replace(cached, pending_command=stored.pending_command)
+
+    def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome) -> None:
+        """Keep the cache and the registration in step with what the message did."""
+        uid = msg.instance_uid
+        if msg.HasField("agent_disconnect"):
+            # Spec 3.4: forget the association between this agent and the stream.
+            self._forget(key)
+            self._aliases.pop(uid, None)
+            return
+        new = outcome.state
+        if new is None:
+            return
+        current = new.instance_uid
+        loaded_at = self._loaded_at.get(key, self._services.clock())
+        if current != key:
+            # RequestInstanceUid: the registration moves to the new uid.
+            self._forget(key)
+        if uid != current:
+            self._aliases[uid] = current
+        else:
+            for old in [old for old, target in self._aliases.items() if target == current]:
+                del self._aliases[old]
+        known = current in self._states
+        self._states[current] = new
+        self._loaded_at.setdefault(current, loaded_at)
+        if not known:
+            self._register(current)
+
+    def _register(self, uid: bytes) -> None:
+        services = self._services
+        displaced = services.registry.register(uid, self)
+        if displaced is not None:
+            services.metrics.takeovers.labels(scope="local").inc()
+            _spawn(displaced.taken_over(uid, "a newer connection to this node"))
+        services.presence.claim(uid, self)
+
+    def _forget(self, uid: bytes) -> None:
+        if self._states.pop(uid, None) is None:
+            return
+        self._loaded_at.pop(uid, None)
+        if self._services.registry.unregister(uid, self):
+            self._services.presence.release(uid, self)
+
+    # -- outgoing ---------------------------------------------------------------------------------
+
+    async def _send(self, reply: pb.ServerToAgent) -> bool:
+        body = reply.SerializeToString()
+        if len(body) > self._limit:
+            # Spec: never send a message over the limit; say why instead of silently dropping it.
+            logger.error("dropped a %d-byte message over the %d-byte limit", len(body), self._limit)
+            body = engine.bad_request(
+                reply.instance_uid, "reply exceeded the server's message size limit"
+            ).SerializeToString()
+        try:
+            await self._ws.send_bytes(framing.encode(body))
+        except (WebSocketDisconnect, RuntimeError):
+            # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
+            return False
+        return True
+
+    async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
+        if self._closed or uid not in self._states:
+            return False
+        return await self._send(reply)
+
+    async def push_command(self, uid: bytes, command: int) -> bool:
+        state = self._states.get(uid)
+        if state is None or not engine.accepts_command(state, command):
+            return False
+        return await self.push(uid, engine.command_message(uid, command, self._services.fleet))
+
+    async def taken_over(self, uid: bytes, where: str) -> None:
+        if uid not in self._states:
+            return
+        logger.info(
+            "agent connected again via %s; dropping this connection",
+            where,
+            extra={"instance_uid": uid_str(uid)},
+        )
+        if len(self._states) > 1:
+            # A multiplexing proxy: the socket's other agents stay.
+            self._forget(uid)
+            return
+        await self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
+
+    async def drain(self, retry_after: float) -> None:
+        for uid in list(self._states):
+            await self.push(
+                uid, engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after)
+            )
+        await self.close(CLOSE_GOING_AWAY, "gateway node draining: reconnect to another node")
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._services.metrics.websocket_closes.labels(code=str(code)).inc()
+        try:
+            await self._ws.close(code, _reason(reason))
+        except (WebSocketDisconnect, RuntimeError):
+            pass

@@ -1,0 +1,303 @@
+"""The PyPI OpAMP client (opentelemetry-opamp-client 0.5b0) against a real gateway process.
+
+Client quirks handled here (peers.md A1):
+- `timeout_millis` defaults to 1 s; raised so a slow CI machine does not turn into retries (each
+  retry also skips a sequence number, because the client counts failed attempts).
+- `OpAMPAgent.start()` registers `stop` with atexit. Left there, it would fire after pytest ends and
+  send a disconnect to a gateway that no longer exists (waiting out the HTTP timeout). `running()`
+  unregisters it and checks that the test leaves no atexit handler behind.
+- `stop()` sends its AgentDisconnect from the calling thread while the worker thread may still be
+  sending a heartbeat; a heartbeat that lands after the goodbye re-opens the agent. The tests stop
+  the agent right after a reply, when the next heartbeat is an interval away.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from unittest import mock
+
+import pytest
+from opentelemetry._opamp.agent import OpAMPAgent
+from opentelemetry._opamp.callbacks import MessageData, OpAMPCallbacks
+from opentelemetry._opamp.client import OpAMPClient
+from opentelemetry._opamp.proto import opamp_pb2 as pb
+from opentelemetry._opamp.transport.requests import RequestsTransport
+
+from .gateway_process import Gateway, GatewayFactory, wait_until
+
+pytestmark = pytest.mark.interop
+
+HEARTBEAT_SECONDS = 1.0
+CLIENT_TIMEOUT_MS = 10_000
+DEFAULT_CAPABILITY_NAMES = [
+    "AcceptsRemoteConfig",
+    "ReportsEffectiveConfig",
+    "ReportsHeartbeat",
+    "ReportsRemoteConfig",
+    "ReportsStatus",
+]
+SERVER_CAPABILITIES = pb.ServerCapabilities_AcceptsStatus | pb.ServerCapabilities_AcceptsEffectiveConfig
+
+
+@dataclass
+class Exchange:
+    request: pb.AgentToServer
+    reply: pb.ServerToAgent
+    status_code: int
+    headers: dict[str, str]
+
+
+@dataclass
+class Recorder(OpAMPCallbacks):
+    """The client's callbacks plus every HTTP exchange, as the client saw it."""
+
+    connects: int = 0
+    connect_failures: list[str] = field(default_factory=list)
+    error_responses: list[str] = field(default_factory=list)
+    exchanges: list[Exchange] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def on_connect(self, agent: OpAMPAgent, client: OpAMPClient) -> None:
+        with self.changed:
+            self.connects += 1
+            self.changed.notify_all()
+
+    def on_connect_failed(self, agent: OpAMPAgent, client: OpAMPClient, error: Exception) -> None:
+        with self.changed:
+            self.connect_failures.append(repr(error))
+
+    def on_error(
+        self, agent: OpAMPAgent, client: OpAMPClient, error_response: pb.ServerErrorResponse
+    ) -> None:
+        with self.changed:
+            self.error_responses.append(str(error_response))
+
+    def on_message(self, agent: OpAMPAgent, client: OpAMPClient, message: MessageData) -> None:
+        pass
+
+    def on_response(self, response: Any, *args: object, **kwargs: object) -> None:
+        """A requests response hook: sees the raw exchange before the client decodes it."""
+        with self.changed:
+            self.exchanges.append(
+                Exchange(
+                    request=pb.AgentToServer.FromString(response.request.body),
+                    reply=pb.ServerToAgent.FromString(response.content)
+                    if response.ok
+                    else pb.ServerToAgent(),
+                    status_code=response.status_code,
+                    headers={k.lower(): v for k, v in response.headers.items()},
+                )
+            )
+
+    def wait_for_reply(self, after: int, timeout: float = 5 * HEARTBEAT_SECONDS) -> None:
+        """Block until the client handled more than `after` successful replies."""
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.connects > after, timeout):
+                raise AssertionError(
+                    f"no reply after #{after} within {timeout}s; failures: {self.connect_failures}"
+                )
+
+    def snapshot(self) -> list[Exchange]:
+        with self.changed:
+            return list(self.exchanges)
+
+
+def make_agent(
+    gateway: Gateway, service_name: str, recorder: Recorder, *, effective_config: bool = True
+) -> tuple[OpAMPClient, OpAMPAgent]:
+    transport = RequestsTransport()
+    transport.session.trust_env = False  # loopback only, whatever *_PROXY says
+    transport.session.hooks["response"].append(recorder.on_response)
+    client = OpAMPClient(
+        endpoint=gateway.opamp_url,
+        timeout_millis=CLIENT_TIMEOUT_MS,
+        transport=transport,
+        agent_identifying_attributes={"service.name": service_name, "service.version": "1.2.3"},
+        agent_non_identifying_attributes={
+            "os.type": "linux",
+            "host.name": "interop-host",
+            "process.pid": 4242,
+            "interop.flag": True,
+        },
+    )
+    if effective_config:
+        client.update_effective_config({"sdk.json": {"sampler": "always_on"}}, "application/json")
+    agent = OpAMPAgent(interval=HEARTBEAT_SECONDS, callbacks=recorder, client=client)
+    return client, agent
+
+
+@contextlib.contextmanager
+def running(agent: OpAMPAgent) -> Iterator[OpAMPAgent]:
+    """Start the agent; at the end stop it and take back the atexit hook that start() registered.
+
+    Registrations are watched during start() so that a client version registering more (or other)
+    hooks fails here instead of leaving something to fire after pytest has finished.
+    """
+    try:
+        with mock.patch.object(atexit, "register", wraps=atexit.register) as register:
+            agent.start()
+        hooks = [c.args[0] for c in register.call_args_list if getattr(c.args[0], "__self__", None) is agent]
+        assert hooks == [agent.stop], f"OpAMPAgent.start() registered {hooks} with atexit"
+        yield agent
+    finally:
+        agent.stop(timeout=5)
+        atexit.unregister(agent.stop)
+
+
+def find_agent(gateway: Gateway, service_name: str) -> dict[str, Any] | None:
+    return gateway.admin.find_one(**{"attr.service.name": service_name})
+
+
+def seen(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_enroll_heartbeat_and_disconnect(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory()
+    name = unique_name("py-interop")
+    recorder = Recorder()
+    _client, agent = make_agent(gateway, name, recorder)
+
+    with running(agent):
+        # Enrollment: the full state shows up with everything the client described.
+        enrolled = wait_until(lambda: find_agent(gateway, name), 5, f"agent {name} to enroll")
+        uid = enrolled["instance_uid"]
+        assert uuid.UUID(uid).version == 7
+        assert enrolled["status"] == "online"
+        assert enrolled["description"] == {
+            "identifying_attributes": {"service.name": name, "service.version": "1.2.3"},
+            "non_identifying_attributes": {
+                "os.type": "linux",
+                "host.name": "interop-host",
+                "process.pid": 4242,
+                "interop.flag": True,
+            },
+        }
+        assert enrolled["capabilities"] == DEFAULT_CAPABILITY_NAMES
+        assert enrolled["capabilities_bitmask"] == 0x3007
+        files = enrolled["effective_config"]["files"]
+        assert files == {
+            "sdk.json": {
+                "content_type": "application/json",
+                "body": '{"sampler": "always_on"}',
+                "encoding": "utf-8",
+            }
+        }
+        assert enrolled["remote_config"] is None  # the client reports none before its first config
+        assert enrolled["health"] is None
+        assert enrolled["previous_instance_uids"] == []
+        first = gateway.admin.agent(uid)
+        assert first is not None and first.keys() == enrolled.keys()
+
+        # Heartbeats: over a couple of intervals, sequence_num and last_seen move on.
+        advanced = gateway.admin.wait_for_agent(
+            uid,
+            lambda a: (
+                a["sequence_num"] >= first["sequence_num"] + 2
+                and seen(a["last_seen"]) > seen(first["last_seen"])
+            ),
+            4 * HEARTBEAT_SECONDS + 2,
+            "two heartbeats to advance sequence_num and last_seen",
+        )
+        assert advanced["enrolled_at"] == enrolled["enrolled_at"]
+        assert advanced["status"] == "online"
+
+        # The list reads the store, not the node's pending writes: it catches up after a flush.
+        def listed_caught_up() -> bool:
+            listed = find_agent(gateway, name)
+            return listed is not None and listed["sequence_num"] >= advanced["sequence_num"]
+
+        wait_until(listed_caught_up, 3, "the agent list to show the flushed heartbeats")
+
+        summary = gateway.admin.summary()
+        assert summary["total"] == 1
+        assert summary["by_status"]["online"] == 1
+        assert sum(summary["by_status"].values()) == 1
+        assert summary["by_type_version"] == {name: {"1.2.3": 1}}
+        assert summary["by_os"] == {"linux": 1}
+
+        # Stop right after a reply, so no heartbeat can land after the goodbye.
+        recorder.wait_for_reply(after=recorder.connects)
+        agent.stop(timeout=5)
+        gone = gateway.admin.wait_for_agent(
+            uid, lambda a: a["status"] == "disconnected", 3, "the agent to show as disconnected"
+        )
+        assert gone["sequence_num"] > advanced["sequence_num"]
+        wait_until(
+            lambda: gateway.admin.summary()["by_status"]["disconnected"] == 1,
+            3,
+            "the fleet summary to count the disconnected agent",
+        )
+
+    # running() stopped the agent a second time, just as the atexit hook would have: another
+    # AgentDisconnect. It must be answered like the first, and the agent stays disconnected.
+    exchanges = recorder.snapshot()
+    goodbyes = [e for e in exchanges if e.request.HasField("agent_disconnect")]
+    assert len(goodbyes) == 2
+    for exchange in goodbyes:
+        assert exchange.status_code == 200
+        assert not exchange.reply.HasField("error_response")
+        assert exchange.reply.instance_uid == exchange.request.instance_uid
+    final = gateway.admin.agent(uid)
+    assert final is not None and final["status"] == "disconnected"
+
+    # Every exchange: 200, protobuf, gzip (requests asks for it), the uid echoed, the server's
+    # capabilities announced, and no ReportFullState (the first message was a complete report).
+    assert [e.request.sequence_num for e in exchanges] == list(range(len(exchanges)))
+    for exchange in exchanges:
+        assert exchange.status_code == 200
+        assert exchange.headers["content-type"] == "application/x-protobuf"
+        assert exchange.headers.get("content-encoding") == "gzip"
+        assert exchange.reply.instance_uid == uuid.UUID(uid).bytes
+        assert exchange.reply.capabilities == SERVER_CAPABILITIES
+        assert not exchange.reply.flags & pb.ServerToAgentFlags_ReportFullState
+        assert not exchange.reply.HasField("agent_identification")
+    assert recorder.connect_failures == []
+    assert recorder.error_responses == []
+
+
+def test_incomplete_first_report_gets_one_report_full_state(gateway_factory: GatewayFactory) -> None:
+    """The client declares ReportsEffectiveConfig but has no effective config yet, so its first
+    message is not a full report: the gateway asks once for the full state, the client sends it
+    again, and after that plain heartbeats get no more requests."""
+    gateway = gateway_factory()
+    name = unique_name("py-interop-partial")
+    recorder = Recorder()
+    _client, agent = make_agent(gateway, name, recorder, effective_config=False)
+
+    with running(agent):
+        wait_until(lambda: len(recorder.snapshot()) >= 3, 5 * HEARTBEAT_SECONDS, "three exchanges")
+        recorder.wait_for_reply(after=recorder.connects)
+        agent.stop(timeout=5)
+
+    exchanges = recorder.snapshot()
+    assert all(e.status_code == 200 and not e.reply.HasField("error_response") for e in exchanges)
+    first, second, *rest = exchanges
+    assert first.request.HasField("agent_description")
+    assert first.reply.flags & pb.ServerToAgentFlags_ReportFullState
+    # The client answers with another full state (which again lacks the config it does not have).
+    assert second.request.HasField("agent_description")
+    assert second.request.sequence_num == first.request.sequence_num + 1
+    assert not second.reply.flags & pb.ServerToAgentFlags_ReportFullState
+    heartbeats = [e for e in rest if not e.request.HasField("agent_disconnect")]
+    assert heartbeats, "no heartbeat after the second full state"
+    for exchange in heartbeats:
+        assert not exchange.request.HasField("agent_description")
+        assert not exchange.reply.flags & pb.ServerToAgentFlags_ReportFullState
+
+    shown = find_agent(gateway, name)
+    assert shown is not None
+    assert shown["effective_config"] is None
+    assert shown["status"] == "disconnected"
+    assert recorder.connect_failures == []

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway import settings as s
+
+
+def test_defaults_are_a_loopback_single_node() -> None:
+    loaded = s.load([], {})
+    assert (loaded.host, loaded.port, loaded.admin_host, loaded.admin_port) == (
+        "127.0.0.1",
+        4320,
+        "127.0.0.1",
+        4321,
+    )
+    assert loaded.sqlite_path == "./opamp-gateway.db" and loaded.offline_after == 300
+    assert loaded.insecure_bindings() == []
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    env = {"OPAMP_GATEWAY_ADMIN_PORT": "9000", "OPAMP_GATEWAY_PORT": "9001"}
+    loaded = s.load(["--port", "9002"], env)
+    assert loaded.port == 9002 and loaded.admin_port == 9000
+
+
+def test_every_field_has_a_flag_and_an_env_var() -> None:
+    import dataclasses
+
+    for field in dataclasses.fields(s.Settings):
+        assert s.env_name(field.name) == "OPAMP_GATEWAY_" + field.name.upper()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "names"),
+    [
+        ([], {"OPAMP_GATEWAY_PORT": "abc"}, "OPAMP_GATEWAY_PORT"),
+        (["--port", "70000"], {}, "--port"),
+        (["--offline-after", "-1"], {}, "--offline-after"),
+        (["--log-level", "loud"], {}, "--log-level"),
+        (["--log-format", "xml"], {}, "--log-format"),
+        ([], {"OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS": "perhaps"}, "OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS"),
+        (["--flush-batch", "0"], {}, "--flush-batch"),
+    ],
+)
+def test_errors_name_the_bad_key(argv: list[str], env: dict[str, str], names: str) -> None:
+    with pytest.raises(s.SettingsError, match=names):
+        s.load(argv, env)
+
+
+def test_boolean_env() -> None:
+    assert s.load([], {"OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS": "true"}).insecure_allow_anonymous
+    assert not s.load([], {"OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS": "0"}).insecure_allow_anonymous
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("localhost", True),
+        ("127.3.4.5", True),
+        ("0.0.0.0", False),
+        ("10.0.0.1", False),
+        ("gateway.example", False),
+    ],
+)
+def test_loopback_detection(host: str, loopback: bool) -> None:
+    assert s.is_loopback(host) is loopback

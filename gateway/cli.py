@@ -54,12 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal:
         print(f"opamp-gateway: error: {refusal}", file=sys.stderr)
         return 2
-    from gateway.server import serve
+    from gateway.server import StartupFailed, serve
 
     try:
         asyncio.run(serve(s))
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    except StartupFailed as exc:
+        print(f"opamp-gateway: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -48,6 +48,34 @@ def _config(app: object, host: str, port: int, settings: Settings) -> uvicorn.Co
     )
 
 
+class StartupFailed(Exception):
+    """A port could not be opened (already in use, no permission)."""
+
+
+async def _serve_one(server: uvicorn.Server) -> bool:
+    """Serve until told to stop; False if the server never started. uvicorn reports a failed
+    bind by logging it and calling sys.exit(), which must not escape as a task exception."""
+    try:
+        await server.serve()
+    except SystemExit:
+        return False
+    return server.started
+
+
+async def _announce_when_started(servers: list[uvicorn.Server], settings: Settings) -> None:
+    while not all(server.started for server in servers):
+        await asyncio.sleep(0.01)
+    opamp, admin = (server.servers[0].sockets[0].getsockname() for server in servers)
+    logger.info(
+        "gateway node %s serving OpAMP on http://%s:%d/v1/opamp, admin on http://%s:%d/api/v1",
+        settings.node_id,
+        opamp[0],
+        opamp[1],
+        admin[0],
+        admin[1],
+    )
+
+
 def build_servers(services: Services) -> list[uvicorn.Server]:
     s = services.settings
     return [
@@ -83,21 +111,13 @@ async def serve(settings: Settings) -> None:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _stop, sig)
-        logger.info(
-            "gateway node %s serving OpAMP on http://%s:%d/v1/opamp, admin on http://%s:%d/api/v1",
-            settings.node_id,
-            settings.host,
-            settings.port,
-            settings.admin_host,
-            settings.admin_port,
-        )
-        tasks = [asyncio.create_task(server.serve()) for server in servers]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        tasks = [asyncio.create_task(_serve_one(server)) for server in servers]
+        started = asyncio.create_task(_announce_when_started(servers, settings))
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         # If one port could not start (address in use), stop the other too.
         for server in servers:
             server.should_exit = True
-        await asyncio.gather(*tasks)
-        for task in done:
-            task.result()
-        if any(not server.started for server in servers):
-            raise SystemExit(1)
+        results = await asyncio.gather(*tasks)
+        started.cancel()
+        if not all(results):
+            raise StartupFailed("could not listen on every port; see the error above")

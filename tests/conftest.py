@@ -1,8 +1,70 @@
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
 import pytest
+
+from tests.support.process import Gateway, GatewayFactory, GatewayStartError, start_gateway
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+_GATEWAYS = pytest.StashKey[list[Gateway]]()
+_PORT_RETRIES = 3
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach every gateway's output to the report of a failed setup, call or teardown."""
+    report = yield
+    if report.failed:
+        for gateway in item.stash.get(_GATEWAYS, []):
+            report.sections.append((f"gateway {gateway.name} (pid {gateway.pid}) output", gateway.log_text()))
+    return report
+
+
+@pytest.fixture
+def gateway_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayFactory]:
+    """`gateway_factory(**flags) -> Gateway`: start a node (flags as for `opamp-gateway serve`, e.g.
+    `offline_after=2`), ready on free loopback ports with its own SQLite file unless `sqlite_path`
+    is given. Every node is stopped (SIGTERM, then SIGKILL) at teardown, which fails if a node
+    needed SIGKILL or exited with a non-zero code."""
+    started: list[Gateway] = []
+    request.node.stash[_GATEWAYS] = started
+
+    def factory(**flags: object) -> Gateway:
+        name = f"gw{len(started) + 1}"
+        for attempt in range(_PORT_RETRIES):
+            try:
+                gateway = start_gateway(tmp_path, name, flags)
+            except GatewayStartError as exc:
+                # A free port can be taken between probing and binding; only then try again.
+                pinned = "port" in flags or "admin_port" in flags
+                if pinned or "address already in use" not in str(exc).lower() or attempt == _PORT_RETRIES - 1:
+                    raise
+                continue
+            started.append(gateway)
+            return gateway
+        raise AssertionError("unreachable")
+
+    yield factory
+
+    problems: list[str] = []
+    for gateway in reversed(started):
+        try:
+            code = gateway.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+            continue
+        if code != 0:
+            problems.append(
+                f"gateway {gateway.name} (pid {gateway.pid}) exited with code {code} after SIGTERM"
+            )
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)

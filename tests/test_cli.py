@@ -80,3 +80,30 @@ def test_serve_json_logs_and_clean_sigterm(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert any("serving OpAMP" in line["message"] for line in lines)
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+
+
+def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                *EXE,
+                "serve",
+                "--port",
+                str(port),
+                "--admin-port",
+                str(free_port()),
+                "--sqlite-path",
+                str(tmp_path / "g.db"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert "could not listen on every port" in result.stderr
+    assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr

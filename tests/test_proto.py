@@ -33,7 +33,10 @@ def test_proto_has_every_message_and_enum_of_the_spec() -> None:
 
 
 def test_non_upb_backend_warns_loudly() -> None:
-    code = "import logging; logging.basicConfig(); from gateway.services import protobuf_backend; protobuf_backend()"
+    code = (
+        "import logging; logging.basicConfig()\n"
+        "from gateway.services import protobuf_backend; protobuf_backend()"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

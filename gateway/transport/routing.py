@@ -12,7 +12,14 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from gateway.bus.base import AgentCommand, BusUnavailable, ConfigsChanged, ConnectionTakenOver, Envelope
+from gateway.bus.base import (
+    AgentCommand,
+    BusUnavailable,
+    ConfigsChanged,
+    ConnectionTakenOver,
+    Envelope,
+    Owner,
+)
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.render import ConnectionInfo
 
@@ -108,10 +115,10 @@ async def connection_info(services: Services, states: list[AgentState]) -> dict[
     me = services.settings.node_id
     registry, bus = services.registry, services.bus
     now, offline_after = services.clock(), services.settings.offline_after
-    remote = [
-        s.instance_uid for s in states if s.transport == "websocket" and registry.get(s.instance_uid) is None
-    ]
-    owners = {}
+    # Every agent not on this node: the record's transport may predate this feature, or the store may
+    # not keep it yet; one MGET per page is cheap.
+    remote = [s.instance_uid for s in states if registry.get(s.instance_uid) is None]
+    owners: dict[bytes, Owner] = {}
     known = False
     if remote:
         try:

@@ -18,6 +18,7 @@ concentrating proxy): state and registration are per instance_uid. Close codes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -31,10 +32,11 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gateway.fleet.agent import AgentState, uid_str
+from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.opamp import engine, framing
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
+from gateway.store.writer import WriterFull, WriterStopped
 from gateway.transport import pipeline
 from gateway.transport.http import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 
@@ -250,7 +252,15 @@ class Connection:
         state = self._states.get(uid)
         if state is None or not engine.accepts_command(state, command):
             return False
-        return await self.push(uid, engine.command_message(uid, command, self._services.fleet))
+        if not await self.push(uid, engine.command_message(uid, command, self._services.fleet)):
+            return False
+        # A copy stored while this node was unreachable is now satisfied: one pending message per
+        # kind (spec 6.2), not a second restart when the record is next reloaded.
+        cleared = replace(state, pending_command=None)
+        self._states[uid] = cleared
+        with contextlib.suppress(WriterFull, WriterStopped):
+            self._services.writer.submit(AgentWrite(state=cleared, changed=frozenset({"pending_command"})))
+        return True
 
     async def taken_over(self, uid: bytes, where: str) -> None:
         if uid not in self._states:

@@ -31,13 +31,21 @@ import yaml
 import gateway
 from gateway import server as gateway_server, settings as gateway_settings
 from gateway.transport import drain as gateway_drain
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART_DIR = ROOT / "deploy" / "helm" / "opamp-gateway"
-CI_FILES = sorted((CHART_DIR / "ci").glob("*.yaml"))
-RELEASE = "rel"
-NAMESPACE = "fleet"
-FULLNAME = "rel-opamp-gateway"
+from tests.deploy.rendering import (
+    CHART_DIR,
+    CI_FILES,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    SET_NAMES,
+    VALUE_SETS,
+    Rendered,
+    chart,
+    load_yaml,
+    render,
+    rendered_set as rendered_value_set,
+)
 
 # Oldest and newest Kubernetes the chart supports. The oldest is Chart.yaml's kubeVersion floor (checked
 # below); the newest is the newest kubernetes-validate ships schemas for.
@@ -95,90 +103,17 @@ SENTINEL_VALUES: dict[str, Any] = {
     "replicaCount": 2,
 }
 
-Manifest = dict[str, Any]
-
-
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-VALUE_SETS: dict[str, dict[str, Any]] = {"default": {}} | {
-    path.name.removesuffix(".yaml"): load_yaml(path) or {} for path in CI_FILES
-}
-SET_NAMES = sorted(VALUE_SETS)
-
 
 @functools.cache
-def chart() -> helm_python.Chart:
-    return helm_python.Chart.load(CHART_DIR)
+def rendered_set(name: str) -> Rendered:
+    """A ci/ value set, "default", or "sentinels" (every literal credential set to a marked value)."""
+    return render(SENTINEL_VALUES) if name == "sentinels" else rendered_value_set(name)
 
 
 @functools.cache
 def schema() -> dict[str, Any]:
     loaded: dict[str, Any] = load_yaml(CHART_DIR / "values.schema.json")
     return loaded
-
-
-@dataclasses.dataclass(frozen=True)
-class Rendered:
-    values: dict[str, Any]  # the chart's defaults merged with the value set, as Helm sees them
-    manifests: tuple[Manifest, ...]
-    notes: str
-
-    def of_kind(self, kind: str) -> list[Manifest]:
-        return [m for m in self.manifests if m["kind"] == kind]
-
-    def one(self, kind: str, name: str = FULLNAME) -> Manifest:
-        found = [m for m in self.of_kind(kind) if m["metadata"]["name"] == name]
-        assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
-        return found[0]
-
-    def maybe(self, kind: str, name: str = FULLNAME) -> Manifest | None:
-        found = [m for m in self.of_kind(kind) if m["metadata"]["name"] == name]
-        return found[0] if found else None
-
-    @property
-    def deployment(self) -> Manifest:
-        return self.one("Deployment")
-
-    @property
-    def pod(self) -> dict[str, Any]:
-        spec: dict[str, Any] = self.deployment["spec"]["template"]["spec"]
-        return spec
-
-    @property
-    def container(self) -> dict[str, Any]:
-        containers = self.pod["containers"]
-        assert [c["name"] for c in containers] == ["gateway"], "one gateway process per pod"
-        container: dict[str, Any] = containers[0]
-        return container
-
-    @property
-    def config(self) -> dict[str, str]:
-        data: dict[str, str] = self.one("ConfigMap")["data"]
-        return data
-
-    @property
-    def migrate_job(self) -> Manifest | None:
-        return self.maybe("Job", f"{FULLNAME}-migrate")
-
-
-def render(values: dict[str, Any]) -> Rendered:
-    output = chart().render(values=copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
-    manifests: list[Manifest] = []
-    notes = ""
-    for path, text in output.items():
-        if path.endswith("NOTES.txt"):
-            notes = text
-            continue
-        manifests.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    merged = chart().merge_values(copy.deepcopy(values))
-    return Rendered(values=merged, manifests=tuple(manifests), notes=notes)
-
-
-@functools.cache
-def rendered_set(name: str) -> Rendered:
-    return render(VALUE_SETS[name] if name != "sentinels" else SENTINEL_VALUES)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -745,6 +680,19 @@ def test_notes_tell_how_to_reach_the_gateway(name: str) -> None:
     assert f"port-forward service/{FULLNAME} 4321:4321" in notes
     assert f"{FULLNAME}.{NAMESPACE}.svc:4320/v1/opamp" in notes
     assert "{{" not in notes and "<no value>" not in notes
+
+
+def test_the_production_example_in_docs_deployment_md_renders() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    match = re.search(r"`values-production\.yaml`:\n\n```yaml\n(.*?)```", text, flags=re.DOTALL)
+    assert match, "docs/deployment.md lost its values-production.yaml example"
+    values = yaml.safe_load(match.group(1))
+    jsonschema.Draft7Validator(without_required(schema())).validate(values)
+    rendered = render(values)
+    for manifest in rendered.manifests:
+        if manifest["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(manifest, OLDEST_KUBERNETES, strict=True)
+    assert rendered.migrate_job is not None and rendered.of_kind("Secret") == []
 
 
 # --- the preStop hook, run for real ----------------------------------------------------------------

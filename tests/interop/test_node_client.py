@@ -27,7 +27,7 @@ import httpx2
 import pytest
 from opentelemetry._opamp.proto import opamp_pb2 as pb
 
-from .gateway_process import Gateway, GatewayFactory
+from tests.support.process import Gateway, GatewayFactory
 
 pytestmark = pytest.mark.interop
 

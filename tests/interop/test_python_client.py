@@ -30,7 +30,7 @@ from opentelemetry._opamp.client import OpAMPClient
 from opentelemetry._opamp.proto import opamp_pb2 as pb
 from opentelemetry._opamp.transport.requests import RequestsTransport
 
-from .gateway_process import Gateway, GatewayFactory, wait_until
+from tests.support.process import Gateway, GatewayFactory, wait_until
 
 pytestmark = pytest.mark.interop
 

@@ -15,8 +15,10 @@ from typing import Any
 import uvicorn
 
 from gateway import settings as settings_mod
+from gateway.bus.base import Bus
 from gateway.server import build_servers
 from gateway.services import Services, running
+from gateway.store.base import Store
 
 
 def free_port() -> int:
@@ -34,7 +36,9 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def run_node(tmp_path: Path, **overrides: Any) -> AsyncIterator[Node]:
+async def run_node(
+    tmp_path: Path, *, store: Store | None = None, bus: Bus | None = None, **overrides: Any
+) -> AsyncIterator[Node]:
     values: dict[str, Any] = {
         "port": free_port(),
         "admin_port": free_port(),
@@ -44,7 +48,7 @@ async def run_node(tmp_path: Path, **overrides: Any) -> AsyncIterator[Node]:
     }
     values.update(overrides)
     s = settings_mod.Settings(**values)
-    async with running(s) as services:
+    async with running(s, store=store, bus=bus) as services:
         servers = build_servers(services)
         tasks = [asyncio.create_task(server.serve()) for server in servers]
         try:

@@ -1,0 +1,225 @@
+"""Several real gateway processes sharing one SQLite file and one real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import httpx2
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from gateway.opamp import capabilities as caps
+from gateway.proto import opamp_pb2 as pb
+from tests.integration.conftest import GatewayFactory, GatewayProcess
+from tests.support.redis_server import RedisFactory, RedisServer
+from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
+
+pytestmark = pytest.mark.anyio
+
+# Measured push latencies across nodes, printed at the end of the test that collects them.
+PUSH_DEADLINE = 1.0
+
+
+def new_uid() -> bytes:
+    return uuid.uuid4().bytes
+
+
+def text(uid: bytes) -> str:
+    return str(uuid.UUID(bytes=uid))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.05)
+
+
+async def agent_json(gateway: GatewayProcess, uid: bytes) -> dict[str, object]:
+    async with httpx2.AsyncClient(base_url=gateway.admin_url) as admin:
+        response = await admin.get(f"/api/v1/agents/{text(uid)}")
+        assert response.status_code == 200, response.text
+        body: dict[str, object] = response.json()
+        return body
+
+
+async def restart(gateway: GatewayProcess, uid: bytes) -> dict[str, object]:
+    async with httpx2.AsyncClient(base_url=gateway.admin_url) as admin:
+        response = await admin.post(f"/api/v1/agents/{text(uid)}/restart")
+        assert response.status_code == 202, response.text
+        body: dict[str, object] = response.json()
+        return body
+
+
+async def owned_by(gateway: GatewayProcess, uid: bytes, node: str) -> bool:
+    agent = await agent_json(gateway, uid)
+    return agent["connected"] is True and agent["node"] == node and agent["transport"] == "websocket"
+
+
+async def bus_state(gateway: GatewayProcess) -> str:
+    async with httpx2.AsyncClient(base_url=gateway.opamp_url) as http:
+        response = await http.get("/readyz")
+        # A Redis outage never makes a node unready: it still serves every agent.
+        assert response.status_code == 200, response.text
+        state: str = response.json()["bus"]["state"]
+        return state
+
+
+async def expect_restart(ws: ClientConnection, uid: bytes, timeout: float = PUSH_DEADLINE) -> float:
+    started = time.monotonic()
+    pushed = await recv(ws, timeout)
+    assert pushed.instance_uid == uid and pushed.command.type == pb.CommandType_Restart
+    assert pushed.HasField("command")
+    return time.monotonic() - started
+
+
+async def test_restart_through_another_node_arrives_within_a_second(
+    gateways: GatewayFactory, shared_redis: RedisServer
+) -> None:
+    a = gateways("node-a", shared_redis.url)
+    b = gateways("node-b", shared_redis.url)
+    uid = new_uid()
+    async with agent_socket(a.opamp_url) as ws:
+        await exchange(ws, report(uid))
+        await eventually(lambda: owned_by(b, uid, "node-a"), what="node-b to see node-a as the owner")
+        latencies = []
+        for _ in range(10):
+            started = time.monotonic()
+            body = await restart(b, uid)
+            assert body["delivery"] == "published" and body["node"] == "node-a"
+            await expect_restart(ws, uid)
+            latencies.append(time.monotonic() - started)
+        print(
+            f"\nrestart via node-b to a socket on node-a: median {statistics.median(latencies) * 1000:.1f} ms, "
+            f"max {max(latencies) * 1000:.1f} ms"
+        )
+        assert max(latencies) < PUSH_DEADLINE
+
+
+async def test_duplicate_connection_on_two_nodes_closes_the_older(
+    gateways: GatewayFactory, shared_redis: RedisServer
+) -> None:
+    a = gateways("node-a", shared_redis.url)
+    b = gateways("node-b", shared_redis.url)
+    uid = new_uid()
+    async with agent_socket(a.opamp_url) as old, agent_socket(b.opamp_url) as new:
+        await exchange(old, report(uid))
+        await eventually(lambda: owned_by(b, uid, "node-a"), what="node-a's claim")
+        await exchange(new, report(uid, 1))
+        code, reason = await closed_with(old)
+        assert code == 4000 and "node-b" in reason and text(uid) in reason
+        assert (await exchange(new, heartbeat(uid, 2))).instance_uid == uid
+        await eventually(lambda: owned_by(a, uid, "node-b"), what="node-a to see node-b as the owner")
+        await restart(a, uid)
+        await expect_restart(new, uid)
+
+
+async def test_redis_outage_keeps_serving_and_pushes_resume(
+    gateways: GatewayFactory, redis_factory: RedisFactory
+) -> None:
+    redis = redis_factory()
+    a = gateways("node-a", redis.url)
+    b = gateways("node-b", redis.url)
+    ws_uid, http_uid = new_uid(), new_uid()
+    async with agent_socket(a.opamp_url) as ws, httpx2.AsyncClient(base_url=b.opamp_url) as http:
+
+        async def poll(msg: pb.AgentToServer) -> pb.ServerToAgent:
+            response = await http.post(
+                "/v1/opamp",
+                content=msg.SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf"},
+            )
+            assert response.status_code == 200
+            return pb.ServerToAgent.FromString(response.content)
+
+        await exchange(ws, report(ws_uid))
+        await poll(report(http_uid))
+        await eventually(lambda: owned_by(b, ws_uid, "node-a"), what="node-a's claim")
+
+        redis.stop()
+        for gateway in (a, b):
+            await eventually(lambda g=gateway: _is(bus_state(g), "down"), what=f"{gateway.node_id} to notice")
+        # Both transports are still answered, in sequence, with no full state asked for.
+        for seq in (1, 2, 3):
+            assert (await exchange(ws, heartbeat(ws_uid, seq))).flags == 0
+            assert (await poll(heartbeat(http_uid, seq))).flags == 0
+        body = await restart(b, ws_uid)
+        assert body["delivery"] == "pending"
+
+        # Redis comes back empty: node-a re-claims its socket on reconnect, pushes work again.
+        redis.start()
+        for gateway in (a, b):
+            await eventually(
+                lambda g=gateway: _is(bus_state(g), "up"), what=f"{gateway.node_id} to reconnect"
+            )
+        await eventually(lambda: owned_by(b, ws_uid, "node-a"), what="node-a to re-claim its socket")
+        body = await restart(b, ws_uid)
+        assert body["delivery"] == "published"
+        await expect_restart(ws, ws_uid)
+
+
+async def _is(value: Awaitable[str], expected: str) -> bool:
+    return await value == expected
+
+
+async def test_killed_node_agent_reconnects_elsewhere_with_its_record_intact(
+    gateways: GatewayFactory, shared_redis: RedisServer
+) -> None:
+    a = gateways("node-a", shared_redis.url)
+    b = gateways("node-b", shared_redis.url)
+    uid = new_uid()
+    async with agent_socket(a.opamp_url) as ws:
+        await exchange(ws, report(uid))
+        for seq in (1, 2, 3):
+            await exchange(ws, heartbeat(uid, seq))
+
+        async def flushed() -> bool:
+            return (await agent_json(b, uid))["sequence_num"] == 3
+
+        await eventually(flushed, what="node-a's heartbeats to reach the store")
+        a.kill()
+    async with agent_socket(b.opamp_url) as ws:
+        # A compressed first message, in sequence: the record is complete, no full state is asked.
+        reply = await exchange(ws, heartbeat(uid, 4))
+        assert reply.instance_uid == uid and not reply.flags & caps.REPORT_FULL_STATE
+        agent = await agent_json(b, uid)
+        assert agent["description"] == {
+            "identifying_attributes": {"service.name": "otelcol-contrib"},
+            "non_identifying_attributes": {},
+        }
+        assert (agent["connected"], agent["node"]) == (True, "node-b")
+        # A gap is different: messages were lost, so the full state is asked for.
+        assert (await exchange(ws, heartbeat(uid, 9))).flags & caps.REPORT_FULL_STATE
+        # node-b owns it now despite node-a's stale record: a restart is pushed here.
+        assert (await restart(b, uid))["delivery"] == "pushed"
+        await expect_restart(ws, uid)
+
+
+@pytest.mark.xfail(reason="the SQLite store has no pending_command column yet", strict=True)
+async def test_restart_for_an_http_agent_through_another_node(
+    gateways: GatewayFactory, shared_redis: RedisServer
+) -> None:
+    a = gateways("node-a", shared_redis.url)
+    b = gateways("node-b", shared_redis.url)
+    uid = new_uid()
+    async with httpx2.AsyncClient() as http:
+
+        async def poll(gateway: GatewayProcess, msg: pb.AgentToServer) -> pb.ServerToAgent:
+            response = await http.post(
+                f"{gateway.opamp_url}/v1/opamp",
+                content=msg.SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf"},
+            )
+            assert response.status_code == 200
+            return pb.ServerToAgent.FromString(response.content)
+
+        await poll(a, report(uid))
+        assert (await restart(b, uid))["delivery"] == "pending"
+        reply = await poll(a, heartbeat(uid, 1))
+        assert reply.HasField("command") and reply.command.type == pb.CommandType_Restart
+        assert not (await poll(b, heartbeat(uid, 2))).HasField("command")

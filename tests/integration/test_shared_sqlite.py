@@ -1,0 +1,61 @@
+"""Several gateway processes on one host share one SQLite file; any node answers any poll."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2
+
+from gateway.opamp import capabilities as caps
+from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
+from tests.support.process import Gateway, GatewayFactory, wait_until
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+
+
+def _post(client: httpx2.Client, url: str, msg: pb.AgentToServer) -> pb.ServerToAgent:
+    response = client.post(url, content=msg.SerializeToString(), headers=PROTOBUF)
+    assert response.status_code == 200, response.text
+    return pb.ServerToAgent.FromString(response.content)
+
+
+def test_an_http_agent_alternating_between_nodes(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    shared = tmp_path / "shared.db"
+    a = gateway_factory(sqlite_path=shared, flush_interval=0.2)
+    b = gateway_factory(sqlite_path=shared, flush_interval=0.2)
+    uid = uuid.uuid4().bytes
+    first = pb.AgentToServer(instance_uid=uid, capabilities=caps.REPORTS_STATUS)
+    first.agent_description.identifying_attributes.add(
+        key="service.name", value=av.AnyValue(string_value="otelcol-contrib")
+    )
+    with httpx2.Client(timeout=5) as client:
+        assert _post(client, a.opamp_url, first).flags == 0
+        # Enrollment is durable before the reply, so node B knows the agent at once.
+        assert b.admin.agent(str(uuid.UUID(bytes=uid))) is not None
+        for seq in range(1, 11):
+            node = (a, b)[seq % 2]
+            hb = pb.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=caps.REPORTS_STATUS)
+            # The other node committed the previous heartbeat, so this node sees no gap.
+            assert _post(client, node.opamp_url, hb).flags == 0, f"false gap at sequence_num {seq}"
+            wait_until(_on_disk(b, uid, seq), 5, f"sequence_num {seq} on disk")
+        bye = pb.AgentToServer(instance_uid=uid, sequence_num=11, capabilities=caps.REPORTS_STATUS)
+        bye.agent_disconnect.SetInParent()
+        _post(client, a.opamp_url, bye)
+    for node in (a, b):
+        agent = node.admin.agent(str(uuid.UUID(bytes=uid)))
+        assert agent is not None
+        assert agent["status"] == "disconnected" and agent["sequence_num"] == 11
+        assert agent["description"]["identifying_attributes"] == {"service.name": "otelcol-contrib"}
+    assert a.admin.summary()["total"] == 1
+
+
+def _on_disk(node: Gateway, uid: bytes, seq: int) -> Callable[[], bool | None]:
+    """A check that the store (not a node's pending writes) holds `seq` for the agent."""
+
+    def check() -> bool | None:
+        agents = node.admin.agents(q=str(uuid.UUID(bytes=uid)))
+        return (bool(agents) and agents[0]["sequence_num"] == seq) or None
+
+    return check

@@ -1,0 +1,47 @@
+"""A Store that keeps records in memory, every AgentState field included; for transport tests that
+must not depend on which columns an on-disk adapter has (yet)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.store.base import AgentPage, AgentQuery, FleetSummary
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.records: dict[bytes, AgentState] = {}
+        self.aliases: dict[bytes, bytes] = {}
+        self.reads = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    async def get(self, uid: bytes) -> AgentState | None:
+        self.reads += 1
+        return self.records.get(self.aliases.get(uid, uid))
+
+    async def write(self, writes: Sequence[AgentWrite]) -> None:
+        for write in writes:
+            state = write.state
+            stored = self.records.get(state.instance_uid)
+            if stored is not None and stored.last_seen > state.last_seen:
+                continue
+            self.records[state.instance_uid] = state
+            if write.previous_uid is not None and write.previous_uid != state.instance_uid:
+                self.records.pop(write.previous_uid, None)
+                self.aliases[write.previous_uid] = state.instance_uid
+
+    async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
+        agents = sorted(self.records.values(), key=lambda s: s.uid)[: query.limit]
+        return AgentPage(agents=agents, next_cursor=None)
+
+    async def summary(self, now: float, offline_after: float) -> FleetSummary:
+        return FleetSummary(total=len(self.records), by_status={}, by_type_version={}, by_os={})

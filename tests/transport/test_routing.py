@@ -1,0 +1,92 @@
+"""Two nodes in one process sharing a store and an in-process bus hub: the routing logic without Redis
+(tests/integration repeats the important cases with real processes and a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from gateway.bus.local import LocalBus, LocalHub
+from gateway.proto import opamp_pb2 as pb
+from tests.support.memory_store import MemoryStore
+from tests.support.servers import Node, run_node
+from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
+
+pytestmark = pytest.mark.anyio
+
+
+def uid(n: int) -> bytes:
+    return uuid.UUID(int=n).bytes
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    hub, store = LocalHub(), MemoryStore()
+    async with contextlib.AsyncExitStack() as stack:
+        pair = []
+        for name in ("node-a", "node-b"):
+            bus = LocalBus(name, hub)
+            pair.append(
+                await stack.enter_async_context(run_node(tmp_path, store=store, bus=bus, node_id=name))
+            )
+        yield pair[0], pair[1]
+
+
+async def test_restart_through_another_node_is_published_to_the_owner(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    async with agent_socket(a.opamp_url) as ws, httpx2.AsyncClient(base_url=b.admin_url) as admin_b:
+        await exchange(ws, report(uid(1)))
+        await a.services.presence.settle()
+        agent = (await admin_b.get(f"/api/v1/agents/{uuid.UUID(int=1)}")).json()
+        assert (agent["connected"], agent["transport"], agent["node"]) == (True, "websocket", "node-a")
+        response = await admin_b.post(f"/api/v1/agents/{uuid.UUID(int=1)}/restart")
+        assert response.status_code == 202
+        assert response.json()["delivery"] == "published" and response.json()["node"] == "node-a"
+        pushed = await recv(ws)
+        assert pushed.instance_uid == uid(1) and pushed.command.type == pb.CommandType_Restart
+
+
+async def test_same_uid_on_another_node_closes_the_older_connection(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    async with agent_socket(a.opamp_url) as old, agent_socket(b.opamp_url) as new:
+        await exchange(old, report(uid(2)))
+        await a.services.presence.settle()
+        await exchange(new, report(uid(2), 1))
+        code, reason = await closed_with(old)
+        assert code == 4000 and "node-b" in reason
+        await eventually(lambda: a.services.registry.get(uid(2)) is None)
+        assert b.services.registry.get(uid(2)) is not None
+        # A's late release must not drop B's owner record.
+        await a.services.presence.settle()
+        assert (await b.services.bus.owners([uid(2)]))[uid(2)].node == "node-b"
+        assert (await exchange(new, heartbeat(uid(2), 2))).instance_uid == uid(2)
+
+
+async def test_command_for_a_node_without_the_socket_becomes_pending(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    async with agent_socket(a.opamp_url) as ws:
+        await exchange(ws, report(uid(3)))
+    await eventually(lambda: a.services.registry.get(uid(3)) is None)
+    await a.services.presence.settle()
+    async with httpx2.AsyncClient(base_url=b.admin_url) as admin_b:
+        response = await admin_b.post(f"/api/v1/agents/{uuid.UUID(int=3)}/restart")
+        assert response.json()["delivery"] == "pending"
+    # The agent comes back on B: the command arrives in the reply to its first (quiet) message.
+    async with agent_socket(b.opamp_url) as ws:
+        reply = await exchange(ws, heartbeat(uid(3), 1))
+        assert reply.HasField("command") and not reply.flags

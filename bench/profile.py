@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("bench.profile")
 
 TOP = 25
+# Frames every request runs under (process entry, server loop): not a cost of their own.
+_ROOTS = ("(gateway/cli.py", "(gateway/server.py")
 RATE = 100
 
 
@@ -61,18 +64,33 @@ def summarize(folded: str, top: int = TOP) -> dict[str, object]:
         count = int(count_text)
         total += count
         frames = [_frame_name(f) for f in stack.split(";") if f.strip()]
-        # Thread/process header frames from py-spy are not Python functions.
-        frames = [f for f in frames if "(" in f and not f.startswith(("process ", "thread "))]
         if not frames:
             continue
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
 
-    def share(counter: Counter[str]) -> list[dict[str, object]]:
-        return [{"function": name, "percent": 100.0 * n / total} for name, n in counter.most_common(top)]
+    def share(
+        counter: Counter[str], keep: Callable[[str], bool] = lambda _name: True
+    ) -> list[dict[str, object]]:
+        ranked = [(name, n) for name, n in counter.most_common() if keep(name)][:top]
+        return [{"function": name, "percent": 100.0 * n / total if total else 0.0} for name, n in ranked]
 
-    return {"samples": total, "own": share(own), "inclusive": share(inclusive)}
+    return {
+        "samples": total,
+        "own": share(own),
+        "inclusive": share(inclusive),
+        # The request path below the web framework: what the gateway itself adds per message.
+        "gateway": share(inclusive, _is_gateway_cost),
+    }
+
+
+def _is_gateway_cost(name: str) -> bool:
+    if any(root in name for root in _ROOTS):
+        return False
+    return any(
+        marker in name for marker in ("(gateway/", "(prometheus_client/", "(dataclasses.py", "(gzip.py")
+    )
 
 
 def profile_gateway(

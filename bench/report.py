@@ -33,10 +33,7 @@ def http_table(result: dict[str, Any]) -> str:
         f"ratio gateway/baseline = {result['ratio']:.2f} (aim >= {result['aim']:.2f}); per round: {rounds}",
     ]
     if result["profile"]:
-        rows += ["", "gateway hot spots (py-spy, share of samples, own time):"]
-        rows += [
-            f"  {entry['percent']:5.1f}%  {entry['function']}" for entry in result["profile"]["own"][:10]
-        ]
+        rows += _profile_rows(result["profile"])
     for name, summary in result["targets"].items():
         other = summary["server_core_busy"] - summary["server_cpu"]
         if other > CONTENTION_WARNING:
@@ -48,6 +45,16 @@ def http_table(result: dict[str, Any]) -> str:
     for problem in result["checks"]["problems"]:
         rows.append(f"INVALID: {problem}")
     return "\n".join(rows)
+
+
+def _profile_rows(profile: dict[str, Any]) -> list[str]:
+    rows = ["", "gateway under load (py-spy, share of Python samples holding the GIL):", "  own time:"]
+    rows += [f"    {entry['percent']:5.1f}%  {entry['function']}" for entry in profile["own"][:8]]
+    rows.append("  inclusive, gateway code and the libraries it calls:")
+    rows += [f"    {entry['percent']:5.1f}%  {entry['function']}" for entry in profile["gateway"][:12]]
+    shares = ", ".join(f"{name} {share:.0%}" for name, share in profile["cpu_share"].items())
+    rows.append(f"  the server core by thread: {shares}")
+    return rows
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway import __version__, logs, settings as settings_mod
 
@@ -39,6 +39,16 @@ def _refuse_insecure(s: settings_mod.Settings) -> str | None:
     )
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it): a faster loop under many connections."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
@@ -57,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.server import StartupFailed, serve
 
     try:
-        asyncio.run(serve(s))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(s))
     except StartupFailed as exc:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)
         return 1

@@ -22,10 +22,14 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._message_children: dict[tuple[str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
+        self._event_children: dict[str, Counter] = {}
         self.build = Info("opamp_gateway_build", "Version and protobuf backend", registry=r)
         self.messages = Counter(
             "opamp_gateway_messages_total",
-            "AgentToServer messages handled, by transport and result (HTTP status code)",
+            "AgentToServer messages handled, by transport and result (HTTP: status code; WebSocket: "
+            "ok, rejected or unavailable)",
             ["transport", "result"],
             registry=r,
         )
@@ -129,11 +133,27 @@ class Metrics:
         self.websocket_connections.set_function(lambda: registry.socket_count)
         self.bus_up.set_function(lambda: 1 if bus.up else 0)
 
+    def handled(self, transport: str, result: str, seconds: float) -> None:
+        """Count one message and its latency. Labelled children are bound once: a labels() lookup
+        costs more than the increment itself on the hot path."""
+        key = (transport, result)
+        counter = self._message_children.get(key)
+        if counter is None:
+            counter = self._message_children[key] = self.messages.labels(transport=transport, result=result)
+        counter.inc()
+        histogram = self._latency_children.get(transport)
+        if histogram is None:
+            histogram = self._latency_children[transport] = self.latency.labels(transport=transport)
+        histogram.observe(seconds)
+
     def set_build(self, backend: str) -> None:
         self.build.info({"version": __version__, "protobuf_backend": backend})
 
     def observe_outcome(self, outcome: Outcome) -> None:
-        self.events.labels(event=outcome.event).inc()
+        child = self._event_children.get(outcome.event)
+        if child is None:
+            child = self._event_children[outcome.event] = self.events.labels(event=outcome.event)
+        child.inc()
         if outcome.reply.flags & 1:
             self.full_state_requests.inc()
 

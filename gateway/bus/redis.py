@@ -103,13 +103,14 @@ class RedisBus:
     ) -> None:
         self.node_id = node_id
         self.node_channel = NODE_CHANNEL.format(node=node_id)
-        # No library retries: an outage must surface at once, the callers have a fallback.
+        # One immediate retry, for a pooled connection that went stale; no backoff: an outage must
+        # surface at once (the callers have a fallback), and the listener owns reconnecting.
         self._redis: Redis = Redis.from_url(
             url,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             health_check_interval=10,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
         )
         self._ttl_ms = int(owner_ttl * 1000)
         self._backoff = backoff
@@ -227,7 +228,7 @@ class RedisBus:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(BROADCAST_CHANNEL, self.node_channel)
-                self._became_up()
+                await self._became_up()
                 delay = low
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -242,7 +243,10 @@ class RedisBus:
             await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
             delay = min(delay * 2, high)
 
-    def _became_up(self) -> None:
+    async def _became_up(self) -> None:
+        if self.reconnects:
+            # Every pooled command connection died with the old server; do not let callers find out.
+            await self._redis.connection_pool.disconnect()
         self._up = True
         if self._down_since is not None:
             outage = time.monotonic() - self._down_since

@@ -49,6 +49,8 @@ UID_LENGTH = 16
 # Moves are re-pointed on write, so an alias is normally one hop; a few more cover writes that
 # raced between processes.
 MAX_ALIAS_HOPS = 4
+# Uids per `IN (...)` query of a batched get(); far below SQLite's bound-parameter limit.
+_GET_CHUNK = 500
 READ_THREADS = 2
 # Waits between attempts once SQLite's own busy timeout has run out.
 _BUSY_RETRY_DELAYS = (0.05, 0.25)
@@ -72,6 +74,9 @@ _SCHEMA = (
         remote_config_status BLOB,
         disconnected INTEGER NOT NULL,
         previous_instance_uids BLOB NOT NULL,
+        pending_command INTEGER,
+        node TEXT NOT NULL,
+        transport TEXT NOT NULL,
         healthy INTEGER,
         agent_type TEXT NOT NULL,
         agent_version TEXT NOT NULL,
@@ -106,6 +111,9 @@ _COLUMNS = (
     "remote_config_status",
     "disconnected",
     "previous_instance_uids",
+    "pending_command",
+    "node",
+    "transport",
     "healthy",
     "agent_type",
     "agent_version",
@@ -119,11 +127,14 @@ _UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "uid")
     + " WHERE excluded.last_seen >= agents.last_seen"
 )
-_TOUCH = "UPDATE agents SET last_seen = ?, sequence_num = ? WHERE uid = ? AND last_seen <= ?"
+_TOUCH = (
+    "UPDATE agents SET last_seen = ?, sequence_num = ?, node = ?, transport = ? "
+    "WHERE uid = ? AND last_seen <= ?"
+)
 # The columns an AgentState is read back from, in `_state()` order.
 _STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
-    "remote_config_status, disconnected, previous_instance_uids"
+    "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport"
 )
 _SELECT_STATE = f"SELECT {_STATE_COLUMNS} FROM agents"
 
@@ -196,6 +207,9 @@ def _row(state: AgentState) -> tuple[Any, ...]:
         state.remote_config_status,
         int(state.disconnected),
         _join_uids(state.previous_instance_uids),
+        state.pending_command,
+        state.node,
+        state.transport,
         None if derived.healthy is None else int(derived.healthy),
         derived.agent_type,
         derived.agent_version,
@@ -218,6 +232,9 @@ def _state(row: Sequence[Any]) -> AgentState:
         remote_config_status=row[8],
         disconnected=bool(row[9]),
         previous_instance_uids=_split_uids(row[10]),
+        pending_command=row[11],
+        node=row[12],
+        transport=row[13],
     )
 
 
@@ -244,6 +261,9 @@ class SQLiteStore:
         self._read_conns: list[sqlite3.Connection] = []
         self._read_conns_lock = threading.Lock()
         self._open = False
+        # get() calls waiting for the next batched read, and the batches in flight.
+        self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
+        self._get_batches: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -287,7 +307,36 @@ class SQLiteStore:
     # -- Store -------------------------------------------------------------------------------------
 
     async def get(self, uid: bytes) -> AgentState | None:
-        return await self._on_reader(self._get_sync, uid)
+        # Every get() started in the same event-loop turn shares one thread hop and one query: under
+        # load, HTTP polls arrive in bursts and the per-call executor overhead would dominate.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AgentState | None] = loop.create_future()
+        if not self._pending_gets:
+            self._get_batches.add(loop.create_task(self._get_batch()))
+        self._pending_gets.setdefault(uid, []).append(future)
+        return await future
+
+    async def _get_batch(self) -> None:
+        await asyncio.sleep(0)  # let the rest of this turn's callers join the batch
+        batch, self._pending_gets = self._pending_gets, {}
+        try:
+            found = await self._on_reader(self._get_many_sync, list(batch))
+        except BaseException as exc:
+            for futures in batch.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for uid, futures in batch.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(found.get(uid))
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._get_batches.discard(task)
 
     async def write(self, writes: Sequence[AgentWrite]) -> None:
         if not writes:
@@ -429,6 +478,36 @@ class SQLiteStore:
 
     # -- reads -------------------------------------------------------------------------------------
 
+    def _get_many_sync(self, conn: sqlite3.Connection, uids: list[bytes]) -> dict[bytes, AgentState]:
+        found: dict[bytes, AgentState] = {}
+        conn.execute("BEGIN")
+        try:
+            for start in range(0, len(uids), _GET_CHUNK):
+                chunk = uids[start : start + _GET_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                for row in conn.execute(f"{_SELECT_STATE} WHERE uid IN ({marks})", chunk):
+                    found[bytes(row[0])] = _state(row)
+            for uid in uids:
+                if uid not in found:
+                    moved = self._follow_aliases(conn, uid)
+                    if moved is not None:
+                        found[uid] = moved
+            return found
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _follow_aliases(self, conn: sqlite3.Connection, uid: bytes) -> AgentState | None:
+        for _ in range(MAX_ALIAS_HOPS + 1):
+            alias = conn.execute("SELECT new_uid FROM uid_aliases WHERE old_uid = ?", (uid,)).fetchone()
+            if alias is None:
+                return None
+            uid = alias[0]
+            row = conn.execute(_SELECT_STATE + " WHERE uid = ?", (uid,)).fetchone()
+            if row is not None:
+                return _state(row)
+        return None
+
     def _get_sync(self, conn: sqlite3.Connection, uid: bytes) -> AgentState | None:
         conn.execute("BEGIN")
         try:
@@ -496,7 +575,10 @@ class SQLiteStore:
         old = write.previous_uid if write.previous_uid != uid else None
         if row is None:
             last_seen = float(state.last_seen)
-            touched = conn.execute(_TOUCH, (last_seen, _to_int64(state.sequence_num), uid, last_seen))
+            touched = conn.execute(
+                _TOUCH,
+                (last_seen, _to_int64(state.sequence_num), state.node, state.transport, uid, last_seen),
+            )
             if touched.rowcount:
                 return
         if old is not None:

@@ -10,6 +10,7 @@ HTTP polls keep being answered while a node drains: they hold nothing open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -55,7 +56,9 @@ async def drain(services: Services, rng: random.Random | None = None) -> int:
     stragglers = [c for c in services.registry.sockets() if c not in set(sockets)]
     closing.extend(asyncio.create_task(_close(services, c, rng.uniform(1.0, window))) for c in stragglers)
     await asyncio.gather(*closing)
-    await services.presence.settle()
+    # Let the owner records of the closed sockets go, so other nodes stop routing here.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(services.presence.settle(), _CLOSE_TIMEOUT)
     closed = len(closing)
     logger.info("drained %d WebSockets in %.1fs", closed, time.monotonic() - started)
     return closed

@@ -119,8 +119,7 @@ async def opamp_http(request: Request) -> Response:
     services: Services = request.app.state.services
     started = time.perf_counter()
     result = await _handle(request, services)
-    services.metrics.messages.labels(transport="http", result=str(result.status_code)).inc()
-    services.metrics.latency.labels(transport="http").observe(time.perf_counter() - started)
+    services.metrics.handled("http", str(result.status_code), time.perf_counter() - started)
     return result
 
 

@@ -59,7 +59,7 @@ async def process(
     outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
     outcome = _stamped(outcome, services.settings.node_id, transport)
     if transport == "http" and outcome.state is not None:
-        services.registry.saw_http(outcome.state.instance_uid, now)
+        services.registry.saw_http(outcome.state.instance_uid, None if outcome.state.disconnected else now)
     if outcome.write is not None:
         try:
             if outcome.durable:

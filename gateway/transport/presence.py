@@ -21,6 +21,7 @@ from gateway.transport.registry import Holder, Registry
 logger = logging.getLogger("gateway.transport.presence")
 
 BATCH = 500
+_STOP_TIMEOUT = 2.0
 Op = tuple[Literal["claim", "release"], bytes, Owner]
 
 
@@ -51,6 +52,11 @@ class Presence:
         ]
 
     async def stop(self) -> None:
+        if self._bus.up:
+            # Send the releases of sockets that just closed, so other nodes stop routing here now
+            # rather than when the records expire; bounded, shutdown must not hang on Redis.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), _STOP_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -75,8 +75,12 @@ class Registry:
     def websocket_agents(self) -> int:
         return len(self._by_uid)
 
-    def saw_http(self, uid: bytes, now: float) -> None:
-        self._http_seen[uid] = now
+    def saw_http(self, uid: bytes, now: float | None) -> None:
+        """An HTTP message from `uid` at `now`; None: it said goodbye."""
+        if now is None:
+            self._http_seen.pop(uid, None)
+        else:
+            self._http_seen[uid] = now
 
     def http_agents(self, now: float, window: float) -> int:
         """HTTP agents that polled this node within `window` seconds (prunes the rest)."""

@@ -163,20 +163,21 @@ class Connection:
         key = self._aliases.get(uid, uid)
         state = self._states.get(key)
         now = self._services.clock()
+        loaded_at = self._loaded_at.get(key, now)
         if state is None:
             state = await pipeline.load_state(self._services, msg)
-            self._loaded_at[key] = now
-        elif now - self._loaded_at.get(key, now) > RELOAD_AFTER_SECONDS:
+        elif now - loaded_at > RELOAD_AFTER_SECONDS:
             state = await self._reloaded(state)
-            self._loaded_at[key] = now
+            loaded_at = now
         outcome = await pipeline.process(self._services, state, msg, "websocket")
-        self._track(msg, key, outcome)
+        self._track(msg, key, outcome, loaded_at)
         return outcome
 
     async def _reloaded(self, cached: AgentState) -> AgentState:
         """The cached record, plus a command stored for it since (the cache is otherwise newer)."""
         try:
-            stored = await self._services.writer.get(cached.instance_uid)
+            # The store itself, not the writer: this node's unflushed writes never add a command.
+            stored = await self._services.store.get(cached.instance_uid)
         except StoreError as exc:
             logger.debug("record reload failed: %s", exc, extra={"instance_uid": cached.uid})
             return cached
@@ -184,7 +185,7 @@ class Connection:
             return cached
         return replace(cached, pending_command=stored.pending_command)
 
-    def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome) -> None:
+    def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome, loaded_at: float) -> None:
         """Keep the cache and the registration in step with what the message did."""
         uid = msg.instance_uid
         if msg.HasField("agent_disconnect"):
@@ -196,7 +197,6 @@ class Connection:
         if new is None:
             return
         current = new.instance_uid
-        loaded_at = self._loaded_at.get(key, self._services.clock())
         if current != key:
             # RequestInstanceUid: the registration moves to the new uid.
             self._forget(key)
@@ -207,7 +207,7 @@ class Connection:
                 del self._aliases[old]
         known = current in self._states
         self._states[current] = new
-        self._loaded_at.setdefault(current, loaded_at)
+        self._loaded_at[current] = loaded_at
         if not known:
             self._register(current)
 
@@ -258,8 +258,11 @@ class Connection:
         # kind (spec 6.2), not a second restart when the record is next reloaded.
         cleared = replace(state, pending_command=None)
         self._states[uid] = cleared
-        with contextlib.suppress(WriterFull, WriterStopped):
-            self._services.writer.submit(AgentWrite(state=cleared, changed=frozenset({"pending_command"})))
+        with contextlib.suppress(WriterFull, WriterStopped, StoreError):
+            # Durable, so a reload of the record never finds the command this push satisfied.
+            await self._services.writer.submit_durable(
+                AgentWrite(state=cleared, changed=frozenset({"pending_command"}))
+            )
         return True
 
     async def taken_over(self, uid: bytes, where: str) -> None:

@@ -117,6 +117,9 @@ async def test_roundtrip_every_field(store: Store) -> None:
         remote_config_status=remote_config_status(),
         disconnected=True,
         previous_instance_uids=(new_uid(), new_uid()),
+        pending_command=0,  # CommandType_Restart is 0: None and 0 must stay apart
+        node="gateway-7",
+        transport="websocket",
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])
@@ -143,13 +146,15 @@ async def test_full_write_replaces_every_field(store: Store) -> None:
     assert await store.get(before.instance_uid) == after
 
 
-async def test_touch_updates_only_last_seen_and_sequence_num(store: Store) -> None:
-    stored = agent(last_seen=10.0, sequence_num=3)
+async def test_touch_updates_only_the_heartbeat_fields(store: Store) -> None:
+    stored = agent(last_seen=10.0, sequence_num=3, node="a", transport="http", pending_command=0)
     await store.write([full(stored)])
     # A touch carries the whole record, but only the heartbeat fields may be written from it.
-    stale_rest = replace(stored, last_seen=11.0, sequence_num=4, health=None, description=None)
+    stale_rest = replace(
+        stored, last_seen=11.0, sequence_num=4, node="b", health=None, description=None, pending_command=None
+    )
     await store.write([touch(stale_rest)])
-    assert await store.get(stored.instance_uid) == replace(stored, last_seen=11.0, sequence_num=4)
+    assert await store.get(stored.instance_uid) == replace(stored, last_seen=11.0, sequence_num=4, node="b")
 
 
 async def test_touch_of_a_missing_record_creates_it(store: Store) -> None:
@@ -548,3 +553,22 @@ async def test_summary_uses_the_given_time(store: Store) -> None:
 
 async def test_ping(store: Store) -> None:
     await store.ping()
+
+
+async def test_concurrent_gets_each_get_their_own_record(store: Store) -> None:
+    import asyncio
+
+    states = [agent(last_seen=float(n)) for n in range(1, 40)]
+    await store.write([full(s) for s in states])
+    mover = agent(last_seen=50.0)
+    await store.write([full(mover)])
+    move = moved(mover, new_uid(), last_seen=51.0)
+    await store.write([move])
+    target = move.state
+    missing = new_uid()
+    asked = [s.instance_uid for s in states] + [mover.instance_uid, missing, states[0].instance_uid]
+    got = await asyncio.gather(*(store.get(uid) for uid in asked))
+    assert got[: len(states)] == states
+    assert got[len(states)] == target
+    assert got[len(states) + 1] is None
+    assert got[-1] == states[0]

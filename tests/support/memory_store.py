@@ -4,6 +4,7 @@ must not depend on which columns an on-disk adapter has (yet)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.store.base import AgentPage, AgentQuery, FleetSummary
@@ -29,10 +30,18 @@ class MemoryStore:
         return self.records.get(self.aliases.get(uid, uid))
 
     async def write(self, writes: Sequence[AgentWrite]) -> None:
+        """The semantics proposed for every adapter: `pending_command` is set or cleared only by a
+        write that names it in `changed`, whatever its `last_seen` (an admin request on one node must
+        not be undone by a heartbeat flushed by another); the rest of the record never moves back
+        in time."""
         for write in writes:
             state = write.state
             stored = self.records.get(state.instance_uid)
+            if "pending_command" not in write.changed and stored is not None:
+                state = replace(state, pending_command=stored.pending_command)
             if stored is not None and stored.last_seen > state.last_seen:
+                if "pending_command" in write.changed:
+                    self.records[state.instance_uid] = replace(stored, pending_command=state.pending_command)
                 continue
             self.records[state.instance_uid] = state
             if write.previous_uid is not None and write.previous_uid != state.instance_uid:

@@ -196,68 +196,6 @@ async def test_several_agents_on_one_socket(node: Node, admin: httpx2.AsyncClien
         assert registry.get(uid(10)) is None and registry.get(uid(11)) is conn
 
 
-async def test_restart_is_pushed_alone_to_a_websocket_agent(node: Node, admin: httpx2.AsyncClient) -> None:
-    async with agent_socket(node.opamp_url) as ws:
-        await exchange(ws, report(uid(20)))
-        response = await admin.post(f"/api/v1/agents/{uuid.UUID(int=20)}/restart")
-        assert response.status_code == 202
-        assert response.json() == {
-            "instance_uid": str(uuid.UUID(int=20)),
-            "command": "restart",
-            "delivery": "pushed",
-            "node": "test-node",
-        }
-        pushed = await recv(ws)
-        assert pushed.command.type == pb.CommandType_Restart
-        assert {f.name for f, _ in pushed.ListFields()} <= {"instance_uid", "capabilities", "command"}
-        assert pushed.HasField("command") and pushed.instance_uid == uid(20)
-        # Nothing was left pending: the next reply carries no command.
-        assert not (await exchange(ws, heartbeat(uid(20), 1))).HasField("command")
-
-
-async def test_restart_refusals(node: Node, admin: httpx2.AsyncClient) -> None:
-    async with agent_socket(node.opamp_url) as ws:
-        await exchange(ws, report(uid(21), capabilities=caps.REPORTS_STATUS))
-        response = await admin.post(f"/api/v1/agents/{uuid.UUID(int=21)}/restart")
-        assert response.status_code == 409
-        assert "AcceptsRestartCommand" in response.json()["error"]["message"]
-    missing = await admin.post(f"/api/v1/agents/{uuid.UUID(int=99)}/restart")
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
-    assert (await admin.post("/api/v1/agents/not-a-uid/restart")).status_code == 404
-
-
-async def test_restart_for_an_http_agent_waits_for_its_next_poll(
-    node: Node, admin: httpx2.AsyncClient
-) -> None:
-    async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
-
-        async def poll(msg: pb.AgentToServer) -> pb.ServerToAgent:
-            response = await http.post(
-                "/v1/opamp",
-                content=msg.SerializeToString(),
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            assert response.status_code == 200
-            return pb.ServerToAgent.FromString(response.content)
-
-        await poll(report(uid(30)))
-        response = await admin.post(f"/api/v1/agents/{uuid.UUID(int=30)}/restart")
-        assert response.status_code == 202
-        assert response.json()["delivery"] == "pending" and response.json()["node"] is None
-        assert (await admin.get(f"/api/v1/agents/{uuid.UUID(int=30)}")).json()["pending_command"] == "restart"
-        # A poll whose reply has something else to say (a sequence gap: ReportFullState) keeps it waiting.
-        busy = await poll(heartbeat(uid(30), 5))
-        assert busy.flags & caps.REPORT_FULL_STATE and not busy.HasField("command")
-        # The next quiet reply carries it, alone; delivered once.
-        quiet = await poll(report(uid(30), 6))
-        assert quiet.HasField("command") and quiet.command.type == pb.CommandType_Restart
-        assert {f.name for f, _ in quiet.ListFields()} <= {"instance_uid", "capabilities", "command"}
-        assert not (await poll(heartbeat(uid(30), 7))).HasField("command")
-        agent = (await admin.get(f"/api/v1/agents/{uuid.UUID(int=30)}")).json()
-        assert "pending_command" not in agent
-        assert (agent["connected"], agent["transport"], agent["node"]) == (True, "http", "test-node")
-
-
 async def test_same_uid_again_closes_the_older_connection(node: Node) -> None:
     async with agent_socket(node.opamp_url) as old, agent_socket(node.opamp_url) as new:
         await exchange(old, report(uid(40)))
@@ -347,3 +285,27 @@ async def test_connection_metrics(node: Node, admin: httpx2.AsyncClient) -> None
         assert "opamp_gateway_websocket_connections 1.0" in text
         assert "opamp_gateway_bus_up 1.0" in text
         assert 'opamp_gateway_messages_total{result="ok",transport="websocket"} 2.0' in text
+
+
+async def test_connection_fields_survive_a_flush_to_sqlite(tmp_path: Path) -> None:
+    async with run_node(tmp_path) as sqlite_node, httpx2.AsyncClient(base_url=sqlite_node.admin_url) as admin:
+        async with agent_socket(sqlite_node.opamp_url) as ws:
+            await exchange(ws, report(uid(80)))
+        services = sqlite_node.services
+        await eventually(lambda: services.registry.socket_count == 0)
+        # Flush everything: what the admin API shows next comes from the SQLite file.
+        await services.writer.stop()
+        agent = (await admin.get(f"/api/v1/agents/{uuid.UUID(int=80)}")).json()
+        seen = (agent["connected"], agent["transport"], agent["node"])
+        assert seen == (False, "websocket", "test-node")
+
+
+async def test_http_agents_gauge(node: Node, admin: httpx2.AsyncClient) -> None:
+    async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
+        headers = {"Content-Type": "application/x-protobuf"}
+        await http.post("/v1/opamp", content=report(uid(92)).SerializeToString(), headers=headers)
+        assert 'opamp_gateway_connected_agents{transport="http"} 1.0' in (await admin.get("/metrics")).text
+        goodbye = heartbeat(uid(92), 1)
+        goodbye.agent_disconnect.SetInParent()
+        await http.post("/v1/opamp", content=goodbye.SerializeToString(), headers=headers)
+        assert 'opamp_gateway_connected_agents{transport="http"} 0.0' in (await admin.get("/metrics")).text

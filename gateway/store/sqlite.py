@@ -124,7 +124,8 @@ _COLUMNS = (
 _UPSERT = (
     f"INSERT INTO agents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
     "ON CONFLICT (uid) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "uid")
+    # pending_command is left out: only a write that names it may change it (see _apply).
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("uid", "pending_command"))
     + " WHERE excluded.last_seen >= agents.last_seen"
 )
 _TOUCH = (
@@ -589,6 +590,10 @@ class SQLiteStore:
             # record lives on under the new uid; recreating the old row would resurrect a ghost.
             return
         conn.execute(_UPSERT, row if row is not None else _row(state))
+        if "pending_command" in write.changed:
+            # Whatever its last_seen: a restart requested on one node must not be undone by a status
+            # write flushed later by the node holding the agent, nor survive its own delivery.
+            conn.execute("UPDATE agents SET pending_command = ? WHERE uid = ?", (state.pending_command, uid))
         if old is not None:
             conn.execute("DELETE FROM agents WHERE uid = ?", (old,))
             conn.execute("UPDATE uid_aliases SET new_uid = ? WHERE new_uid = ?", (uid, old))

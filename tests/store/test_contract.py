@@ -572,3 +572,20 @@ async def test_concurrent_gets_each_get_their_own_record(store: Store) -> None:
     assert got[len(states)] == target
     assert got[len(states) + 1] is None
     assert got[-1] == states[0]
+
+
+async def test_pending_command_changes_only_when_a_write_names_it(store: Store) -> None:
+    stored = agent(last_seen=10.0)
+    await store.write([full(stored)])
+    # An admin request on another node, from an older read of the record.
+    request = replace(stored, pending_command=0)
+    await store.write([AgentWrite(state=request, changed=frozenset({"pending_command"}))])
+    assert (await store.get(stored.instance_uid)) == request
+    # A later status write from the node holding the agent, from its cache without the command.
+    status = replace(stored, last_seen=20.0, health=None)
+    await store.write([full(status)])
+    assert (await store.get(stored.instance_uid)) == replace(status, pending_command=0)
+    # Delivery clears it.
+    delivered = replace(status, last_seen=21.0, pending_command=None)
+    await store.write([AgentWrite(state=delivered, changed=frozenset({"pending_command", "last_seen"}))])
+    assert (await store.get(stored.instance_uid)) == delivered

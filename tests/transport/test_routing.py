@@ -117,11 +117,6 @@ async def test_takeover_for_another_epoch_is_ignored(nodes: tuple[Node, Node]) -
         assert a.services.registry.get(uid(5)) is not None
 
 
-@pytest.mark.xfail(
-    reason="SQLite overwrites pending_command with every full-row write; it should change it only for "
-    "writes that name it in `changed` (see tests/support/memory_store.py)",
-    strict=True,
-)
 async def test_a_stored_command_survives_another_nodes_status_write(tmp_path: Path) -> None:
     # Two nodes on one SQLite file and no shared bus: node-b cannot reach node-a's socket.
     async with (

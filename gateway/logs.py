@@ -50,6 +50,9 @@ def config(level: str, fmt: str) -> dict[str, Any]:
         "loggers": {
             "gateway": {"handlers": ["default"], "level": level.upper(), "propagate": False},
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},
+            # uvicorn logs every WebSocket open and close at INFO: noise at fleet scale. Bind errors
+            # and crashes are WARNING or worse and still show; the gateway logs its own start line.
+            "uvicorn.error": {"handlers": ["default"], "level": "WARNING", "propagate": False},
             # uvicorn's per-request access log would dwarf everything else at fleet scale.
             "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
         },

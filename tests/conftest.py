@@ -6,11 +6,28 @@ from pathlib import Path
 import pytest
 
 from tests.support.process import Gateway, GatewayFactory, GatewayStartError, start_gateway
+from tests.support.redis_server import RedisFactory, RedisServer
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_factory() -> Iterator[RedisFactory]:
+    """Starts real redis-server processes on free loopback ports; all are stopped at session end."""
+    factory = RedisFactory()
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="session")
+def shared_redis(redis_factory: RedisFactory) -> RedisServer:
+    """One redis-server for tests that do not stop it."""
+    return redis_factory()
 
 
 _GATEWAYS = pytest.StashKey[list[Gateway]]()

@@ -509,22 +509,6 @@ class SQLiteStore:
                 return _state(row)
         return None
 
-    def _get_sync(self, conn: sqlite3.Connection, uid: bytes) -> AgentState | None:
-        conn.execute("BEGIN")
-        try:
-            for _ in range(MAX_ALIAS_HOPS + 1):
-                row = conn.execute(_SELECT_STATE + " WHERE uid = ?", (uid,)).fetchone()
-                if row is not None:
-                    return _state(row)
-                alias = conn.execute("SELECT new_uid FROM uid_aliases WHERE old_uid = ?", (uid,)).fetchone()
-                if alias is None:
-                    return None
-                uid = alias[0]
-            return None
-        finally:
-            if conn.in_transaction:
-                conn.execute("COMMIT")
-
     def _summary_sync(self, conn: sqlite3.Connection, params: dict[str, float]) -> FleetSummary:
         by_status: dict[str, int] = dict.fromkeys(STATUSES, 0)
         by_type_version: dict[str, dict[str, int]] = {}

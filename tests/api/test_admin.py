@@ -10,6 +10,7 @@ import pytest
 from gateway.opamp import capabilities as caps
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
 from tests.support.servers import Node, run_node
+from tests.support.waiting import uid
 
 pytestmark = pytest.mark.anyio
 
@@ -64,10 +65,6 @@ async def send(node: Node) -> AsyncIterator[Report]:
             return pb.ServerToAgent.FromString(response.content)
 
         yield _send
-
-
-def uid(n: int) -> bytes:
-    return uuid.UUID(int=n).bytes
 
 
 async def test_agent_json_has_every_documented_field(admin: httpx2.AsyncClient, send: Report) -> None:

@@ -13,6 +13,7 @@ import pytest
 from gateway.bus.base import AgentCommand, BusUnavailable, ConfigsChanged, Envelope, Owner
 from gateway.bus.redis import BROADCAST_CHANNEL, RedisBus, owner_key
 from tests.support.redis_server import RedisFactory, RedisServer
+from tests.support.waiting import eventually as _eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -32,12 +33,9 @@ class Inbox:
         return await asyncio.wait_for(self.got.get(), timeout)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.02)
+async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
+    # Redis reconnects back off for up to 2 s: a longer deadline than the shared default.
+    await _eventually(check, timeout=timeout, interval=0.02)
 
 
 def new_uid() -> bytes:

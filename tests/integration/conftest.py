@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support.redis_server import RedisFactory, RedisServer
 from tests.support.servers import free_port
 
 START_TIMEOUT = 20.0
@@ -103,20 +102,6 @@ class GatewayFactory:
     def close(self) -> None:
         for gateway in self.started:
             gateway.kill()
-
-
-@pytest.fixture(scope="session")
-def redis_factory() -> Iterator[RedisFactory]:
-    factory = RedisFactory()
-    try:
-        yield factory
-    finally:
-        factory.close()
-
-
-@pytest.fixture(scope="session")
-def shared_redis(redis_factory: RedisFactory) -> RedisServer:
-    return redis_factory()
 
 
 @pytest.fixture

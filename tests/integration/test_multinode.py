@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from tests.integration.conftest import GatewayFactory, GatewayProcess
+from tests.support.opamp_http import poll as http_poll
 from tests.support.redis_server import RedisFactory, RedisServer
 from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
 
@@ -136,13 +137,7 @@ async def test_redis_outage_keeps_serving_and_pushes_resume(
     async with agent_socket(a.opamp_url) as ws, httpx2.AsyncClient(base_url=b.opamp_url) as http:
 
         async def poll(msg: pb.AgentToServer) -> pb.ServerToAgent:
-            response = await http.post(
-                "/v1/opamp",
-                content=msg.SerializeToString(),
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            assert response.status_code == 200
-            return pb.ServerToAgent.FromString(response.content)
+            return await http_poll(http, "/v1/opamp", msg)
 
         await exchange(ws, report(ws_uid))
         await poll(report(http_uid))
@@ -210,13 +205,7 @@ async def test_restart_for_an_http_agent_through_another_node(
     async with httpx2.AsyncClient() as http:
 
         async def poll(gateway: GatewayProcess, msg: pb.AgentToServer) -> pb.ServerToAgent:
-            response = await http.post(
-                f"{gateway.opamp_url}/v1/opamp",
-                content=msg.SerializeToString(),
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            assert response.status_code == 200
-            return pb.ServerToAgent.FromString(response.content)
+            return await http_poll(http, f"{gateway.opamp_url}/v1/opamp", msg)
 
         await poll(a, report(uid))
         assert (await restart(b, uid))["delivery"] == "pending"

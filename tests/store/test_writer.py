@@ -17,6 +17,7 @@ from gateway.store.base import AgentPage, AgentQuery, FleetSummary, StoreError, 
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.writer import Writer, WriterFull, WriterStopped
 from tests.store.store_helpers import agent, description, full, heartbeat, moved, new_uid, touch
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -105,13 +106,6 @@ async def make_writer(store: ScriptedStore) -> AsyncIterator[Callable[..., Write
     yield make
     for writer in writers:
         await writer.stop()
-
-
-async def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def count_rows(store: SQLiteStore) -> int:

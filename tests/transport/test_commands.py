@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,22 +15,12 @@ from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from gateway.transport.websocket import RELOAD_AFTER_SECONDS
 from tests.support.memory_store import MemoryStore
+from tests.support.opamp_http import poll as http_poll
 from tests.support.servers import Node, run_node
+from tests.support.waiting import eventually, uid
 from tests.support.ws import agent_socket, exchange, heartbeat, recv, report
 
 pytestmark = pytest.mark.anyio
-
-
-def uid(n: int) -> bytes:
-    return uuid.UUID(int=n).bytes
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -87,13 +76,7 @@ async def test_restart_for_an_http_agent_waits_for_its_next_poll(
     async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
 
         async def poll(msg: pb.AgentToServer) -> pb.ServerToAgent:
-            response = await http.post(
-                "/v1/opamp",
-                content=msg.SerializeToString(),
-                headers={"Content-Type": "application/x-protobuf"},
-            )
-            assert response.status_code == 200
-            return pb.ServerToAgent.FromString(response.content)
+            return await http_poll(http, "/v1/opamp", msg)
 
         await poll(report(uid(30)))
         response = await admin.post(f"/api/v1/agents/{uuid.UUID(int=30)}/restart")

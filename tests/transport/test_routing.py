@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
@@ -18,21 +17,10 @@ from gateway.bus.local import LocalBus, LocalHub
 from gateway.proto import opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
+from tests.support.waiting import eventually, uid
 from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
 
 pytestmark = pytest.mark.anyio
-
-
-def uid(n: int) -> bytes:
-    return uuid.UUID(int=n).bytes
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -59,6 +59,12 @@ class AgentState:
     # The node and transport that handled the agent's last message ("" before this was recorded).
     node: str = ""
     transport: Transport | Literal[""] = ""
+    # Remote config bookkeeping (engine rules, docs/opamp.md): the config_hash last sent to the agent
+    # and when (0: never), so it is not sent again before the agent reports or a timeout passes; and
+    # a hash the agent reported FAILED for, so it is not sent again until the desired hash changes.
+    offered_config_hash: bytes | None = None
+    offered_at: float = 0.0
+    failed_config_hash: bytes | None = None
 
     @property
     def uid(self) -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
 DEFAULT_PAGE_SIZE = 50
@@ -25,6 +27,16 @@ class StoreUnavailable(StoreError):
     """A transient failure: the caller should shed load and let the agent retry later."""
 
 
+class VersionConflict(Exception):
+    """A config write that expected another version than the stored one (0: expected none stored)."""
+
+    def __init__(self, name: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"config {name!r} is at version {current}, not {expected}: re-read it and apply your change again"
+        )
+        self.current = current
+
+
 class InvalidCursor(ValueError):
     """A pagination cursor that this store did not issue."""
 
@@ -36,6 +48,8 @@ class AgentQuery:
     q: str | None = None
     # attribute key -> exact text value; identifying and non-identifying attributes both match.
     attributes: dict[str, str] = field(default_factory=dict)
+    # Only agents the selector matches (fleet/selector.py semantics; an empty selector matches none).
+    selector: Selector | None = None
     limit: int = DEFAULT_PAGE_SIZE
     # Opaque token from the previous page's `next_cursor`.
     cursor: str | None = None
@@ -77,3 +91,16 @@ class Store(Protocol):
         """Agents matching the query in a stable order, one page at a time."""
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary: ...
+
+    async def list_configs(self) -> list[Config]:
+        """Every config, by name."""
+
+    async def get_config(self, name: str) -> Config | None: ...
+
+    async def put_config(self, name: str, request: ConfigRequest, now: float) -> tuple[Config, bool]:
+        """Create or replace; (the stored config, whether its content changed). The version goes up by
+        one on a change and stays on an identical PUT. Raises VersionConflict when
+        `request.expected_version` is set and is not the stored version (0 when none is stored)."""
+
+    async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
+        """False if there was no such config. Raises VersionConflict like put_config."""

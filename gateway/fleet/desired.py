@@ -1,0 +1,117 @@
+"""What remote config each agent should have, given the configs a node currently knows.
+
+Resolution: take every config whose selector matches the agent, in order of priority (highest
+first) then name (a-z). Their files form one AgentConfigMap; when two configs carry a file with the
+same name, the first in that order wins. No matching config (or only configs that lose every file)
+means no desired config at all: the gateway then sends nothing, never an empty map.
+
+`config_hash` is SHA-256 over a canonical byte encoding of the resolved files, in file-name order:
+for each file, its name, content type and body, each as an 8-byte big-endian length and the bytes.
+It depends on nothing but the files, so every node computes the same hash for the same content, and
+so does anyone checking it by hand (docs/opamp.md shows the encoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.fleet.agent import AgentState, facts
+from gateway.fleet.configs import Config, ConfigFile
+from gateway.proto import opamp_pb2 as pb
+
+# Desired configs remembered per (uid, description) in one ConfigSet; a new set starts empty.
+_CACHE_LIMIT = 1 << 18
+
+
+def config_hash(files: Iterable[tuple[str, ConfigFile]]) -> bytes:
+    digest = hashlib.sha256()
+    for name, f in sorted(files, key=lambda item: item[0]):
+        for part in (name.encode(), f.content_type.encode(), f.body):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The remote config one agent should run."""
+
+    hash: bytes
+    # Ready to CopyFrom into a ServerToAgent; shared by every agent with the same desired config.
+    message: pb.AgentRemoteConfig
+    # The configs that contributed at least one file, in resolution order.
+    sources: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class ConfigSet:
+    """An immutable snapshot of the fleet's configs, with a per-agent resolution cache."""
+
+    configs: tuple[Config, ...] = ()
+    # Identifies the snapshot's content: equal on two nodes that know the same config versions.
+    generation: str = field(init=False)
+    _cache: dict[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
+    _shared: dict[bytes, Desired] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.configs = tuple(sorted(self.configs, key=lambda c: (-c.priority, c.name)))
+        token = hashlib.sha256()
+        for c in self.configs:
+            token.update(f"{c.name}\0{c.hash}\0".encode())
+        self.generation = token.hexdigest()
+        self._cache = {}
+        self._shared = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.configs)
+
+    def by_name(self, name: str) -> Config | None:
+        for c in self.configs:
+            if c.name == name:
+                return c
+        return None
+
+    def resolve(self, uid: bytes, attributes: Mapping[str, str]) -> Desired | None:
+        files: dict[str, ConfigFile] = {}
+        sources: list[str] = []
+        for c in self.configs:
+            if not c.selector.matches(uid, attributes):
+                continue
+            contributed = False
+            for name, f in c.spec.files:
+                if name not in files:
+                    files[name] = f
+                    contributed = True
+            if contributed:
+                sources.append(c.name)
+        if not files:
+            return None
+        digest = config_hash(files.items())
+        shared = self._shared.get(digest)
+        if shared is not None and shared.sources == tuple(sources):
+            return shared
+        message = pb.AgentRemoteConfig(config_hash=digest)
+        for name, f in files.items():
+            entry = message.config.config_map[name]
+            entry.body = f.body
+            entry.content_type = f.content_type
+        desired = Desired(hash=digest, message=message, sources=tuple(sources))
+        self._shared.setdefault(digest, desired)
+        return desired
+
+    def desired_for(self, state: AgentState) -> Desired | None:
+        """The agent's desired config; cached, so a heartbeat costs a dict lookup."""
+        if not self.configs:
+            return None
+        key = (state.instance_uid, state.description)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        desired = self.resolve(state.instance_uid, facts(state).attributes)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = desired
+        return desired

@@ -158,6 +158,30 @@ def _identity(
     return state, "reported", gap, None
 
 
+def _reported(
+    base: AgentState, msg: pb.AgentToServer, now: float, disconnecting: bool, changed: set[str]
+) -> AgentState:
+    """The record with what the message reports applied; adds the changed fields' names to `changed`."""
+    updates: dict[str, object] = {"last_seen": now, "sequence_num": msg.sequence_num}
+    changed.update(("last_seen", "sequence_num"))
+    # capabilities MUST always be set, but a bare poll may leave it 0: that means "not reported".
+    if msg.capabilities and msg.capabilities != base.capabilities:
+        updates["capabilities"] = msg.capabilities
+        changed.add("capabilities")
+    for name in _SUB_MESSAGES:
+        data = _serialized(msg, name)
+        if data is not None and data != getattr(base, name):
+            updates[name] = data
+            changed.add(name)
+    if disconnecting != base.disconnected:
+        updates["disconnected"] = disconnecting
+        changed.add("disconnected")
+    new_state = replace(base, **updates)  # type: ignore[arg-type]
+    if "remote_config_status" in changed:
+        new_state = _on_config_report(new_state, msg.remote_config_status, changed)
+    return new_state
+
+
 def handle(
     state: AgentState | None,
     msg: pb.AgentToServer,
@@ -190,23 +214,7 @@ def handle(
     elif previous_uid is not None:
         changed.add("instance_uid")
 
-    updates: dict[str, object] = {"last_seen": now, "sequence_num": msg.sequence_num}
-    changed.update(("last_seen", "sequence_num"))
-    # capabilities MUST always be set, but a bare poll may leave it 0: that means "not reported".
-    if msg.capabilities and msg.capabilities != base.capabilities:
-        updates["capabilities"] = msg.capabilities
-        changed.add("capabilities")
-    for name in _SUB_MESSAGES:
-        data = _serialized(msg, name)
-        if data is not None and data != getattr(base, name):
-            updates[name] = data
-            changed.add(name)
-    if disconnecting != base.disconnected:
-        updates["disconnected"] = disconnecting
-        changed.add("disconnected")
-    new_state = replace(base, **updates)  # type: ignore[arg-type]
-    if "remote_config_status" in changed:
-        new_state = _on_config_report(new_state, msg.remote_config_status, changed)
+    new_state = _reported(base, msg, now, disconnecting, changed)
 
     effective_caps = new_state.capabilities
     # Only a gap (or a stranger) proves state was lost. Asking again whenever the description is

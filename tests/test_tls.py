@@ -6,6 +6,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -136,7 +137,11 @@ def test_unusable_files_are_named_before_listening(
 ) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN NOTHING-----\n")
-    files = {"tls_cert": str(pki.cert), "tls_key": str(pki.key), "tls_client_ca": str(pki.ca_file)}
+    files: dict[str, Any] = {
+        "tls_cert": str(pki.cert),
+        "tls_key": str(pki.key),
+        "tls_client_ca": str(pki.ca_file),
+    }
     if which == "missing-cert":
         files["tls_cert"] = str(tmp_path / "nope.crt")
     elif which == "garbage-key":

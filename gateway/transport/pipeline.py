@@ -62,6 +62,9 @@ async def process(
     outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
     outcome = _stamped(outcome, services.settings.node_id, transport)
     if transport == "http" and outcome.state is not None:
+        if outcome.write is not None and outcome.write.previous_uid is not None:
+            # A moved agent is one agent: the uid it leaves must not count as a second one.
+            services.registry.saw_http(outcome.write.previous_uid, None)
         services.registry.saw_http(outcome.state.instance_uid, None if outcome.state.disconnected else now)
     if outcome.write is not None:
         try:

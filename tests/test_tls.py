@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from websockets.asyncio.client import connect
 
 from gateway import settings as settings_mod, tls
 from gateway.proto import opamp_pb2 as pb
+from tests.support.process import GatewayFactory, TLSFiles
 from tests.support.servers import Node, run_node
 from tests.support.waiting import uid
 from tests.support.ws import exchange, report
@@ -164,3 +166,18 @@ def test_uvicorn_options() -> None:
         "ssl_cert_reqs": ssl.CERT_REQUIRED,
     }
     assert tls.uvicorn_options(s, client_certs=False) == {"ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"}
+
+
+def test_a_fully_secured_process(gateway_factory: GatewayFactory, pki: Pki, tmp_path: Path) -> None:
+    """`opamp-gateway serve` with mutual TLS, agent keys and an admin token, all at once."""
+    files = TLSFiles(cert=pki.cert, key=pki.key, ca=pki.ca_file, client_ca=pki.ca_file)
+    gateway = gateway_factory(tls=files, agent_key="tls-agent-key-42", admin_token="tls-admin-token-42")
+    assert gateway.opamp_url.startswith("https://")
+    context = client_context(pki, pki.ca)
+    body = report(uid(9)).SerializeToString()
+    with httpx2.Client(verify=context) as client:
+        assert client.post(gateway.opamp_url, content=body, headers=PROTOBUF).status_code == 401
+        ok = client.post(gateway.opamp_url, content=body, headers={**PROTOBUF, **gateway.agent_headers})
+        assert ok.status_code == 200
+    assert gateway.admin.agent(str(uuid.UUID(bytes=uid(9)))) is not None
+    assert "client certificates: required" in gateway.log_text()

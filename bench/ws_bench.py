@@ -287,10 +287,7 @@ async def _run(cfg: WsBenchConfig, progress: Progress, argv: list[str]) -> dict[
                         await bench.measure(gateway, baseline)
                     finally:
                         await close_fleet(bl_fleet)
-                final = await sample_heartbeats(gw_fleet[-cfg.sample :])
-                progress(
-                    f"checked    gateway   {len(probe) + len(final)} heartbeat replies decoded: all valid"
-                )
+                final = await _final_sample(gateway, gw_fleet[-cfg.sample :], len(probe), progress)
                 hot_spots = await _profile(bench, gateway) if cfg.profile else None
             finally:
                 await close_fleet(gw_fleet)
@@ -332,6 +329,20 @@ async def _run(cfg: WsBenchConfig, progress: Progress, argv: list[str]) -> dict[
         "valid": not problems,
         "python_executable": sys.executable,
     }
+
+
+async def _final_sample(
+    gateway: WsTargetRun, fleet: list[WsAgent], probed: int, progress: Progress
+) -> list[bytes]:
+    """Heartbeats after the load, decoded in full. A failure here is a finding about the phases just
+    measured, so it makes the run INVALID rather than ending it without a report."""
+    try:
+        final = await sample_heartbeats(fleet)
+    except ReplyError as exc:
+        gateway.problems.append(f"final sample: {exc}")
+        return []
+    progress(f"checked    gateway   {probed + len(final)} heartbeat replies decoded: all valid")
+    return final
 
 
 async def _profile(bench: WsBench, gateway: WsTargetRun) -> dict[str, object]:

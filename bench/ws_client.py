@@ -93,9 +93,9 @@ class AgentSocket(asyncio.Protocol):
             self._buffer += data
             if b"\r\n\r\n" not in self._buffer:
                 return
-            head, _, rest = self._buffer.partition(b"\r\n\r\n")
+            response, _, rest = self._buffer.partition(b"\r\n\r\n")
             self._buffer = b""
-            if not self._opened(head):
+            if not self._opened(response):
                 return
             if not rest:
                 return

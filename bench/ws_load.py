@@ -73,21 +73,21 @@ def expected_reply(template: pb.ServerToAgent, uid: bytes | None) -> bytes:
     return framing.encode(template.SerializeToString())
 
 
-def classify(message: bytes, uid: bytes | None) -> str:
-    """What is wrong with a reply that is not the expected one (a CHECK_ERRORS name)."""
+def classify(message: bytes, uid: bytes | None) -> tuple[str, str]:
+    """What is wrong with a reply that is not the expected one: a CHECK_ERRORS name and a detail."""
     if message[:1] != framing.HEADER:
-        return "bad_header"
+        return "bad_header", f"starts with {message[:10].hex()}"
     try:
         reply = pb.ServerToAgent.FromString(message[1:])
     except DecodeError:
-        return "bad_body"
+        return "bad_body", f"not a ServerToAgent: {message[:60].hex()}"
     if reply.HasField("error_response"):
-        return "error_response"
+        return "error_response", reply.error_response.error_message
     if reply.flags & REPORT_FULL_STATE:
-        return "full_state"
+        return "full_state", "ReportFullState requested"
     if uid is not None and reply.instance_uid != uid:
-        return "wrong_uid"
-    return "unexpected"
+        return "wrong_uid", f"reply for {reply.instance_uid.hex()}, sent {uid.hex()}"
+    return "unexpected", f"not the plain heartbeat reply: {message[:60].hex()}"
 
 
 def check_framed(message: bytes, agent: Agent) -> pb.ServerToAgent:
@@ -115,7 +115,8 @@ def fixed_check(expected: bytes) -> Check:
 
     def check(reply: bytes, agent: Agent) -> None:
         if reply != expected:
-            raise ReplyError(f"agent {agent.index}: {classify(reply, None)}: {reply[:120].hex()}")
+            why, detail = classify(reply, None)
+            raise ReplyError(f"agent {agent.index}: {why}: {detail}")
 
     return check
 
@@ -231,10 +232,10 @@ class _Loop:
             self.checks["ok"] += 1
         else:
             agent = self.agents[sock]
-            why = classify(message, agent.uid if self.track_uid else None)
+            why, detail = classify(message, agent.uid if self.track_uid else None)
             self.checks[why] += 1
             if len(self.examples) < 5:
-                self.examples.append(f"agent {agent.index} seq {agent.seq}: {why}: {message[:120].hex()}")
+                self.examples.append(f"agent {agent.index} seq {agent.seq}: {why}: {detail}")
         if self.running:
             self.replies += 1
             self.latencies.append(now - sock.sent_at)

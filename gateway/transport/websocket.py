@@ -154,8 +154,7 @@ class Connection:
             reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
             result = "unavailable"
         sent = await self._send(reply)
-        metrics.messages.labels(transport="websocket", result=result).inc()
-        metrics.latency.labels(transport="websocket").observe(time.perf_counter() - started)
+        metrics.handled("websocket", result, time.perf_counter() - started)
         return sent
 
     async def _process(self, msg: pb.AgentToServer) -> engine.Outcome:

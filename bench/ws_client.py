@@ -100,6 +100,10 @@ class AgentSocket(asyncio.Protocol):
             if not rest:
                 return
             data = rest
+        if not self._buffer and len(data) > 1 and data[0] == 0x82 and len(data) == 2 + data[1] < 2 + 126:
+            # The usual case: exactly one small, final, unmasked binary frame.
+            self._deliver(data[2:])
+            return
         buffer = self._buffer + data if self._buffer else data
         offset, end = 0, len(buffer)
         while end - offset >= 2:

@@ -63,6 +63,15 @@ def heartbeat_message(agent: Agent) -> bytes:
     return framing.encode(heartbeat(agent).SerializeToString())
 
 
+def heartbeat_parts(agent: Agent) -> tuple[bytes, bytes]:
+    """What comes before and after the sequence number in the agent's framed heartbeat: the closed
+    loop encodes heartbeats by hand, 4 times faster than protobuf, to keep the generator's core free
+    (the bytes are protobuf's: fields in number order, as tests/bench/test_ws_load.py checks)."""
+    before = framing.HEADER + b"\x0a" + framing.encode_varint(len(agent.uid)) + agent.uid + b"\x10"
+    after = b"\x20" + framing.encode_varint(agent.capabilities) if agent.capabilities else b""
+    return before, after
+
+
 def expected_reply(template: pb.ServerToAgent, uid: bytes | None) -> bytes:
     """The framed heartbeat reply for uid (None: the template as it is, the baseline's fixed reply)."""
     if uid is not None:
@@ -224,6 +233,7 @@ class _Loop:
         self.checks: Counter[str] = Counter()
         self.examples: list[str] = []
         self.agents: dict[AgentSocket, Agent] = {}
+        self.parts: dict[AgentSocket, tuple[bytes, bytes]] = {}
         self.drained = asyncio.Event()
 
     def on_reply(self, sock: AgentSocket, message: bytes) -> None:
@@ -245,10 +255,18 @@ class _Loop:
             if not self.outstanding:
                 self.drained.set()
 
+    def add(self, item: WsAgent) -> None:
+        self.agents[item.sock] = item.agent
+        self.parts[item.sock] = heartbeat_parts(item.agent)
+        item.sock.on_message = self.on_reply
+
     def send(self, sock: AgentSocket) -> None:
+        agent = self.agents[sock]
+        agent.seq += 1
+        before, after = self.parts[sock]
         self.sent += 1
         sock.sent_at = time.perf_counter()
-        sock.send(heartbeat_message(self.agents[sock]))
+        sock.send(before + framing.encode_varint(agent.seq) + after)
 
     def stop(self) -> None:
         self.running = False
@@ -263,8 +281,7 @@ async def closed_loop(fleet: Sequence[WsAgent], seconds: float, track_uid: bool)
     state = _Loop(track_uid)
     open_fleet = [item for item in fleet if item.sock.open]
     for item in open_fleet:
-        state.agents[item.sock] = item.agent
-        item.sock.on_message = state.on_reply
+        state.add(item)
     started = time.perf_counter()
     for item in open_fleet:
         state.send(item.sock)

@@ -11,7 +11,7 @@ import pytest
 
 from bench.agents import ReplyError
 from bench.baseline import OPAMP_PATH, heartbeat_reply
-from bench.fleet import make_fleet
+from bench.fleet import heartbeat, make_fleet
 from bench.targets import HOST, Cores, Target, free_port, running
 from bench.ws_client import WsError, connect
 from bench.ws_load import (
@@ -21,6 +21,7 @@ from bench.ws_load import (
     connect_fleet,
     expected_reply,
     fixed_check,
+    heartbeat_parts,
 )
 from gateway.opamp import framing
 from gateway.proto import opamp_pb2 as pb
@@ -74,6 +75,17 @@ def test_expected_reply_swaps_only_the_uid() -> None:
     )
     assert expected_reply(template, None) == _framed(template)
     assert template.instance_uid == UID
+
+
+@pytest.mark.parametrize("capabilities", [0, 1, 0x3F, 1 << 40])
+def test_hand_encoded_heartbeats_are_protobufs_bytes(capabilities: int) -> None:
+    agent = make_fleet(1)[0]
+    agent.capabilities = capabilities
+    before, after = heartbeat_parts(agent)
+    for seq in (1, 127, 128, 300, 1 << 35):
+        agent.seq = seq
+        by_hand = before + framing.encode_varint(seq) + after
+        assert by_hand == framing.encode(heartbeat(agent).SerializeToString()), seq
 
 
 async def test_closed_loop_against_the_baseline_checks_every_reply(baseline: Target) -> None:

@@ -46,13 +46,14 @@ def ws_table(result: dict[str, Any]) -> str:
         f"{result['pinning']}",
         "",
         f"{'target':<10} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU':>11}"
-        f" {'generator CPU':>14}",
+        f" {'generator CPU':>14} {'server µs/msg':>14} {'generator µs/msg':>17}",
     ]
     for name, summary in result["targets"].items():
         rows.append(
             f"{name:<10} {summary['messages_per_second']:>11,.0f} {summary['p50_ms']:>8.2f}"
             f" {summary['p99_ms']:>8.2f} {summary['errors']:>7} {summary['server_cpu']:>11.0%}"
-            f" {summary['generator_cpu']:>14.0%}"
+            f" {summary['generator_cpu']:>14.0%} {summary['server_us_per_message']:>14.1f}"
+            f" {summary['generator_us_per_message']:>17.1f}"
         )
     rounds = ", ".join(f"{r:.2f}" for r in result["round_ratios"])
     ratio, aim = result["ratio"], result["aim"]
@@ -60,6 +61,8 @@ def ws_table(result: dict[str, Any]) -> str:
         "",
         f"ratio gateway/baseline = {ratio:.2f} (aim >= {aim:.2f}: {'met' if ratio >= aim else 'NOT met'});"
         f" per round: {rounds}",
+        f"CPU per message baseline/gateway = {result['cpu_ratio']:.2f} (the same comparison by server CPU"
+        " time per message; steadier on a shared machine)",
     ]
     memory = result["memory"]
     if memory:

@@ -114,9 +114,10 @@ class WsBench:
         generator_before = procstat.process_cpu(os.getpid())
         result = await closed_loop(run.fleet, seconds, run.track_uid)
         wall = time.monotonic() - wall_before
-        result.server_load = (procstat.process_cpu(run.target.pid) - cpu_before) / wall
-        result.core_load = (procstat.core_busy(self.cores.server) - core_before) / wall
-        result.generator_cpu = (procstat.process_cpu(os.getpid()) - generator_before) * result.seconds / wall
+        result.wall = wall
+        result.server_cpu = procstat.process_cpu(run.target.pid) - cpu_before
+        result.core_busy = procstat.core_busy(self.cores.server) - core_before
+        result.generator_cpu = procstat.process_cpu(os.getpid()) - generator_before
         if before is not None and admin:
             delta = gateway_metrics.scrape(HOST, admin, "websocket") - before
             # Every heartbeat sent was answered before the phase ended: the counts must match exactly.
@@ -181,6 +182,7 @@ def _template(probe: list[bytes], fleet: list[WsAgent]) -> pb.ServerToAgent:
 
 def _summary(run: WsTargetRun) -> dict[str, object]:
     replies = sum(r.replies for r in run.rounds)
+    sent = sum(r.sent for r in run.rounds)
     seconds = sum(r.seconds for r in run.rounds)
     return {
         "messages_per_second": replies / seconds if seconds else 0.0,
@@ -193,8 +195,12 @@ def _summary(run: WsTargetRun) -> dict[str, object]:
         "errors": sum(r.errors for r in run.rounds),
         # Share of one core used: the server's should be near 100%, the generator's well below.
         "server_cpu": statistics.mean(r.server_load for r in run.rounds),
+        # How busy the server's core was: far above server_cpu means other processes took it.
         "server_core_busy": statistics.mean(r.core_load for r in run.rounds),
         "generator_cpu": statistics.mean(r.generator_load for r in run.rounds),
+        # CPU time per message, user + system: what a message costs, whoever else shares the core.
+        "server_us_per_message": 1e6 * sum(r.server_cpu for r in run.rounds) / sent if sent else 0.0,
+        "generator_us_per_message": 1e6 * sum(r.generator_cpu for r in run.rounds) / sent if sent else 0.0,
         "rounds": [
             {
                 "messages_per_second": r.rps,
@@ -295,6 +301,8 @@ async def _run(cfg: WsBenchConfig, progress: Progress, argv: list[str]) -> dict[
     gw_summary, bl_summary = _summary(gateway), _summary(baseline)
     gw_rate = float(gw_summary["messages_per_second"])  # type: ignore[arg-type]
     bl_rate = float(bl_summary["messages_per_second"])  # type: ignore[arg-type]
+    gw_cost = float(gw_summary["server_us_per_message"])  # type: ignore[arg-type]
+    bl_cost = float(bl_summary["server_us_per_message"])  # type: ignore[arg-type]
     problems = gateway.problems + baseline.problems
     if memory is not None:
         for side in ("gateway", "baseline"):
@@ -319,6 +327,9 @@ async def _run(cfg: WsBenchConfig, progress: Progress, argv: list[str]) -> dict[
         "reply_bytes": {"gateway": len(probe[0]), "baseline": len(baseline_reply)},
         "targets": {"gateway": gw_summary, "baseline": bl_summary},
         "ratio": gw_rate / bl_rate if bl_rate else 0.0,
+        # The same comparison by CPU time per message: steadier than throughput when other processes
+        # take part of the server's core, but blind to time the server spends waiting.
+        "cpu_ratio": bl_cost / gw_cost if gw_cost else 0.0,
         "round_ratios": [
             g.rps / b.rps for g, b in zip(gateway.rounds, baseline.rounds, strict=True) if b.rps
         ],

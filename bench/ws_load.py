@@ -188,9 +188,11 @@ class WsPhaseResult:
     checks: dict[str, int]
     # A message and what the check made of it, for the first few failures.
     examples: list[str] = field(default_factory=list)
+    # CPU seconds over the phase's wall time (`wall`, the window plus the drain), filled in by the caller.
+    server_cpu: float = 0.0
+    core_busy: float = 0.0
     generator_cpu: float = 0.0
-    server_load: float = 0.0
-    core_load: float = 0.0
+    wall: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -201,8 +203,19 @@ class WsPhaseResult:
         return sum(self.checks.get(name, 0) for name in CHECK_ERRORS)
 
     @property
+    def server_load(self) -> float:
+        """Share of one core the server used: near 100% when it is the bottleneck."""
+        return self.server_cpu / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def core_load(self) -> float:
+        """How busy the server's core was in all (server, kernel, any other process)."""
+        return self.core_busy / self.wall if self.wall > 0 else 0.0
+
+    @property
     def generator_load(self) -> float:
-        return self.generator_cpu / self.seconds if self.seconds > 0 else 0.0
+        """Share of its core the load generator (this process) used: must stay well below 100%."""
+        return self.generator_cpu / self.wall if self.wall > 0 else 0.0
 
     def percentile_ms(self, p: str) -> float:
         return self.latency_ms.get(p, 0.0)

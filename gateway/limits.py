@@ -98,6 +98,13 @@ class Limits:
         self.inflight += 1
         return True
 
+    def track_message(self) -> None:
+        """Count a WebSocket message, never refusing it. A socket has at most one message in flight
+        (the next frame is not read until the reply is sent), so sockets are bounded by
+        --max-connections already; shedding would lose what the agent reported (a config push makes
+        thousands of agents report at once) and gain nothing."""
+        self.inflight += 1
+
     def end_message(self) -> None:
         self.inflight -= 1
 

@@ -21,7 +21,7 @@ from gateway.proto import opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
-from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, report
+from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report, send
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -159,7 +159,7 @@ async def gated(tmp_path: Path) -> AsyncIterator[tuple[Node, GatedStore]]:
         yield node, store
 
 
-async def test_max_inflight_sheds_http_with_503_and_websocket_with_unavailable(
+async def test_max_inflight_sheds_http_but_never_a_websocket_message(
     gated: tuple[Node, GatedStore],
 ) -> None:
     node, store = gated
@@ -175,17 +175,20 @@ async def test_max_inflight_sheds_http_with_503_and_websocket_with_unavailable(
         _retry_after(refused.headers)
         assert refused.text == "service unavailable: max_inflight\n"
 
-        reply = await exchange(ws, report(uid(3)))
-        assert reply.instance_uid == uid(3)
-        assert reply.error_response.type == pb.ServerErrorResponseType_Unavailable
-        assert 30e9 <= reply.error_response.retry_info.retry_after_nanoseconds <= 60e9
-        assert _shed(node, "max_inflight") == 2
+        # A socket carries one message at a time, so it waits instead of losing what it reported;
+        # it counts toward the limit, so HTTP stays shed meanwhile.
+        await send(ws, report(uid(3)))
+        await eventually(lambda: store.waiting == 2)
+        assert node.services.limits.inflight == 2
+        assert _shed(node, "max_inflight") == 1
 
-        # Nothing accepted is lost: the held request completes once the store answers.
+        # Nothing accepted is lost: both complete once the store answers.
         store.gate.set()
         assert (await held).status_code == 200
-        assert (await exchange(ws, report(uid(3), seq=1))).HasField("error_response") is False
+        reply = await recv(ws)
+        assert reply.instance_uid == uid(3) and not reply.HasField("error_response")
     assert await node.services.writer.get(uid(1)) is not None
+    assert await node.services.writer.get(uid(3)) is not None
     assert node.services.limits.inflight == 0
 
 

@@ -169,10 +169,8 @@ class Connection:
             await self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
             return False
         metrics = self._services.metrics
-        counted = self._services.limits.begin_message()
+        self._services.limits.track_message()
         try:
-            if not counted:
-                raise pipeline.Shed("max_inflight")
             outcome = await self._process(msg)
             reply, result = outcome.reply, "rejected" if outcome.rejected else "ok"
         except pipeline.Shed as exc:
@@ -181,11 +179,9 @@ class Connection:
             reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
             result = "unavailable"
         finally:
-            if counted:
-                self._services.limits.end_message()
+            self._services.limits.end_message()
         sent = await self._send(reply)
-        metrics.messages.labels(transport="websocket", result=result).inc()
-        metrics.latency.labels(transport="websocket").observe(time.perf_counter() - started)
+        metrics.handled("websocket", result, time.perf_counter() - started)
         return sent
 
     async def _process(self, msg: pb.AgentToServer) -> engine.Outcome:

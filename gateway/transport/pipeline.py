@@ -60,6 +60,7 @@ async def process(
     services: Services, state: AgentState | None, msg: pb.AgentToServer, transport: Transport = "http"
 ) -> engine.Outcome:
     """Run the engine and hand its write to the writer (awaiting the commit when it matters)."""
+    await services.config_cache.refresh_if_stale()
     now = services.clock()
     outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
     outcome = _stamped(outcome, services.settings.node_id, transport)

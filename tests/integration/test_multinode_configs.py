@@ -23,6 +23,7 @@ from tests.integration.conftest import GatewayFactory, GatewayProcess
 from tests.integration.nodes import admin_json, agent_json, eventually, new_uid, text, wait_bus
 from tests.support.opamp_http import poll as http_poll
 from tests.support.redis_server import RedisFactory, RedisServer
+from tests.support.remote_config import expected_hash
 from tests.support.ws import agent_socket, exchange, heartbeat, recv, report
 
 pytestmark = pytest.mark.anyio
@@ -167,6 +168,7 @@ async def test_config_put_on_one_node_reaches_a_websocket_agent_on_another_withi
             assert put["version"] == version
             assert files_of(pushed) == {"collector.yaml": body}
             assert pushed.config.config_map["collector.yaml"].content_type == "text/yaml"
+            assert pushed.config_hash == expected_hash({"collector.yaml": ("text/yaml", body.encode())})
             # Applied: the reply has nothing more to send, and both nodes show it in sync.
             assert not (
                 await agent.report_config(pushed.config_hash, pb.RemoteConfigStatuses_APPLIED)

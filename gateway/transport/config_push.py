@@ -44,7 +44,8 @@ class ConfigCache:
         self._services = services
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
-        # time.monotonic() of the last successful read.
+        # time.monotonic() of the last read, or of a message's failed attempt at one (a failing
+        # store is not asked again by every message).
         self._read_at = -math.inf
         # Set once the configs could be read: until then, readiness reports them unknown.
         self.loaded = False
@@ -94,6 +95,7 @@ class ConfigCache:
             return
         if time.monotonic() - self._read_at < STALE_WITHOUT_BUS:
             return
+        self._read_at = time.monotonic()
         try:
             async with self._lock:
                 await self._read("a message while the bus is down")

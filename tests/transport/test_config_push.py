@@ -8,6 +8,7 @@ cases with real processes and a real redis-server.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -135,16 +136,21 @@ async def test_with_the_bus_up_messages_rely_on_events(setup: Setup, monkeypatch
 async def test_a_failed_read_before_a_message_answers_with_the_configs_known(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 0.0)
+    monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 3600.0)
     await changed_elsewhere(setup.store, "v: 1\n")
     await setup.node.services.config_cache.refresh("test")
+    # As if that read were long ago: the next message finds the configs stale.
+    monkeypatch.setattr(setup.node.services.config_cache, "_read_at", -math.inf)
     setup.bus.down, setup.store.fail_configs = True, True
     reads = setup.store.config_reads
     async with agent_socket(setup.node.opamp_url) as ws:
         reply = await enroll(ws, 3)
-    assert setup.store.config_reads == reads + 1
-    assert not reply.HasField("error_response")
-    assert files(reply) == {"c.yaml": b"v: 1\n"}
+        assert setup.store.config_reads == reads + 1
+        assert not reply.HasField("error_response")
+        assert files(reply) == {"c.yaml": b"v: 1\n"}
+        # The failed attempt counts: the failing store is not asked again by the next message.
+        assert not (await exchange(ws, heartbeat(uid(3), 1, CONFIG_CAPS))).HasField("error_response")
+        assert setup.store.config_reads == reads + 1
 
 
 async def test_coming_back_pushes_what_changed_to_agents_not_yet_sent_it(

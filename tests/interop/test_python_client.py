@@ -154,6 +154,7 @@ def make_agent(
     *,
     effective_config: bool = True,
     capabilities: int | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[OpAMPClient, OpAMPAgent]:
     # The client's own default capabilities unless told otherwise.
     extra: dict[str, Any] = {} if capabilities is None else {"capabilities": capabilities}
@@ -164,6 +165,8 @@ def make_agent(
         endpoint=gateway.opamp_url,
         timeout_millis=CLIENT_TIMEOUT_MS,
         transport=transport,
+        # The client's own way to authenticate: extra headers on every request.
+        headers=gateway.agent_headers if headers is None else headers,
         agent_identifying_attributes={"service.name": service_name, "service.version": "1.2.3"},
         agent_non_identifying_attributes={
             "os.type": "linux",
@@ -490,3 +493,27 @@ def test_a_client_without_accepts_remote_config_never_receives_one(gateway_facto
         assert exchange.status_code == 200
         assert not exchange.reply.HasField("error_response")
         assert not exchange.reply.HasField("remote_config")
+
+
+def test_authenticated_client(gateway_factory: GatewayFactory) -> None:
+    """With agent keys and an admin token: the client's `headers` carry its key; without one it is
+    refused with 401 and never enrolls."""
+    gateway = gateway_factory(agent_key="interop-python-key-0123", admin_token="interop-admin-token")
+    name = unique_name("py-interop-auth")
+    recorder = Recorder()
+    _client, agent = make_agent(gateway, name, recorder)
+    with running(agent):
+        enrolled = wait_until(lambda: find_agent(gateway, name), 5, f"agent {name} to enroll")
+        assert enrolled["status"] == "online"
+        recorder.wait_for_reply(after=recorder.connects)
+        agent.stop(timeout=5)
+    assert recorder.connect_failures == []
+    assert all(e.status_code == 200 for e in recorder.snapshot())
+
+    stranger = Recorder()
+    _client, intruder = make_agent(gateway, unique_name("py-interop-nokey"), stranger, headers={})
+    with running(intruder):
+        wait_until(lambda: stranger.snapshot() or None, 5, "the keyless client's first attempt")
+    assert {e.status_code for e in stranger.snapshot()} == {401}
+    assert stranger.connects == 0
+    assert gateway.admin.summary()["total"] == 1

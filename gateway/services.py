@@ -19,6 +19,7 @@ from gateway.metrics import Metrics
 from gateway.opamp.engine import FleetView
 from gateway.settings import Settings
 from gateway.store.base import Store
+from gateway.store.breaker import CircuitBreaker
 from gateway.store.writer import Writer
 from gateway.transport import routing
 from gateway.transport.presence import Presence
@@ -73,7 +74,12 @@ def open_bus(settings: Settings) -> Bus:
     return RedisBus(settings.redis_url, settings.node_id, owner_ttl=settings.owner_ttl)
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    """Elasticsearch when --elasticsearch-url is set, else the SQLite file."""
+    if settings.elasticsearch_url:
+        from gateway.store.elasticsearch import ElasticsearchStore
+
+        return ElasticsearchStore.from_settings(settings, metrics)
     from gateway.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.sqlite_path)
@@ -86,7 +92,12 @@ async def running(
     """Open the store, start the writer and the bus; on exit flush what is pending and close everything."""
     metrics = Metrics()
     metrics.set_build(protobuf_backend())
-    store = store or open_store(settings)
+    store = CircuitBreaker(
+        store or open_store(settings, metrics),
+        failures=settings.store_breaker_failures,
+        reset_after=settings.store_breaker_reset,
+        on_state=metrics.observe_circuit,
+    )
     await store.open()
     writer = Writer(
         store,

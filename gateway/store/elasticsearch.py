@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Collection, Mapping, Sequence
@@ -59,6 +60,8 @@ MAX_ALIAS_HOPS = 4
 # Item-level retries of 429/5xx inside one write(), before the Writer's own retries take over.
 _ITEM_RETRY_DELAYS = (0.05, 0.2, 0.5)
 _MAX_CONFLICT_ROUNDS = 8
+# Below aiohttp's 1 MiB "large body" threshold: one request body is written to the socket in one go.
+_MAX_BULK_BYTES = (1 << 20) - (16 << 10)
 # Only what agent_from_source() reads: effective config bodies and the Fleet-style copies stay put.
 SOURCE_FIELDS = [
     "active",
@@ -296,16 +299,30 @@ class ElasticsearchStore:
             todo = sorted(again)
 
     async def _bulk(self, actions: list[Action]) -> list[Mapping[str, Any]]:
-        operations: list[dict[str, Any]] = []
+        """Send the actions as few `_bulk` requests of at most _MAX_BULK_BYTES as possible."""
+        items: list[Mapping[str, Any]] = []
+        lines: list[bytes] = []
+        size = count = 0
         for action in actions:
-            operations.append(action.header())
-            operations.append(action.body)
+            pair = [_ndjson(action.header()), _ndjson(action.body)]
+            added = len(pair[0]) + len(pair[1])
+            if lines and size + added > _MAX_BULK_BYTES:
+                items += await self._bulk_request(lines, count)
+                lines, size, count = [], 0, 0
+            lines += pair
+            size += added
+            count += 1
+        if lines:
+            items += await self._bulk_request(lines, count)
+        return items
+
+    async def _bulk_request(self, lines: list[bytes], count: int) -> list[Mapping[str, Any]]:
         if self._metrics is not None:
-            self._metrics.observe_es_bulk(len(actions))
+            self._metrics.observe_es_bulk(count)
         response = await self._request(
             "bulk",
             self._client.bulk(
-                index=self.agents_alias, operations=operations, require_alias=True, refresh=self._refresh
+                index=self.agents_alias, operations=lines, require_alias=True, refresh=self._refresh
             ),
         )
         return [next(iter(item.values())) for item in response.body["items"]]
@@ -361,6 +378,10 @@ class ElasticsearchStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._configs.delete(name, expected_version)
+
+
+def _ndjson(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def _known(doc: Mapping[str, Any], record: AgentState | Moved) -> Known:

@@ -2,6 +2,10 @@
 
 To add an adapter, add its id to `BACKENDS` and a branch to `store_factory` that returns a fresh
 client on one shared, empty backing store (so several clients act like several gateway nodes).
+
+"elasticsearch" runs on the wire-level double (tests/support/es_double), or on a real cluster when
+OPAMP_GATEWAY_TEST_ES_URL is set. Its clients write with `refresh=true`, so the inventory searches
+see every write at once, as SQLite's queries do.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from gateway.fleet.agent import AgentState, AgentWrite, facts
 from gateway.fleet.status import STATUSES, Status, derive_status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, FleetSummary, InvalidCursor, Store
 from gateway.store.sqlite import SQLiteStore
+from tests.support.es import EsAliases, es_aliases, es_target
 from tests.store.store_helpers import (
     agent,
     description,
@@ -33,8 +38,9 @@ from tests.store.store_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
+__all__ = ["es_aliases", "es_target"]  # fixtures
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "elasticsearch"]
 NOW = 100_000.0
 OFFLINE_AFTER = 300.0
 
@@ -50,6 +56,9 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         store: Store
         if request.param == "sqlite":
             store = SQLiteStore(str(tmp_path / "agents.db"))
+        elif request.param == "elasticsearch":
+            aliases: EsAliases = request.getfixturevalue("es_aliases")
+            store = aliases.store()
         else:  # pragma: no cover - a new backend without a factory branch
             raise AssertionError(f"no factory for backend {request.param}")
         await store.open()

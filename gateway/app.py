@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.api import admin, commands, health
+from gateway.api import admin, commands, configs, health
 from gateway.api.errors import http_exception
 from gateway.transport.http import opamp_http
 from gateway.transport.websocket import opamp_websocket
@@ -47,6 +47,10 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
             Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
+            Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
+            Route("/api/v1/configs/{name}", configs.get_config, methods=["GET"]),
+            Route("/api/v1/configs/{name}", configs.put_config, methods=["PUT"]),
+            Route("/api/v1/configs/{name}", configs.delete_config, methods=["DELETE"]),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),
             Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),

@@ -118,6 +118,13 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.configs = Gauge("opamp_gateway_configs", "Configs this node knows", registry=r)
+        self.config_reports = Counter(
+            "opamp_gateway_remote_config_reports_total",
+            "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET)",
+            ["status"],
+            registry=r,
+        )
         self.draining = Gauge("opamp_gateway_draining", "1 while this node drains its WebSockets", registry=r)
         self.drain_closed = Counter(
             "opamp_gateway_drain_closed_total", "WebSockets closed by a drain", registry=r
@@ -206,6 +213,8 @@ class Metrics:
         child.inc()
         if outcome.reply.flags & 1:
             self.full_state_requests.inc()
+        if outcome.reply.HasField("remote_config"):
+            self.pushes.labels(kind="config", delivery="reply").inc()
 
     def observe_flush(self, size: int, seconds: float) -> None:
         self.flush_size.observe(size)

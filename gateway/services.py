@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import uuid6
 from google.protobuf.internal import api_implementation
@@ -22,6 +22,7 @@ from gateway.store.base import Store
 from gateway.store.breaker import CircuitBreaker
 from gateway.store.writer import Writer
 from gateway.transport import routing
+from gateway.transport.config_push import ConfigCache
 from gateway.transport.presence import Presence
 from gateway.transport.registry import Registry
 
@@ -58,12 +59,16 @@ class Services:
     # None: a bus for this node alone (running() always passes the configured one).
     bus: Bus = field(default=None)  # type: ignore[assignment]
     presence: Presence = field(init=False)
+    config_cache: ConfigCache = field(init=False)
     drain_task: asyncio.Task[int] | None = None
 
     def __post_init__(self) -> None:
         if self.bus is None:
             self.bus = LocalBus(self.settings.node_id)
         self.presence = Presence(self.settings.node_id, self.registry, self.bus, self.settings.owner_ttl)
+        self.config_cache = ConfigCache(self)
+        if self.fleet.config_resend_after != self.settings.config_resend_after:
+            self.fleet = replace(self.fleet, config_resend_after=self.settings.config_resend_after)
 
 
 def open_bus(settings: Settings) -> Bus:
@@ -116,8 +121,10 @@ async def running(
     try:
         await services.bus.start(functools.partial(routing.on_event, services), services.presence.refresh)
         await services.presence.start()
+        await services.config_cache.start()
         yield services
     finally:
+        await services.config_cache.stop()
         await services.presence.stop()
         await services.bus.stop()
         await writer.stop()

@@ -51,6 +51,17 @@ class Settings:
     writer_queue_size: int = field(
         default=200_000, metadata={"help": "most agents with unflushed writes before shedding load"}
     )
+    config_refresh_interval: float = field(
+        default=30.0,
+        metadata={"help": "seconds between re-reads of the configs (events make changes arrive sooner)"},
+    )
+    config_resend_after: float = field(
+        default=60.0,
+        metadata={"help": "seconds before a remote config the agent has not reported on is sent again"},
+    )
+    max_config_bytes: int = field(
+        default=1024 * 1024, metadata={"help": "largest config (all its files) the admin API accepts"}
+    )
     insecure_allow_anonymous: bool = field(
         default=False,
         metadata={"help": "serve on a non-loopback address without authentication"},
@@ -124,10 +135,17 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise SettingsError(f"{_flag(name)}: must be a port number 0-65535, got {value}")
-        for name in ("offline_after", "flush_interval", "ws_ping_interval", "ws_ping_timeout"):
+        for name in (
+            "offline_after",
+            "flush_interval",
+            "ws_ping_interval",
+            "ws_ping_timeout",
+            "config_refresh_interval",
+            "config_resend_after",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_flag(name)}: must be greater than 0")
-        for name in ("max_message_bytes", "flush_batch", "writer_queue_size"):
+        for name in ("max_message_bytes", "flush_batch", "writer_queue_size", "max_config_bytes"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)}: must be at least 1")
         if self.log_level not in _LOG_LEVELS:

@@ -1,4 +1,7 @@
-"""The admin JSON API: /api/v1/agents, /api/v1/agents/{instance_uid}, /api/v1/fleet/summary."""
+"""The admin JSON API: /api/v1/agents, /api/v1/agents/{instance_uid}, /api/v1/fleet/summary.
+
+(Configs: configs.py; commands and drain: commands.py.)
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.api.errors import error
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
 from gateway.fleet.render import agent_json
+from gateway.fleet.rollout import CONFIG_STATUSES, config_sync
 from gateway.fleet.status import Status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
 from gateway.transport import routing
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
     from gateway.services import Services
 
 _STATUSES = get_args(Status)
-_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor"})
+_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status"})
 _ATTR_PREFIX = "attr."
 
 
@@ -30,7 +34,10 @@ class BadQuery(ValueError):
 def parse_query(params: dict[str, str]) -> AgentQuery:
     unknown = sorted(k for k in params if k not in _KNOWN_PARAMS and not k.startswith(_ATTR_PREFIX))
     if unknown:
-        raise BadQuery(f"unknown query parameter {unknown[0]!r}; use status, q, limit, cursor or attr.<key>")
+        raise BadQuery(
+            f"unknown query parameter {unknown[0]!r}; "
+            "use status, q, limit, cursor, config, config_status or attr.<key>"
+        )
     status = params.get("status")
     if status is not None and status not in _STATUSES:
         raise BadQuery(f"status: must be one of {', '.join(_STATUSES)}")
@@ -40,6 +47,9 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     attributes = {k[len(_ATTR_PREFIX) :]: v for k, v in params.items() if k.startswith(_ATTR_PREFIX)}
     if any(not key for key in attributes):
         raise BadQuery("attr.<key>: the attribute key must not be empty")
+    config_status = params.get("config_status")
+    if config_status is not None and config_status not in CONFIG_STATUSES:
+        raise BadQuery(f"config_status: must be one of {', '.join(CONFIG_STATUSES)}")
     return AgentQuery(
         status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
         q=params.get("q") or None,
@@ -61,23 +71,37 @@ def _store_down(exc: StoreError) -> Response:
 
 
 async def list_agents(request: Request) -> Response:
+    """With `config_status`, the filter runs on each store page: a page may hold fewer agents than
+    `limit` (even none) while `next_cursor` says there are more."""
     services = _services(request)
+    params = dict(request.query_params)
     try:
-        query = parse_query(dict(request.query_params))
+        query = parse_query(params)
     except BadQuery as exc:
         return error(400, str(exc))
     now, offline_after = services.clock(), services.settings.offline_after
     try:
+        if "config" in params:
+            config = await services.store.get_config(params["config"])
+            if config is None:
+                return error(400, f"config: no config {params['config']!r}")
+            query = dataclasses.replace(query, selector=config.selector)
         page = await services.store.list_agents(query, now, offline_after)
     except InvalidCursor as exc:
         return error(400, f"cursor: {exc}")
     except StoreError as exc:
         return _store_down(exc)
-    where = await routing.connection_info(services, page.agents)
+    configs = services.fleet.configs
+    syncs = [(state, config_sync(state, configs)) for state in page.agents]
+    wanted = params.get("config_status")
+    if wanted is not None:
+        syncs = [(state, sync) for state, sync in syncs if sync.status == wanted]
+    where = await routing.connection_info(services, [state for state, _ in syncs])
     return JSONResponse(
         {
             "agents": [
-                agent_json(state, now, offline_after, where.get(state.instance_uid)) for state in page.agents
+                agent_json(state, now, offline_after, where.get(state.instance_uid), sync)
+                for state, sync in syncs
             ],
             "next_cursor": page.next_cursor,
         }
@@ -98,7 +122,13 @@ async def get_agent(request: Request) -> Response:
     if state is None:
         return error(404, f"no agent {text}")
     where = await routing.connection_info(services, [state])
-    body = agent_json(state, services.clock(), services.settings.offline_after, where.get(state.instance_uid))
+    body = agent_json(
+        state,
+        services.clock(),
+        services.settings.offline_after,
+        where.get(state.instance_uid),
+        config_sync(state, services.fleet.configs),
+    )
     if state.instance_uid != uid:
         # The uid was moved: say where to, so scripts holding the old uid can follow.
         body["moved_from"] = text

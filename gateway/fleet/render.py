@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.fleet.agent import AgentState, facts, uid_str
 from gateway.fleet.attributes import key_values
+from gateway.fleet.rollout import ConfigSync
 from gateway.fleet.status import derive_status
 from gateway.opamp.capabilities import capability_names
 from gateway.proto import opamp_pb2 as pb
@@ -84,7 +85,11 @@ class ConnectionInfo:
 
 
 def agent_json(
-    state: AgentState, now: float, offline_after: float, connection: ConnectionInfo | None = None
+    state: AgentState,
+    now: float,
+    offline_after: float,
+    connection: ConnectionInfo | None = None,
+    sync: ConfigSync | None = None,
 ) -> dict[str, Any]:
     derived = facts(state)
     body: dict[str, Any] = {
@@ -112,6 +117,8 @@ def agent_json(
         body["connected"] = connection.connected
         body["transport"] = connection.transport
         body["node"] = connection.node
+    if sync is not None:
+        body["config_sync"] = sync.to_json()
     if state.pending_command is not None:
         body["pending_command"] = _COMMANDS.get(state.pending_command, str(state.pending_command))
     return body

@@ -32,7 +32,11 @@ AGENT_CAPABILITY_NAMES: dict[int, str] = _names("AgentCapabilities", _AGENT_PREF
 SERVER_CAPABILITY_NAMES: dict[int, str] = _names("ServerCapabilities", _SERVER_PREFIX)
 
 # Only what this gateway really implements; every other bit stays 0 (spec: undefined bits MUST be 0).
-SERVER_CAPABILITIES = pb.ServerCapabilities_AcceptsStatus | pb.ServerCapabilities_AcceptsEffectiveConfig
+SERVER_CAPABILITIES = (
+    pb.ServerCapabilities_AcceptsStatus
+    | pb.ServerCapabilities_OffersRemoteConfig
+    | pb.ServerCapabilities_AcceptsEffectiveConfig
+)
 
 
 def capability_names(mask: int, names: dict[int, str] = AGENT_CAPABILITY_NAMES) -> list[str]:

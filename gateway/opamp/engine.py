@@ -7,10 +7,11 @@ fleet's desired state, the time and a uid factory; it gets back everything it mu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.fleet.desired import ConfigSet
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 
@@ -46,11 +47,18 @@ _WIRE_NAMES = {
 }
 
 
+# Seconds before a remote config the agent has not reported on is sent again (over HTTP, or on the
+# same WebSocket); a new connection does not wait.
+DEFAULT_CONFIG_RESEND_AFTER = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class FleetView:
     """What the fleet wants, as far as the engine needs it."""
 
     server_capabilities: int = caps.SERVER_CAPABILITIES
+    configs: ConfigSet = field(default_factory=ConfigSet)
+    config_resend_after: float = DEFAULT_CONFIG_RESEND_AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +158,30 @@ def _identity(
     return state, "reported", gap, None
 
 
+def _reported(
+    base: AgentState, msg: pb.AgentToServer, now: float, disconnecting: bool, changed: set[str]
+) -> AgentState:
+    """The record with what the message reports applied; adds the changed fields' names to `changed`."""
+    updates: dict[str, object] = {"last_seen": now, "sequence_num": msg.sequence_num}
+    changed.update(("last_seen", "sequence_num"))
+    # capabilities MUST always be set, but a bare poll may leave it 0: that means "not reported".
+    if msg.capabilities and msg.capabilities != base.capabilities:
+        updates["capabilities"] = msg.capabilities
+        changed.add("capabilities")
+    for name in _SUB_MESSAGES:
+        data = _serialized(msg, name)
+        if data is not None and data != getattr(base, name):
+            updates[name] = data
+            changed.add(name)
+    if disconnecting != base.disconnected:
+        updates["disconnected"] = disconnecting
+        changed.add("disconnected")
+    new_state = replace(base, **updates)  # type: ignore[arg-type]
+    if "remote_config_status" in changed:
+        new_state = _on_config_report(new_state, msg.remote_config_status, changed)
+    return new_state
+
+
 def handle(
     state: AgentState | None,
     msg: pb.AgentToServer,
@@ -182,21 +214,7 @@ def handle(
     elif previous_uid is not None:
         changed.add("instance_uid")
 
-    updates: dict[str, object] = {"last_seen": now, "sequence_num": msg.sequence_num}
-    changed.update(("last_seen", "sequence_num"))
-    # capabilities MUST always be set, but a bare poll may leave it 0: that means "not reported".
-    if msg.capabilities and msg.capabilities != base.capabilities:
-        updates["capabilities"] = msg.capabilities
-        changed.add("capabilities")
-    for name in _SUB_MESSAGES:
-        data = _serialized(msg, name)
-        if data is not None and data != getattr(base, name):
-            updates[name] = data
-            changed.add(name)
-    if disconnecting != base.disconnected:
-        updates["disconnected"] = disconnecting
-        changed.add("disconnected")
-    new_state = replace(base, **updates)  # type: ignore[arg-type]
+    new_state = _reported(base, msg, now, disconnecting, changed)
 
     effective_caps = new_state.capabilities
     # Only a gap (or a stranger) proves state was lost. Asking again whenever the description is
@@ -209,6 +227,8 @@ def handle(
         event = "disconnected"
     elif event == "reported" and changed <= {"last_seen", "sequence_num"}:
         event = "heartbeat"
+    if not disconnecting:
+        new_state = offer_config(new_state, fleet, now, reply, changed)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
     durable = bool(changed & _DURABLE_FIELDS)
@@ -246,3 +266,61 @@ def _deliver_pending(
     # else: the agent stopped accepting it (capabilities are re-read on every message): drop it.
     changed.add("pending_command")
     return replace(state, pending_command=None)
+
+
+def reported_config_hash(state: AgentState) -> bytes:
+    """The config_hash of the agent's last RemoteConfigStatus (b"" if it never reported one)."""
+    if state.remote_config_status is None:
+        return b""
+    digest: bytes = pb.RemoteConfigStatus.FromString(state.remote_config_status).last_remote_config_hash
+    return digest
+
+
+def _on_config_report(state: AgentState, status: pb.RemoteConfigStatus, changed: set[str]) -> AgentState:
+    """A new RemoteConfigStatus ends the wait for the last offer; a FAILED one marks the config failed.
+
+    The hash reported with FAILED may be the agent's rolled-back config rather than the one that
+    failed (the collector supervisor does this), so the offer is what failed when there was one.
+    """
+    updates: dict[str, object] = {}
+    if status.status == pb.RemoteConfigStatuses_FAILED:
+        failed = state.offered_config_hash or status.last_remote_config_hash or None
+        if failed != state.failed_config_hash:
+            updates["failed_config_hash"] = failed
+            changed.add("failed_config_hash")
+    if state.offered_config_hash is not None:
+        updates["offered_config_hash"] = None
+        updates["offered_at"] = 0.0
+        changed.add("offered_config_hash")
+    return replace(state, **updates) if updates else state  # type: ignore[arg-type]
+
+
+def config_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.AgentRemoteConfig | None:
+    """The remote config to send the agent now, or None (engine rules in docs/opamp.md):
+    only to agents that accept remote config, only a config whose hash differs from the one the
+    agent last reported, never one it reported FAILED for, and not again while an offer of the same
+    hash awaits a report (until `config_resend_after` passes)."""
+    if not state.capabilities & caps.ACCEPTS_REMOTE_CONFIG or not fleet.configs:
+        return None
+    desired = fleet.configs.desired_for(state)
+    if desired is None or desired.hash == state.failed_config_hash:
+        return None
+    if desired.hash == state.offered_config_hash and now - state.offered_at < fleet.config_resend_after:
+        return None
+    if desired.hash == reported_config_hash(state):
+        return None
+    return desired.message
+
+
+def offer_config(
+    state: AgentState, fleet: FleetView, now: float, reply: pb.ServerToAgent, changed: set[str]
+) -> AgentState:
+    """Put the agent's remote config into `reply` if it should get it now; the record remembers the
+    offer. Adds the changed fields' names to `changed`."""
+    message = config_to_offer(state, fleet, now)
+    if message is None:
+        return state
+    reply.remote_config.CopyFrom(message)
+    changed.add("offered_config_hash")
+    # A new offer: whatever failed before is no longer what the agent is asked to run.
+    return replace(state, offered_config_hash=message.config_hash, offered_at=now, failed_config_hash=None)

@@ -70,6 +70,14 @@ class FleetSummary:
     by_os: dict[str, int]
 
 
+class AgentStore(Protocol):
+    """The part of a store the writer needs."""
+
+    async def get(self, uid: bytes) -> AgentState | None: ...
+
+    async def write(self, writes: Sequence[AgentWrite]) -> None: ...
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and check the schema; raise StoreError naming what to do if it is unusable."""

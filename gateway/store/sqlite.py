@@ -8,44 +8,55 @@ has a single writer anyway, and `BEGIN IMMEDIATE` makes the lock wait happen up 
 timeout applies). Reads run on a small pool of threads, each with its own read-only connection; in WAL
 mode they never wait for the writer.
 
-Rows keep every `AgentState` field losslessly (sub-messages as their protobuf bytes) plus columns
-derived with `facts()` for filtering, search and summaries. `uint64` fields (`sequence_num`,
-`capabilities`) are stored as the signed 64-bit integer with the same bits, since SQLite integers are
-signed.
+The schema and the row mapping are in sqlite_schema.py, the configs table in sqlite_configs.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from gateway.fleet.agent import AgentState, AgentWrite, facts, uid_str
-from gateway.fleet.status import STATUSES, Status
+from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.status import STATUSES
+from gateway.store import sqlite_configs
 from gateway.store.base import (
     MAX_PAGE_SIZE,
     AgentPage,
     AgentQuery,
     FleetSummary,
-    InvalidCursor,
     StoreError,
     StoreUnavailable,
 )
+from gateway.store.sqlite_schema import (
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_STATE,
+    STATE_COLUMNS,
+    STATUS_CASE,
+    STATUS_SQL,
+    TOUCH,
+    UPSERT,
+    decode_cursor,
+    encode_cursor,
+    row_of,
+    selector_sql,
+    state_of,
+    to_int64,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "decode_cursor", "encode_cursor"]
 
 logger = logging.getLogger("gateway.store.sqlite")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-UID_LENGTH = 16
 # Moves are re-pointed on write, so an alias is normally one hop; a few more cover writes that
 # raced between processes.
 MAX_ALIAS_HOPS = 4
@@ -54,189 +65,8 @@ _GET_CHUNK = 500
 READ_THREADS = 2
 # Waits between attempts once SQLite's own busy timeout has run out.
 _BUSY_RETRY_DELAYS = (0.05, 0.25)
-_UINT64 = 1 << 64
-_INT64_MAX = (1 << 63) - 1
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
-
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS agents (
-        uid BLOB PRIMARY KEY,
-        uid_text TEXT NOT NULL UNIQUE,
-        enrolled_at REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        sequence_num INTEGER NOT NULL,
-        capabilities INTEGER NOT NULL,
-        description BLOB,
-        health BLOB,
-        effective_config BLOB,
-        remote_config_status BLOB,
-        disconnected INTEGER NOT NULL,
-        previous_instance_uids BLOB NOT NULL,
-        pending_command INTEGER,
-        node TEXT NOT NULL,
-        transport TEXT NOT NULL,
-        healthy INTEGER,
-        agent_type TEXT NOT NULL,
-        agent_version TEXT NOT NULL,
-        os_type TEXT NOT NULL,
-        attrs TEXT NOT NULL,
-        search TEXT NOT NULL
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
-    "CREATE INDEX IF NOT EXISTS agents_type_version ON agents (agent_type, agent_version)",
-    "CREATE INDEX IF NOT EXISTS agents_os_type ON agents (os_type)",
-    """
-    CREATE TABLE IF NOT EXISTS uid_aliases (
-        old_uid BLOB PRIMARY KEY,
-        new_uid BLOB NOT NULL
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS uid_aliases_new_uid ON uid_aliases (new_uid)",
-)
-
-# Every column of `agents`, in the order `_row()` produces them.
-_COLUMNS = (
-    "uid",
-    "uid_text",
-    "enrolled_at",
-    "last_seen",
-    "sequence_num",
-    "capabilities",
-    "description",
-    "health",
-    "effective_config",
-    "remote_config_status",
-    "disconnected",
-    "previous_instance_uids",
-    "pending_command",
-    "node",
-    "transport",
-    "healthy",
-    "agent_type",
-    "agent_version",
-    "os_type",
-    "attrs",
-    "search",
-)
-_UPSERT = (
-    f"INSERT INTO agents ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-    "ON CONFLICT (uid) DO UPDATE SET "
-    # pending_command is left out: only a write that names it may change it (see _apply).
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c not in ("uid", "pending_command"))
-    + " WHERE excluded.last_seen >= agents.last_seen"
-)
-_TOUCH = (
-    "UPDATE agents SET last_seen = ?, sequence_num = ?, node = ?, transport = ? "
-    "WHERE uid = ? AND last_seen <= ?"
-)
-# The columns an AgentState is read back from, in `_state()` order.
-_STATE_COLUMNS = (
-    "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
-    "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport"
-)
-_SELECT_STATE = f"SELECT {_STATE_COLUMNS} FROM agents"
-
-# derive_status() in SQL. `? - last_seen > ?` is the same IEEE double arithmetic as Python's
-# `now - state.last_seen > offline_after`, so the boundary agrees to the last bit.
-_STATUS_SQL: dict[Status, str] = {
-    "disconnected": "disconnected = 1",
-    "offline": "disconnected = 0 AND (:now - last_seen) > :offline_after",
-    "unhealthy": "disconnected = 0 AND NOT ((:now - last_seen) > :offline_after) AND healthy = 0",
-    "online": (
-        "disconnected = 0 AND NOT ((:now - last_seen) > :offline_after) AND (healthy IS NULL OR healthy = 1)"
-    ),
-}
-_STATUS_CASE = (
-    "CASE WHEN disconnected = 1 THEN 'disconnected' "
-    "WHEN (:now - last_seen) > :offline_after THEN 'offline' "
-    "WHEN healthy = 0 THEN 'unhealthy' ELSE 'online' END"
-)
-
-
-def _to_int64(value: int) -> int:
-    return value - _UINT64 if value > _INT64_MAX else value
-
-
-def _from_int64(value: int) -> int:
-    return value + _UINT64 if value < 0 else value
-
-
-def encode_cursor(uid_text: str) -> str:
-    """The opaque cursor after `uid_text`: its 16 uid bytes in unpadded url-safe base64."""
-    return base64.urlsafe_b64encode(uuid.UUID(uid_text).bytes).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The uid_text a cursor from `encode_cursor` stands for; InvalidCursor for anything else."""
-    try:
-        raw = base64.b64decode(cursor + "==", altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidCursor(f"invalid cursor: {cursor!r}") from None
-    if len(raw) != UID_LENGTH:
-        raise InvalidCursor(f"invalid cursor: {cursor!r}")
-    text = uid_str(raw)
-    if encode_cursor(text) != cursor:
-        raise InvalidCursor(f"invalid cursor: {cursor!r}")
-    return text
-
-
-def _join_uids(uids: Sequence[bytes]) -> bytes:
-    return b"".join(uids)
-
-
-def _split_uids(data: bytes) -> tuple[bytes, ...]:
-    return tuple(data[i : i + UID_LENGTH] for i in range(0, len(data), UID_LENGTH))
-
-
-def _row(state: AgentState) -> tuple[Any, ...]:
-    """The `agents` row for a record, in `_COLUMNS` order."""
-    derived = facts(state)
-    uid_text = state.uid
-    return (
-        state.instance_uid,
-        uid_text,
-        float(state.enrolled_at),
-        float(state.last_seen),
-        _to_int64(state.sequence_num),
-        _to_int64(state.capabilities),
-        state.description,
-        state.health,
-        state.effective_config,
-        state.remote_config_status,
-        int(state.disconnected),
-        _join_uids(state.previous_instance_uids),
-        state.pending_command,
-        state.node,
-        state.transport,
-        None if derived.healthy is None else int(derived.healthy),
-        derived.agent_type,
-        derived.agent_version,
-        derived.os_type,
-        json.dumps(derived.attributes, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
-        derived.search_text(uid_text),
-    )
-
-
-def _state(row: Sequence[Any]) -> AgentState:
-    return AgentState(
-        instance_uid=bytes(row[0]),
-        enrolled_at=row[1],
-        last_seen=row[2],
-        sequence_num=_from_int64(row[3]),
-        capabilities=_from_int64(row[4]),
-        description=row[5],
-        health=row[6],
-        effective_config=row[7],
-        remote_config_status=row[8],
-        disconnected=bool(row[9]),
-        previous_instance_uids=_split_uids(row[10]),
-        pending_command=row[11],
-        node=row[12],
-        transport=row[13],
-    )
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -353,9 +183,9 @@ class SQLiteStore:
             where.append("uid_text > :after")
             params["after"] = after
         if query.status is not None:
-            if query.status not in _STATUS_SQL:
+            if query.status not in STATUS_SQL:
                 raise ValueError(f"unknown status: {query.status!r}")
-            where.append(f"({_STATUS_SQL[query.status]})")
+            where.append(f"({STATUS_SQL[query.status]})")
         if query.q:
             # instr() on the lower-cased column: a plain substring, so % and _ are literal.
             where.append("instr(search, :q) > 0")
@@ -366,7 +196,9 @@ class SQLiteStore:
             )
             params[f"k{i}"] = key
             params[f"v{i}"] = value
-        sql = f"SELECT {_STATE_COLUMNS}, uid_text FROM agents"
+        if query.selector is not None:
+            where.append(selector_sql(query.selector, params))
+        sql = f"SELECT {STATE_COLUMNS}, uid_text FROM agents"
         if where:
             sql += " WHERE " + " AND ".join(where)
         # One row more than the page: it tells whether there is a next page.
@@ -374,11 +206,23 @@ class SQLiteStore:
         params["fetch"] = limit + 1
         rows = await self._on_reader(lambda conn: conn.execute(sql, params).fetchall())
         next_cursor = encode_cursor(rows[limit - 1][-1]) if len(rows) > limit else None
-        return AgentPage(agents=[_state(row) for row in rows[:limit]], next_cursor=next_cursor)
+        return AgentPage(agents=[state_of(row) for row in rows[:limit]], next_cursor=next_cursor)
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         params = {"now": float(now), "offline_after": float(offline_after)}
         return await self._on_reader(self._summary_sync, params)
+
+    async def list_configs(self) -> list[Config]:
+        return await self._on_reader(sqlite_configs.list_configs)
+
+    async def get_config(self, name: str) -> Config | None:
+        return await self._on_reader(sqlite_configs.get_config, name)
+
+    async def put_config(self, name: str, request: ConfigRequest, now: float) -> tuple[Config, bool]:
+        return await self._on_writer(self._with_writer, sqlite_configs.put_config, name, request, now)
+
+    async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
+        return await self._on_writer(self._with_writer, sqlite_configs.delete_config, name, expected_version)
 
     # -- running on the threads --------------------------------------------------------------------
 
@@ -447,7 +291,11 @@ class SQLiteStore:
                     f"version {SCHEMA_VERSION}: run a newer opamp-gateway, or point --sqlite-path "
                     "at another file"
                 )
-            for statement in _SCHEMA:
+            if version > 0:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(step, ()):
+                        conn.execute(statement)
+            for statement in SCHEMA:
                 conn.execute(statement)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -474,6 +322,11 @@ class SQLiteStore:
                 self._read_conns.append(conn)
         return conn
 
+    def _with_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._write_conn is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        return fn(self._write_conn, *args)
+
     def _with_reader(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(self._reader(), *args)
 
@@ -486,8 +339,8 @@ class SQLiteStore:
             for start in range(0, len(uids), _GET_CHUNK):
                 chunk = uids[start : start + _GET_CHUNK]
                 marks = ", ".join("?" for _ in chunk)
-                for row in conn.execute(f"{_SELECT_STATE} WHERE uid IN ({marks})", chunk):
-                    found[bytes(row[0])] = _state(row)
+                for row in conn.execute(f"{SELECT_STATE} WHERE uid IN ({marks})", chunk):
+                    found[bytes(row[0])] = state_of(row)
             for uid in uids:
                 if uid not in found:
                     moved = self._follow_aliases(conn, uid)
@@ -504,9 +357,9 @@ class SQLiteStore:
             if alias is None:
                 return None
             uid = alias[0]
-            row = conn.execute(_SELECT_STATE + " WHERE uid = ?", (uid,)).fetchone()
+            row = conn.execute(SELECT_STATE + " WHERE uid = ?", (uid,)).fetchone()
             if row is not None:
-                return _state(row)
+                return state_of(row)
         return None
 
     def _summary_sync(self, conn: sqlite3.Connection, params: dict[str, float]) -> FleetSummary:
@@ -516,7 +369,7 @@ class SQLiteStore:
         conn.execute("BEGIN")
         try:
             for status, count in conn.execute(
-                f"SELECT {_STATUS_CASE} AS status, count(*) FROM agents GROUP BY status", params
+                f"SELECT {STATUS_CASE} AS status, count(*) FROM agents GROUP BY status", params
             ):
                 by_status[status] += count
             for agent_type, version, count in conn.execute(
@@ -542,7 +395,7 @@ class SQLiteStore:
         if conn is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         # Decode descriptions before taking the write lock; touches rarely need a full row.
-        rows = [None if w.is_touch else _row(w.state) for w in writes]
+        rows = [None if w.is_touch else row_of(w.state) for w in writes]
         conn.execute("BEGIN IMMEDIATE")
         try:
             for write, row in zip(writes, rows, strict=True):
@@ -561,8 +414,8 @@ class SQLiteStore:
         if row is None:
             last_seen = float(state.last_seen)
             touched = conn.execute(
-                _TOUCH,
-                (last_seen, _to_int64(state.sequence_num), state.node, state.transport, uid, last_seen),
+                TOUCH,
+                (last_seen, to_int64(state.sequence_num), state.node, state.transport, uid, last_seen),
             )
             if touched.rowcount:
                 return
@@ -573,7 +426,7 @@ class SQLiteStore:
             # A write for a uid that has since moved (raced with the move on another node): the
             # record lives on under the new uid; recreating the old row would resurrect a ghost.
             return
-        conn.execute(_UPSERT, row if row is not None else _row(state))
+        conn.execute(UPSERT, row if row is not None else row_of(state))
         if "pending_command" in write.changed:
             # Whatever its last_seen: a restart requested on one node must not be undone by a status
             # write flushed later by the node holding the agent, nor survive its own delivery.

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from gateway.fleet.agent import AgentState, AgentWrite
-from gateway.store.base import Store, StoreError
+from gateway.store.base import AgentStore, StoreError
 
 logger = logging.getLogger("gateway.store.writer")
 
@@ -36,7 +36,7 @@ class WriterStopped(Exception):
 class Writer:
     def __init__(
         self,
-        store: Store,
+        store: AgentStore,
         *,
         flush_interval: float = 0.5,
         batch_size: int = 1000,

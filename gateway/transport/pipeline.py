@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gateway.transport.pipeline")
 
+_CONFIG_STATUS_NAMES = {
+    v.number: v.name.removeprefix("RemoteConfigStatuses_")
+    for v in pb.DESCRIPTOR.enum_types_by_name["RemoteConfigStatuses"].values
+}
+
 
 class Shed(Exception):
     """The message was not processed to protect the gateway or because the store is failing;
@@ -84,6 +89,11 @@ async def process(
                 logger.warning("store write failed: %s", exc)
             raise Shed(reason) from exc
     services.metrics.observe_outcome(outcome)
+    if outcome.write is not None and "remote_config_status" in outcome.write.changed:
+        value = msg.remote_config_status.status
+        # An open enum: a newer agent may send a value this gateway does not know.
+        name = _CONFIG_STATUS_NAMES.get(value, str(value))
+        services.metrics.config_reports.labels(status=name).inc()
     if outcome.rejected:
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
     elif outcome.event in ("enrolled", "moved") and outcome.state is not None:

@@ -23,6 +23,9 @@ class Holder(Protocol):
 
     async def push_command(self, uid: bytes, command: int) -> bool: ...
 
+    async def push_config(self, uid: bytes) -> bool:
+        """Send `uid` its desired remote config if the engine rules say it should get it now."""
+
     async def taken_over(self, uid: bytes, where: str) -> None:
         """`uid` connected again elsewhere: stop serving it here (closing the socket if it was the
         socket's only agent)."""

@@ -22,6 +22,7 @@ from gateway.bus.base import (
 )
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.render import ConnectionInfo
+from gateway.store.base import StoreError
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -106,8 +107,12 @@ async def on_event(services: Services, envelope: Envelope) -> None:
             services.metrics.takeovers.labels(scope="remote").inc()
             await conn.taken_over(event.uid, f"node {event.new_node}")
     elif isinstance(event, ConfigsChanged):
-        # Configs are re-checked on every agent message; pushing them early is the config feature's job.
         logger.debug("configs changed (%s) on node %s", event.reason, envelope.source)
+        try:
+            await services.config_cache.refresh(f"event from {envelope.source}")
+        except StoreError as exc:
+            # The timer tries again; agents re-check their desired config on every message anyway.
+            logger.warning("config refresh after an event failed: %s", exc)
 
 
 async def connection_info(services: Services, states: list[AgentState]) -> dict[bytes, ConnectionInfo]:

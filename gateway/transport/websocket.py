@@ -166,6 +166,10 @@ class Connection:
         loaded_at = self._loaded_at.get(key, now)
         if state is None:
             state = await pipeline.load_state(self._services, msg)
+            if state is not None and state.offered_config_hash is not None:
+                # An offer made before this connection may never have arrived: a new connection
+                # does not wait for its timeout (engine.config_to_offer).
+                state = replace(state, offered_config_hash=None, offered_at=0.0)
         elif now - loaded_at > RELOAD_AFTER_SECONDS:
             state = await self._reloaded(state)
             loaded_at = now
@@ -263,6 +267,26 @@ class Connection:
             await self._services.writer.submit_durable(
                 AgentWrite(state=cleared, changed=frozenset({"pending_command"}))
             )
+        return True
+
+    async def push_config(self, uid: bytes) -> bool:
+        state = self._states.get(uid)
+        if state is None or self._closed:
+            return False
+        services = self._services
+        now = services.clock()
+        changed: set[str] = set()
+        reply = pb.ServerToAgent(instance_uid=uid, capabilities=services.fleet.server_capabilities)
+        offered = engine.offer_config(state, services.fleet, now, reply, changed)
+        if not changed:
+            return False
+        if not await self._send(reply):
+            return False
+        self._states[uid] = offered
+        services.metrics.pushes.labels(kind="config", delivery="pushed").inc()
+        with contextlib.suppress(WriterFull, WriterStopped):
+            # Not durable: a lost offer record only means the config may be sent once more.
+            services.writer.submit(AgentWrite(state=offered, changed=frozenset(changed)))
         return True
 
     async def taken_over(self, uid: bytes, where: str) -> None:

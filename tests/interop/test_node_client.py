@@ -27,6 +27,7 @@ import httpx2
 import pytest
 from opentelemetry._opamp.proto import opamp_pb2 as pb
 
+from gateway.opamp import capabilities as caps
 from tests.support.process import Gateway, GatewayFactory
 
 pytestmark = pytest.mark.interop
@@ -251,10 +252,7 @@ def test_enroll_heartbeat_then_offline(gateway_factory: GatewayFactory, node_age
     for event in successes:
         s2a = event["s2a"]
         assert s2a["instanceUid"] == uid
-        assert (
-            s2a["capabilities"]
-            == pb.ServerCapabilities_AcceptsStatus | pb.ServerCapabilities_AcceptsEffectiveConfig
-        )
+        assert s2a["capabilities"] == caps.SERVER_CAPABILITIES
         assert s2a["flags"] == 0, f"unexpected flags (ReportFullState?) in reply to {event['a2s']}"
         assert "errorResponse" not in s2a
         assert "agentIdentification" not in s2a

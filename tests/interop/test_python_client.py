@@ -30,6 +30,7 @@ from opentelemetry._opamp.client import OpAMPClient
 from opentelemetry._opamp.proto import opamp_pb2 as pb
 from opentelemetry._opamp.transport.requests import RequestsTransport
 
+from gateway.opamp import capabilities as caps
 from tests.support.process import Gateway, GatewayFactory, wait_until
 
 pytestmark = pytest.mark.interop
@@ -43,7 +44,7 @@ DEFAULT_CAPABILITY_NAMES = [
     "ReportsRemoteConfig",
     "ReportsStatus",
 ]
-SERVER_CAPABILITIES = pb.ServerCapabilities_AcceptsStatus | pb.ServerCapabilities_AcceptsEffectiveConfig
+SERVER_CAPABILITIES = caps.SERVER_CAPABILITIES
 
 
 @dataclass

@@ -334,7 +334,9 @@ class TestReply:
 
     def test_server_capabilities_are_only_what_is_implemented(self) -> None:
         assert (
-            pb.ServerCapabilities_AcceptsStatus | pb.ServerCapabilities_AcceptsEffectiveConfig
+            pb.ServerCapabilities_AcceptsStatus
+            | pb.ServerCapabilities_OffersRemoteConfig
+            | pb.ServerCapabilities_AcceptsEffectiveConfig
         ) == caps.SERVER_CAPABILITIES
 
     def test_reply_never_offers_what_was_not_asked(self) -> None:

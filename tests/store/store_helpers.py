@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
+from gateway.store.base import Store
 
 TOUCH = frozenset({"last_seen", "sequence_num"})
 FULL = frozenset({"enrolled", "last_seen", "sequence_num", "description", "health", "capabilities"})
+
+
+StoreFactory = Callable[[], Awaitable[Store]]
 
 
 def new_uid() -> bytes:

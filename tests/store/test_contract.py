@@ -1,29 +1,22 @@
 """The store contract: every Store adapter must pass this suite unchanged.
 
-To add an adapter, add its id to `BACKENDS` and a branch to `store_factory` that returns a fresh
-client on one shared, empty backing store (so several clients act like several gateway nodes).
-
-"elasticsearch" runs on the wire-level double (tests/support/es_double), or on a real cluster when
-OPAMP_GATEWAY_TEST_ES_URL is set. Its clients write with `refresh=true`, so the inventory searches
-see every write at once, as SQLite's queries do.
+The adapters are the `store_factory` fixture's params, in tests/store/conftest.py.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from gateway.fleet.agent import AgentState, AgentWrite, facts
 from gateway.fleet.status import STATUSES, Status, derive_status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, FleetSummary, InvalidCursor, Store
-from gateway.store.sqlite import SQLiteStore
-from tests.support.es import EsAliases, es_aliases, es_target
 from tests.store.store_helpers import (
+    StoreFactory,
     agent,
     description,
     effective_config,
@@ -38,41 +31,9 @@ from tests.store.store_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
-__all__ = ["es_aliases", "es_target"]  # fixtures
 
-BACKENDS = ["sqlite", "elasticsearch"]
 NOW = 100_000.0
 OFFLINE_AFTER = 300.0
-
-StoreFactory = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture(params=BACKENDS)
-async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens clients on one backing store; each call is like one more gateway node."""
-    opened: list[Store] = []
-
-    async def make() -> Store:
-        store: Store
-        if request.param == "sqlite":
-            store = SQLiteStore(str(tmp_path / "agents.db"))
-        elif request.param == "elasticsearch":
-            aliases: EsAliases = request.getfixturevalue("es_aliases")
-            store = aliases.store()
-        else:  # pragma: no cover - a new backend without a factory branch
-            raise AssertionError(f"no factory for backend {request.param}")
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(store_factory: StoreFactory) -> Store:
-    return await store_factory()
 
 
 async def list_all(store: Store, query: AgentQuery | None = None, now: float = NOW) -> list[AgentState]:
@@ -129,6 +90,9 @@ async def test_roundtrip_every_field(store: Store) -> None:
         pending_command=0,  # CommandType_Restart is 0: None and 0 must stay apart
         node="gateway-7",
         transport="websocket",
+        offered_config_hash=b"\x02" * 32,
+        offered_at=1_700_000_100.5,
+        failed_config_hash=b"\x03" * 32,
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -319,3 +320,47 @@ async def _read_all(db_path: str) -> dict[str, AgentState]:
         return {a.instance_uid.hex(): a for a in page.agents}
     finally:
         await store.close()
+
+
+_V1_AGENTS = """
+CREATE TABLE agents (
+    uid BLOB PRIMARY KEY, uid_text TEXT NOT NULL UNIQUE, enrolled_at REAL NOT NULL, last_seen REAL NOT NULL,
+    sequence_num INTEGER NOT NULL, capabilities INTEGER NOT NULL, description BLOB, health BLOB,
+    effective_config BLOB, remote_config_status BLOB, disconnected INTEGER NOT NULL,
+    previous_instance_uids BLOB NOT NULL, pending_command INTEGER, node TEXT NOT NULL,
+    transport TEXT NOT NULL, healthy INTEGER, agent_type TEXT NOT NULL, agent_version TEXT NOT NULL,
+    os_type TEXT NOT NULL,
+    attrs TEXT NOT NULL, search TEXT NOT NULL
+)
+"""
+
+
+@pytest.mark.anyio
+async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "v1.db")
+    uid = uuid.uuid4()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(_V1_AGENTS)
+        conn.execute(
+            "INSERT INTO agents VALUES (?, ?, 1.0, 2.0, 3, 4, NULL, NULL, NULL, NULL, 0, x'', NULL, 'n', "
+            "'http', NULL, '', '', '', '{}', '')",
+            (uid.bytes, str(uid)),
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        state = await store.get(uid.bytes)
+        assert state is not None
+        assert (state.sequence_num, state.node, state.offered_config_hash, state.offered_at) == (
+            3,
+            "n",
+            None,
+            0.0,
+        )
+        assert await store.list_configs() == []
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
-from gateway.store.base import AgentPage, AgentQuery, FleetSummary
+from gateway.fleet.configs import Config, ConfigRequest
+from gateway.store.base import AgentPage, AgentQuery, FleetSummary, VersionConflict
 
 
 class MemoryStore:
@@ -15,6 +16,7 @@ class MemoryStore:
         self.records: dict[bytes, AgentState] = {}
         self.aliases: dict[bytes, bytes] = {}
         self.reads = 0
+        self.configs: dict[str, Config] = {}
 
     async def open(self) -> None:
         pass
@@ -54,3 +56,29 @@ class MemoryStore:
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return FleetSummary(total=len(self.records), by_status={}, by_type_version={}, by_os={})
+
+    async def list_configs(self) -> list[Config]:
+        return [self.configs[name] for name in sorted(self.configs)]
+
+    async def get_config(self, name: str) -> Config | None:
+        return self.configs.get(name)
+
+    async def put_config(self, name: str, request: ConfigRequest, now: float) -> tuple[Config, bool]:
+        current = self.configs.get(name)
+        have = 0 if current is None else current.version
+        if request.expected_version is not None and request.expected_version != have:
+            raise VersionConflict(name, request.expected_version, have)
+        digest = request.spec.digest()
+        if current is not None and current.hash == digest:
+            return current, False
+        created = now if current is None else current.created_at
+        stored = Config(name, request.spec, have + 1, created, now, digest)
+        self.configs[name] = stored
+        return stored, True
+
+    async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
+        current = self.configs.get(name)
+        have = 0 if current is None else current.version
+        if expected_version is not None and expected_version != have:
+            raise VersionConflict(name, expected_version, have)
+        return self.configs.pop(name, None) is not None

@@ -1,0 +1,170 @@
+"""The admin API for remote configs: /api/v1/configs and /api/v1/configs/{name}."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api.errors import error
+from gateway.fleet.configs import Config, InvalidConfig, check_name, parse_request, spec_json
+from gateway.fleet.render import timestamp
+from gateway.fleet.rollout import RolloutCounts, config_sync
+from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, StoreError, VersionConflict
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+logger = logging.getLogger("gateway.api.configs")
+
+# Room for the rest of a ServerToAgent around the config files.
+_REPLY_OVERHEAD = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    """A PUT body over the limit; read no further."""
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _store_down(exc: StoreError) -> Response:
+    response = error(503, f"the store is unavailable: {exc}", "store_unavailable")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def max_config_bytes(services: Services) -> int:
+    s = services.settings
+    return max(1, min(s.max_config_bytes, s.max_message_bytes - _REPLY_OVERHEAD))
+
+
+def config_json(config: Config) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        **spec_json(config.spec),
+        "version": config.version,
+        "hash": config.hash,
+        "created_at": timestamp(config.created_at),
+        "updated_at": timestamp(config.updated_at),
+    }
+
+
+async def rollout(services: Services, config: Config) -> RolloutCounts:
+    """Count the config's agents by config status, paging through every agent it matches."""
+    counts = RolloutCounts()
+    configs = services.fleet.configs
+    if configs.by_name(config.name) != config:
+        # This node has not caught up with the stored config yet (an event is on its way).
+        await services.config_cache.refresh("rollout read")
+        configs = services.fleet.configs
+    query = AgentQuery(selector=config.selector, limit=MAX_PAGE_SIZE)
+    now, offline_after = services.clock(), services.settings.offline_after
+    while True:
+        page = await services.store.list_agents(query, now, offline_after)
+        for state in page.agents:
+            counts.add(config_sync(state, configs))
+        if page.next_cursor is None:
+            return counts
+        query = replace(query, cursor=page.next_cursor)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _expected_version(request: Request) -> int | None:
+    text = request.query_params.get("version")
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise InvalidConfig("version", "must be a non-negative integer")
+    return int(text)
+
+
+async def list_configs(request: Request) -> Response:
+    services = _services(request)
+    try:
+        configs = await services.store.list_configs()
+    except StoreError as exc:
+        return _store_down(exc)
+    return JSONResponse({"configs": [config_json(c) for c in configs]})
+
+
+async def get_config(request: Request) -> Response:
+    services = _services(request)
+    name = request.path_params["name"]
+    try:
+        config = await services.store.get_config(name)
+        if config is None:
+            return error(404, f"no config {name!r}")
+        counts = await rollout(services, config)
+    except StoreError as exc:
+        return _store_down(exc)
+    return JSONResponse({**config_json(config), "rollout": counts.to_json()})
+
+
+async def put_config(request: Request) -> Response:
+    services = _services(request)
+    name = request.path_params["name"]
+    limit = max_config_bytes(services)
+    try:
+        # JSON escaping can double a body (and base64 adds a third): allow for it before parsing.
+        raw = await _read_body(request, 2 * limit + _REPLY_OVERHEAD)
+    except BodyTooLarge:
+        return error(413, f"the request body is too large for a config of at most {limit} bytes")
+    except ClientDisconnect:
+        return Response(status_code=400)
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return error(400, f"body: not valid JSON: {exc}")
+    try:
+        parsed = parse_request(name, body, max_bytes=limit)
+    except InvalidConfig as exc:
+        return error(400, str(exc))
+    try:
+        config, changed = await services.store.put_config(name, parsed, services.clock())
+    except VersionConflict as exc:
+        return error(409, str(exc))
+    except StoreError as exc:
+        return _store_down(exc)
+    if changed:
+        logger.info("config %s is now version %d (%s)", name, config.version, config.hash[:12])
+        await services.config_cache.changed(f"config {name} v{config.version}")
+    status = 201 if changed and config.version == 1 else 200
+    return JSONResponse(config_json(config), status_code=status)
+
+
+async def delete_config(request: Request) -> Response:
+    services = _services(request)
+    name = request.path_params["name"]
+    try:
+        check_name(name)
+        expected = _expected_version(request)
+    except InvalidConfig as exc:
+        return error(400, str(exc))
+    try:
+        deleted = await services.store.delete_config(name, expected)
+    except VersionConflict as exc:
+        return error(409, str(exc))
+    except StoreError as exc:
+        return _store_down(exc)
+    if not deleted:
+        return error(404, f"no config {name!r}")
+    logger.info("config %s deleted", name)
+    await services.config_cache.changed(f"config {name} deleted")
+    return Response(status_code=204)

@@ -1,0 +1,275 @@
+"""The SQLite schema and the mapping between `agents` rows and `AgentState` records.
+
+Rows keep every `AgentState` field losslessly (sub-messages as their protobuf bytes) plus columns
+derived with `facts()` for filtering, search and summaries. `uint64` fields (`sequence_num`,
+`capabilities`) are stored as the signed 64-bit integer with the same bits, since SQLite integers are
+signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.fleet.agent import AgentState, facts, uid_str
+from gateway.fleet.selector import Selector
+from gateway.fleet.status import Status
+from gateway.store.base import InvalidCursor
+
+SCHEMA_VERSION = 2
+UID_LENGTH = 16
+_UINT64 = 1 << 64
+_INT64_MAX = (1 << 63) - 1
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS agents (
+        uid BLOB PRIMARY KEY,
+        uid_text TEXT NOT NULL UNIQUE,
+        enrolled_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        sequence_num INTEGER NOT NULL,
+        capabilities INTEGER NOT NULL,
+        description BLOB,
+        health BLOB,
+        effective_config BLOB,
+        remote_config_status BLOB,
+        disconnected INTEGER NOT NULL,
+        previous_instance_uids BLOB NOT NULL,
+        pending_command INTEGER,
+        node TEXT NOT NULL,
+        transport TEXT NOT NULL,
+        offered_config_hash BLOB,
+        offered_at REAL NOT NULL DEFAULT 0,
+        failed_config_hash BLOB,
+        healthy INTEGER,
+        agent_type TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        os_type TEXT NOT NULL,
+        attrs TEXT NOT NULL,
+        search TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
+    "CREATE INDEX IF NOT EXISTS agents_type_version ON agents (agent_type, agent_version)",
+    "CREATE INDEX IF NOT EXISTS agents_os_type ON agents (os_type)",
+    """
+    CREATE TABLE IF NOT EXISTS uid_aliases (
+        old_uid BLOB PRIMARY KEY,
+        new_uid BLOB NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS uid_aliases_new_uid ON uid_aliases (new_uid)",
+    """
+    CREATE TABLE IF NOT EXISTS configs (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """,
+)
+# Statements that bring a file of schema version N-1 to N, by N; run before SCHEMA, in order.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE agents ADD COLUMN offered_config_hash BLOB",
+        "ALTER TABLE agents ADD COLUMN offered_at REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE agents ADD COLUMN failed_config_hash BLOB",
+    ),
+}
+
+# Every column of `agents`, in the order `row_of()` produces them.
+COLUMNS = (
+    "uid",
+    "uid_text",
+    "enrolled_at",
+    "last_seen",
+    "sequence_num",
+    "capabilities",
+    "description",
+    "health",
+    "effective_config",
+    "remote_config_status",
+    "disconnected",
+    "previous_instance_uids",
+    "pending_command",
+    "node",
+    "transport",
+    "offered_config_hash",
+    "offered_at",
+    "failed_config_hash",
+    "healthy",
+    "agent_type",
+    "agent_version",
+    "os_type",
+    "attrs",
+    "search",
+)
+UPSERT = (
+    f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+    "ON CONFLICT (uid) DO UPDATE SET "
+    # pending_command is left out: only a write that names it may change it (see _apply).
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", "pending_command"))
+    + " WHERE excluded.last_seen >= agents.last_seen"
+)
+TOUCH = (
+    "UPDATE agents SET last_seen = ?, sequence_num = ?, node = ?, transport = ? "
+    "WHERE uid = ? AND last_seen <= ?"
+)
+# The columns an AgentState is read back from, in `state_of()` order.
+STATE_COLUMNS = (
+    "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
+    "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
+    "offered_config_hash, offered_at, failed_config_hash"
+)
+SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
+
+# derive_status() in SQL. `? - last_seen > ?` is the same IEEE double arithmetic as Python's
+# `now - state.last_seen > offline_after`, so the boundary agrees to the last bit.
+STATUS_SQL: dict[Status, str] = {
+    "disconnected": "disconnected = 1",
+    "offline": "disconnected = 0 AND (:now - last_seen) > :offline_after",
+    "unhealthy": "disconnected = 0 AND NOT ((:now - last_seen) > :offline_after) AND healthy = 0",
+    "online": (
+        "disconnected = 0 AND NOT ((:now - last_seen) > :offline_after) AND (healthy IS NULL OR healthy = 1)"
+    ),
+}
+STATUS_CASE = (
+    "CASE WHEN disconnected = 1 THEN 'disconnected' "
+    "WHEN (:now - last_seen) > :offline_after THEN 'offline' "
+    "WHEN healthy = 0 THEN 'unhealthy' ELSE 'online' END"
+)
+
+
+def to_int64(value: int) -> int:
+    return value - _UINT64 if value > _INT64_MAX else value
+
+
+def from_int64(value: int) -> int:
+    return value + _UINT64 if value < 0 else value
+
+
+def encode_cursor(uid_text: str) -> str:
+    """The opaque cursor after `uid_text`: its 16 uid bytes in unpadded url-safe base64."""
+    return base64.urlsafe_b64encode(uuid.UUID(uid_text).bytes).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The uid_text a cursor from `encode_cursor` stands for; InvalidCursor for anything else."""
+    try:
+        raw = base64.b64decode(cursor + "==", altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidCursor(f"invalid cursor: {cursor!r}") from None
+    if len(raw) != UID_LENGTH:
+        raise InvalidCursor(f"invalid cursor: {cursor!r}")
+    text = uid_str(raw)
+    if encode_cursor(text) != cursor:
+        raise InvalidCursor(f"invalid cursor: {cursor!r}")
+    return text
+
+
+def _join_uids(uids: Sequence[bytes]) -> bytes:
+    return b"".join(uids)
+
+
+def _split_uids(data: bytes) -> tuple[bytes, ...]:
+    return tuple(data[i : i + UID_LENGTH] for i in range(0, len(data), UID_LENGTH))
+
+
+def row_of(state: AgentState) -> tuple[Any, ...]:
+    """The `agents` row for a record, in `COLUMNS` order."""
+    derived = facts(state)
+    uid_text = state.uid
+    return (
+        state.instance_uid,
+        uid_text,
+        float(state.enrolled_at),
+        float(state.last_seen),
+        to_int64(state.sequence_num),
+        to_int64(state.capabilities),
+        state.description,
+        state.health,
+        state.effective_config,
+        state.remote_config_status,
+        int(state.disconnected),
+        _join_uids(state.previous_instance_uids),
+        state.pending_command,
+        state.node,
+        state.transport,
+        state.offered_config_hash,
+        float(state.offered_at),
+        state.failed_config_hash,
+        None if derived.healthy is None else int(derived.healthy),
+        derived.agent_type,
+        derived.agent_version,
+        derived.os_type,
+        json.dumps(derived.attributes, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
+        derived.search_text(uid_text),
+    )
+
+
+def state_of(row: Sequence[Any]) -> AgentState:
+    return AgentState(
+        instance_uid=bytes(row[0]),
+        enrolled_at=row[1],
+        last_seen=row[2],
+        sequence_num=from_int64(row[3]),
+        capabilities=from_int64(row[4]),
+        description=row[5],
+        health=row[6],
+        effective_config=row[7],
+        remote_config_status=row[8],
+        disconnected=bool(row[9]),
+        previous_instance_uids=_split_uids(row[10]),
+        pending_command=row[11],
+        node=row[12],
+        transport=row[13],
+        offered_config_hash=row[14],
+        offered_at=row[15],
+        failed_config_hash=row[16],
+    )
+
+
+def selector_sql(selector: Selector, params: dict[str, Any], prefix: str = "s") -> str:
+    """A WHERE condition over `agents` equal to `selector.matches(uid, facts(state).attributes)`.
+
+    `attrs` holds exactly the flattened text attributes that matches() sees. Adds its bound values to
+    `params` under names starting with `prefix`.
+    """
+    counter = iter(range(1 << 30))
+
+    def bind(value: object) -> str:
+        name = f"{prefix}{next(counter)}"
+        params[name] = value
+        return f":{name}"
+
+    def attr(key: str, values: Sequence[str] | None) -> str:
+        cond = f"a.key = {bind(key)}"
+        if values is not None:
+            cond += f" AND a.value IN ({', '.join(bind(v) for v in values)})"
+        return f"EXISTS (SELECT 1 FROM json_each(agents.attrs) AS a WHERE {cond})"
+
+    labels: list[str] = [attr(key, [value]) for key, value in selector.match]
+    for e in selector.expressions:
+        if e.operator == "In":
+            labels.append(attr(e.key, e.values))
+        elif e.operator == "NotIn":
+            labels.append(f"NOT {attr(e.key, e.values)}")
+        elif e.operator == "Exists":
+            labels.append(attr(e.key, None))
+        else:
+            labels.append(f"NOT {attr(e.key, None)}")
+    alternatives: list[str] = []
+    if selector.instance_uids:
+        alternatives.append(f"uid IN ({', '.join(bind(u) for u in sorted(selector.instance_uids))})")
+    if labels:
+        alternatives.append("(" + " AND ".join(labels) + ")")
+    if not alternatives:
+        return "0"
+    return "(" + " OR ".join(alternatives) + ")"

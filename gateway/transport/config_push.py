@@ -1,0 +1,101 @@
+"""Keeping a node's view of the configs current, and pushing changed configs to the sockets it holds.
+
+Each node keeps every config in memory (a `ConfigSet` in `services.fleet`): the engine resolves an
+agent's desired config on every message without a store read. The set is re-read when a
+ConfigsChanged event arrives on the bus (any node's admin API publishes one after a change), and on a
+timer (`--config-refresh-interval`), so a lost event leaves a node stale for at most that long. When
+the content changed, every WebSocket agent on this node whose desired config changed gets it at once;
+HTTP agents get it in the reply to their next poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from gateway.bus.base import BusUnavailable, ConfigsChanged
+from gateway.fleet.desired import ConfigSet
+from gateway.store.base import StoreError
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+logger = logging.getLogger("gateway.transport.config_push")
+
+# Sends in flight at once while pushing to every socket after a change.
+_PUSH_CONCURRENCY = 256
+
+
+class ConfigCache:
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        # Set once the configs could be read: until then, readiness reports them unknown.
+        self.loaded = False
+
+    async def start(self) -> None:
+        try:
+            await self.refresh("start")
+        except StoreError as exc:
+            logger.warning("could not read the configs at start (retrying on the timer): %s", exc)
+        self._timer = asyncio.create_task(self._every_interval(), name="config-refresh")
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+
+    async def _every_interval(self) -> None:
+        interval = self._services.settings.config_refresh_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh("timer")
+            except StoreError as exc:
+                logger.warning("config refresh failed (keeping the configs known so far): %s", exc)
+
+    async def refresh(self, reason: str) -> int:
+        """Re-read the configs; if they changed, push to this node's sockets. The number of pushes.
+
+        Raises StoreError when the configs cannot be read (the node keeps the set it had).
+        """
+        services = self._services
+        async with self._lock:
+            configs = ConfigSet(tuple(await services.store.list_configs()))
+            self.loaded = True
+            if configs.generation == services.fleet.configs.generation:
+                return 0
+            services.fleet = replace(services.fleet, configs=configs)
+            services.metrics.configs.set(len(configs.configs))
+            logger.info("configs changed (%s): %d known", reason, len(configs.configs))
+            return await self._push_all()
+
+    async def _push_all(self) -> int:
+        registrations = self._services.registry.registrations()
+        pushed = 0
+        for start in range(0, len(registrations), _PUSH_CONCURRENCY):
+            chunk = registrations[start : start + _PUSH_CONCURRENCY]
+            results = await asyncio.gather(*(conn.push_config(uid) for uid, conn in chunk))
+            pushed += sum(results)
+        if pushed:
+            logger.info("pushed remote config to %d WebSocket agents", pushed)
+        return pushed
+
+    async def changed(self, reason: str) -> None:
+        """After a change made on this node: refresh here, then tell every other node."""
+        try:
+            await self.refresh(reason)
+        except StoreError as exc:
+            logger.warning("config refresh after %s failed: %s", reason, exc)
+        try:
+            await self._services.bus.broadcast(ConfigsChanged(reason=reason))
+            self._services.metrics.bus_events.labels(direction="sent", event="ConfigsChanged").inc()
+        except BusUnavailable as exc:
+            # Other nodes catch up on their timer, and their agents on their next message.
+            logger.warning("bus unavailable, other nodes will see the change on their next refresh: %s", exc)

@@ -322,7 +322,11 @@ class ElasticsearchStore:
         response = await self._request(
             "bulk",
             self._client.bulk(
-                index=self.agents_alias, operations=lines, require_alias=True, refresh=self._refresh
+                index=self.agents_alias,
+                # Pre-serialized lines (the client passes bytes through): sized before they are sent.
+                operations=lines,  # type: ignore[arg-type]
+                require_alias=True,
+                refresh=self._refresh,
             ),
         )
         return [next(iter(item.values())) for item in response.body["items"]]

@@ -24,6 +24,14 @@ _DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def _alias_clash(alias: str) -> errors.EsError:
+    return errors.EsError(
+        400,
+        "invalid_alias_name_exception",
+        f"Invalid alias name [{alias}]: an index or data stream exists with the same name as the alias",
+    )
+
+
 def flat_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Settings as Elasticsearch keeps them: flat `index.*` keys, string values."""
     out: dict[str, str] = {}
@@ -140,8 +148,8 @@ class Cluster:
         if len(indices) != 1:
             names = ", ".join(sorted(i.name for i in indices))
             raise errors.illegal(
-                f"alias [{name}] has more than one index associated with it [{names}], can't execute a single "
-                "index op"
+                f"alias [{name}] has more than one index associated with it [{names}], "
+                "can't execute a single index op"
             )
         return indices[0]
 
@@ -153,9 +161,9 @@ class Cluster:
                 writers = list(members)
             if len(writers) != 1:
                 raise errors.illegal(
-                    f"no write index is defined for alias [{name}]. The write index may be explicitly disabled "
-                    "using is_write_index=false or the alias points to multiple indices without one being "
-                    "designated as a write index"
+                    f"no write index is defined for alias [{name}]. The write index may be explicitly "
+                    "disabled using is_write_index=false or the alias points to multiple indices without one "
+                    "being designated as a write index"
                 )
             return self.indices[writers[0]]
         if require_alias:
@@ -184,8 +192,8 @@ class Cluster:
                 raise errors.illegal(
                     f"index template [{name}] has index patterns {patterns} matching patterns from existing "
                     f"templates [{other}] with patterns ({other} => {theirs}) that have the same priority "
-                    f"[{priority}], multiple index templates may not match during index creation, please use a "
-                    "different priority"
+                    f"[{priority}], multiple index templates may not match during index creation, please use "
+                    "a different priority"
                 )
         stored = {"composed_of": [], **copy.deepcopy(body)}
         self.templates[name] = stored
@@ -239,11 +247,7 @@ class Cluster:
         aliases = {**template.get("aliases", {}), **body.get("aliases", {})}
         for alias in aliases:
             if alias in self.indices:
-                raise errors.EsError(
-                    400,
-                    "invalid_alias_name_exception",
-                    f"Invalid alias name [{alias}]: an index or data stream exists with the same name as the alias",
-                )
+                raise _alias_clash(alias)
         self.indices[name] = index
         for alias, props in aliases.items():
             self.aliases.setdefault(alias, {})[name] = dict(props or {})
@@ -267,11 +271,7 @@ class Cluster:
             alias = spec.get("alias")
             if kind == "add":
                 if alias in self.indices:
-                    raise errors.EsError(
-                        400,
-                        "invalid_alias_name_exception",
-                        f"Invalid alias name [{alias}]: an index or data stream exists with the same name as the alias",
-                    )
+                    raise _alias_clash(alias)
                 for index in indices:
                     props = {"is_write_index": spec["is_write_index"]} if "is_write_index" in spec else {}
                     staged.setdefault(alias, {})[index] = props

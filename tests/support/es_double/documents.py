@@ -241,7 +241,8 @@ def bulk(
                 _, result = delete_doc(cluster, name, doc_id, **options)
             else:
                 raise errors.illegal(
-                    f"Malformed action/metadata line [{i}], expected one of [create, delete, index, update] but found [{action}]"
+                    f"Malformed action/metadata line [{i}], expected one of [create, delete, index, update] "
+                    f"but found [{action}]"
                 )
             touched.add(result["_index"])
             items.append({action: result})
@@ -264,8 +265,8 @@ def run_search(cluster: Cluster, target: str, body: dict[str, Any]) -> dict[str,
     offset = int(body.get("from", 0))
     if size + offset > search.MAX_RESULT_WINDOW:
         raise errors.illegal(
-            f"Result window is too large, from + size must be less than or equal to: [{search.MAX_RESULT_WINDOW}] "
-            f"but was [{size + offset}]."
+            "Result window is too large, from + size must be less than or equal to: "
+            f"[{search.MAX_RESULT_WINDOW}] but was [{size + offset}]."
         )
     hits: list[search.Doc] = []
     compilers: dict[str, search.Compiler] = {}

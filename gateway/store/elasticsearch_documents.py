@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +29,13 @@ from gateway.opamp.capabilities import capability_names
 from gateway.proto import opamp_pb2 as pb
 
 AGENT_TYPE = "OPAMP"
+# Elasticsearch refuses a flattened value nested deeper than its depth_limit (20); deeper parts of an
+# attribute are indexed as their JSON text instead.
+_MAX_DEPTH = 10
+# Longer keys are left out of the indexed copies (Lucene refuses a key+value term over 32 KiB).
+_MAX_KEY = 1024
+# The substring search field holds the first this many characters.
+SEARCH_TEXT_LIMIT = 8192
 
 
 class UnreadableDocument(ValueError):
@@ -63,12 +72,30 @@ def _text_or_none(value: str) -> str | None:
     return value or None
 
 
+def _indexable_key(key: str) -> bool:
+    return "\0" not in key and len(key) <= _MAX_KEY
+
+
+def indexable(value: Any, depth: int = 0) -> Any:
+    """A copy Elasticsearch accepts in any field: strict JSON (no NaN or Infinity) and, for flattened
+    fields, no NUL in keys and bounded nesting. The exact record is kept in `opamp.raw` anyway."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": scalar_text() gives the same for filters
+    if isinstance(value, list):
+        return [indexable(v, depth) for v in value]
+    if isinstance(value, dict):
+        if depth >= _MAX_DEPTH:
+            return json.dumps(value, sort_keys=True, default=str)
+        return {k: indexable(v, depth + 1) for k, v in value.items() if _indexable_key(k)}
+    return value
+
+
 def _health(state: AgentState) -> tuple[dict[str, Any] | None, str | None]:
     if state.health is None:
         return None, None
     rendered = health_json(pb.ComponentHealth.FromString(state.health))
     message = rendered["last_error"] or rendered["status"] or None
-    return rendered, message
+    return indexable(rendered), message
 
 
 def _remote_config(state: AgentState) -> dict[str, Any] | None:
@@ -121,10 +148,10 @@ def agent_document(state: AgentState) -> dict[str, Any]:
         "health": health,
         "effective_config": effective,
         "remote_config": _remote_config(state),
-        "identifying_attributes": derived.identifying,
-        "non_identifying_attributes": derived.non_identifying,
-        "attributes": attrs,
-        "search_text": derived.search_text(uid),
+        "identifying_attributes": indexable(derived.identifying),
+        "non_identifying_attributes": indexable(derived.non_identifying),
+        "attributes": {k: v for k, v in attrs.items() if _indexable_key(k)},
+        "search_text": derived.search_text(uid)[:SEARCH_TEXT_LIMIT],
         "connection": {"node": state.node or None, "transport": state.transport or None},
         "opamp": {
             "enrolled_at": float(state.enrolled_at),

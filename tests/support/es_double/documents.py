@@ -31,6 +31,22 @@ _BULK_META = frozenset(
 )
 
 
+def _no_constant(name: str) -> Any:
+    raise errors.EsError(
+        400,
+        "document_parsing_exception",
+        f"[1:2] Non-standard token '{name}': enable `ALLOW_NON_NUMERIC_NUMBERS`",
+    )
+
+
+def strict_json(data: bytes) -> Any:
+    """JSON as Elasticsearch reads it: NaN and Infinity are not numbers."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise errors.EsError(400, "document_parsing_exception", f"[1:2] failed to parse: {exc}") from None
+
+
 def _item(index: Index, doc_id: str, stored: Stored, result: str, status: int) -> dict[str, Any]:
     return {
         "_index": index.name,
@@ -217,13 +233,14 @@ def bulk(
                 f"Action/metadata line [{i + 1}] contains an unknown parameter [{sorted(unknown)[0]}]"
             )
         has_body = action != "delete"
-        body = json.loads(lines[i + 1]) if has_body else None
+        raw_body = lines[i + 1] if has_body else None
         i += 2 if has_body else 1
         name = meta.get("_index", target)
         doc_id = str(meta.get("_id", ""))
         options = {"if_seq_no": meta.get("if_seq_no"), "if_primary_term": meta.get("if_primary_term")}
         alias_only = bool(meta.get("require_alias", require_alias))
         try:
+            body = None if raw_body is None else strict_json(raw_body)
             if name is None:
                 raise errors.EsError(
                     400, "action_request_validation_exception", "Validation Failed: 1: index is missing;"

@@ -86,6 +86,47 @@ def _check_field(doc_id: str, value: Any, field: dict[str, Any], full: str, dyna
     for item in items:
         if item is not None and not _parses(kind, item):
             raise errors.bad_value(full, kind, doc_id, item)
+        if kind == "flattened":
+            _check_flattened(full, item, field, [])
+
+
+_MAX_TERM_BYTES = 32766
+
+
+def _check_flattened(root: str, value: Any, field: dict[str, Any], path: list[str]) -> None:
+    """FlattenedFieldParser's refusals: NUL in a key, nesting past depth_limit, an immense term."""
+    limit = int(field.get("depth_limit", 20))
+    ignore_above = int(field.get("ignore_above", 2**31 - 1))
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if isinstance(inner, dict):
+                if len(path) + 2 > limit:
+                    raise errors.EsError(
+                        400,
+                        "document_parsing_exception",
+                        f"[1:2] The provided [flattened] field [{root}] exceeds the maximum depth limit of [{limit}].",
+                    )
+                _check_flattened(root, inner, field, [*path, key])
+            elif isinstance(inner, list):
+                for item in inner:
+                    _check_flattened(root, {key: item}, field, path)
+            elif inner is not None:
+                full_key = ".".join([*path, key])
+                if "\0" in full_key:
+                    raise errors.EsError(
+                        400,
+                        "document_parsing_exception",
+                        "[1:2] Keys in [flattened] fields cannot contain the reserved character \\0. "
+                        f"Offending key: [{full_key}].",
+                    )
+                text = keyword(inner)
+                if len(text) <= ignore_above and len(f"{full_key}\0{text}".encode()) > _MAX_TERM_BYTES:
+                    raise errors.EsError(
+                        400,
+                        "document_parsing_exception",
+                        f"[1:2] Flattened field [{root}] contains one immense field whose keyed encoding is longer "
+                        f"than the allowed max length of {_MAX_TERM_BYTES} bytes.",
+                    )
 
 
 def _parses(kind: str, value: Any) -> bool:

@@ -150,6 +150,8 @@ async def _roll_over(client: AsyncElasticsearch, spec: IndexSpec, current: str, 
         # Left by a run that stopped before the alias moved: nothing reads it, so start it afresh.
         await client.indices.delete(index=target)
     await client.indices.put_settings(index=current, settings={"index": {"blocks": {"write": True}}})
+    # The copy is a search: it sees only what a refresh made visible.
+    await client.indices.refresh(index=current)
     await client.indices.create(index=target)
     copied = await client.options(request_timeout=COPY_TIMEOUT).reindex(
         source={"index": current}, dest={"index": target}, wait_for_completion=True, refresh=True

@@ -66,7 +66,8 @@ def store_error(exc: Exception, what: str) -> StoreError:
         kind = error_type(exc.body)
         reason = f"Elasticsearch {what}: HTTP {exc.status_code} {kind or exc.message}"
         if exc.status_code == 404 and kind == "index_not_found_exception":
-            return NotMigrated(f"{reason}: the index alias is missing; run `opamp-gateway migrate`")
+            missing = exc.body["error"].get("index", "the alias")
+            return NotMigrated(f"{reason}: {missing} does not exist; run `opamp-gateway migrate`")
         if exc.status_code in (401, 403) and not is_transient(exc.status_code, kind):
             return StoreError(f"{reason}: check the API key (or user) and its privileges")
         if is_transient(exc.status_code, kind):

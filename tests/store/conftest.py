@@ -18,9 +18,7 @@ import pytest
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 from tests.store.store_helpers import StoreFactory
-from tests.support.es import EsAliases, es_aliases, es_target
-
-__all__ = ["es_aliases", "es_target"]  # fixtures for the tests of this package
+from tests.support.es import EsAliases
 
 BACKENDS = ["sqlite", "elasticsearch"]
 

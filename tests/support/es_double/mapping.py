@@ -104,7 +104,8 @@ def _check_flattened(root: str, value: Any, field: dict[str, Any], path: list[st
                     raise errors.EsError(
                         400,
                         "document_parsing_exception",
-                        f"[1:2] The provided [flattened] field [{root}] exceeds the maximum depth limit of [{limit}].",
+                        f"[1:2] The provided [flattened] field [{root}] exceeds the maximum depth limit of "
+                        f"[{limit}].",
                     )
                 _check_flattened(root, inner, field, [*path, key])
             elif isinstance(inner, list):
@@ -124,8 +125,8 @@ def _check_flattened(root: str, value: Any, field: dict[str, Any], path: list[st
                     raise errors.EsError(
                         400,
                         "document_parsing_exception",
-                        f"[1:2] Flattened field [{root}] contains one immense field whose keyed encoding is longer "
-                        f"than the allowed max length of {_MAX_TERM_BYTES} bytes.",
+                        f"[1:2] Flattened field [{root}] contains one immense field whose keyed encoding is "
+                        f"longer than the allowed max length of {_MAX_TERM_BYTES} bytes.",
                     )
 
 

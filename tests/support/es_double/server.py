@@ -59,6 +59,7 @@ class Faults:
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     bulk_sizes: list[int] = field(default_factory=list)
+    bulk_bytes: list[int] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -136,8 +137,9 @@ class Handler:
                     )
                 )
             status, payload, refresh = run(call)
-            if refresh:
-                await self._refresh(call.params.get("refresh"), refresh)
+            mode = call.params.get("refresh", "false")
+            if refresh and mode != "false":
+                await self._refresh(mode, refresh)
         except errors.EsError as exc:
             status, payload = exc.status, exc.body()
         except _RawError as exc:
@@ -176,7 +178,7 @@ class Handler:
             return Response(status_code=status, headers=headers, media_type=media)
         return Response(json.dumps(payload), status_code=status, headers=headers, media_type=media)
 
-    async def _refresh(self, mode: str | None, indices: set[str]) -> None:
+    async def _refresh(self, mode: str, indices: set[str]) -> None:
         """`refresh=true` refreshes now; `wait_for` returns once a refresh made the write visible."""
         with self.cluster.lock:
             targets = [self.cluster.indices[i] for i in indices if i in self.cluster.indices]
@@ -282,6 +284,7 @@ class Handler:
                 self.cluster, target, call.body, call.flag("require_alias"), self.faults.take_item
             )
         self.stats.bulk_sizes.append(len(response["items"]))
+        self.stats.bulk_bytes.append(len(call.body))
         return 200, response, touched
 
     def _mget(self, call: Call) -> tuple[int, Any, set[str]]:

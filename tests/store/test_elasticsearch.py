@@ -14,10 +14,10 @@ import pytest
 
 from gateway.fleet.agent import AgentWrite
 from gateway.migrate import migrate
-from gateway.store import elasticsearch_writes
 from gateway.store.base import AgentQuery, StoreUnavailable
 from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import NotMigrated, make_client
+from gateway.store.elasticsearch_documents import agent_document
 from gateway.store.elasticsearch_schema import agents_index, configs_index
 from tests.store.store_helpers import agent, effective_config, full, health, heartbeat, moved, new_uid, touch
 from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
@@ -328,7 +328,7 @@ async def test_a_document_elasticsearch_refuses_is_dropped_and_logged(
     node_a: ElasticsearchStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad, good = agent(last_seen=NOW), agent(last_seen=NOW)
-    real = elasticsearch_writes.agent_document
+    real = agent_document
 
     def with_a_bug(state: Any) -> dict[str, Any]:
         document = real(state)
@@ -336,7 +336,7 @@ async def test_a_document_elasticsearch_refuses_is_dropped_and_logged(
             document["not_in_the_mapping"] = True
         return document
 
-    monkeypatch.setattr(elasticsearch_writes, "agent_document", with_a_bug)
+    monkeypatch.setattr("gateway.store.elasticsearch_writes.agent_document", with_a_bug)
     with caplog.at_level(logging.ERROR, "gateway.store.elasticsearch"):
         await node_a.write([full(bad), full(good)])
     assert "strict_dynamic_mapping_exception" in caplog.text

@@ -61,9 +61,6 @@ READINESS_PATH = "/readyz"
 # lands in Settings its entry here is redundant and can go.
 UPCOMING_ENV = frozenset(
     {
-        "OPAMP_GATEWAY_ELASTICSEARCH_URL",
-        "OPAMP_GATEWAY_ELASTICSEARCH_API_KEY",
-        "OPAMP_GATEWAY_ELASTICSEARCH_CA_CERT",
         "OPAMP_GATEWAY_AGENT_KEYS_FILE",
         "OPAMP_GATEWAY_ADMIN_TOKEN_FILE",
         "OPAMP_GATEWAY_TLS_CERT",
@@ -256,7 +253,10 @@ def test_chart_defaults_match_the_gateway_defaults() -> None:
 
 def test_every_gateway_setting_can_be_set_through_the_chart() -> None:
     """When a setting lands in gateway/settings.py, the chart has to expose it (or say why not here)."""
-    not_in_chart: dict[str, str] = {}  # env name -> why the chart never sets it
+    not_in_chart: dict[str, str] = {  # env name -> why the chart never sets it
+        "OPAMP_GATEWAY_ELASTICSEARCH_USERNAME": "the chart authenticates to Elasticsearch with API keys",
+        "OPAMP_GATEWAY_ELASTICSEARCH_PASSWORD": "the chart authenticates to Elasticsearch with API keys",
+    }
     used: set[str] = set()
     for name in [*SET_NAMES, "sentinels"]:
         rendered = rendered_set(name)
@@ -612,6 +612,29 @@ def test_migrate_job_is_a_pre_install_hook_with_its_own_credential(name: str) ->
             assert key in hook_secrets[secret]["data"]
     assert "configMapRef" not in str(container.get("envFrom", []))  # the ConfigMap is not there yet either
     assert job["spec"]["template"]["spec"].get("serviceAccountName") is None
+    # The Job creates exactly the aliases the pods will use, with the settings they expect.
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for env in (
+        "OPAMP_GATEWAY_ELASTICSEARCH_AGENTS_ALIAS",
+        "OPAMP_GATEWAY_ELASTICSEARCH_CONFIGS_ALIAS",
+        "OPAMP_GATEWAY_ELASTICSEARCH_REFRESH_INTERVAL",
+    ):
+        assert plain[env] == rendered.config[env], env
+    loaded = gateway_settings.load(["--elasticsearch-url", "https://es:9200"], plain)
+    es = rendered.values["elasticsearch"]
+    assert (loaded.elasticsearch_agents_alias, loaded.elasticsearch_configs_alias) == (
+        es["agentsAlias"],
+        es["configsAlias"],
+    )
+
+
+def test_chart_elasticsearch_defaults_match_the_gateway_defaults() -> None:
+    values = load_yaml(CHART_DIR / "values.yaml")["elasticsearch"]
+    defaults = gateway_settings.Settings()
+    assert values["agentsAlias"] == defaults.elasticsearch_agents_alias
+    assert values["configsAlias"] == defaults.elasticsearch_configs_alias
+    assert values["refreshInterval"] == defaults.elasticsearch_refresh_interval
+    assert values["timeout"] == defaults.elasticsearch_timeout
 
 
 @pytest.mark.parametrize("name", SET_NAMES)

@@ -22,6 +22,7 @@ from gateway.store.base import Store
 from gateway.store.breaker import CircuitBreaker
 from gateway.store.writer import Writer
 from gateway.transport import routing
+from gateway.transport.command_sweep import CommandSweep
 from gateway.transport.config_push import ConfigCache
 from gateway.transport.presence import Presence
 from gateway.transport.registry import Registry
@@ -60,6 +61,7 @@ class Services:
     bus: Bus = field(default=None)  # type: ignore[assignment]
     presence: Presence = field(init=False)
     config_cache: ConfigCache = field(init=False)
+    command_sweep: CommandSweep = field(init=False)
     drain_task: asyncio.Task[int] | None = None
 
     def __post_init__(self) -> None:
@@ -67,6 +69,7 @@ class Services:
             self.bus = LocalBus(self.settings.node_id)
         self.presence = Presence(self.settings.node_id, self.registry, self.bus, self.settings.owner_ttl)
         self.config_cache = ConfigCache(self)
+        self.command_sweep = CommandSweep(self)
         if self.fleet.config_resend_after != self.settings.config_resend_after:
             self.fleet = replace(self.fleet, config_resend_after=self.settings.config_resend_after)
 
@@ -122,8 +125,10 @@ async def running(
         await services.bus.start(functools.partial(routing.on_event, services), services.presence.refresh)
         await services.presence.start()
         await services.config_cache.start()
+        await services.command_sweep.start()
         yield services
     finally:
+        await services.command_sweep.stop()
         await services.config_cache.stop()
         await services.presence.stop()
         await services.bus.stop()

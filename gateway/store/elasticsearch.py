@@ -60,6 +60,8 @@ MAX_ALIAS_HOPS = 4
 # Item-level retries of 429/5xx inside one write(), before the Writer's own retries take over.
 _ITEM_RETRY_DELAYS = (0.05, 0.2, 0.5)
 _MAX_CONFLICT_ROUNDS = 8
+# Ids per `_mget`: bounds one response (about 2 KB of _source per agent).
+_MGET_IDS = 1000
 # Below aiohttp's 1 MiB "large body" threshold: one request body is written to the socket in one go.
 _MAX_BULK_BYTES = (1 << 20) - (16 << 10)
 # Only what agent_from_source() reads: effective config bodies and the Fleet-style copies stay put.
@@ -208,8 +210,14 @@ class ElasticsearchStore:
         return found
 
     async def _fetch(self, uids: Collection[bytes]) -> dict[bytes, AgentState | Moved]:
-        """One realtime `_mget`; remembers each document's sequence number for later writes."""
-        uids = list(uids)
+        """Realtime `_mget`s of at most _MGET_IDS ids; remembers each document's sequence number."""
+        ordered = list(uids)
+        out: dict[bytes, AgentState | Moved] = {}
+        for start in range(0, len(ordered), _MGET_IDS):
+            out.update(await self._mget(ordered[start : start + _MGET_IDS]))
+        return out
+
+    async def _mget(self, uids: list[bytes]) -> dict[bytes, AgentState | Moved]:
         ids = [uid_str(uid) for uid in uids]
         response = await self._request(
             "mget",

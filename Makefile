@@ -42,6 +42,7 @@ proto: $(STAMP)
 bench: test-deps
 	bash scripts/install-bench-deps.sh
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench es
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache

@@ -30,8 +30,14 @@ def _parser() -> argparse.ArgumentParser:
         "same uvicorn, server and load generator on different cores, loopback only.",
     )
     add = parser.add_argument
-    # One benchmark today; a WebSocket one (bench/ws_bench.py) would be another choice here.
-    add("suite", nargs="?", choices=("http",), default="http", help="which benchmark (default %(default)s)")
+    # `es` has its own flags: python -m bench es --help
+    add(
+        "suite",
+        nargs="?",
+        choices=("http", "es"),
+        default="http",
+        help="which benchmark (default %(default)s)",
+    )
     add(
         "--duration",
         type=int,
@@ -106,6 +112,10 @@ def _progress(line: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["es"]:
+        from bench import es_requests
+
+        return es_requests.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     cfg = _config(args, parser)

@@ -46,6 +46,7 @@ logger = logging.getLogger("bench.es_requests")
 AIM = 0.02
 READY_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 200
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,13 @@ async def _exchange_http(
     client: httpx2.AsyncClient, url: str, msg: pb.AgentToServer, counts: _Agents
 ) -> None:
     counts.sent += 1
-    response = await client.post(
-        url, content=msg.SerializeToString(), headers={"Content-Type": "application/x-protobuf"}
-    )
+    body = msg.SerializeToString()
+    try:
+        response = await client.post(url, content=body, headers=PROTOBUF)
+    except httpx2.TransportError:
+        # uvicorn closes keep-alive connections idle for 5 s; a poll can race that close. An agent
+        # retries such a poll (same message, so the gateway sees no gap).
+        response = await client.post(url, content=body, headers=PROTOBUF)
     if response.status_code != 200:
         counts.problems.append(f"HTTP {response.status_code}: {response.text[:200]}")
         return

@@ -39,10 +39,16 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+# Every suite: HTTP, WebSocket, config convergence; each runs even if one before it is INVALID, and
+# the target fails if any does.
 bench: test-deps
 	bash scripts/install-bench-deps.sh
-	$(BIN)/python -m bench
-	$(BIN)/python -m bench es
+	status=0; \
+	$(BIN)/python -m bench http || status=1; \
+	$(BIN)/python -m bench ws || status=1; \
+	$(BIN)/python -m bench config || status=1; \
+	$(BIN)/python -m bench es || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache

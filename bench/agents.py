@@ -40,6 +40,11 @@ def check_reply(status: int, content_type: str, body: bytes, agent: Agent) -> pb
         raise ReplyError(f"HTTP {status}: {body[:200]!r}")
     if content_type.split(";")[0].strip() != PROTOBUF:
         raise ReplyError(f"Content-Type {content_type!r}, expected {PROTOBUF}")
+    return check_message(body, agent)
+
+
+def check_message(body: bytes, agent: Agent) -> pb.ServerToAgent:
+    """A ServerToAgent for this agent, with no error and no ReportFullState (any transport)."""
     try:
         reply = pb.ServerToAgent.FromString(body)
     except DecodeError as exc:

@@ -1,8 +1,10 @@
 """The baseline target: a bare Starlette app on the gateway's uvicorn settings.
 
 `POST /v1/opamp` reads the body and answers a fixed, pre-serialized ServerToAgent of the same size as
-the gateway's heartbeat reply, with the same content type. Everything the gateway adds on top of this
-(decode, engine, store, metrics, encode) is what the ratio measures.
+the gateway's heartbeat reply, with the same content type. A WebSocket on `GET /v1/opamp` (the same
+port and path, as on the gateway) answers every binary message with the same ServerToAgent, framed
+(header 0 first). Everything the gateway adds on top of this (decode, engine, store, metrics,
+encode) is what the ratio measures.
 
 Run: python -m bench.baseline --port P --reply-hex HEX [--loop uvloop|asyncio]
 """
@@ -17,10 +19,12 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
-from gateway.opamp import capabilities as caps
+from gateway.opamp import capabilities as caps, framing
 from gateway.proto import opamp_pb2 as pb
+from gateway.settings import Settings
 
 logger = logging.getLogger("bench.baseline")
 
@@ -42,19 +46,33 @@ def build_app(reply: bytes) -> Starlette:
         # Same construction as gateway.transport.http._protobuf.
         return Response(reply, status_code=200, headers={"Content-Type": PROTOBUF})
 
+    framed = framing.encode(reply)
+
+    async def opamp_websocket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        # The gateway's loop (gateway.transport.websocket.Connection.serve) minus the gateway.
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await websocket.send_bytes(framed)
+
     async def ready(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ready"})
 
     return Starlette(
         routes=[
             Route(OPAMP_PATH, opamp, methods=["POST"]),
+            WebSocketRoute(OPAMP_PATH, opamp_websocket),
             Route("/readyz", ready, methods=["GET"]),
         ]
     )
 
 
 def config(app: Starlette, host: str, port: int, loop: str) -> uvicorn.Config:
-    """gateway.server's uvicorn settings, with the HTTP parser and event loop named explicitly."""
+    """gateway.server's uvicorn settings (WebSocket ones at the gateway's defaults), with the HTTP
+    parser and event loop named explicitly."""
+    defaults = Settings()
     return uvicorn.Config(
         app,
         host=host,
@@ -65,7 +83,12 @@ def config(app: Starlette, host: str, port: int, loop: str) -> uvicorn.Config:
         log_config=None,
         log_level="warning",
         access_log=False,
+        # uvicorn's "auto" WebSocket implementation, as the gateway's: websockets' sans-I/O protocol.
+        ws="auto",
         ws_per_message_deflate=False,
+        ws_max_size=defaults.max_message_bytes + framing.MAX_HEADER_BYTES,
+        ws_ping_interval=defaults.ws_ping_interval,
+        ws_ping_timeout=defaults.ws_ping_timeout,
         timeout_graceful_shutdown=10,
         server_header=False,
     )

@@ -124,6 +124,8 @@ def _cluster(workdir: Path) -> Iterator[list[tuple[int, int]]]:
                         str(exe), "serve", "--port", str(port), "--admin-port", str(admin_port),
                         "--sqlite-path", str(workdir / "gateway.db"), "--node-id", f"bench-{name}",
                         "--redis-url", f"redis://{HOST}:{redis_port}/0", "--log-level", "warning",
+                        # The benchmark enrolls its whole fleet at once: no enrollment rate limit.
+                        "--enrollment-rate", "0",
                     ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     defaults = ConfigPushConfig()
-    parser = argparse.ArgumentParser(prog="python -m bench.config_push", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench config", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--agents", type=int, default=defaults.agents, help="WebSocket agents (default %(default)s)"
     )

@@ -13,7 +13,7 @@ from google.protobuf.internal import api_implementation
 
 logger = logging.getLogger("bench.machine")
 
-_PACKAGES = ("opamp-gateway", "starlette", "uvicorn", "uvloop", "httptools", "protobuf")
+_PACKAGES = ("opamp-gateway", "starlette", "uvicorn", "uvloop", "httptools", "websockets", "protobuf")
 
 
 def _cpu_model() -> str:

@@ -1,5 +1,6 @@
 """CPU time of a process and its threads from /proc (Linux), to show where a core went in a phase:
-a saturated server core reads ~100%, and the load generator must stay well below."""
+a saturated server core reads ~100%, and the load generator must stay well below. Also a process's
+resident memory, for the memory cost of idle WebSockets."""
 
 from __future__ import annotations
 
@@ -57,3 +58,15 @@ def core_busy(core: int | None) -> float:
             idle, iowait = ticks[3], ticks[4]
             return (sum(ticks) - idle - iowait) / _TICK
     return 0.0
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Resident memory of a process in KiB from /proc/PID/status: `rss` in all, `anon` (heap, stacks:
+    what grows per connection) and `file` (mapped code and libraries)."""
+    wanted = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file"}
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            out[wanted[fields[0]]] = int(fields[1])
+    return out

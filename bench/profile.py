@@ -1,9 +1,9 @@
 """Optional (`--profile`): where the gateway spends its time under the heartbeat load, by py-spy.
 
 One extra, untimed gateway phase runs under `py-spy record` (which pauses the process for each
-sample, so stacks are whole); the folded stacks go to
-bench/results/latest-http-profile.folded (flamegraph/speedscope input) and the functions with the most
-samples, by own time and by inclusive time, to the report.
+sample, so stacks are whole); the folded stacks go to bench/results/latest-http-profile.folded (or
+latest-ws-profile.folded for the WebSocket benchmark; flamegraph/speedscope input) and the functions
+with the most samples, by own time and by inclusive time, to the report.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bench import procstat
 
 if TYPE_CHECKING:
     from bench.http_bench import HttpBench, Progress, TargetRun
+    from bench.targets import Cores
 
 logger = logging.getLogger("bench.profile")
 
@@ -93,53 +94,68 @@ def _is_gateway_cost(name: str) -> bool:
     )
 
 
+class Recording:
+    """py-spy recording one process for `seconds` (plus a margin), pinned to the load core; start it,
+    run the load, then `finish`. Usable from plain and from async code (both steps block briefly)."""
+
+    def __init__(self, pid: int, seconds: float, cores: Cores, workdir: Path) -> None:
+        exe = find_py_spy()
+        if exe is None:
+            raise ProfileError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        self.pid = pid
+        self.out = workdir / f"profile-{pid}.folded"
+        command = [
+            *cores.prefix(cores.load),
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(RATE),
+            "--duration",
+            str(int(seconds) + 2),
+            # Only the thread holding the GIL: Python's own time, not threads parked in a queue.
+            "--gil",
+            "--format",
+            "raw",
+            "--output",
+            str(self.out),
+        ]
+        self.seconds = seconds
+        self._spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.0)
+        if self._spy.poll() is not None:
+            output = self._spy.stdout.read().decode(errors="replace") if self._spy.stdout else ""
+            raise ProfileError(f"py-spy could not attach to the process (pid {pid}):\n{output}")
+        self._threads_before = procstat.thread_cpu(pid)
+
+    def finish(self, measured_seconds: float, saved: Path) -> dict[str, object]:
+        """Wait for py-spy, keep its stacks at `saved`, and summarize them with the CPU by thread."""
+        after = procstat.thread_cpu(self.pid)
+        used = {tid: cpu - self._threads_before.get(tid, 0.0) for tid, cpu in after.items()}
+        main = used.pop(self.pid, 0.0)
+        self._spy.wait(timeout=self.seconds + 30)
+        if not self.out.exists():
+            raise ProfileError("py-spy wrote no profile")
+        folded = self.out.read_text()
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(folded)
+        summary = summarize(folded)
+        # Where the core went, by thread: py-spy does not see C code that released the GIL (SQLite itself).
+        summary["cpu_share"] = {
+            "main thread (event loop)": main / measured_seconds,
+            f"{len(used)} other threads (store, executor)": sum(used.values()) / measured_seconds,
+        }
+        return summary
+
+
 def profile_gateway(
     bench: HttpBench, run: TargetRun, results_dir: Path, progress: Progress
 ) -> dict[str, object]:
-    exe = find_py_spy()
-    if exe is None:
-        raise ProfileError("--profile needs py-spy: .venv/bin/pip install py-spy")
-    out = bench.workdir / "profile.folded"
-    seconds = bench.cfg.duration
-    command = [
-        *bench.cores.prefix(bench.cores.load),
-        exe,
-        "record",
-        "--pid",
-        str(run.target.pid),
-        "--rate",
-        str(RATE),
-        "--duration",
-        str(seconds + 2),
-        # Only the thread holding the GIL: Python's own time, not threads parked in a queue.
-        "--gil",
-        "--format",
-        "raw",
-        "--output",
-        str(out),
-    ]
-    spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(1.0)
-    if spy.poll() is not None:
-        output = spy.stdout.read().decode(errors="replace") if spy.stdout else ""
-        raise ProfileError(f"py-spy could not attach to the gateway (pid {run.target.pid}):\n{output}")
-    threads_before = procstat.thread_cpu(run.target.pid)
-    result = bench.phase(run, "profile", seconds, measured=False)
-    after = procstat.thread_cpu(run.target.pid)
-    used = {tid: cpu - threads_before.get(tid, 0.0) for tid, cpu in after.items()}
-    main = used.pop(run.target.pid, 0.0)
-    spy.wait(timeout=seconds + 30)
-    if not out.exists():
-        raise ProfileError("py-spy wrote no profile")
-    folded = out.read_text()
+    recording = Recording(run.target.pid, bench.cfg.duration, bench.cores, bench.workdir)
+    result = bench.phase(run, "profile", bench.cfg.duration, measured=False)
     saved = results_dir / "latest-http-profile.folded"
-    saved.write_text(folded)
-    summary = summarize(folded)
-    # Where the core went, by thread: py-spy does not see C code that released the GIL (SQLite itself).
-    summary["cpu_share"] = {
-        "main thread (event loop)": main / result.seconds,
-        f"{len(used)} other threads (store, executor)": sum(used.values()) / result.seconds,
-    }
+    summary = recording.finish(result.seconds, saved)
     progress(
         f"profile    gateway   {summary['samples']} samples under load (py-spy, untimed); stacks in {saved}"
     )

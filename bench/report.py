@@ -34,6 +34,55 @@ def http_table(result: dict[str, Any]) -> str:
     ]
     if result["profile"]:
         rows += _profile_rows(result["profile"])
+    rows += _warnings(result)
+    return "\n".join(rows)
+
+
+def ws_table(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    rows = [
+        f"WebSocket heartbeats: {cfg['agents']} agents, one socket each, "
+        f"{cfg['rounds']} x {cfg['duration']} s per target (closed loop, bench.ws_client on uvloop)",
+        f"{result['pinning']}",
+        "",
+        f"{'target':<10} {'messages/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU':>11}"
+        f" {'generator CPU':>14} {'server µs/msg':>14} {'generator µs/msg':>17}",
+    ]
+    for name, summary in result["targets"].items():
+        rows.append(
+            f"{name:<10} {summary['messages_per_second']:>11,.0f} {summary['p50_ms']:>8.2f}"
+            f" {summary['p99_ms']:>8.2f} {summary['errors']:>7} {summary['server_cpu']:>11.0%}"
+            f" {summary['generator_cpu']:>14.0%} {summary['server_us_per_message']:>14.1f}"
+            f" {summary['generator_us_per_message']:>17.1f}"
+        )
+    rounds = ", ".join(f"{r:.2f}" for r in result["round_ratios"])
+    ratio, aim = result["ratio"], result["aim"]
+    rows += [
+        "",
+        f"ratio gateway/baseline = {ratio:.2f} (aim >= {aim:.2f}: {'met' if ratio >= aim else 'NOT met'});"
+        f" per round: {rounds}",
+        f"CPU per message baseline/gateway = {result['cpu_ratio']:.2f} (the same comparison by server CPU"
+        " time per message; steadier on a shared machine)",
+    ]
+    memory = result["memory"]
+    if memory:
+        gateway, baseline = memory["gateway"], memory["baseline"]
+        per_agent, memory_aim = gateway["kib_per_agent"], memory["aim_kib"]
+        met = "met" if per_agent <= memory_aim else "NOT met"
+        rows += [
+            f"gateway RSS per idle agent = {per_agent:.1f} KiB (aim <= {memory_aim:.0f} KiB: {met}), "
+            f"marginal {gateway['marginal_kib_per_agent']:.1f} KiB, with {gateway['agents']:,} sockets",
+            f"baseline RSS per idle socket = {baseline['kib_per_agent']:.1f} KiB "
+            f"(marginal {baseline['marginal_kib_per_agent']:.1f} KiB)",
+        ]
+    if result["profile"]:
+        rows += _profile_rows(result["profile"])
+    rows += _warnings(result)
+    return "\n".join(rows)
+
+
+def _warnings(result: dict[str, Any]) -> list[str]:
+    rows = []
     for name, summary in result["targets"].items():
         other = summary["server_core_busy"] - summary["server_cpu"]
         if other > CONTENTION_WARNING:
@@ -44,7 +93,7 @@ def http_table(result: dict[str, Any]) -> str:
             )
     for problem in result["checks"]["problems"]:
         rows.append(f"INVALID: {problem}")
-    return "\n".join(rows)
+    return rows
 
 
 def _profile_rows(profile: dict[str, Any]) -> list[str]:

@@ -97,6 +97,9 @@ def gateway_command(port: int, admin_port: int, workdir: Path) -> list[str]:
         "bench",
         "--log-level",
         "warning",
+        # The run enrolls its whole fleet up front; the enrollment bound would shed most of it.
+        "--enrollment-rate",
+        "0",
     ]
 
 

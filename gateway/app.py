@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.api import admin, commands, configs, health
+from gateway.api import admin, commands, configs, health, openapi
 from gateway.api.errors import http_exception
+from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport.http import opamp_http
 from gateway.transport.websocket import opamp_websocket
 
@@ -30,7 +32,15 @@ def opamp_app(services: Services) -> Starlette:
             WebSocketRoute(OPAMP_PATH, opamp_websocket),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
-        ]
+        ],
+        middleware=[
+            Middleware(
+                AgentGuard,
+                credentials=services.auth.agents,
+                path=OPAMP_PATH,
+                on_failure=services.metrics.auth_failed("opamp"),
+            )
+        ],
     )
     app.state.services = services
     return app
@@ -48,16 +58,20 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
-            Route("/api/v1/configs/{name}", configs.get_config, methods=["GET"]),
-            Route("/api/v1/configs/{name}", configs.put_config, methods=["PUT"]),
-            Route("/api/v1/configs/{name}", configs.delete_config, methods=["DELETE"]),
+            Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),
             Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),
+            Route(openapi.PATH, openapi.document, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_exception},
+        middleware=[
+            Middleware(
+                AdminGuard, credentials=services.auth.admin, on_failure=services.metrics.auth_failed("admin")
+            )
+        ],
     )
     app.state.services = services
     return app

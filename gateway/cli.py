@@ -9,6 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gateway import __version__, logs, settings as settings_mod
+from gateway.auth import CredentialError
+from gateway.settings import is_loopback
+from gateway.tls import TLSConfigError
 
 logger = logging.getLogger("gateway.cli")
 
@@ -36,14 +39,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _refuse_insecure(s: settings_mod.Settings) -> str | None:
-    exposed = s.insecure_bindings()
-    if not exposed or s.insecure_allow_anonymous:
+    """Why `serve` must not start with these settings (secure by default), or None."""
+    if s.insecure_allow_anonymous:
+        return None
+    problems = []
+    if not is_loopback(s.host) and not s.agent_auth:
+        problems.append(
+            f"the OpAMP port {s.host}:{s.port} has no agent keys, so anyone who can reach it could enroll "
+            "agents. Give keys with --agent-keys-file FILE (one key per line, or sha256:<hex> of it; "
+            "OPAMP_GATEWAY_AGENT_KEYS_FILE) or OPAMP_GATEWAY_AGENT_KEYS=key1,key2, or bind it to "
+            "loopback with --host 127.0.0.1."
+        )
+    if not is_loopback(s.admin_host) and not s.admin_auth:
+        problems.append(
+            f"the admin port {s.admin_host}:{s.admin_port} has no admin token, so anyone who can reach it "
+            "could read the fleet and command agents. Give one with --admin-token-file FILE "
+            "(OPAMP_GATEWAY_ADMIN_TOKEN_FILE), or bind it to loopback with --admin-host 127.0.0.1."
+        )
+    if not problems:
         return None
     return (
-        f"refusing to serve the {' and the '.join(exposed)} without authentication. "
-        "This version has no agent or admin authentication, so anyone who can reach those addresses "
-        "could enroll agents and read the fleet. Bind to 127.0.0.1 (the default), or, on a network you "
-        "trust, pass --insecure-allow-anonymous (OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS=true)."
+        "refusing to serve without authentication beyond loopback: "
+        + " And ".join(problems)
+        + " Only on a network you trust: --insecure-allow-anonymous "
+        "(OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS=true) serves without them."
     )
 
 
@@ -74,12 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal:
         print(f"opamp-gateway: error: {refusal}", file=sys.stderr)
         return 2
+    if not s.tls and not (is_loopback(s.host) and is_loopback(s.admin_host)):
+        logger.warning(
+            "serving beyond loopback without TLS: keys and tokens cross the network in clear text. "
+            "Give --tls-cert and --tls-key, or terminate TLS in front of the gateway."
+        )
     from gateway.server import StartupFailed, serve
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(s))
-    except StartupFailed as exc:
+    except (StartupFailed, CredentialError, TLSConfigError) as exc:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
+from gateway.limits import SHED_REASONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from gateway.bus.base import Bus
+    from gateway.limits import Limits
     from gateway.opamp.engine import Outcome
     from gateway.transport.registry import Registry
 
@@ -51,8 +53,18 @@ class Metrics:
         )
         self.shed = Counter(
             "opamp_gateway_shed_requests_total",
-            "Requests refused to protect the gateway",
+            "Requests refused to protect the gateway, by reason",
             ["reason"],
+            registry=r,
+        )
+        for reason in SHED_REASONS:
+            self.shed.labels(reason=reason)
+        self.enrollments = Counter(
+            "opamp_gateway_enrollments_total", "Agents seen for the first time (new records)", registry=r
+        )
+        self.uid_moves = Counter(
+            "opamp_gateway_uid_moves_total",
+            "Records moved to a server-assigned instance_uid (RequestInstanceUid from a known agent)",
             registry=r,
         )
         self.writer_depth = Gauge(
@@ -73,6 +85,36 @@ class Metrics:
         self.store_errors = Counter("opamp_gateway_store_errors_total", "Failed store operations", registry=r)
         self._connection_metrics(r)
         self._store_metrics(r)
+        self._protection_metrics(r)
+
+    def _protection_metrics(self, r: CollectorRegistry) -> None:
+        self.auth_failures = Counter(
+            "opamp_gateway_auth_failures_total",
+            "Requests refused with 401, by port (opamp, admin) and reason (missing, invalid)",
+            ["port", "reason"],
+            registry=r,
+        )
+        for port in ("opamp", "admin"):
+            for reason in ("missing", "invalid"):
+                self.auth_failures.labels(port=port, reason=reason)
+        self.inflight = Gauge(
+            "opamp_gateway_inflight_messages", "Agent messages being handled right now", registry=r
+        )
+        self.limits = Gauge(
+            "opamp_gateway_limit",
+            "Configured bounds: max_connections, max_inflight, enrollment_rate (per s), enrollment_burst",
+            ["limit"],
+            registry=r,
+        )
+        self.client_timeouts = Counter(
+            "opamp_gateway_client_timeouts_total",
+            "Clients dropped for being slow or silent: read (HTTP body), send (WebSocket peer not "
+            "reading), idle (WebSocket silent past --idle-timeout)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("read", "send", "idle"):
+            self.client_timeouts.labels(kind=kind)
 
     def _connection_metrics(self, r: CollectorRegistry) -> None:
         self.connected_agents = Gauge(
@@ -190,6 +232,21 @@ class Metrics:
         self.websocket_connections.set_function(lambda: registry.socket_count)
         self.bus_up.set_function(lambda: 1 if bus.up else 0)
 
+    def watch_limits(self, limits: Limits) -> None:
+        self.inflight.set_function(lambda: limits.inflight)
+        self.limits.labels(limit="max_connections").set(limits.max_connections)
+        self.limits.labels(limit="max_inflight").set(limits.max_inflight)
+        self.limits.labels(limit="enrollment_rate").set(limits.enrollments.rate)
+        self.limits.labels(limit="enrollment_burst").set(limits.enrollments.burst)
+
+    def auth_failed(self, port: str) -> Callable[[str], None]:
+        """A callback counting one refused request on `port` by reason."""
+
+        def count(reason: str) -> None:
+            self.auth_failures.labels(port=port, reason=reason).inc()
+
+        return count
+
     def handled(self, transport: str, result: str, seconds: float) -> None:
         """Count one message and its latency. Labelled children are bound once: a labels() lookup
         costs more than the increment itself on the hot path."""
@@ -211,6 +268,10 @@ class Metrics:
         if child is None:
             child = self._event_children[outcome.event] = self.events.labels(event=outcome.event)
         child.inc()
+        if outcome.event == "enrolled":
+            self.enrollments.inc()
+        elif outcome.event == "moved":
+            self.uid_moves.inc()
         if outcome.reply.flags & 1:
             self.full_state_requests.inc()
         if outcome.reply.HasField("remote_config"):

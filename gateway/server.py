@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from gateway import tls
 from gateway.app import admin_app, opamp_app
 from gateway.opamp import framing
 from gateway.services import Services, running
@@ -27,7 +28,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: object, host: str, port: int, settings: Settings) -> uvicorn.Config:
+def _config(
+    app: object, host: str, port: int, settings: Settings, *, client_certs: bool = False
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -45,6 +48,7 @@ def _config(app: object, host: str, port: int, settings: Settings) -> uvicorn.Co
         ws_ping_timeout=settings.ws_ping_timeout,
         timeout_graceful_shutdown=10,
         server_header=False,
+        **tls.uvicorn_options(settings, client_certs=client_certs),
     )
 
 
@@ -66,25 +70,35 @@ async def _announce_when_started(servers: list[uvicorn.Server], settings: Settin
     while not all(server.started for server in servers):
         await asyncio.sleep(0.01)
     opamp, admin = (server.servers[0].sockets[0].getsockname() for server in servers)
+    scheme = "https" if settings.tls else "http"
     logger.info(
-        "gateway node %s serving OpAMP on http://%s:%d/v1/opamp, admin on http://%s:%d/api/v1",
+        "gateway node %s serving OpAMP on %s://%s:%d/v1/opamp, admin on %s://%s:%d/api/v1 "
+        "(agent keys: %s, admin token: %s, client certificates: %s)",
         settings.node_id,
+        scheme,
         opamp[0],
         opamp[1],
+        scheme,
         admin[0],
         admin[1],
+        "required" if settings.agent_auth else "not required",
+        "required" if settings.admin_auth else "not required",
+        "required" if settings.tls_client_ca else "not required",
     )
 
 
 def build_servers(services: Services) -> list[uvicorn.Server]:
     s = services.settings
     return [
-        _Server(_config(opamp_app(services), s.host, s.port, s)),
+        _Server(_config(opamp_app(services), s.host, s.port, s, client_certs=True)),
         _Server(_config(admin_app(services), s.admin_host, s.admin_port, s)),
     ]
 
 
 async def serve(settings: Settings) -> None:
+    """Run the node until a signal stops it. Raises TLSConfigError or CredentialError (naming the
+    file) before listening if a TLS, key or token file is unusable."""
+    tls.check(settings)
     async with running(settings) as services:
         servers = build_servers(services)
         loop = asyncio.get_running_loop()

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, replace
 import uuid6
 from google.protobuf.internal import api_implementation
 
+from gateway.auth import Auth, Credentials
 from gateway.bus.base import Bus
 from gateway.bus.local import LocalBus
+from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.opamp.engine import FleetView
 from gateway.settings import Settings
@@ -63,10 +65,16 @@ class Services:
     config_cache: ConfigCache = field(init=False)
     command_sweep: CommandSweep = field(init=False)
     drain_task: asyncio.Task[int] | None = None
+    # None: no credentials (running() always passes the configured ones).
+    auth: Auth = field(default=None)  # type: ignore[assignment]
+    limits: Limits = field(init=False)
 
     def __post_init__(self) -> None:
         if self.bus is None:
             self.bus = LocalBus(self.settings.node_id)
+        if self.auth is None:
+            self.auth = Auth(Credentials("agent keys"), Credentials("admin tokens"))
+        self.limits = Limits(self.settings)
         self.presence = Presence(self.settings.node_id, self.registry, self.bus, self.settings.owner_ttl)
         self.config_cache = ConfigCache(self)
         self.command_sweep = CommandSweep(self)
@@ -97,7 +105,10 @@ def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
 async def running(
     settings: Settings, store: Store | None = None, bus: Bus | None = None
 ) -> AsyncIterator[Services]:
-    """Open the store, start the writer and the bus; on exit flush what is pending and close everything."""
+    """Open the store, start the writer and the bus; on exit flush what is pending and close everything.
+
+    Raises CredentialError before opening anything if a key or token file is unusable."""
+    auth = Auth.from_settings(settings)
     metrics = Metrics()
     metrics.set_build(protobuf_backend())
     store = CircuitBreaker(
@@ -118,10 +129,17 @@ async def running(
     metrics.writer_depth.set_function(lambda: writer.depth)
     await writer.start()
     services = Services(
-        settings=settings, store=store, writer=writer, metrics=metrics, bus=bus or open_bus(settings)
+        settings=settings,
+        store=store,
+        writer=writer,
+        metrics=metrics,
+        bus=bus or open_bus(settings),
+        auth=auth,
     )
     metrics.watch_node(services.registry, services.bus, services.clock, settings.offline_after)
+    metrics.watch_limits(services.limits)
     try:
+        await auth.start()
         await services.bus.start(functools.partial(routing.on_event, services), services.presence.refresh)
         await services.presence.start()
         await services.config_cache.start()
@@ -130,6 +148,7 @@ async def running(
     finally:
         await services.command_sweep.stop()
         await services.config_cache.stop()
+        await auth.stop()
         await services.presence.stop()
         await services.bus.stop()
         await writer.stop()

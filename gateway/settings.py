@@ -17,6 +17,29 @@ LogFormat = Literal["text", "json"]
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _REFRESH_INTERVAL = re.compile(r"^(-1|[0-9]+(ms|s|m|h))$")
+_POSITIVE = (
+    "offline_after",
+    "flush_interval",
+    "ws_ping_interval",
+    "ws_ping_timeout",
+    "auth_reload_interval",
+    "read_timeout",
+    "send_timeout",
+    "config_refresh_interval",
+    "config_resend_after",
+    "elasticsearch_timeout",
+    "store_breaker_reset",
+)
+_AT_LEAST_ONE = (
+    "max_message_bytes",
+    "flush_batch",
+    "writer_queue_size",
+    "max_connections",
+    "max_inflight",
+    "enrollment_burst",
+    "max_config_bytes",
+    "store_breaker_failures",
+)
 
 
 class SettingsError(ValueError):
@@ -64,7 +87,36 @@ class Settings:
     )
     insecure_allow_anonymous: bool = field(
         default=False,
-        metadata={"help": "serve on a non-loopback address without authentication"},
+        metadata={
+            "help": "serve the OpAMP port beyond loopback without agent keys, or the admin port without "
+            "an admin token"
+        },
+    )
+    agent_keys_file: str = field(
+        default="",
+        metadata={
+            "help": "file of agent keys, one per line (plain, or sha256:<hex>); re-read when it changes. "
+            "Agents send Authorization: Bearer <key> or ApiKey <key>"
+        },
+    )
+    agent_keys: str = field(
+        default="",
+        metadata={"help": "agent keys, comma-separated (prefer the environment or a file: flags show in ps)"},
+    )
+    admin_token_file: str = field(
+        default="",
+        metadata={
+            "help": "file of admin API tokens, one per line; /api/v1 needs Authorization: Bearer <token>"
+        },
+    )
+    auth_reload_interval: float = field(
+        default=5.0, metadata={"help": "seconds between checks of the key and token files for changes"}
+    )
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate (chain): serve both ports over TLS"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(
+        default="",
+        metadata={"help": "PEM CA bundle: agents must present a client certificate it signed (mutual TLS)"},
     )
     redis_url: str = field(
         default="",
@@ -129,41 +181,76 @@ class Settings:
         default=10.0,
         metadata={"help": "seconds the open circuit sheds load before one request probes the store again"},
     )
+    max_connections: int = field(
+        default=10_000,
+        metadata={"help": "most open WebSockets on this node; more upgrades get 503 with Retry-After"},
+    )
+    max_inflight: int = field(
+        default=1000,
+        metadata={
+            "help": "most agent messages handled at once; more get 503 (HTTP) or Unavailable (WebSocket)"
+        },
+    )
+    enrollment_rate: float = field(
+        default=100.0,
+        metadata={
+            "help": "new agents enrolled per second (token bucket; 0: no limit); more get 429 or Unavailable"
+        },
+    )
+    enrollment_burst: int = field(
+        default=500, metadata={"help": "new agents enrolled at once before --enrollment-rate applies"}
+    )
+    idle_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "seconds a WebSocket may stay silent before it is closed (0: never); above the heartbeat"
+        },
+    )
+    read_timeout: float = field(
+        default=30.0, metadata={"help": "seconds to receive a whole HTTP request body (408 after)"}
+    )
+    send_timeout: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds a WebSocket send may wait for a client that does not read, before dropping it"
+        },
+    )
 
     def __post_init__(self) -> None:
-        for name in ("port", "admin_port"):
-            value = getattr(self, name)
-            if not 0 <= value <= 65535:
-                raise SettingsError(f"{_flag(name)}: must be a port number 0-65535, got {value}")
-        for name in (
-            "offline_after",
-            "flush_interval",
-            "ws_ping_interval",
-            "ws_ping_timeout",
-            "config_refresh_interval",
-            "config_resend_after",
-        ):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{_flag(name)}: must be greater than 0")
-        for name in ("max_message_bytes", "flush_batch", "writer_queue_size", "max_config_bytes"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{_flag(name)}: must be at least 1")
+        self._check_numbers()
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("--tls-cert and --tls-key: give both (or neither)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("--tls-client-ca: needs --tls-cert and --tls-key (mutual TLS is TLS first)")
         if self.log_level not in _LOG_LEVELS:
             raise SettingsError(f"--log-level: must be one of {', '.join(_LOG_LEVELS)}")
         if self.log_format not in ("text", "json"):
             raise SettingsError("--log-format: must be text or json")
         if not self.node_id:
             raise SettingsError("--node-id: must not be empty")
-        if self.drain_seconds < 0:
-            raise SettingsError("--drain-seconds: must be 0 or more")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("--redis-url: must start with redis://, rediss:// or unix://")
+        self._check_elasticsearch()
+
+    def _check_numbers(self) -> None:
+        for name in ("port", "admin_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise SettingsError(f"{_flag(name)}: must be a port number 0-65535, got {value}")
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_flag(name)}: must be greater than 0")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_flag(name)}: must be at least 1")
+        for name in ("enrollment_rate", "idle_timeout", "drain_seconds"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_flag(name)}: must be 0 or more")
         if self.drain_retry_window < 1:
             raise SettingsError("--drain-retry-window: must be at least 1")
         # The refresh runs every third of the TTL; below 3 s it would hammer Redis.
         if self.owner_ttl < 3:
             raise SettingsError("--owner-ttl: must be at least 3")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError("--redis-url: must start with redis://, rediss:// or unix://")
-        self._check_elasticsearch()
 
     def _check_elasticsearch(self) -> None:
         if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):
@@ -191,18 +278,27 @@ class Settings:
             raise SettingsError(
                 "--elasticsearch-refresh-interval: must be a time like 5s, 500ms or 1m, or -1 (refresh off)"
             )
-        if self.elasticsearch_timeout <= 0 or self.store_breaker_reset <= 0:
-            name = "elasticsearch_timeout" if self.elasticsearch_timeout <= 0 else "store_breaker_reset"
-            raise SettingsError(f"{_flag(name)}: must be greater than 0")
-        if self.store_breaker_failures < 1:
-            raise SettingsError("--store-breaker-failures: must be at least 1")
+
+    @property
+    def agent_auth(self) -> bool:
+        """Agents must present a key."""
+        return bool(self.agent_keys_file or self.agent_keys.strip(", "))
+
+    @property
+    def admin_auth(self) -> bool:
+        """The admin API needs a token."""
+        return bool(self.admin_token_file)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
 
     def insecure_bindings(self) -> list[str]:
-        """Ports bound beyond loopback; without authentication those need explicit consent."""
+        """Ports bound beyond loopback without authentication: those need explicit consent."""
         found = []
-        if not is_loopback(self.host):
+        if not is_loopback(self.host) and not self.agent_auth:
             found.append(f"OpAMP port {self.host}:{self.port}")
-        if not is_loopback(self.admin_host):
+        if not is_loopback(self.admin_host) and not self.admin_auth:
             found.append(f"admin port {self.admin_host}:{self.admin_port}")
         return found
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.es import es_aliases, es_target
-from tests.support.process import Gateway, GatewayFactory, GatewayStartError, start_gateway
+from tests.support.process import Gateway, GatewayFactory, GatewayStartError, TLSFiles, start_gateway
 from tests.support.redis_server import RedisFactory, RedisServer
 
 __all__ = ["es_aliases", "es_target"]  # Elasticsearch (the double, or OPAMP_GATEWAY_TEST_ES_URL)
@@ -52,17 +52,26 @@ def pytest_runtest_makereport(
 @pytest.fixture
 def gateway_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GatewayFactory]:
     """`gateway_factory(**flags) -> Gateway`: start a node (flags as for `opamp-gateway serve`, e.g.
-    `offline_after=2`), ready on free loopback ports with its own SQLite file unless `sqlite_path`
-    is given. Every node is stopped (SIGTERM, then SIGKILL) at teardown, which fails if a node
-    needed SIGKILL or exited with a non-zero code."""
+    `offline_after=2`; `agent_key=`, `admin_token=` and `tls=TLSFiles(...)` for a secured node),
+    ready on free loopback ports with its own SQLite file unless `sqlite_path` is given. Every node
+    is stopped (SIGTERM, then SIGKILL) at teardown, which fails if a node needed SIGKILL or exited
+    with a non-zero code."""
     started: list[Gateway] = []
     request.node.stash[_GATEWAYS] = started
 
-    def factory(**flags: object) -> Gateway:
+    def factory(
+        *,
+        agent_key: str | None = None,
+        admin_token: str | None = None,
+        tls: TLSFiles | None = None,
+        **flags: object,
+    ) -> Gateway:
         name = f"gw{len(started) + 1}"
         for attempt in range(_PORT_RETRIES):
             try:
-                gateway = start_gateway(tmp_path, name, flags)
+                gateway = start_gateway(
+                    tmp_path, name, flags, agent_key=agent_key, admin_token=admin_token, tls=tls
+                )
             except GatewayStartError as exc:
                 # A free port can be taken between probing and binding; only then try again.
                 pinned = "port" in flags or "admin_port" in flags

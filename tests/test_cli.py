@@ -8,8 +8,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gateway import __version__
+from gateway.cli import _refuse_insecure
+from gateway.settings import Settings
 from tests.support.servers import free_port
 
 EXE = [sys.executable, "-m", "gateway.cli"]
@@ -107,3 +112,73 @@ def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "could not listen on every port" in result.stderr
     assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr
+
+
+def test_refusal_says_exactly_what_to_do() -> None:
+    result = _run("serve", "--host", "0.0.0.0", "--admin-host", "0.0.0.0")
+    assert result.returncode == 2
+    message = result.stderr
+    for needle in (
+        "OpAMP port 0.0.0.0:4320 has no agent keys",
+        "--agent-keys-file FILE",
+        "OPAMP_GATEWAY_AGENT_KEYS=key1,key2",
+        "--host 127.0.0.1",
+        "admin port 0.0.0.0:4321 has no admin token",
+        "--admin-token-file FILE",
+        "--admin-host 127.0.0.1",
+        "--insecure-allow-anonymous",
+    ):
+        assert needle in message, needle
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        ({}, None),
+        ({"host": "0.0.0.0"}, "OpAMP port"),
+        ({"host": "0.0.0.0", "agent_keys": "k1"}, None),
+        ({"host": "0.0.0.0", "agent_keys_file": "/etc/keys"}, None),
+        ({"host": "0.0.0.0", "agent_keys": " , "}, "OpAMP port"),
+        ({"host": "0.0.0.0", "admin_token_file": "/etc/token"}, "OpAMP port"),
+        ({"admin_host": "0.0.0.0", "agent_keys": "k1"}, "admin port"),
+        ({"admin_host": "0.0.0.0", "admin_token_file": "/etc/token"}, None),
+        ({"host": "0.0.0.0", "admin_host": "::", "insecure_allow_anonymous": True}, None),
+    ],
+)
+def test_secure_by_default(flags: dict[str, Any], refused: str | None) -> None:
+    refusal = _refuse_insecure(Settings(**flags))
+    if refused is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and f"the {refused}" in refusal
+        assert ("OpAMP port" in refusal) == (refused == "OpAMP port")
+
+
+def test_bad_key_file_stops_serve_naming_the_line(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("secret-agent-key-1\nsecret key two\n")
+    result = _run(
+        "serve",
+        "--agent-keys-file",
+        str(keys),
+        "--port",
+        str(free_port()),
+        "--admin-port",
+        str(free_port()),
+        "--sqlite-path",
+        str(tmp_path / "g.db"),
+    )
+    assert result.returncode == 1
+    assert f"{keys}, line 2: a key must be one word" in result.stderr
+    assert "secret" not in result.stderr.replace(str(keys), "")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_tls_file_stops_serve(tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate\n")
+    result = _run(
+        "serve", "--tls-cert", str(cert), "--tls-key", str(cert), "--sqlite-path", str(tmp_path / "g.db")
+    )
+    assert result.returncode == 1
+    assert "not a PEM certificate chain" in result.stderr and "Traceback" not in result.stderr

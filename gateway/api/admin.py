@@ -81,10 +81,10 @@ async def list_agents(request: Request) -> Response:
         return error(400, str(exc))
     now, offline_after = services.clock(), services.settings.offline_after
     try:
-        if "config" in params:
+        if params.get("config"):
             config = await services.store.get_config(params["config"])
             if config is None:
-                return error(400, f"config: no config {params['config']!r}")
+                return error(404, f"config: no config {params['config']!r}")
             query = dataclasses.replace(query, selector=config.selector)
         page = await services.store.list_agents(query, now, offline_after)
     except InvalidCursor as exc:

@@ -130,8 +130,12 @@ async def put_config(request: Request) -> Response:
         return Response(status_code=400)
     try:
         body = json.loads(raw)
+        # JSON may escape lone surrogates (\ud800) that no UTF-8 file or reply can carry.
+        json.dumps(body, ensure_ascii=False).encode()
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return error(400, f"body: not valid JSON: {exc}")
+    except UnicodeEncodeError:
+        return error(400, "body: contains an escaped lone surrogate, which is not valid Unicode")
     try:
         parsed = parse_request(name, body, max_bytes=limit)
     except InvalidConfig as exc:
@@ -168,3 +172,12 @@ async def delete_config(request: Request) -> Response:
     logger.info("config %s deleted", name)
     await services.config_cache.changed(f"config {name} deleted")
     return Response(status_code=204)
+
+
+async def config_resource(request: Request) -> Response:
+    """/api/v1/configs/{name}: one route for its three methods, so a 405 lists all of them."""
+    if request.method == "PUT":
+        return await put_config(request)
+    if request.method == "DELETE":
+        return await delete_config(request)
+    return await get_config(request)

@@ -24,4 +24,7 @@ def error(status: int, message: str, code: str | None = None) -> JSONResponse:
 async def http_exception(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail if exc.status_code != 404 else "no such endpoint"
-    return error(exc.status_code, message)
+    response = error(exc.status_code, message)
+    # Starlette's 405 carries Allow (RFC 9110 requires it); keep whatever headers the exception has.
+    response.headers.update(exc.headers or {})
+    return response

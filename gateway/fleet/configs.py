@@ -26,14 +26,16 @@ from gateway.fleet import selector as selector_mod
 from gateway.fleet.selector import Selector
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
-_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$")
+CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$"
+_CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 DEFAULT_CONTENT_TYPE = "text/yaml"
 MAX_FILES = 64
 MAX_FILE_NAME = 255
 MAX_PRIORITY = 1_000_000
 # Fields of a config's JSON that the server computes: accepted back in a PUT (so GET -> edit -> PUT
-# works) and ignored. `version` is different: when given, it is a precondition.
+# works, and so does copying a config to another name) and ignored. `version` is different: when
+# given, it is a precondition.
 _READ_ONLY = frozenset({"name", "hash", "created_at", "updated_at", "rollout"})
 
 
@@ -106,6 +108,17 @@ class ConfigRequest:
     expected_version: int | None
 
 
+def _integer(value: object) -> int | None:
+    """An integer, also when JSON wrote it as 3.0 (JSON Schema's integers include those); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise InvalidConfig(
@@ -158,16 +171,14 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     unknown = set(raw) - {"selector", "priority", "files", "version"} - _READ_ONLY
     if unknown:
         raise InvalidConfig(sorted(unknown)[0], "unknown field")
-    if "name" in raw and raw["name"] != name:
-        raise InvalidConfig("name", f"the body says {raw['name']!r} but the path says {name!r}")
     if "selector" not in raw:
         raise InvalidConfig("selector", "is required (use {} to stage a config that matches no agent)")
     try:
         selector = selector_mod.parse(raw["selector"])
     except selector_mod.InvalidSelector as exc:
         raise InvalidConfig(exc.field, str(exc).split(": ", 1)[1]) from None
-    priority = raw.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_PRIORITY:
+    priority = _integer(raw.get("priority", 0))
+    if priority is None or abs(priority) > MAX_PRIORITY:
         raise InvalidConfig("priority", f"must be an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
     files_raw = raw.get("files")
     if not isinstance(files_raw, dict) or not files_raw:
@@ -183,8 +194,12 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
             "files", f"the config is {spec.size} bytes; the limit is {max_bytes} (--max-config-bytes)"
         )
     version = raw.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
-        raise InvalidConfig("version", "must be a non-negative integer (0: the config must not exist yet)")
+    if version is not None:
+        version = _integer(version)
+        if version is None or version < 0:
+            raise InvalidConfig(
+                "version", "must be a non-negative integer (0: the config must not exist yet)"
+            )
     return ConfigRequest(spec=spec, expected_version=version)
 
 

@@ -136,7 +136,7 @@ def _expression(raw: object, field: str) -> Expression:
             raise InvalidSelector(f"{field}.values", f"{op} needs at least one value")
         values = tuple(_text(v, f"{field}.values[{i}]", MAX_VALUE_LENGTH) for i, v in enumerate(raw_values))
         return Expression(key, op, tuple(sorted(set(values))))
-    if raw.get("values"):
+    if "values" in raw and _list(raw["values"], f"{field}.values"):
         raise InvalidSelector(f"{field}.values", f"{op} takes no values")
     return Expression(key, op)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
-import random
 import time
 import zlib
 from typing import TYPE_CHECKING
@@ -13,6 +13,7 @@ from google.protobuf.message import DecodeError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
+from gateway import limits
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.transport import pipeline
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gateway.transport.http")
 
 PROTOBUF = "application/x-protobuf"
-# Spec: the minimum recommended retry interval is 30 s; jitter spreads the returning herd.
-RETRY_AFTER_SECONDS = 30
-RETRY_JITTER_SECONDS = 30
 
 
 class BodyTooLarge(Exception):
@@ -96,9 +94,11 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 
 def _unavailable(services: Services, reason: str) -> Response:
+    """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
     services.metrics.shed.labels(reason=reason).inc()
-    retry = RETRY_AFTER_SECONDS + random.randint(0, RETRY_JITTER_SECONDS)
-    return _text(503, f"service unavailable: {reason}", {"Retry-After": str(retry)})
+    if reason in limits.RATE_LIMITED:
+        return _text(429, f"too many requests: {reason}", {"Retry-After": str(limits.retry_after())})
+    return _text(503, f"service unavailable: {reason}", {"Retry-After": str(limits.retry_after())})
 
 
 def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response:
@@ -118,7 +118,13 @@ def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response
 async def opamp_http(request: Request) -> Response:
     services: Services = request.app.state.services
     started = time.perf_counter()
-    result = await _handle(request, services)
+    if not services.limits.begin_message():
+        result = _unavailable(services, "max_inflight")
+    else:
+        try:
+            result = await _handle(request, services)
+        finally:
+            services.limits.end_message()
     services.metrics.handled("http", str(result.status_code), time.perf_counter() - started)
     return result
 
@@ -132,9 +138,13 @@ async def _handle(request: Request, services: Services) -> Response:
     if encoding not in ("identity", "gzip", "x-gzip"):
         return _text(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
     try:
-        body = await _read_body(request, limit)
+        # A client that trickles its body (slowloris) must not hold a slot in flight for ever.
+        body = await asyncio.wait_for(_read_body(request, limit), settings.read_timeout)
         if encoding != "identity":
             body = gunzip(body, limit)
+    except TimeoutError:
+        services.metrics.client_timeouts.labels(kind="read").inc()
+        return _text(408, f"request body not received within {settings.read_timeout:g}s")
     except BodyTooLarge as exc:
         return _text(413, str(exc))
     except BadEncoding as exc:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gateway.fleet.agent import AgentState, Transport, uid_str
+from gateway.limits import enrolls
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
@@ -68,10 +69,15 @@ async def process(
     services: Services, state: AgentState | None, msg: pb.AgentToServer, transport: Transport = "http"
 ) -> engine.Outcome:
     """Run the engine and hand its write to the writer (awaiting the commit when it matters)."""
+    if enrolls(state, msg) and not services.limits.admit_enrollment():
+        raise Shed("enrollment_rate")
     now = services.clock()
     outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
     outcome = _stamped(outcome, services.settings.node_id, transport)
     if transport == "http" and outcome.state is not None:
+        if outcome.write is not None and outcome.write.previous_uid is not None:
+            # A moved agent is one agent: the uid it leaves must not count as a second one.
+            services.registry.saw_http(outcome.write.previous_uid, None)
         services.registry.saw_http(outcome.state.instance_uid, None if outcome.state.disconnected else now)
     if outcome.write is not None:
         try:

@@ -4,6 +4,7 @@ One `Connection` per socket. It caches each agent's record after the first messa
 every outcome), so a heartbeat costs no store read. A socket may carry several agents (a
 concentrating proxy): state and registration are per instance_uid. Close codes the gateway sends:
 
+- 1000 normal closure: the agent sent nothing for --idle-timeout seconds.
 - 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
 - 1002 protocol error: the OpAMP header is missing or not 0.
 - 1003 unsupported data: a text message (OpAMP is binary only).
@@ -13,6 +14,10 @@ concentrating proxy): state and registration are per instance_uid. Close codes t
   connection wins. A private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a
   policy violation of this connection (1008), and a distinct code lets clients and operators tell a
   duplicate agent from a failing one.
+
+Upgrades are refused before accept with 401 (no or a wrong agent key; gateway/auth.py) or 503 +
+Retry-After (draining, or --max-connections open). A client that stops reading for --send-timeout
+is dropped without a close frame: it would not read that either.
 """
 
 from __future__ import annotations
@@ -32,19 +37,21 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from gateway import limits
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
+from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.opamp import engine, framing
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
 from gateway.transport import pipeline
-from gateway.transport.http import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 
 if TYPE_CHECKING:
     from gateway.services import Services
 
 logger = logging.getLogger("gateway.transport.websocket")
 
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -70,21 +77,31 @@ def _reason(text: str) -> str:
     return data[: _REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
+async def _refuse(websocket: WebSocket, services: Services, reason: str, text: str, retry: int) -> None:
+    """Refuse the upgrade with 503 + Retry-After (spec: a server too loaded to upgrade)."""
+    services.metrics.shed.labels(reason=reason).inc()
+    await websocket.send_denial_response(
+        PlainTextResponse(text + "\n", status_code=503, headers={"Retry-After": str(retry)})
+    )
+
+
 async def opamp_websocket(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     if services.draining:
-        services.metrics.shed.labels(reason="draining").inc()
         retry = random.randint(1, int(services.settings.drain_retry_window))
-        await websocket.send_denial_response(
-            PlainTextResponse(
-                "this node is draining: connect to another node\n",
-                status_code=503,
-                headers={"Retry-After": str(retry)},
-            )
+        await _refuse(
+            websocket, services, "draining", "this node is draining: connect to another node", retry
         )
         return
-    await websocket.accept()
-    await Connection(websocket, services).serve()
+    if not services.limits.open_connection():
+        text = f"this node holds its maximum of {services.limits.max_connections} WebSockets"
+        await _refuse(websocket, services, "max_connections", text, limits.retry_after())
+        return
+    try:
+        await websocket.accept()
+        await Connection(websocket, services).serve()
+    finally:
+        services.limits.close_connection()
 
 
 class Connection:
@@ -92,6 +109,8 @@ class Connection:
         self._ws = websocket
         self._services = services
         self._limit = services.settings.max_message_bytes
+        self._idle_timeout = services.settings.idle_timeout or None
+        self._send_timeout = services.settings.send_timeout
         # Identifies this connection in owner records: a node never closes a newer connection.
         self.epoch = uuid6.uuid7().hex
         # The agents on this socket, by the uid each record lives under.
@@ -109,7 +128,12 @@ class Connection:
         registry.attach(self)
         try:
             while not self._closed:
-                message = await self._ws.receive()
+                try:
+                    message = await asyncio.wait_for(self._ws.receive(), self._idle_timeout)
+                except TimeoutError:
+                    self._services.metrics.client_timeouts.labels(kind="idle").inc()
+                    await self.close(CLOSE_NORMAL, f"idle: no message for {self._idle_timeout:g}s")
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 if not await self._on_message(message):
@@ -140,6 +164,7 @@ class Connection:
             await self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
             return False
         metrics = self._services.metrics
+        self._services.limits.track_message()
         try:
             outcome = await self._process(msg)
             reply, result = outcome.reply, "rejected" if outcome.rejected else "ok"
@@ -148,9 +173,10 @@ class Connection:
             retry = RETRY_AFTER_SECONDS + random.uniform(0, RETRY_JITTER_SECONDS)
             reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
             result = "unavailable"
+        finally:
+            self._services.limits.end_message()
         sent = await self._send(reply)
-        metrics.messages.labels(transport="websocket", result=result).inc()
-        metrics.latency.labels(transport="websocket").observe(time.perf_counter() - started)
+        metrics.handled("websocket", result, time.perf_counter() - started)
         return sent
 
     async def _process(self, msg: pb.AgentToServer) -> engine.Outcome:
@@ -219,9 +245,15 @@ class Connection:
                 reply.instance_uid, "reply exceeded the server's message size limit"
             ).SerializeToString()
         try:
-            await self._ws.send_bytes(framing.encode(body))
+            await asyncio.wait_for(self._ws.send_bytes(framing.encode(body)), self._send_timeout)
         except (WebSocketDisconnect, RuntimeError):
             # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
+            return False
+        except TimeoutError:
+            # The peer stopped reading: a close frame would wait behind the same full buffer.
+            self._closed = True
+            self._services.metrics.client_timeouts.labels(kind="send").inc()
+            logger.info("dropped a WebSocket whose client read nothing for %gs", self._send_timeout)
             return False
         return True
 

@@ -175,7 +175,7 @@ async def test_http_agent_converges_and_rollout_shows_it(admin: httpx2.AsyncClie
     assert [a["instance_uid"] for a in listed.json()["agents"]] == [str(uuid.UUID(bytes=accepting))]
     unsupported = await admin.get("/api/v1/agents", params={"config": "base", "config_status": "unsupported"})
     assert [a["instance_uid"] for a in unsupported.json()["agents"]] == [str(uuid.UUID(bytes=refusing))]
-    assert (await admin.get("/api/v1/agents", params={"config": "nope"})).status_code == 400
+    assert (await admin.get("/api/v1/agents", params={"config": "nope"})).status_code == 404
     assert (await admin.get("/api/v1/agents", params={"config_status": "done"})).status_code == 400
 
 
@@ -226,3 +226,13 @@ async def test_metrics_count_offers_and_reports(admin: httpx2.AsyncClient, poll:
     assert 'opamp_gateway_pushes_total{delivery="reply",kind="config"} 1.0' in text
     assert 'opamp_gateway_remote_config_reports_total{status="APPLIED"} 1.0' in text
     assert "opamp_gateway_configs 1.0" in text
+
+
+async def test_integral_floats_and_lone_surrogates(admin: httpx2.AsyncClient) -> None:
+    ok = await admin.put("/api/v1/configs/f", json=config_body(priority=3.0, version=0.0))
+    assert ok.status_code == 201 and ok.json()["priority"] == 3
+    assert (await admin.put("/api/v1/configs/g", json=config_body(priority=3.5))).status_code == 400
+    surrogate = b'{"selector": {}, "files": {"a": {"body": "\\ud800"}}}'
+    response = await admin.put("/api/v1/configs/h", content=surrogate)
+    assert response.status_code == 400
+    assert "lone surrogate" in response.json()["error"]["message"]

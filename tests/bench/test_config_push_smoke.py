@@ -34,7 +34,7 @@ def test_every_agent_converges_and_the_rollout_agrees(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_command_line_prints_the_table() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.config_push", "--agents=4", "--changes=1"],
+        [sys.executable, "-m", "bench", "config", "--agents=4", "--changes=1"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -39,7 +39,9 @@ def test_es_bench_counts_requests_per_message(tmp_path: Path, transport: str, re
     by_endpoint = result["es_requests_by_endpoint"]
     assert by_endpoint["bulk"] == result["bulk_requests"] > 0
     assert result["es_requests"] == sum(by_endpoint.values())
-    assert result["requests_per_message"] == pytest.approx(result["es_requests"] / result["messages"], abs=1e-5)
+    assert result["requests_per_message"] == pytest.approx(
+        result["es_requests"] / result["messages"], abs=1e-5
+    )
     # A WebSocket agent's heartbeat reads nothing; an HTTP poll reads the record (batched per turn).
     assert ("mget" in by_endpoint) is reads
     assert 0 < result["bulk_actions"]["p50"] <= result["bulk_actions"]["max"] <= 30

@@ -30,6 +30,8 @@ import yaml
 
 import gateway
 from gateway import server as gateway_server, settings as gateway_settings
+from gateway.auth import parse_credentials
+from gateway.cli import _refuse_insecure
 from gateway.transport import drain as gateway_drain
 from tests.deploy.rendering import (
     CHART_DIR,
@@ -59,15 +61,7 @@ READINESS_PATH = "/readyz"
 # OPAMP_GATEWAY_* variables the chart already sets for settings that other issues are adding to
 # gateway/settings.py. A name the chart uses must be a Settings field or listed here; once a setting
 # lands in Settings its entry here is redundant and can go.
-UPCOMING_ENV = frozenset(
-    {
-        "OPAMP_GATEWAY_AGENT_KEYS_FILE",
-        "OPAMP_GATEWAY_ADMIN_TOKEN_FILE",
-        "OPAMP_GATEWAY_TLS_CERT",
-        "OPAMP_GATEWAY_TLS_KEY",
-        "OPAMP_GATEWAY_TLS_CLIENT_CA",
-    }
-)
+UPCOMING_ENV: frozenset[str] = frozenset()
 SETTINGS_ENV = frozenset(
     gateway_settings.env_name(f.name) for f in dataclasses.fields(gateway_settings.Settings)
 )
@@ -256,6 +250,7 @@ def test_every_gateway_setting_can_be_set_through_the_chart() -> None:
     not_in_chart: dict[str, str] = {  # env name -> why the chart never sets it
         "OPAMP_GATEWAY_ELASTICSEARCH_USERNAME": "the chart authenticates to Elasticsearch with API keys",
         "OPAMP_GATEWAY_ELASTICSEARCH_PASSWORD": "the chart authenticates to Elasticsearch with API keys",
+        "OPAMP_GATEWAY_AGENT_KEYS": "keys go in a mounted file (AGENT_KEYS_FILE), re-read without a restart",
     }
     used: set[str] = set()
     for name in [*SET_NAMES, "sentinels"]:
@@ -343,8 +338,77 @@ def test_anonymous_access_only_when_asked_for() -> None:
     assert "OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS" not in rendered_set("default").config
     assert "OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS" not in rendered_set("production-values").config
     assert rendered_set("minimal-values").config["OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS"] == "true"
-    assert "no authentication is configured" in rendered_set("default").notes
     assert "WARNING: auth.allowAnonymous=true" in rendered_set("minimal-values").notes
+    # Anonymous means anonymous: nothing is generated behind the user's back.
+    assert not any(m["kind"] == "Secret" for m in rendered_set("minimal-values").manifests)
+    unprotected = render({"auth": {"generate": False}})
+    assert "no authentication is configured" in unprotected.notes
+    assert "OPAMP_GATEWAY_AGENT_KEYS_FILE" not in unprotected.config
+
+
+def _serve_settings(rendered: Rendered) -> gateway_settings.Settings:
+    """What `opamp-gateway serve` reads in the pod: the ConfigMap, the env list (non-secret values)."""
+    environ = {k: v for k, v in rendered.config.items() if k in SETTINGS_ENV}
+    environ["OPAMP_GATEWAY_NODE_ID"] = "rel-opamp-gateway-7d9f-abcde"
+    for env in rendered.container.get("env", []):
+        if env["name"] in SETTINGS_ENV and "valueFrom" in env:
+            environ[env["name"]] = "redis://from-a-secret:6379/0"
+    return gateway_settings.load([], environ)
+
+
+@pytest.mark.parametrize("name", [*SET_NAMES, "sentinels"])
+def test_every_render_passes_the_secure_by_default_rule(name: str) -> None:
+    """Either the auth files are passed (and mounted where the gateway looks) or anonymous access is
+    explicitly asked for: a pod never starts into `serve`'s refusal (CrashLoopBackOff)."""
+    rendered = rendered_set(name)
+    loaded = _serve_settings(rendered)
+    assert _refuse_insecure(loaded) is None
+    if loaded.insecure_allow_anonymous:
+        assert rendered.values["auth"]["allowAnonymous"] is True
+        return
+    mounts = {m["mountPath"]: m["name"] for m in rendered.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in rendered.pod["volumes"]}
+    for path in (loaded.agent_keys_file, loaded.admin_token_file):
+        directory, file = path.rsplit("/", 1)
+        secret = volumes[mounts[directory]]["secret"]
+        assert [item["path"] for item in secret["items"]] == [file]
+        written = [m for m in rendered.of_kind("Secret") if m["metadata"]["name"] == secret["secretName"]]
+        if written:  # else an existing Secret the user made
+            assert secret["items"][0]["key"] in written[0]["data"]
+
+
+def test_default_install_generates_an_agent_key_and_an_admin_token() -> None:
+    rendered = rendered_set("default")
+    keys = rendered.one("Secret", f"{FULLNAME}-agent-keys")
+    token = rendered.one("Secret", f"{FULLNAME}-admin-token")
+    agent_key = base64.b64decode(keys["data"]["agent-keys"]).decode()
+    admin_token = base64.b64decode(token["data"]["admin-token"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}\n", agent_key) and re.fullmatch(r"[A-Za-z0-9]{48}", admin_token)
+    # The gateway accepts the generated file as it is.
+    assert len(parse_credentials(agent_key, "agent-keys")) == 1
+    for manifest in rendered.manifests:
+        if manifest["kind"] != "Secret":
+            text = yaml.safe_dump(manifest)
+            assert agent_key.strip() not in text and admin_token not in text, manifest["kind"]
+    assert agent_key.strip() not in rendered.notes and admin_token not in rendered.notes
+    assert "generated by the chart" in rendered.notes
+    assert f"get secret {FULLNAME}-admin-token" in rendered.notes
+    assert f"get secret {FULLNAME}-agent-keys" in rendered.notes
+    # Kept across upgrades: the value is read back from the release's own Secret when it exists.
+    template = (CHART_DIR / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
+    assert 'lookup "v1" "Secret" .root.Release.Namespace .name' in template
+
+
+def test_given_credentials_are_never_replaced_by_generated_ones() -> None:
+    rendered = rendered_set("sqlite-persistence-values")
+    data = rendered.one("Secret", f"{FULLNAME}-agent-keys")["data"]
+    assert (
+        base64.b64decode(data["agent-keys"]).decode()
+        == VALUE_SETS["sqlite-persistence-values"]["auth"]["agentKeys"]["value"]
+    )
+    assert "generated by the chart" not in rendered.notes
+    existing = rendered_set("existing-secrets-values")
+    assert existing.of_kind("Secret") == []
 
 
 @pytest.mark.parametrize("name", SET_NAMES)
@@ -360,7 +424,14 @@ def test_probes_use_the_gateways_health_endpoints(name: str) -> None:
     ]:
         get = container[probe]["httpGet"]
         assert (get["path"], get["scheme"]) == (path, scheme), probe
-        assert ports[get["port"]] == int(rendered.config["OPAMP_GATEWAY_PORT"]), probe
+        # Under mutual TLS the kubelet has no client certificate: it probes the admin port, which
+        # serves TLS without asking for one (gateway/tls.py).
+        port = (
+            "OPAMP_GATEWAY_ADMIN_PORT"
+            if "OPAMP_GATEWAY_TLS_CLIENT_CA" in rendered.config
+            else "OPAMP_GATEWAY_PORT"
+        )
+        assert ports[get["port"]] == int(rendered.config[port]), probe
 
 
 @pytest.mark.parametrize("name", SET_NAMES)

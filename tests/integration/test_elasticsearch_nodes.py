@@ -36,8 +36,15 @@ def _stored_seq(node: Gateway, uid: str, seq: int) -> Callable[[], bool | None]:
 
 
 def test_any_node_answers_any_agent(gateway_factory: GatewayFactory, es_aliases: EsAliases) -> None:
-    flags = {**es_aliases.flags(), "flush_interval": 0.1}
-    a, b = gateway_factory(**flags), gateway_factory(**flags)
+    def node() -> Gateway:
+        return gateway_factory(
+            elasticsearch_url=es_aliases.url,
+            elasticsearch_agents_alias=es_aliases.agents,
+            elasticsearch_configs_alias=es_aliases.configs,
+            flush_interval=0.1,
+        )
+
+    a, b = node(), node()
     raw = uuid.uuid4().bytes
     uid = str(uuid.UUID(bytes=raw))
     first = pb.AgentToServer(instance_uid=raw, capabilities=caps.REPORTS_STATUS | caps.REPORTS_HEALTH)

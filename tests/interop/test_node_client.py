@@ -156,7 +156,12 @@ def node_agent(node: str, tmp_path: Path) -> Iterator[NodeAgentFactory]:
     started: list[NodeAgent] = []
 
     def start(gateway: Gateway, **config: Any) -> NodeAgent:
-        config = {"endpoint": gateway.opamp_url, "heartbeatIntervalSeconds": HEARTBEAT_SECONDS, **config}
+        config = {
+            "endpoint": gateway.opamp_url,
+            "heartbeatIntervalSeconds": HEARTBEAT_SECONDS,
+            "headers": gateway.agent_headers,
+            **config,
+        }
         agent = NodeAgent(node, config, tmp_path / f"node-agent-{len(started) + 1}.stderr")
         started.append(agent)
         return agent
@@ -347,3 +352,22 @@ def test_adopts_new_instance_uid_after_a_move(
     assert agent.shutdown() == 0, agent.stderr()
     assert agent.events()[-1]["instanceUidStr"] == new_uid
     assert agent.events(FAIL) == []
+
+
+def test_authenticated_client(gateway_factory: GatewayFactory, node_agent: NodeAgentFactory) -> None:
+    """The client's `headers` option carries the agent key; a client without one gets 401 (a
+    send.fail) and never enrolls."""
+    gateway = gateway_factory(agent_key="interop-node-key-0123", admin_token="interop-admin-token")
+    name = unique_name("node-interop-auth")
+    agent = node_agent(gateway, identifyingAttributes={"service.name": name})
+    uid = started_uid(agent)
+    wait_for_successes(agent, 2, 5 * HEARTBEAT_SECONDS + 3)
+    assert gateway.admin.wait_for_agent(uid, lambda a: a["status"] == "online", 3, "enrollment")
+
+    intruder = node_agent(gateway, headers={}, identifyingAttributes={"service.name": name + "-nokey"})
+    intruder_uid = started_uid(intruder)
+    failed = intruder.wait_for(lambda es: any(e["name"] == FAIL for e in es), 10, "the keyless send to fail")
+    assert [e for e in failed if e["name"] == SUCCESS] == []
+    assert "401" in json.dumps([e for e in failed if e["name"] == FAIL])
+    assert gateway.admin.agent(intruder_uid) is None
+    assert agent.shutdown() == 0, agent.stderr()

@@ -111,7 +111,12 @@ class Recorder(OpAMPCallbacks):
 
 
 def make_agent(
-    gateway: Gateway, service_name: str, recorder: Recorder, *, effective_config: bool = True
+    gateway: Gateway,
+    service_name: str,
+    recorder: Recorder,
+    *,
+    effective_config: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> tuple[OpAMPClient, OpAMPAgent]:
     transport = RequestsTransport()
     transport.session.trust_env = False  # loopback only, whatever *_PROXY says
@@ -120,6 +125,8 @@ def make_agent(
         endpoint=gateway.opamp_url,
         timeout_millis=CLIENT_TIMEOUT_MS,
         transport=transport,
+        # The client's own way to authenticate: extra headers on every request.
+        headers=gateway.agent_headers if headers is None else headers,
         agent_identifying_attributes={"service.name": service_name, "service.version": "1.2.3"},
         agent_non_identifying_attributes={
             "os.type": "linux",
@@ -302,3 +309,27 @@ def test_incomplete_first_report_gets_one_report_full_state(gateway_factory: Gat
     assert shown["effective_config"] is None
     assert shown["status"] == "disconnected"
     assert recorder.connect_failures == []
+
+
+def test_authenticated_client(gateway_factory: GatewayFactory) -> None:
+    """With agent keys and an admin token: the client's `headers` carry its key; without one it is
+    refused with 401 and never enrolls."""
+    gateway = gateway_factory(agent_key="interop-python-key-0123", admin_token="interop-admin-token")
+    name = unique_name("py-interop-auth")
+    recorder = Recorder()
+    _client, agent = make_agent(gateway, name, recorder)
+    with running(agent):
+        enrolled = wait_until(lambda: find_agent(gateway, name), 5, f"agent {name} to enroll")
+        assert enrolled["status"] == "online"
+        recorder.wait_for_reply(after=recorder.connects)
+        agent.stop(timeout=5)
+    assert recorder.connect_failures == []
+    assert all(e.status_code == 200 for e in recorder.snapshot())
+
+    stranger = Recorder()
+    _client, intruder = make_agent(gateway, unique_name("py-interop-nokey"), stranger, headers={})
+    with running(intruder):
+        wait_until(lambda: stranger.snapshot() or None, 5, "the keyless client's first attempt")
+    assert {e.status_code for e in stranger.snapshot()} == {401}
+    assert stranger.connects == 0
+    assert gateway.admin.summary()["total"] == 1

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -75,11 +76,15 @@ class AdminError(AssertionError):
 
 
 class AdminClient:
-    """Just enough of the admin API for tests; every call asserts the status it expects."""
+    """Just enough of the admin API for tests; every call asserts the status it expects. With a token
+    it authenticates every call (`Authorization: Bearer <token>`)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, token: str | None = None, verify: ssl.SSLContext | bool = True) -> None:
         self.base_url = base_url
-        self._http = httpx2.Client(base_url=base_url, timeout=10.0, trust_env=False)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx2.Client(
+            base_url=base_url, timeout=10.0, trust_env=False, headers=headers, verify=verify
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -137,6 +142,20 @@ class GatewayStartError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a node serving TLS: its certificate chain and key, the CA that signed them (for
+    clients), and optionally a CA whose client certificates it requires (mutual TLS)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_ca: Path | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
 @dataclass
 class Gateway:
     """One running gateway node."""
@@ -150,18 +169,30 @@ class Gateway:
     process: subprocess.Popen[bytes]
     admin: AdminClient
     _log_file: Any = field(repr=False)
+    # The agent key the node accepts (None: agents are anonymous) and its TLS files (None: plain HTTP).
+    agent_key: str | None = None
+    tls: TLSFiles | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def opamp_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.opamp_port}/v1/opamp"
+        return f"{self.scheme}://{LOOPBACK}:{self.opamp_port}/v1/opamp"
 
     @property
     def opamp_base_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.opamp_port}"
+        return f"{self.scheme}://{LOOPBACK}:{self.opamp_port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.admin_port}"
+        return f"{self.scheme}://{LOOPBACK}:{self.admin_port}"
+
+    @property
+    def agent_headers(self) -> dict[str, str]:
+        """What an agent of this node must send: the Authorization header, if the node has keys."""
+        return {"Authorization": f"Bearer {self.agent_key}"} if self.agent_key else {}
 
     @property
     def pid(self) -> int:
@@ -197,7 +228,14 @@ class Gateway:
 
 
 class GatewayFactory(Protocol):
-    def __call__(self, **flags: object) -> Gateway: ...
+    def __call__(
+        self,
+        *,
+        agent_key: str | None = None,
+        admin_token: str | None = None,
+        tls: TLSFiles | None = None,
+        **flags: object,
+    ) -> Gateway: ...
 
 
 def _flag_args(flags: dict[str, object]) -> list[str]:
@@ -228,13 +266,40 @@ def _ready(client: httpx2.Client, url: str) -> bool:
         return False
 
 
+def _auth_flags(
+    workdir: Path, name: str, agent_key: str | None, admin_token: str | None, tls: TLSFiles | None
+) -> dict[str, object]:
+    """Flags for the credentials and TLS files, written into `workdir` as the gateway reads them."""
+    flags: dict[str, object] = {}
+    if agent_key is not None:
+        keys = workdir / f"{name}-agent-keys"
+        keys.write_text(f"{agent_key}\n")
+        flags["agent_keys_file"] = keys
+    if admin_token is not None:
+        token = workdir / f"{name}-admin-token"
+        token.write_text(f"{admin_token}\n")
+        flags["admin_token_file"] = token
+    if tls is not None:
+        flags.update(tls_cert=tls.cert, tls_key=tls.key, tls_client_ca=tls.client_ca)
+    return flags
+
+
 def start_gateway(
-    workdir: Path, name: str, flags: dict[str, object], ready_timeout: float = READY_TIMEOUT
+    workdir: Path,
+    name: str,
+    flags: dict[str, object],
+    ready_timeout: float = READY_TIMEOUT,
+    *,
+    agent_key: str | None = None,
+    admin_token: str | None = None,
+    tls: TLSFiles | None = None,
 ) -> Gateway:
     """Start a node on free loopback ports with a fresh SQLite file in `workdir`; wait for /readyz.
 
     Defaults: --log-level debug, --node-id <name>, --offline-after 300, --flush-interval 0.1. Any
-    of them (and --port/--admin-port/--sqlite-path) can be overridden through `flags`.
+    of them (and --port/--admin-port/--sqlite-path) can be overridden through `flags`. With
+    `agent_key` / `admin_token` the node requires them (written to files it re-reads); its AdminClient
+    sends the token. With `tls` both ports serve TLS and every URL is https.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     merged: dict[str, object] = {
@@ -244,6 +309,7 @@ def start_gateway(
         "node_id": name,
         "log_level": "debug",
         "flush_interval": 0.1,
+        **_auth_flags(workdir, name, agent_key, admin_token, tls),
         **flags,
     }
     argv = [*gateway_command(), "serve", *_flag_args(merged)]
@@ -260,11 +326,23 @@ def start_gateway(
         log_path=log_path,
         argv=argv,
         process=process,
-        admin=AdminClient(f"http://{LOOPBACK}:{merged['admin_port']}"),
+        admin=AdminClient(
+            f"{'https' if tls else 'http'}://{LOOPBACK}:{merged['admin_port']}",
+            admin_token,
+            tls.client_context() if tls else True,
+        ),
         _log_file=log_file,
+        agent_key=agent_key,
+        tls=tls,
     )
     deadline = time.monotonic() + ready_timeout
-    with httpx2.Client(timeout=2.0, trust_env=False) as probe:
+    # /readyz on the OpAMP port needs no key, but a client certificate under mutual TLS: probe the
+    # admin port alone then.
+    probes = [f"{gateway.admin_url}/readyz"]
+    if tls is None or tls.client_ca is None:
+        probes.append(f"{gateway.opamp_base_url}/readyz")
+    verify: ssl.SSLContext | bool = tls.client_context() if tls else True
+    with httpx2.Client(timeout=2.0, trust_env=False, verify=verify) as probe:
         while True:
             if process.poll() is not None:
                 gateway.stop()
@@ -272,9 +350,7 @@ def start_gateway(
                     f"gateway {name} exited with code {process.returncode} before it was ready\n"
                     f"command: {' '.join(argv)}\n--- its output ---\n{gateway.log_text()}"
                 )
-            if _ready(probe, f"{gateway.opamp_base_url}/readyz") and _ready(
-                probe, f"{gateway.admin_url}/readyz"
-            ):
+            if all(_ready(probe, url) for url in probes):
                 return gateway
             if time.monotonic() >= deadline:
                 with contextlib.suppress(AssertionError):

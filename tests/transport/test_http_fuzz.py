@@ -56,3 +56,26 @@ def test_well_formed_messages_never_5xx(client: httpx2.Client, msg: pb.AgentToSe
     _check(response)
     if response.status_code == 200:
         assert pb.ServerToAgent.FromString(response.content).instance_uid == msg.instance_uid
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx2.Client]:
+    path: Path = tmp_path_factory.mktemp("fuzz-auth")
+    with node_in_thread(path, agent_keys="the-only-key") as node, httpx2.Client(base_url=node.opamp_url) as c:
+        yield c
+
+
+_HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+
+
+@_SETTINGS
+@given(scheme=st.sampled_from(["Bearer", "ApiKey", "bearer", "Basic", ""]), credential=_HEADER_TEXT)
+def test_arbitrary_authorization_headers_get_401(
+    guarded: httpx2.Client, scheme: str, credential: str
+) -> None:
+    header = f"{scheme} {credential}".strip()
+    response = guarded.post("/v1/opamp", content=b"", headers={**PROTOBUF, "Authorization": header})
+    if scheme.lower() in ("bearer", "apikey") and credential.strip() == "the-only-key":
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 401, header

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
-from gateway.transport.http import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
+from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from tests.support.es import EsAliases
 from tests.support.servers import run_node
 from tests.support.ws import agent_socket, exchange, heartbeat, report

@@ -9,6 +9,7 @@
  *   capabilities              extra capability names, e.g. ["AcceptsRemoteConfig"]
  *   identifyingAttributes     object
  *   nonIdentifyingAttributes  object
+ *   headers                   extra HTTP headers, e.g. {"Authorization": "Bearer <agent key>"}
  *   durationSeconds           shut down after this long; without it, run until stdin says
  *                             "shutdown" or closes
  *
@@ -80,6 +81,7 @@ function main() {
         instanceUid: config.instanceUid,
         capabilities,
         heartbeatIntervalSeconds: config.heartbeatIntervalSeconds ?? 1,
+        headers: config.headers,
         diagEnabled: true,
     });
     client.setAgentDescription({

@@ -73,11 +73,26 @@ app.kubernetes.io/component: gateway
 {{- define "opamp-gateway.useRedis" -}}
 {{- if or .Values.redis.existingSecret.name .Values.redis.url }}true{{ end }}
 {{- end }}
+{{- define "opamp-gateway.generateAgentKeys" -}}
+{{- if and .Values.auth.generate (not .Values.auth.allowAnonymous) (not (or .Values.auth.agentKeys.existingSecret .Values.auth.agentKeys.value)) }}true{{ end }}
+{{- end }}
+{{- define "opamp-gateway.generateAdminToken" -}}
+{{- if and .Values.auth.generate (not .Values.auth.allowAnonymous) (not (or .Values.auth.adminToken.existingSecret .Values.auth.adminToken.value)) }}true{{ end }}
+{{- end }}
 {{- define "opamp-gateway.useAgentKeys" -}}
-{{- if or .Values.auth.agentKeys.existingSecret .Values.auth.agentKeys.value }}true{{ end }}
+{{- if or .Values.auth.agentKeys.existingSecret .Values.auth.agentKeys.value (include "opamp-gateway.generateAgentKeys" .) }}true{{ end }}
 {{- end }}
 {{- define "opamp-gateway.useAdminToken" -}}
-{{- if or .Values.auth.adminToken.existingSecret .Values.auth.adminToken.value }}true{{ end }}
+{{- if or .Values.auth.adminToken.existingSecret .Values.auth.adminToken.value (include "opamp-gateway.generateAdminToken" .) }}true{{ end }}
+{{- end }}
+{{/* A credential the chart generates: the value already in the release's Secret (so upgrades keep it), else a new random one. */}}
+{{- define "opamp-gateway.generated" -}}
+{{- $secret := lookup "v1" "Secret" .root.Release.Namespace .name }}
+{{- if and $secret $secret.data (index $secret.data .key) }}
+{{- index $secret.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
 {{- end }}
 {{- define "opamp-gateway.runMigrate" -}}
 {{- if and (include "opamp-gateway.useElasticsearch" .) .Values.elasticsearch.migrate.enabled }}true{{ end }}
@@ -148,9 +163,14 @@ app.kubernetes.io/component: gateway
 {{- end }}
 {{- end }}
 
-{{/* The container's probe scheme: HTTPS when the gateway serves TLS on the OpAMP port. */}}
+{{/* The container's probe scheme: HTTPS when the gateway serves TLS (on both ports). */}}
 {{- define "opamp-gateway.probeScheme" -}}
 {{- if .Values.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
+{{/* The port probes and `helm test` use: the OpAMP port, or the admin port under mutual TLS (the
+kubelet has no client certificate; the admin port serves TLS without asking for one). */}}
+{{- define "opamp-gateway.probePort" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientCA.secretName }}admin{{ else }}opamp{{ end }}
 {{- end }}
 
 {{/* Non-secret Elasticsearch settings, as ConfigMap entries; the migrate Job gets the same values as env. */}}

@@ -1,0 +1,362 @@
+"""The admin port's OpenAPI 3.1 document, served at GET /api/v1/openapi.json.
+
+Written by hand next to the routes it describes: PATHS has one entry per route and method of
+gateway/app.py's admin app, and tests/api/test_openapi.py fails when a route is missing here (or an
+entry has no route), and runs schemathesis against a live node with it. To document a new route, add
+its schemas to SCHEMAS (if any) and one `_operation(...)` under its path in PATHS.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway import __version__
+from gateway.api import openapi_configs
+from gateway.fleet.rollout import CONFIG_STATUSES
+from gateway.fleet.status import STATUSES
+from gateway.store.base import MAX_PAGE_SIZE
+
+PATH = "/api/v1/openapi.json"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_STRING_MAP: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+_COUNTS: Schema = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
+_TIME: Schema = {"type": "string", "format": "date-time"}
+_UID: Schema = {
+    "type": "string",
+    "format": "uuid",
+    "description": "canonical UUID of the 16-byte instance_uid",
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "ComponentHealth": {
+        "type": "object",
+        "required": ["healthy", "status", "last_error", "components"],
+        "properties": {
+            "healthy": {"type": "boolean"},
+            "start_time": _nullable(_TIME),
+            "last_error": {"type": "string"},
+            "status": {"type": "string"},
+            "status_time": _nullable(_TIME),
+            "attributes": {"type": "object"},
+            "components": {"type": "object", "additionalProperties": _ref("ComponentHealth")},
+        },
+    },
+    "ConfigFile": {
+        "type": "object",
+        "required": ["content_type", "body", "encoding"],
+        "properties": {
+            "content_type": {"type": "string"},
+            "body": {"type": "string"},
+            "encoding": {"enum": ["utf-8", "base64"]},
+        },
+    },
+    "Agent": {
+        "type": "object",
+        "required": [
+            "instance_uid",
+            "status",
+            "enrolled_at",
+            "last_seen",
+            "sequence_num",
+            "capabilities",
+            "capabilities_bitmask",
+            "description",
+            "health",
+            "effective_config",
+            "remote_config",
+            "previous_instance_uids",
+        ],
+        "properties": {
+            "instance_uid": _UID,
+            "moved_from": {"type": "string", "description": "the uid asked for, when the record has moved"},
+            "status": {"enum": list(STATUSES)},
+            "enrolled_at": _TIME,
+            "last_seen": _TIME,
+            "sequence_num": {"type": "integer", "minimum": 0},
+            "capabilities": {"type": "array", "items": {"type": "string"}},
+            "capabilities_bitmask": {"type": "integer", "minimum": 0},
+            "description": {
+                "type": "object",
+                "required": ["identifying_attributes", "non_identifying_attributes"],
+                "properties": {
+                    "identifying_attributes": {"type": "object"},
+                    "non_identifying_attributes": {"type": "object"},
+                },
+            },
+            "health": _nullable(_ref("ComponentHealth")),
+            "effective_config": _nullable(
+                {
+                    "type": "object",
+                    "required": ["hash", "files"],
+                    "properties": {
+                        "hash": {"type": "string"},
+                        "files": {"type": "object", "additionalProperties": _ref("ConfigFile")},
+                    },
+                }
+            ),
+            "remote_config": _nullable(
+                {
+                    "type": "object",
+                    "required": ["status", "last_remote_config_hash", "error_message"],
+                    "properties": {
+                        "status": {"type": "string"},
+                        "last_remote_config_hash": {"type": "string"},
+                        "error_message": {"type": "string"},
+                    },
+                }
+            ),
+            "previous_instance_uids": {"type": "array", "items": _UID},
+            "connected": {"type": "boolean"},
+            "transport": _nullable({"enum": ["http", "websocket"]}),
+            "node": _nullable({"type": "string"}),
+            "pending_command": {"type": "string"},
+            "config_sync": _ref("ConfigSync"),
+        },
+    },
+    "AgentPage": {
+        "type": "object",
+        "required": ["agents", "next_cursor"],
+        "properties": {
+            "agents": {"type": "array", "items": _ref("Agent")},
+            "next_cursor": _nullable({"type": "string"}),
+        },
+    },
+    "FleetSummary": {
+        "type": "object",
+        "required": ["total", "by_status", "by_type_version", "by_os"],
+        "properties": {
+            "total": {"type": "integer", "minimum": 0},
+            "by_status": _COUNTS,
+            "by_type_version": {"type": "object", "additionalProperties": _COUNTS},
+            "by_os": _COUNTS,
+        },
+    },
+    "CommandAccepted": {
+        "type": "object",
+        "required": ["instance_uid", "command", "delivery", "node"],
+        "properties": {
+            "instance_uid": _UID,
+            "command": {"const": "restart"},
+            "delivery": {
+                "enum": ["pushed", "published", "pending"],
+                "description": "pushed over this node's socket, published to the node holding the "
+                "socket, or kept for the agent's next message",
+            },
+            "node": _nullable({"type": "string"}),
+        },
+    },
+    "DrainStarted": {
+        "type": "object",
+        "required": ["status", "node", "websockets", "drain_seconds"],
+        "properties": {
+            "status": {"const": "draining"},
+            "node": {"type": "string"},
+            "websockets": {"type": "integer", "minimum": 0},
+            "drain_seconds": {"type": "number", "minimum": 0},
+        },
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Readiness": {
+        "type": "object",
+        "required": ["status", "bus"],
+        "properties": {
+            "status": {"enum": ["ready", "unavailable"]},
+            "node": {"type": "string"},
+            "problems": _STRING_MAP,
+            "bus": {"type": "object"},
+        },
+    },
+}
+
+_DESCRIPTIONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "A query parameter is invalid; the message names it",
+    401: "No or a wrong admin token",
+    404: "No such agent",
+    409: "The agent does not accept this command",
+    503: "The store is unavailable; retry after Retry-After seconds",
+}
+
+
+def _json(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    responses: dict[int, str | None],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    secured: bool = True,
+    description: str = "",
+) -> dict[str, Any]:
+    """One operation; `responses` maps a status to its schema name (None: the Error schema)."""
+    out: dict[int | str, Any] = {}
+    for status, schema in responses.items():
+        out[str(status)] = {
+            "description": _DESCRIPTIONS.get(status, "OK"),
+            "content": _json(_ref(schema or "Error")),
+        }
+    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": out}
+    if description:
+        operation["description"] = description
+    if parameters:
+        operation["parameters"] = parameters
+    if secured:
+        out["401"] = {"description": _DESCRIPTIONS[401], "content": _json(_ref("Error"))}
+    else:
+        operation["security"] = []
+    return operation
+
+
+def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_UID_PARAM = {
+    "name": "instance_uid",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the agent's instance_uid as a canonical UUID string (an old, moved uid finds the record)",
+}
+
+PATHS: dict[str, dict[str, dict[str, Any]]] = {
+    "/api/v1/agents": {
+        "get": _operation(
+            "listAgents",
+            "List agents, filtered, one page at a time",
+            {200: "AgentPage", 400: None, 404: None, 503: None},
+            parameters=[
+                _query("status", {"enum": list(STATUSES)}, "only agents with this status"),
+                _query(
+                    "q", {"type": "string"}, "case-insensitive substring of the uid or any attribute value"
+                ),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
+                    "page size (default 50)",
+                ),
+                _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                _query("config", {"type": "string"}, "only agents this config's selector matches"),
+                _query(
+                    "config_status",
+                    {"enum": list(CONFIG_STATUSES)},
+                    "only agents in this state with their desired config (a page may then hold fewer "
+                    "than limit agents)",
+                ),
+            ],
+            description="Also filters by attribute: attr.<key>=<value> (identifying or non-identifying, "
+            "exact text match), e.g. attr.service.name=otelcol-contrib.",
+        )
+    },
+    "/api/v1/agents/{instance_uid}": {
+        "get": _operation(
+            "getAgent", "One agent", {200: "Agent", 404: None, 503: None}, parameters=[_UID_PARAM]
+        )
+    },
+    "/api/v1/agents/{instance_uid}/restart": {
+        "post": _operation(
+            "restartAgent",
+            "Send the agent a restart command",
+            {202: "CommandAccepted", 404: None, 409: None, 503: None},
+            parameters=[_UID_PARAM],
+        )
+    },
+    "/api/v1/drain": {
+        "post": _operation(
+            "drain",
+            "Drain this node: fail readiness and close its WebSockets gradually",
+            {202: "DrainStarted"},
+        )
+    },
+    "/api/v1/fleet/summary": {
+        "get": _operation(
+            "fleetSummary", "Agent counts by status, type and version, OS", {200: "FleetSummary"}
+        )
+    },
+    PATH: {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "401": {"description": _DESCRIPTIONS[401], "content": _json(_ref("Error"))},
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (text exposition format)",
+            "security": [],
+            "responses": {
+                "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+            },
+        }
+    },
+    "/healthz": {
+        "get": _operation("healthz", "Liveness: the process answers", {200: "Health"}, secured=False)
+    },
+    "/readyz": {
+        "get": _operation(
+            "readyz",
+            "Readiness: the store answers and the node is not draining",
+            {200: "Readiness", 503: "Readiness"},
+            secured=False,
+        )
+    },
+}
+
+
+def build() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "opamp-gateway admin API",
+            "version": __version__,
+            "description": "The admin port of an opamp-gateway node. /api/v1 needs "
+            "`Authorization: Bearer <token>` when the node has --admin-token-file; /metrics, /healthz "
+            "and /readyz are always open.",
+        },
+        "components": {
+            "schemas": {**SCHEMAS, **openapi_configs.SCHEMAS},
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"adminToken": []}],
+        "paths": {**PATHS, **openapi_configs.PATHS},
+    }
+
+
+_DOCUMENT = build()
+
+
+async def document(_request: Request) -> JSONResponse:
+    return JSONResponse(_DOCUMENT)

@@ -350,9 +350,13 @@ def _serve_settings(rendered: Rendered) -> gateway_settings.Settings:
     """What `opamp-gateway serve` reads in the pod: the ConfigMap, the env list (non-secret values)."""
     environ = {k: v for k, v in rendered.config.items() if k in SETTINGS_ENV}
     environ["OPAMP_GATEWAY_NODE_ID"] = "rel-opamp-gateway-7d9f-abcde"
+    from_secrets = {
+        "OPAMP_GATEWAY_REDIS_URL": "redis://from-a-secret:6379/0",
+        "OPAMP_GATEWAY_ELASTICSEARCH_URL": "https://from-a-secret:9200",
+    }
     for env in rendered.container.get("env", []):
         if env["name"] in SETTINGS_ENV and "valueFrom" in env:
-            environ[env["name"]] = "redis://from-a-secret:6379/0"
+            environ[env["name"]] = from_secrets.get(env["name"], "a-secret-value")
     return gateway_settings.load([], environ)
 
 

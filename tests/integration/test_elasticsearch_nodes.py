@@ -36,7 +36,7 @@ def _stored_seq(node: Gateway, uid: str, seq: int) -> Callable[[], bool | None]:
 
 
 def test_any_node_answers_any_agent(gateway_factory: GatewayFactory, es_aliases: EsAliases) -> None:
-    def node() -> Gateway:
+    def start() -> Gateway:
         return gateway_factory(
             elasticsearch_url=es_aliases.url,
             elasticsearch_agents_alias=es_aliases.agents,
@@ -44,7 +44,7 @@ def test_any_node_answers_any_agent(gateway_factory: GatewayFactory, es_aliases:
             flush_interval=0.1,
         )
 
-    a, b = node(), node()
+    a, b = start(), start()
     raw = uuid.uuid4().bytes
     uid = str(uuid.UUID(bytes=raw))
     first = pb.AgentToServer(instance_uid=raw, capabilities=caps.REPORTS_STATUS | caps.REPORTS_HEALTH)

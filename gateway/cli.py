@@ -99,11 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Give --tls-cert and --tls-key, or terminate TLS in front of the gateway."
         )
     from gateway.server import StartupFailed, serve
+    from gateway.store.elasticsearch_client import ElasticsearchConfigError
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(s))
-    except (StartupFailed, CredentialError, TLSConfigError) as exc:
+    except (StartupFailed, CredentialError, TLSConfigError, ElasticsearchConfigError) as exc:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -26,7 +26,12 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 
 from gateway.settings import Settings
-from gateway.store.elasticsearch_client import CLIENT_ERRORS, make_client, store_error
+from gateway.store.elasticsearch_client import (
+    CLIENT_ERRORS,
+    ElasticsearchConfigError,
+    make_client,
+    store_error,
+)
 from gateway.store.elasticsearch_schema import IndexSpec, agents_index, configs_index, mapping_version
 
 logger = logging.getLogger("gateway.migrate")
@@ -53,7 +58,10 @@ async def run(settings: Settings) -> list[str]:
             "migrate needs --elasticsearch-url (OPAMP_GATEWAY_ELASTICSEARCH_URL); the SQLite store "
             "creates its own schema"
         )
-    client = make_client(settings)
+    try:
+        client = make_client(settings)
+    except ElasticsearchConfigError as exc:
+        raise MigrateError(str(exc)) from None
     try:
         return await migrate(client, index_specs(settings))
     finally:

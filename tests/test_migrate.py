@@ -226,3 +226,15 @@ def test_migrate_reports_an_unreachable_cluster(capsys: pytest.CaptureFixture[st
 
     assert cli.main(["migrate", f"--elasticsearch-url=http://127.0.0.1:{free_port()}"]) == 1
     assert "opamp-gateway: error: Elasticsearch migrate: ConnectionError" in capsys.readouterr().err
+
+
+def test_an_unusable_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "ca.crt"
+    argv = ["--elasticsearch-url=https://es.example:9200", f"--elasticsearch-ca-cert={missing}"]
+    assert cli.main(["migrate", *argv]) == 1
+    assert f"--elasticsearch-ca-cert: {missing} is not a file" in capsys.readouterr().err
+    assert cli.main(["serve", *argv]) == 1
+    assert f"--elasticsearch-ca-cert: {missing} is not a file" in capsys.readouterr().err
+    plain = ["--elasticsearch-url=http://es.example:9200", f"--elasticsearch-ca-cert={missing}"]
+    assert cli.main(["migrate", *plain]) == 1
+    assert "needs an https:// --elasticsearch-url" in capsys.readouterr().err

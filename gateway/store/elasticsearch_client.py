@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import elastic_transport
@@ -24,6 +25,10 @@ _TRANSIENT_TYPES = frozenset(
 )
 
 
+class ElasticsearchConfigError(ValueError):
+    """A setting the client cannot use; the message names the flag."""
+
+
 class NotMigrated(StoreError):
     """An alias the gateway needs does not exist (or predates this gateway's mapping)."""
 
@@ -42,8 +47,17 @@ def make_client(settings: Settings) -> AsyncElasticsearch:
     elif settings.elasticsearch_username:
         options["basic_auth"] = (settings.elasticsearch_username, settings.elasticsearch_password)
     if settings.elasticsearch_ca_cert:
+        if not settings.elasticsearch_url.startswith("https://"):
+            raise ElasticsearchConfigError("--elasticsearch-ca-cert: needs an https:// --elasticsearch-url")
+        if not os.path.isfile(settings.elasticsearch_ca_cert):
+            raise ElasticsearchConfigError(
+                f"--elasticsearch-ca-cert: {settings.elasticsearch_ca_cert} is not a file"
+            )
         options["ca_certs"] = settings.elasticsearch_ca_cert
-    return AsyncElasticsearch(settings.elasticsearch_url, **options)
+    try:
+        return AsyncElasticsearch(settings.elasticsearch_url, **options)
+    except ValueError as exc:
+        raise ElasticsearchConfigError(f"--elasticsearch-url: {exc}") from None
 
 
 def error_type(body: object) -> str:

@@ -94,6 +94,9 @@ class EsDouble:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=1,
+            # Elasticsearch sends neither.
+            server_header=False,
+            date_header=False,
         )
         server = self._server = _Server(config)
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(server),), daemon=True)

@@ -100,7 +100,6 @@ class ElasticsearchStore:
         self._configs = ConfigsIndex(client, configs_alias, self._request)
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
         self._get_batches: set[asyncio.Task[None]] = set()
-        self.last_problem: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> ElasticsearchStore:
@@ -129,27 +128,22 @@ class ElasticsearchStore:
     async def ping(self) -> None:
         aliases = f"{self.agents_alias},{self.configs_alias}"
         body = (await self._request("ping", self._client.indices.get_mapping(index=aliases))).body
-        needed = {
-            self.agents_alias: agents_index(self.agents_alias, "").version,
-            self.configs_alias: configs_index(self.configs_alias).version,
-        }
-        found = {alias: False for alias in needed}
+        specs = [agents_index(self.agents_alias, ""), configs_index(self.configs_alias)]
+        found = {spec.alias: False for spec in specs}
         for index, info in body.items():
-            alias = next((a for a in needed if index.startswith(f"{a}-")), None)
-            if alias is None:
+            spec = next((s for s in specs if s.index_number(index) is not None), None)
+            if spec is None:
                 continue
-            found[alias] = True
+            found[spec.alias] = True
             version = mapping_version(info.get("mappings", {}))
-            if version is None or version < needed[alias]:
-                self.last_problem = (
-                    f"index {index} has mapping version {version}, this gateway needs {needed[alias]}: "
+            if version is None or version < spec.version:
+                raise NotMigrated(
+                    f"index {index} has mapping version {version}, this gateway needs {spec.version}: "
                     "run `opamp-gateway migrate` of this gateway version"
                 )
-                raise NotMigrated(self.last_problem)
         missing = [alias for alias, ok in found.items() if not ok]
         if missing:
             raise NotMigrated(f"no index behind {', '.join(missing)}: run `opamp-gateway migrate`")
-        self.last_problem = None
 
     # -- plumbing ----------------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from tests.support.es_double.cluster import Cluster
-from tests.support.es_double.server import Faults, Handler, Stats
+from tests.support.es_double.faults import Faults, Stats
+from tests.support.es_double.server import Handler
 
 __all__ = ["EsDouble", "Faults", "Stats"]
 

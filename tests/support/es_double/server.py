@@ -13,8 +13,7 @@ import asyncio
 import json
 import re
 import urllib.parse
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -22,48 +21,11 @@ from starlette.responses import Response
 
 from tests.support.es_double import documents, errors
 from tests.support.es_double.cluster import Cluster, nested_settings
+from tests.support.es_double.faults import Faults, Stats
 
 VERSION = "9.1.5"
 _COMPAT = re.compile(r"compatible-with=(\d+)")
 _COMMON_PARAMS = frozenset({"error_trace", "filter_path", "human", "pretty"})
-
-
-@dataclass
-class Faults:
-    """What to break. Counters count down per request (or per bulk item) and stop at 0."""
-
-    # Whole requests refused with this status (429 es_rejected_execution_exception, 503 ...).
-    reject_requests: int = 0
-    reject_status: int = 429
-    # Only requests to these endpoints are refused (empty: any).
-    reject_endpoints: frozenset[str] = frozenset()
-    # Bulk items refused with 429 while the rest of the request succeeds.
-    reject_bulk_items: int = 0
-    # Every request waits this long first.
-    latency: float = 0.0
-
-    def take_request(self, endpoint: str) -> bool:
-        if self.reject_requests and (not self.reject_endpoints or endpoint in self.reject_endpoints):
-            self.reject_requests -= 1
-            return True
-        return False
-
-    def take_item(self) -> bool:
-        if self.reject_bulk_items:
-            self.reject_bulk_items -= 1
-            return True
-        return False
-
-
-@dataclass
-class Stats:
-    requests: Counter[str] = field(default_factory=Counter)
-    bulk_sizes: list[int] = field(default_factory=list)
-    bulk_bytes: list[int] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
 
 
 @dataclass

@@ -101,6 +101,14 @@ def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     return SQLiteStore(settings.sqlite_path)
 
 
+async def _bus_up(services: Services) -> None:
+    """Every (re)connect of the bus: re-assert this node's sockets, catch up on lost config events."""
+    try:
+        await services.presence.refresh()
+    finally:
+        await services.config_cache.caught_up()
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings, store: Store | None = None, bus: Bus | None = None
@@ -140,7 +148,9 @@ async def running(
     metrics.watch_limits(services.limits)
     try:
         await auth.start()
-        await services.bus.start(functools.partial(routing.on_event, services), services.presence.refresh)
+        await services.bus.start(
+            functools.partial(routing.on_event, services), functools.partial(_bus_up, services)
+        )
         await services.presence.start()
         await services.config_cache.start()
         await services.command_sweep.start()

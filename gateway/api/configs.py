@@ -87,6 +87,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _expected_version(request: Request) -> int | None:
+    unknown = sorted(set(request.query_params) - {"version"})
+    if unknown:
+        raise InvalidConfig(unknown[0], "unknown query parameter; only version is accepted")
     text = request.query_params.get("version")
     if text is None:
         return None

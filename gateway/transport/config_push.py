@@ -6,6 +6,11 @@ ConfigsChanged event arrives on the bus (any node's admin API publishes one afte
 timer (`--config-refresh-interval`), so a lost event leaves a node stale for at most that long. When
 the content changed, every WebSocket agent on this node whose desired config changed gets it at once;
 HTTP agents get it in the reply to their next poll.
+
+While the bus is down no event can arrive, so the set is also re-read before a message is handled
+if it is older than STALE_WITHOUT_BUS: every agent then gets a change in the reply to its next
+message, as with a working bus, only without the push. Events sent during an outage are lost, so
+every (re)connect of the bus re-reads the set and pushes whatever changed meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -27,6 +34,9 @@ logger = logging.getLogger("gateway.transport.config_push")
 
 # Sends in flight at once while pushing to every socket after a change.
 _PUSH_CONCURRENCY = 256
+# Seconds a message may rely on the configs read last while the bus is down. One store read per
+# second per node at most, and only while agents send messages.
+STALE_WITHOUT_BUS = 1.0
 
 
 class ConfigCache:
@@ -34,6 +44,9 @@ class ConfigCache:
         self._services = services
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
+        # time.monotonic() of the last read, or of a message's failed attempt at one (a failing
+        # store is not asked again by every message).
+        self._read_at = -math.inf
         # Set once the configs could be read: until then, readiness reports them unknown.
         self.loaded = False
 
@@ -65,16 +78,53 @@ class ConfigCache:
 
         Raises StoreError when the configs cannot be read (the node keeps the set it had).
         """
-        services = self._services
         async with self._lock:
-            configs = ConfigSet(tuple(await services.store.list_configs()))
-            self.loaded = True
-            if configs.generation == services.fleet.configs.generation:
+            if not await self._read(reason):
                 return 0
-            services.fleet = replace(services.fleet, configs=configs)
-            services.metrics.configs.set(len(configs.configs))
-            logger.info("configs changed (%s): %d known", reason, len(configs.configs))
             return await self._push_all()
+
+    async def refresh_if_stale(self) -> None:
+        """Before a message is handled: while the bus is down, re-read configs older than
+        STALE_WITHOUT_BUS, so the message is answered with what the store holds now.
+
+        No push from here: the agent whose message this is gets the change in its reply (a push
+        as well would send it twice), every other agent with its own next message.
+        """
+        if self._services.bus.up or self._lock.locked():
+            # With the bus up, events keep the set current; a read under way is as fresh as ours.
+            return
+        if time.monotonic() - self._read_at < STALE_WITHOUT_BUS:
+            return
+        self._read_at = time.monotonic()
+        try:
+            async with self._lock:
+                await self._read("a message while the bus is down")
+        except StoreError as exc:
+            logger.debug("config refresh before a message failed (answering with the configs known): %s", exc)
+
+    async def caught_up(self) -> None:
+        """After the bus (re)connects: events sent while it was down are lost, so re-read the configs
+        and push to every socket whose desired config differs from its last offer or report (a
+        message may have re-read the set already, and then nobody else was pushed the change)."""
+        try:
+            async with self._lock:
+                await self._read("bus connected")
+                await self._push_all()
+        except StoreError as exc:
+            logger.warning("config refresh after the bus connected failed (retrying on the timer): %s", exc)
+
+    async def _read(self, reason: str) -> bool:
+        """Read the configs into `services.fleet` (the caller holds the lock); True if they changed."""
+        services = self._services
+        configs = ConfigSet(tuple(await services.store.list_configs()))
+        self._read_at = time.monotonic()
+        self.loaded = True
+        if configs.generation == services.fleet.configs.generation:
+            return False
+        services.fleet = replace(services.fleet, configs=configs)
+        services.metrics.configs.set(len(configs.configs))
+        logger.info("configs changed (%s): %d known", reason, len(configs.configs))
+        return True
 
     async def _push_all(self) -> int:
         registrations = self._services.registry.registrations()

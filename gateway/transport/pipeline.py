@@ -71,6 +71,7 @@ async def process(
     """Run the engine and hand its write to the writer (awaiting the commit when it matters)."""
     if enrolls(state, msg) and not services.limits.admit_enrollment():
         raise Shed("enrollment_rate")
+    await services.config_cache.refresh_if_stale()
     now = services.clock()
     outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
     outcome = _stamped(outcome, services.settings.node_id, transport)

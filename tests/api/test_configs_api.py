@@ -138,6 +138,8 @@ async def test_not_json_and_too_large(admin: httpx2.AsyncClient) -> None:
     assert huge.status_code == 413
     bad_version = await admin.delete("/api/v1/configs/x?version=abc")
     assert bad_version.status_code == 400
+    unknown = await admin.delete("/api/v1/configs/x?force=1")
+    assert unknown.status_code == 400 and unknown.json()["error"]["message"].startswith("force: ")
 
 
 async def test_http_agent_converges_and_rollout_shows_it(admin: httpx2.AsyncClient, poll: Poll) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 
 import httpx2
 import pytest
@@ -15,6 +12,7 @@ from websockets.asyncio.client import ClientConnection
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from tests.integration.conftest import GatewayFactory, GatewayProcess
+from tests.integration.nodes import agent_json, eventually, new_uid, owned_by, text, wait_bus
 from tests.support.opamp_http import poll as http_poll
 from tests.support.redis_server import RedisFactory, RedisServer
 from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
@@ -25,57 +23,12 @@ pytestmark = pytest.mark.anyio
 PUSH_DEADLINE = 1.0
 
 
-def new_uid() -> bytes:
-    return uuid.uuid4().bytes
-
-
-def text(uid: bytes) -> str:
-    return str(uuid.UUID(bytes=uid))
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
-async def agent_json(gateway: GatewayProcess, uid: bytes) -> dict[str, object]:
-    async with httpx2.AsyncClient(base_url=gateway.admin_url) as admin:
-        response = await admin.get(f"/api/v1/agents/{text(uid)}")
-        assert response.status_code == 200, response.text
-        body: dict[str, object] = response.json()
-        return body
-
-
 async def restart(gateway: GatewayProcess, uid: bytes) -> dict[str, object]:
     async with httpx2.AsyncClient(base_url=gateway.admin_url) as admin:
         response = await admin.post(f"/api/v1/agents/{text(uid)}/restart")
         assert response.status_code == 202, response.text
         body: dict[str, object] = response.json()
         return body
-
-
-async def owned_by(gateway: GatewayProcess, uid: bytes, node: str) -> bool:
-    agent = await agent_json(gateway, uid)
-    return agent["connected"] is True and agent["node"] == node and agent["transport"] == "websocket"
-
-
-async def bus_state(gateway: GatewayProcess) -> str:
-    async with httpx2.AsyncClient(base_url=gateway.opamp_url) as http:
-        response = await http.get("/readyz")
-        # A Redis outage never makes a node unready: it still serves every agent.
-        assert response.status_code == 200, response.text
-        state: str = response.json()["bus"]["state"]
-        return state
-
-
-async def wait_bus(gateway: GatewayProcess, state: str) -> None:
-    async def check() -> bool:
-        return await bus_state(gateway) == state
-
-    await eventually(check, what=f"{gateway.node_id}'s bus to be {state}")
 
 
 async def expect_restart(ws: ClientConnection, uid: bytes, timeout: float = PUSH_DEADLINE) -> float:
@@ -175,7 +128,7 @@ async def test_killed_node_agent_reconnects_elsewhere_with_its_record_intact(
             await exchange(ws, heartbeat(uid, seq))
 
         async def flushed() -> bool:
-            return (await agent_json(b, uid))["sequence_num"] == 3
+            return bool((await agent_json(b, uid))["sequence_num"] == 3)
 
         await eventually(flushed, what="node-a's heartbeats to reach the store")
         a.kill()

@@ -10,6 +10,11 @@ the tests read them and the admin API. What this client does differently (peers.
   every message from instanceUid, capabilities and sequenceNum only). It does adopt a
   `new_instance_uid` from any reply, which the gateway sends to an agent still using a uid the
   gateway has moved: the test triggers that move with a RequestInstanceUid of its own.
+- remote config: it supports AcceptsRemoteConfig and ReportsRemoteConfig (no other optional
+  capability). A reply's remote_config goes to the `onMessage({remoteConfig})` callback, only if the
+  client has AcceptsRemoteConfig; the application reports with `setRemoteConfigStatus({
+  lastRemoteConfigHash, status, errorMessage})`, which sends a message soon (~30 ms) if the status
+  changed. agent.js does both, and prints each config it is handed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from opentelemetry._opamp.proto import opamp_pb2 as pb
 
 from gateway.opamp import capabilities as caps
 from tests.support.process import Gateway, GatewayFactory
+from tests.support.remote_config import applied_config, config_spec, expected_hash, service_in
 
 pytestmark = pytest.mark.interop
 
@@ -352,6 +358,103 @@ def test_adopts_new_instance_uid_after_a_move(
     assert agent.shutdown() == 0, agent.stderr()
     assert agent.events()[-1]["instanceUidStr"] == new_uid
     assert agent.events(FAIL) == []
+
+
+def handed_over(events: list[Event], config_hash: str) -> Event | None:
+    """agent.js's event for the remote config with this hash (hex), if the client handed it over."""
+    return next((e for e in events if e["name"] == "remoteConfig" and e["configHash"] == config_hash), None)
+
+
+def test_remote_config_applied_and_never_sent_without_accepts_remote_config(
+    gateway_factory: GatewayFactory, node_agent: NodeAgentFactory
+) -> None:
+    gateway = gateway_factory()
+    accepting_name, refusing_name = unique_name("node-accepts"), unique_name("node-refuses")
+    accepting = node_agent(
+        gateway,
+        capabilities=["AcceptsRemoteConfig", "ReportsRemoteConfig"],
+        identifyingAttributes={"service.name": accepting_name},
+    )
+    # The client's defaults: ReportsStatus and ReportsHeartbeat only.
+    refusing = node_agent(gateway, identifyingAttributes={"service.name": refusing_name})
+    accepting_uid, refusing_uid = started_uid(accepting), started_uid(refusing)
+    for uid in (accepting_uid, refusing_uid):
+        gateway.admin.wait_for_agent(uid, lambda a: True, 5, f"agent {uid} to enroll")
+
+    hashes = []
+    for version in (1, 2):
+        body = f"exporters:\n  otlp:\n    endpoint: collector-{version}:4317\n"
+        files = {"agent.yaml": ("text/yaml", body.encode())}
+        desired = expected_hash(files).hex()
+        put = gateway.admin.put_config(
+            "node-both", config_spec(service_in([accepting_name, refusing_name]), files)
+        )
+        assert put["version"] == version
+        events = accepting.wait_for(
+            lambda es: handed_over(es, desired) is not None,  # noqa: B023 (called before the next iteration)
+            5 * HEARTBEAT_SECONDS + 5,
+            f"the client to hand over config version {version}",
+        )
+        handed = handed_over(events, desired)
+        assert handed is not None
+        assert handed["files"] == {"agent.yaml": {"contentType": "text/yaml", "body": body}}
+        applied = gateway.admin.wait_for_agent(
+            accepting_uid,
+            applied_config(desired),
+            5,
+            f"config version {version} to show as applied",
+        )
+        assert applied["remote_config"] == {
+            "status": "APPLIED",
+            "last_remote_config_hash": desired,
+            "error_message": "",
+        }
+        assert applied["config_sync"]["in_sync"] is True and applied["config_sync"]["configs"] == [
+            "node-both"
+        ]
+        hashes.append(desired)
+
+    # A few more heartbeats for the client without AcceptsRemoteConfig: none carries a config.
+    wait_for_successes(refusing, len(refusing.successes()) + 3, 5 * HEARTBEAT_SECONDS + 3)
+    shown = gateway.admin.agent(refusing_uid)
+    assert shown is not None
+    assert shown["config_sync"] == {
+        "status": "unsupported",
+        "in_sync": False,
+        "desired_hash": hashes[-1],
+        "reported_hash": None,
+        "configs": ["node-both"],
+    }
+    assert gateway.admin.config("node-both")["rollout"] == {
+        "matched": 2,
+        "applied": 1,
+        "applying": 0,
+        "failed": 0,
+        "pending": 0,
+        "unsupported": 1,
+    }
+    applied_list = gateway.admin.agents(config="node-both", config_status="applied")
+    assert [a["instance_uid"] for a in applied_list] == [accepting_uid]
+
+    assert accepting.shutdown() == 0, accepting.stderr()
+    assert refusing.shutdown() == 0, refusing.stderr()
+    assert accepting.events(FAIL) == [] and refusing.events(FAIL) == []
+    # On the wire: each version offered once; each reported APPLIED (status 1) right after.
+    successes = accepting.successes()
+    offered = [e["s2a"]["remoteConfig"] for e in successes if "remoteConfig" in e["s2a"]]
+    assert [o["configHash"] for o in offered] == hashes
+    reported = [
+        (
+            e["a2s"]["remoteConfigStatus"].get("lastRemoteConfigHash", ""),
+            e["a2s"]["remoteConfigStatus"].get("status"),
+        )
+        for e in successes
+        if "remoteConfigStatus" in e["a2s"]
+    ]
+    assert [r for r in reported if r[0]] == [(h, 1) for h in hashes]
+    assert [e["configHash"] for e in accepting.events("remoteConfig")] == hashes
+    assert refusing.events("remoteConfig") == []
+    assert all("remoteConfig" not in e["s2a"] for e in refusing.successes())
 
 
 def test_authenticated_client(gateway_factory: GatewayFactory, node_agent: NodeAgentFactory) -> None:

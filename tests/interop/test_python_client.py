@@ -9,12 +9,22 @@ Client quirks handled here (peers.md A1):
 - `stop()` sends its AgentDisconnect from the calling thread while the worker thread may still be
   sending a heartbeat; a heartbeat that lands after the goodbye re-opens the agent. The tests stop
   the agent right after a reply, when the next heartbeat is an interval away.
+
+Remote config: the client hands it to the application in `OpAMPCallbacks.on_message`
+(`MessageData.remote_config`, the AgentRemoteConfig as received; `OpAMPClient.decode_remote_config`
+parses JSON files and refuses other content types). It reports nothing by itself: the application
+calls `client.update_remote_config_status(hash, status)`, which returns the RemoteConfigStatus only
+if it changed, builds a message with `build_remote_config_status_response_message` and queues it
+with `agent.send`; later full states repeat the status. Messages are built when queued, so a
+heartbeat queued while another message is in flight can repeat its sequence_num; the gateway then
+asks for the full state, which these tests accept.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,6 +42,7 @@ from opentelemetry._opamp.transport.requests import RequestsTransport
 
 from gateway.opamp import capabilities as caps
 from tests.support.process import Gateway, GatewayFactory, wait_until
+from tests.support.remote_config import applied_config, config_spec, expected_hash, service_in
 
 pytestmark = pytest.mark.interop
 
@@ -63,6 +74,8 @@ class Recorder(OpAMPCallbacks):
     connect_failures: list[str] = field(default_factory=list)
     error_responses: list[str] = field(default_factory=list)
     exchanges: list[Exchange] = field(default_factory=list)
+    # Every remote config the client handed to on_message.
+    remote_configs: list[pb.AgentRemoteConfig] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def on_connect(self, agent: OpAMPAgent, client: OpAMPClient) -> None:
@@ -81,7 +94,10 @@ class Recorder(OpAMPCallbacks):
             self.error_responses.append(str(error_response))
 
     def on_message(self, agent: OpAMPAgent, client: OpAMPClient, message: MessageData) -> None:
-        pass
+        if message.remote_config is not None:
+            with self.changed:
+                self.remote_configs.append(message.remote_config)
+                self.changed.notify_all()
 
     def on_response(self, response: Any, *args: object, **kwargs: object) -> None:
         """A requests response hook: sees the raw exchange before the client decodes it."""
@@ -110,14 +126,38 @@ class Recorder(OpAMPCallbacks):
             return list(self.exchanges)
 
 
+@dataclass
+class ConfigApplier(Recorder):
+    """An application on the client: applies each remote config (decoded with the client's own
+    decoder) and reports APPLIED the way the client expects it to."""
+
+    # (config_hash, decoded files) of each config applied, in order.
+    applied: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def on_message(self, agent: OpAMPAgent, client: OpAMPClient, message: MessageData) -> None:
+        super().on_message(agent, client, message)
+        config = message.remote_config
+        if config is None:
+            return
+        files = dict(client.decode_remote_config(config))
+        status = client.update_remote_config_status(config.config_hash, pb.RemoteConfigStatuses_APPLIED)
+        with self.changed:
+            self.applied.append((config.config_hash, files))
+        if status is not None:
+            agent.send(client.build_remote_config_status_response_message(status))
+
+
 def make_agent(
     gateway: Gateway,
     service_name: str,
     recorder: Recorder,
     *,
     effective_config: bool = True,
+    capabilities: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[OpAMPClient, OpAMPAgent]:
+    # The client's own default capabilities unless told otherwise.
+    extra: dict[str, Any] = {} if capabilities is None else {"capabilities": capabilities}
     transport = RequestsTransport()
     transport.session.trust_env = False  # loopback only, whatever *_PROXY says
     transport.session.hooks["response"].append(recorder.on_response)
@@ -134,6 +174,7 @@ def make_agent(
             "process.pid": 4242,
             "interop.flag": True,
         },
+        **extra,
     )
     if effective_config:
         client.update_effective_config({"sdk.json": {"sampler": "always_on"}}, "application/json")
@@ -309,6 +350,149 @@ def test_incomplete_first_report_gets_one_report_full_state(gateway_factory: Gat
     assert shown["effective_config"] is None
     assert shown["status"] == "disconnected"
     assert recorder.connect_failures == []
+
+
+def sdk_files(ratio: float) -> dict[str, tuple[str, bytes]]:
+    return {
+        "sdk.json": ("application/json", json.dumps({"sampler": "traceidratio", "ratio": ratio}).encode())
+    }
+
+
+def test_remote_config_is_applied_and_the_admin_api_shows_it(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory()
+    name = unique_name("py-config")
+    recorder = ConfigApplier()
+    _client, agent = make_agent(gateway, name, recorder)
+
+    with running(agent):
+        enrolled = wait_until(lambda: find_agent(gateway, name), 5, f"agent {name} to enroll")
+        uid = enrolled["instance_uid"]
+        assert enrolled["config_sync"] == {
+            "status": "none",
+            "in_sync": False,
+            "desired_hash": None,
+            "reported_hash": None,
+            "configs": [],
+        }
+        hashes = []
+        for version, ratio in enumerate((0.25, 0.5), start=1):
+            files = sdk_files(ratio)
+            put = gateway.admin.put_config("py-sdk", config_spec({"match": {"service.name": name}}, files))
+            assert put["version"] == version
+            desired = expected_hash(files).hex()
+            applied = gateway.admin.wait_for_agent(
+                uid,
+                applied_config(desired),
+                5 * HEARTBEAT_SECONDS + 5,
+                f"version {version} to be applied",
+            )
+            assert applied["config_sync"] == {
+                "status": "applied",
+                "in_sync": True,
+                "desired_hash": desired,
+                "reported_hash": desired,
+                "configs": ["py-sdk"],
+            }
+            assert applied["remote_config"] == {
+                "status": "APPLIED",
+                "last_remote_config_hash": desired,
+                "error_message": "",
+            }
+            hashes.append(bytes.fromhex(desired))
+
+        # The client decoded what the gateway sent: each version once, in order.
+        assert recorder.applied == [
+            (hashes[0], {"sdk.json": {"sampler": "traceidratio", "ratio": 0.25}}),
+            (hashes[1], {"sdk.json": {"sampler": "traceidratio", "ratio": 0.5}}),
+        ]
+        config = gateway.admin.config("py-sdk")
+        assert config["rollout"] == {
+            "matched": 1,
+            "applied": 1,
+            "applying": 0,
+            "failed": 0,
+            "pending": 0,
+            "unsupported": 0,
+        }
+        assert [
+            a["instance_uid"] for a in gateway.admin.agents(config="py-sdk", config_status="applied")
+        ] == [uid]
+        assert gateway.admin.agents(config="py-sdk", config_status="pending") == []
+
+        recorder.wait_for_reply(after=recorder.connects)
+        agent.stop(timeout=5)
+
+    exchanges = recorder.snapshot()
+    assert all(e.status_code == 200 and not e.reply.HasField("error_response") for e in exchanges)
+    # Each version was sent exactly once (never again while the report was on its way, nor after).
+    offers = [e.reply.remote_config for e in exchanges if e.reply.HasField("remote_config")]
+    assert [o.config_hash for o in offers] == hashes
+    assert offers == recorder.remote_configs
+    reports = {
+        (e.request.remote_config_status.last_remote_config_hash, e.request.remote_config_status.status)
+        for e in exchanges
+        if e.request.HasField("remote_config_status")
+    }
+    assert reports == {(h, pb.RemoteConfigStatuses_APPLIED) for h in hashes}
+    assert recorder.connect_failures == []
+
+
+def test_a_client_without_accepts_remote_config_never_receives_one(gateway_factory: GatewayFactory) -> None:
+    gateway = gateway_factory()
+    accepting_name, refusing_name = unique_name("py-accepts"), unique_name("py-refuses")
+    files = sdk_files(0.1)
+    desired = expected_hash(files).hex()
+    # The config exists before either agent connects, and matches both.
+    gateway.admin.put_config("py-both", config_spec(service_in([accepting_name, refusing_name]), files))
+    accepting, refusing = ConfigApplier(), ConfigApplier()
+    _, accepting_agent = make_agent(gateway, accepting_name, accepting)
+    no_remote_config = (
+        pb.AgentCapabilities_ReportsStatus
+        | pb.AgentCapabilities_ReportsHeartbeat
+        | pb.AgentCapabilities_ReportsEffectiveConfig
+    )
+    _, refusing_agent = make_agent(gateway, refusing_name, refusing, capabilities=no_remote_config)
+
+    with running(accepting_agent), running(refusing_agent):
+        accepted = wait_until(lambda: find_agent(gateway, accepting_name), 5, "the accepting agent to enroll")
+        refused = wait_until(lambda: find_agent(gateway, refusing_name), 5, "the refusing agent to enroll")
+        gateway.admin.wait_for_agent(
+            accepted["instance_uid"],
+            lambda a: a["config_sync"]["status"] == "applied",
+            5 * HEARTBEAT_SECONDS + 5,
+            "the accepting agent to apply the config",
+        )
+        # A few more exchanges for the other one, each a chance to get the config it must not get.
+        refusing.wait_for_reply(after=refusing.connects + 2, timeout=5 * HEARTBEAT_SECONDS + 5)
+        shown = gateway.admin.agent(refused["instance_uid"])
+        assert shown is not None
+        assert shown["capabilities"] == ["ReportsEffectiveConfig", "ReportsHeartbeat", "ReportsStatus"]
+        assert shown["config_sync"] == {
+            "status": "unsupported",
+            "in_sync": False,
+            "desired_hash": desired,
+            "reported_hash": None,
+            "configs": ["py-both"],
+        }
+        assert gateway.admin.config("py-both")["rollout"] == {
+            "matched": 2,
+            "applied": 1,
+            "applying": 0,
+            "failed": 0,
+            "pending": 0,
+            "unsupported": 1,
+        }
+        unsupported = gateway.admin.agents(config="py-both", config_status="unsupported")
+        assert [a["instance_uid"] for a in unsupported] == [refused["instance_uid"]]
+
+    assert [c.config_hash.hex() for c in accepting.remote_configs] == [desired]
+    assert refusing.remote_configs == [] and refusing.applied == []
+    exchanges = refusing.snapshot()
+    assert len(exchanges) >= 4
+    for exchange in exchanges:
+        assert exchange.status_code == 200
+        assert not exchange.reply.HasField("error_response")
+        assert not exchange.reply.HasField("remote_config")
 
 
 def test_authenticated_client(gateway_factory: GatewayFactory) -> None:

@@ -97,6 +97,19 @@ class AdminClient:
             )
         return response.json()
 
+    def put_config(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`PUT /api/v1/configs/{name}`: 201 (created) or 200 (changed or unchanged)."""
+        response = self._http.put(f"/api/v1/configs/{name}", json=body)
+        if response.status_code not in (200, 201):
+            raise AdminError(f"PUT /api/v1/configs/{name} -> {response.status_code}: {response.text}")
+        config: dict[str, Any] = response.json()
+        return config
+
+    def config(self, name: str) -> dict[str, Any]:
+        """`GET /api/v1/configs/{name}`, rollout counts included."""
+        config: dict[str, Any] = self.get_json(f"/api/v1/configs/{name}")
+        return config
+
     def agents(self, **params: str) -> list[dict[str, Any]]:
         """One page of `GET /api/v1/agents`; pass `attr.x` filters as `**{"attr.x": "v"}`."""
         body = self.get_json("/api/v1/agents", params)

@@ -12,10 +12,16 @@
  *   headers                   extra HTTP headers, e.g. {"Authorization": "Bearer <agent key>"}
  *   durationSeconds           shut down after this long; without it, run until stdin says
  *                             "shutdown" or closes
+ *   remoteConfig              what to do with a remote config the client hands over (only with
+ *                             AcceptsRemoteConfig): "apply" (default: report APPLIED), "fail"
+ *                             (report FAILED) or "ignore" (report nothing); reporting needs
+ *                             ReportsRemoteConfig
  *
  * Every diagnostics_channel event of the client (send.success, send.fail, send.schedule) is printed
- * on stdout as one JSON line, followed by {"name":"started"} / {"name":"shutdown"} markers. Bytes are
- * printed as UUID strings (16 bytes) or hex, BigInts as numbers.
+ * on stdout as one JSON line, followed by {"name":"started"} / {"name":"shutdown"} markers. Each
+ * remote config the client hands to `onMessage` is printed as {"name":"remoteConfig", "configHash",
+ * "files": {name: {"contentType", "body"}}} (bodies as UTF-8 text). Bytes elsewhere are printed as
+ * UUID strings (16 bytes) or hex, BigInts as numbers.
  */
 'use strict';
 
@@ -24,6 +30,7 @@ const readline = require('readline');
 const {
     createOpAMPClient,
     AgentCapabilities,
+    RemoteConfigStatuses,
     DIAG_CH_SEND_SUCCESS,
     DIAG_CH_SEND_FAIL,
     DIAG_CH_SEND_SCHEDULE,
@@ -76,13 +83,42 @@ function main() {
         diagch.subscribe(ch, (message) => emit(message));
     }
 
-    const client = createOpAMPClient({
+    const onRemoteConfig = config.remoteConfig ?? 'apply';
+    if (!['apply', 'fail', 'ignore'].includes(onRemoteConfig)) {
+        throw new Error(`unknown remoteConfig behaviour ${onRemoteConfig}`);
+    }
+    // Assigned below: onMessage runs only after a reply, so never before createOpAMPClient returns.
+    let client = null;
+    function onMessage({remoteConfig}) {
+        if (!remoteConfig) {
+            return;
+        }
+        const files = {};
+        for (const [name, file] of Object.entries(remoteConfig.config?.configMap ?? {})) {
+            files[name] = {contentType: file.contentType, body: Buffer.from(file.body).toString('utf8')};
+        }
+        emit({name: 'remoteConfig', time: Date.now(), configHash: hex(remoteConfig.configHash), files});
+        if (onRemoteConfig === 'ignore') {
+            return;
+        }
+        const applied = onRemoteConfig === 'apply';
+        client.setRemoteConfigStatus({
+            lastRemoteConfigHash: remoteConfig.configHash,
+            status: applied
+                ? RemoteConfigStatuses.RemoteConfigStatuses_APPLIED
+                : RemoteConfigStatuses.RemoteConfigStatuses_FAILED,
+            errorMessage: applied ? '' : 'agent.js was told to fail',
+        });
+    }
+
+    client = createOpAMPClient({
         endpoint: config.endpoint,
         instanceUid: config.instanceUid,
         capabilities,
         heartbeatIntervalSeconds: config.heartbeatIntervalSeconds ?? 1,
         headers: config.headers,
         diagEnabled: true,
+        onMessage,
     });
     client.setAgentDescription({
         identifyingAttributes: config.identifyingAttributes || {},

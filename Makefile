@@ -47,6 +47,7 @@ bench: test-deps
 	$(BIN)/python -m bench http || status=1; \
 	$(BIN)/python -m bench ws || status=1; \
 	$(BIN)/python -m bench config || status=1; \
+	$(BIN)/python -m bench es || status=1; \
 	exit $$status
 
 clean:

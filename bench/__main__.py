@@ -212,6 +212,10 @@ def _progress(line: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "es":
+        from bench import es_requests
+
+        return es_requests.main(argv[1:])
     if argv and argv[0] == "config":
         return config_push.main(argv[1:])
     websocket = bool(argv) and argv[0] == "ws"

@@ -1,4 +1,4 @@
-"""The `opamp-gateway` command: serve, version."""
+"""The `opamp-gateway` command: serve, migrate, version."""
 
 from __future__ import annotations
 
@@ -26,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
         "environment.",
     )
     settings_mod.add_arguments(serve)
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade the Elasticsearch index templates, indices and aliases",
+        description="Create or upgrade the Elasticsearch index templates, indices and aliases (idempotent; "
+        "run it before every install or upgrade). Reads the same flags and OPAMP_GATEWAY_* variables as "
+        "serve; only the --elasticsearch-* ones and the logging flags matter.",
+    )
+    settings_mod.add_arguments(migrate)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -79,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(s.log_level, s.log_format)
+    if args.command == "migrate":
+        return _migrate(s)
     refusal = _refuse_insecure(s)
     if refusal:
         print(f"opamp-gateway: error: {refusal}", file=sys.stderr)
@@ -89,13 +99,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Give --tls-cert and --tls-key, or terminate TLS in front of the gateway."
         )
     from gateway.server import StartupFailed, serve
+    from gateway.store.elasticsearch_client import ElasticsearchConfigError
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(s))
-    except (StartupFailed, CredentialError, TLSConfigError) as exc:
+    except (StartupFailed, CredentialError, TLSConfigError, ElasticsearchConfigError) as exc:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _migrate(s: settings_mod.Settings) -> int:
+    from gateway import migrate
+
+    try:
+        done = asyncio.run(migrate.run(s))
+    except migrate.MigrateError as exc:
+        print(f"opamp-gateway: error: {exc}", file=sys.stderr)
+        return 1
+    for line in done or ["nothing to do: the templates, indices and aliases are up to date"]:
+        print(line)
     return 0
 
 

@@ -84,6 +84,7 @@ class Metrics:
         )
         self.store_errors = Counter("opamp_gateway_store_errors_total", "Failed store operations", registry=r)
         self._connection_metrics(r)
+        self._store_metrics(r)
         self._protection_metrics(r)
 
     def _protection_metrics(self, r: CollectorRegistry) -> None:
@@ -170,6 +171,55 @@ class Metrics:
         self.drain_closed = Counter(
             "opamp_gateway_drain_closed_total", "WebSockets closed by a drain", registry=r
         )
+
+    def _store_metrics(self, r: CollectorRegistry) -> None:
+        self._es_request_children: dict[str, Counter] = {}
+        self.circuit_state = Gauge(
+            "opamp_gateway_store_circuit_state",
+            "Store circuit breaker: 1 for the state it is in (closed, open, half_open), 0 for the others",
+            ["state"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "opamp_gateway_store_circuit_transitions_total",
+            "Times the store circuit breaker entered a state",
+            ["state"],
+            registry=r,
+        )
+        self.es_requests = Counter(
+            "opamp_gateway_elasticsearch_requests_total",
+            "Requests sent to Elasticsearch, by operation (mget, bulk, search, get, index, delete, ping)",
+            ["operation"],
+            registry=r,
+        )
+        self.es_bulk_actions = Histogram(
+            "opamp_gateway_elasticsearch_bulk_actions",
+            "Actions per _bulk request",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.es_rejected = Counter(
+            "opamp_gateway_elasticsearch_rejected_documents_total",
+            "Agent documents Elasticsearch refused for good (mapping errors); each is logged",
+            registry=r,
+        )
+
+    def observe_circuit(self, state: str) -> None:
+        for name in ("closed", "open", "half_open"):
+            self.circuit_state.labels(state=name).set(1 if name == state else 0)
+        self.circuit_transitions.labels(state=state).inc()
+
+    def observe_es_request(self, operation: str) -> None:
+        child = self._es_request_children.get(operation)
+        if child is None:
+            child = self._es_request_children[operation] = self.es_requests.labels(operation=operation)
+        child.inc()
+
+    def observe_es_bulk(self, actions: int) -> None:
+        self.es_bulk_actions.observe(actions)
+
+    def observe_es_rejected(self) -> None:
+        self.es_rejected.inc()
 
     def watch_node(
         self, registry: Registry, bus: Bus, clock: Callable[[], float], offline_after: float

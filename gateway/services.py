@@ -21,8 +21,10 @@ from gateway.metrics import Metrics
 from gateway.opamp.engine import FleetView
 from gateway.settings import Settings
 from gateway.store.base import Store
+from gateway.store.breaker import CircuitBreaker
 from gateway.store.writer import Writer
 from gateway.transport import routing
+from gateway.transport.command_sweep import CommandSweep
 from gateway.transport.config_push import ConfigCache
 from gateway.transport.presence import Presence
 from gateway.transport.registry import Registry
@@ -61,6 +63,7 @@ class Services:
     bus: Bus = field(default=None)  # type: ignore[assignment]
     presence: Presence = field(init=False)
     config_cache: ConfigCache = field(init=False)
+    command_sweep: CommandSweep = field(init=False)
     drain_task: asyncio.Task[int] | None = None
     # None: no credentials (running() always passes the configured ones).
     auth: Auth = field(default=None)  # type: ignore[assignment]
@@ -74,6 +77,7 @@ class Services:
         self.limits = Limits(self.settings)
         self.presence = Presence(self.settings.node_id, self.registry, self.bus, self.settings.owner_ttl)
         self.config_cache = ConfigCache(self)
+        self.command_sweep = CommandSweep(self)
         if self.fleet.config_resend_after != self.settings.config_resend_after:
             self.fleet = replace(self.fleet, config_resend_after=self.settings.config_resend_after)
 
@@ -86,7 +90,12 @@ def open_bus(settings: Settings) -> Bus:
     return RedisBus(settings.redis_url, settings.node_id, owner_ttl=settings.owner_ttl)
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    """Elasticsearch when --elasticsearch-url is set, else the SQLite file."""
+    if settings.elasticsearch_url:
+        from gateway.store.elasticsearch import ElasticsearchStore
+
+        return ElasticsearchStore.from_settings(settings, metrics)
     from gateway.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.sqlite_path)
@@ -110,7 +119,12 @@ async def running(
     auth = Auth.from_settings(settings)
     metrics = Metrics()
     metrics.set_build(protobuf_backend())
-    store = store or open_store(settings)
+    store = CircuitBreaker(
+        store or open_store(settings, metrics),
+        failures=settings.store_breaker_failures,
+        reset_after=settings.store_breaker_reset,
+        on_state=metrics.observe_circuit,
+    )
     await store.open()
     writer = Writer(
         store,
@@ -139,8 +153,10 @@ async def running(
         )
         await services.presence.start()
         await services.config_cache.start()
+        await services.command_sweep.start()
         yield services
     finally:
+        await services.command_sweep.stop()
         await services.config_cache.stop()
         await auth.stop()
         await services.presence.stop()

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from typing import Any, Literal
 ENV_PREFIX = "OPAMP_GATEWAY_"
 LogFormat = Literal["text", "json"]
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+_REFRESH_INTERVAL = re.compile(r"^(-1|[0-9]+(ms|s|m|h))$")
 _POSITIVE = (
     "offline_after",
     "flush_interval",
@@ -24,6 +27,8 @@ _POSITIVE = (
     "send_timeout",
     "config_refresh_interval",
     "config_resend_after",
+    "elasticsearch_timeout",
+    "store_breaker_reset",
 )
 _AT_LEAST_ONE = (
     "max_message_bytes",
@@ -33,6 +38,7 @@ _AT_LEAST_ONE = (
     "max_inflight",
     "enrollment_burst",
     "max_config_bytes",
+    "store_breaker_failures",
 )
 
 
@@ -134,6 +140,47 @@ class Settings:
         default=10.0,
         metadata={"help": "drained agents are told to reconnect after a random 1 to this many seconds"},
     )
+    elasticsearch_url: str = field(
+        default="",
+        metadata={
+            "help": "Elasticsearch URL, e.g. https://es:9200; when set, Elasticsearch is the store instead "
+            "of SQLite (run `opamp-gateway migrate` first)"
+        },
+    )
+    elasticsearch_api_key: str = field(
+        default="", repr=False, metadata={"help": "Elasticsearch API key (the base64 'encoded' form)"}
+    )
+    elasticsearch_username: str = field(
+        default="", metadata={"help": "Elasticsearch basic-auth user (instead of an API key)"}
+    )
+    elasticsearch_password: str = field(
+        default="", repr=False, metadata={"help": "Elasticsearch basic-auth password"}
+    )
+    elasticsearch_ca_cert: str = field(
+        default="", metadata={"help": "PEM file of the CA that signed Elasticsearch's certificate"}
+    )
+    elasticsearch_agents_alias: str = field(
+        default="opamp-agents", metadata={"help": "write alias (and index prefix) of the agents index"}
+    )
+    elasticsearch_configs_alias: str = field(
+        default="opamp-configs", metadata={"help": "write alias (and index prefix) of the configs index"}
+    )
+    elasticsearch_refresh_interval: str = field(
+        default="5s",
+        metadata={
+            "help": "refresh_interval `migrate` gives the agents index: how stale inventory searches are"
+        },
+    )
+    elasticsearch_timeout: float = field(
+        default=10.0, metadata={"help": "seconds before an Elasticsearch request counts as failed"}
+    )
+    store_breaker_failures: int = field(
+        default=5, metadata={"help": "consecutive store failures that open the circuit breaker"}
+    )
+    store_breaker_reset: float = field(
+        default=10.0,
+        metadata={"help": "seconds the open circuit sheds load before one request probes the store again"},
+    )
     max_connections: int = field(
         default=10_000,
         metadata={"help": "most open WebSockets on this node; more upgrades get 503 with Retry-After"},
@@ -183,6 +230,7 @@ class Settings:
             raise SettingsError("--node-id: must not be empty")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("--redis-url: must start with redis://, rediss:// or unix://")
+        self._check_elasticsearch()
 
     def _check_numbers(self) -> None:
         for name in ("port", "admin_port"):
@@ -203,6 +251,33 @@ class Settings:
         # The refresh runs every third of the TTL; below 3 s it would hammer Redis.
         if self.owner_ttl < 3:
             raise SettingsError("--owner-ttl: must be at least 3")
+
+    def _check_elasticsearch(self) -> None:
+        if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):
+            raise SettingsError("--elasticsearch-url: must start with http:// or https://")
+        if self.elasticsearch_api_key and (self.elasticsearch_username or self.elasticsearch_password):
+            raise SettingsError(
+                "--elasticsearch-api-key: give an API key or --elasticsearch-username and "
+                "--elasticsearch-password, not both"
+            )
+        if bool(self.elasticsearch_username) != bool(self.elasticsearch_password):
+            raise SettingsError(
+                "--elasticsearch-username: needs --elasticsearch-password, and the other way round"
+            )
+        for name in ("elasticsearch_agents_alias", "elasticsearch_configs_alias"):
+            if not _INDEX_NAME.match(getattr(self, name)):
+                raise SettingsError(
+                    f"{_flag(name)}: must be a lower-case Elasticsearch index name (a-z, 0-9, '-', '_', '.', "
+                    "not starting with '-', '_' or '.')"
+                )
+        if self.elasticsearch_agents_alias == self.elasticsearch_configs_alias:
+            raise SettingsError(
+                "--elasticsearch-configs-alias: must differ from --elasticsearch-agents-alias"
+            )
+        if not _REFRESH_INTERVAL.match(self.elasticsearch_refresh_interval):
+            raise SettingsError(
+                "--elasticsearch-refresh-interval: must be a time like 5s, 500ms or 1m, or -1 (refresh off)"
+            )
 
     @property
     def agent_auth(self) -> bool:

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.es import es_aliases, es_target
 from tests.support.process import Gateway, GatewayFactory, GatewayStartError, TLSFiles, start_gateway
 from tests.support.redis_server import RedisFactory, RedisServer
+
+__all__ = ["es_aliases", "es_target"]  # Elasticsearch (the double, or OPAMP_GATEWAY_TEST_ES_URL)
 
 
 @pytest.fixture

@@ -66,3 +66,50 @@ def test_boolean_env() -> None:
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert s.is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--elasticsearch-url", "es:9200"], "--elasticsearch-url"),
+        (
+            [
+                "--elasticsearch-api-key",
+                "k",
+                "--elasticsearch-username",
+                "u",
+                "--elasticsearch-password",
+                "p",
+            ],
+            "--elasticsearch-api-key",
+        ),
+        (["--elasticsearch-username", "u"], "--elasticsearch-username"),
+        (["--elasticsearch-agents-alias", "Agents"], "--elasticsearch-agents-alias"),
+        (["--elasticsearch-configs-alias", "_configs"], "--elasticsearch-configs-alias"),
+        (["--elasticsearch-configs-alias", "opamp-agents"], "--elasticsearch-configs-alias"),
+        (["--elasticsearch-refresh-interval", "5 seconds"], "--elasticsearch-refresh-interval"),
+        (["--elasticsearch-timeout", "0"], "--elasticsearch-timeout"),
+        (["--store-breaker-failures", "0"], "--store-breaker-failures"),
+        (["--store-breaker-reset", "0"], "--store-breaker-reset"),
+    ],
+)
+def test_elasticsearch_settings_are_checked(argv: list[str], names: str) -> None:
+    with pytest.raises(s.SettingsError, match=names):
+        s.load(argv, {})
+
+
+def test_elasticsearch_settings_from_the_environment() -> None:
+    env = {
+        "OPAMP_GATEWAY_ELASTICSEARCH_URL": "https://es.example:9200",
+        "OPAMP_GATEWAY_ELASTICSEARCH_API_KEY": "c2VjcmV0",
+        "OPAMP_GATEWAY_ELASTICSEARCH_REFRESH_INTERVAL": "-1",
+    }
+    loaded = s.load([], env)
+    assert loaded.elasticsearch_url == "https://es.example:9200"
+    assert (loaded.elasticsearch_agents_alias, loaded.elasticsearch_configs_alias) == (
+        "opamp-agents",
+        "opamp-configs",
+    )
+    assert loaded.elasticsearch_refresh_interval == "-1"
+    # Secrets stay out of logs that print the settings.
+    assert "c2VjcmV0" not in repr(loaded)

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.store.base import StoreError
+from gateway.store.breaker import CircuitBreaker
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -34,6 +35,13 @@ async def readyz(request: Request) -> JSONResponse:
     # and converges them on their next message; failing readiness on every node at once would turn
     # a slower push into a fleet-wide outage.
     bus = services.bus.status()
+    # The breaker's state is reported either way; when open, ping() above failed fast and said why.
+    circuit = services.store.state if isinstance(services.store, CircuitBreaker) else "closed"
     if problems:
-        return JSONResponse({"status": "unavailable", "problems": problems, "bus": bus}, status_code=503)
-    return JSONResponse({"status": "ready", "node": services.settings.node_id, "bus": bus})
+        return JSONResponse(
+            {"status": "unavailable", "problems": problems, "bus": bus, "store_circuit": circuit},
+            status_code=503,
+        )
+    return JSONResponse(
+        {"status": "ready", "node": services.settings.node_id, "bus": bus, "store_circuit": circuit}
+    )

@@ -11,6 +11,7 @@ from gateway.limits import enrolls
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
+from gateway.store.breaker import CircuitOpen
 from gateway.store.writer import WriterFull, WriterStopped
 
 if TYPE_CHECKING:
@@ -40,8 +41,15 @@ async def load_state(services: Services, msg: pb.AgentToServer) -> AgentState | 
     try:
         return await services.writer.get(msg.instance_uid)
     except StoreError as exc:
-        logger.warning("store read failed: %s", exc)
-        raise Shed("store") from exc
+        reason = _store_reason(exc)
+        if reason == "store":
+            logger.warning("store read failed: %s", exc)
+        raise Shed(reason) from exc
+
+
+def _store_reason(exc: StoreError) -> str:
+    """The Shed reason (a metric label) for a store failure; an open circuit is logged by the breaker."""
+    return "circuit_open" if isinstance(exc, CircuitOpen) else "store"
 
 
 def _stamped(outcome: engine.Outcome, node: str, transport: Transport) -> engine.Outcome:
@@ -83,8 +91,10 @@ async def process(
         except WriterStopped as exc:
             raise Shed("shutting_down") from exc
         except StoreError as exc:
-            logger.warning("store write failed: %s", exc)
-            raise Shed("store") from exc
+            reason = _store_reason(exc)
+            if reason == "store":
+                logger.warning("store write failed: %s", exc)
+            raise Shed(reason) from exc
     services.metrics.observe_outcome(outcome)
     if outcome.write is not None and "remote_config_status" in outcome.write.changed:
         value = msg.remote_config_status.status

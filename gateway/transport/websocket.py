@@ -60,10 +60,6 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TAKEN_OVER = 4000
 # RFC 6455: a close reason is at most 123 bytes of UTF-8.
 _REASON_BYTES = 123
-# A cached record is re-read this often, to pick up a command another node stored while it could not
-# reach this one over the bus. Heartbeats in between read nothing.
-RELOAD_AFTER_SECONDS = 60.0
-
 # Fire-and-forget tasks (closing a displaced socket) must be referenced until they finish.
 _background: set[asyncio.Task[None]] = set()
 
@@ -119,7 +115,6 @@ class Connection:
         self.epoch = uuid6.uuid7().hex
         # The agents on this socket, by the uid each record lives under.
         self._states: dict[bytes, AgentState] = {}
-        self._loaded_at: dict[bytes, float] = {}
         # uid an agent still sends -> uid its record moved to (until the agent adopts it).
         self._aliases: dict[bytes, bytes] = {}
         self._closed = False
@@ -188,34 +183,19 @@ class Connection:
         uid = msg.instance_uid
         key = self._aliases.get(uid, uid)
         state = self._states.get(key)
-        now = self._services.clock()
-        loaded_at = self._loaded_at.get(key, now)
+        # A cached record is never re-read per message: commands another node stored for it arrive
+        # through the bus or the node's periodic sweep (command_sweep.py).
         if state is None:
             state = await pipeline.load_state(self._services, msg)
             if state is not None and state.offered_config_hash is not None:
                 # An offer made before this connection may never have arrived: a new connection
                 # does not wait for its timeout (engine.config_to_offer).
                 state = replace(state, offered_config_hash=None, offered_at=0.0)
-        elif now - loaded_at > RELOAD_AFTER_SECONDS:
-            state = await self._reloaded(state)
-            loaded_at = now
         outcome = await pipeline.process(self._services, state, msg, "websocket")
-        self._track(msg, key, outcome, loaded_at)
+        self._track(msg, key, outcome)
         return outcome
 
-    async def _reloaded(self, cached: AgentState) -> AgentState:
-        """The cached record, plus a command stored for it since (the cache is otherwise newer)."""
-        try:
-            # The store itself, not the writer: this node's unflushed writes never add a command.
-            stored = await self._services.store.get(cached.instance_uid)
-        except StoreError as exc:
-            logger.debug("record reload failed: %s", exc, extra={"instance_uid": cached.uid})
-            return cached
-        if stored is None or stored.pending_command is None or cached.pending_command is not None:
-            return cached
-        return replace(cached, pending_command=stored.pending_command)
-
-    def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome, loaded_at: float) -> None:
+    def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome) -> None:
         """Keep the cache and the registration in step with what the message did."""
         uid = msg.instance_uid
         if msg.HasField("agent_disconnect"):
@@ -237,7 +217,6 @@ class Connection:
                 del self._aliases[old]
         known = current in self._states
         self._states[current] = new
-        self._loaded_at[current] = loaded_at
         if not known:
             self._register(current)
 
@@ -252,7 +231,6 @@ class Connection:
     def _forget(self, uid: bytes) -> None:
         if self._states.pop(uid, None) is None:
             return
-        self._loaded_at.pop(uid, None)
         if self._services.registry.unregister(uid, self):
             self._services.presence.release(uid, self)
 

@@ -61,13 +61,7 @@ READINESS_PATH = "/readyz"
 # OPAMP_GATEWAY_* variables the chart already sets for settings that other issues are adding to
 # gateway/settings.py. A name the chart uses must be a Settings field or listed here; once a setting
 # lands in Settings its entry here is redundant and can go.
-UPCOMING_ENV = frozenset(
-    {
-        "OPAMP_GATEWAY_ELASTICSEARCH_URL",
-        "OPAMP_GATEWAY_ELASTICSEARCH_API_KEY",
-        "OPAMP_GATEWAY_ELASTICSEARCH_CA_CERT",
-    }
-)
+UPCOMING_ENV: frozenset[str] = frozenset()
 SETTINGS_ENV = frozenset(
     gateway_settings.env_name(f.name) for f in dataclasses.fields(gateway_settings.Settings)
 )
@@ -254,6 +248,8 @@ def test_chart_defaults_match_the_gateway_defaults() -> None:
 def test_every_gateway_setting_can_be_set_through_the_chart() -> None:
     """When a setting lands in gateway/settings.py, the chart has to expose it (or say why not here)."""
     not_in_chart: dict[str, str] = {  # env name -> why the chart never sets it
+        "OPAMP_GATEWAY_ELASTICSEARCH_USERNAME": "the chart authenticates to Elasticsearch with API keys",
+        "OPAMP_GATEWAY_ELASTICSEARCH_PASSWORD": "the chart authenticates to Elasticsearch with API keys",
         "OPAMP_GATEWAY_AGENT_KEYS": "keys go in a mounted file (AGENT_KEYS_FILE), re-read without a restart",
     }
     used: set[str] = set()
@@ -354,9 +350,13 @@ def _serve_settings(rendered: Rendered) -> gateway_settings.Settings:
     """What `opamp-gateway serve` reads in the pod: the ConfigMap, the env list (non-secret values)."""
     environ = {k: v for k, v in rendered.config.items() if k in SETTINGS_ENV}
     environ["OPAMP_GATEWAY_NODE_ID"] = "rel-opamp-gateway-7d9f-abcde"
+    from_secrets = {
+        "OPAMP_GATEWAY_REDIS_URL": "redis://from-a-secret:6379/0",
+        "OPAMP_GATEWAY_ELASTICSEARCH_URL": "https://from-a-secret:9200",
+    }
     for env in rendered.container.get("env", []):
         if env["name"] in SETTINGS_ENV and "valueFrom" in env:
-            environ[env["name"]] = "redis://from-a-secret:6379/0"
+            environ[env["name"]] = from_secrets.get(env["name"], "a-secret-value")
     return gateway_settings.load([], environ)
 
 
@@ -687,6 +687,29 @@ def test_migrate_job_is_a_pre_install_hook_with_its_own_credential(name: str) ->
             assert key in hook_secrets[secret]["data"]
     assert "configMapRef" not in str(container.get("envFrom", []))  # the ConfigMap is not there yet either
     assert job["spec"]["template"]["spec"].get("serviceAccountName") is None
+    # The Job creates exactly the aliases the pods will use, with the settings they expect.
+    plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for env in (
+        "OPAMP_GATEWAY_ELASTICSEARCH_AGENTS_ALIAS",
+        "OPAMP_GATEWAY_ELASTICSEARCH_CONFIGS_ALIAS",
+        "OPAMP_GATEWAY_ELASTICSEARCH_REFRESH_INTERVAL",
+    ):
+        assert plain[env] == rendered.config[env], env
+    loaded = gateway_settings.load(["--elasticsearch-url", "https://es:9200"], plain)
+    es = rendered.values["elasticsearch"]
+    assert (loaded.elasticsearch_agents_alias, loaded.elasticsearch_configs_alias) == (
+        es["agentsAlias"],
+        es["configsAlias"],
+    )
+
+
+def test_chart_elasticsearch_defaults_match_the_gateway_defaults() -> None:
+    values = load_yaml(CHART_DIR / "values.yaml")["elasticsearch"]
+    defaults = gateway_settings.Settings()
+    assert values["agentsAlias"] == defaults.elasticsearch_agents_alias
+    assert values["configsAlias"] == defaults.elasticsearch_configs_alias
+    assert values["refreshInterval"] == defaults.elasticsearch_refresh_interval
+    assert values["timeout"] == defaults.elasticsearch_timeout
 
 
 @pytest.mark.parametrize("name", SET_NAMES)

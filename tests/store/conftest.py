@@ -2,6 +2,10 @@
 
 To add an adapter, add its id to `BACKENDS` and a branch to `store_factory` that returns a fresh
 client on one shared, empty backing store (so several clients act like several gateway nodes).
+
+"elasticsearch" runs on the wire-level double (tests/support/es_double), or on a real cluster when
+OPAMP_GATEWAY_TEST_ES_URL is set. Its clients write with `refresh=true`, so the inventory searches
+see every write at once, as SQLite's queries do.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import pytest
 from gateway.store.base import Store
 from gateway.store.sqlite import SQLiteStore
 from tests.store.store_helpers import StoreFactory
+from tests.support.es import EsAliases
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "elasticsearch"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +32,9 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         store: Store
         if request.param == "sqlite":
             store = SQLiteStore(str(tmp_path / "agents.db"))
+        elif request.param == "elasticsearch":
+            aliases: EsAliases = request.getfixturevalue("es_aliases")
+            store = aliases.store()
         else:  # pragma: no cover - a new backend without a factory branch
             raise AssertionError(f"no factory for backend {request.param}")
         await store.open()

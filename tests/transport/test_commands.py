@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -13,7 +12,7 @@ import pytest
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from gateway.transport.websocket import RELOAD_AFTER_SECONDS
+from gateway.transport.command_sweep import sweep
 from tests.support.memory_store import MemoryStore
 from tests.support.opamp_http import poll as http_poll
 from tests.support.servers import Node, run_node
@@ -96,26 +95,30 @@ async def test_restart_for_an_http_agent_waits_for_its_next_poll(
         assert (agent["connected"], agent["transport"], agent["node"]) == (True, "http", "test-node")
 
 
-async def test_command_stored_elsewhere_reaches_a_cached_socket_on_reload(
-    node: Node, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+async def test_command_stored_elsewhere_reaches_a_cached_socket_on_the_sweep(
+    node: Node, store: MemoryStore
 ) -> None:
     services = node.services
-    now = [time.time()]
-    monkeypatch.setattr(services, "clock", lambda: now[0])
-    async with agent_socket(node.opamp_url) as ws:
+    async with agent_socket(node.opamp_url) as ws, agent_socket(node.opamp_url) as other:
         await exchange(ws, report(uid(90)))
+        await exchange(other, report(uid(89)))
         await eventually(lambda: services.writer.depth == 0 and uid(90) in store.records)
         # Another node, unable to reach this one, stored a restart in the record.
         store.records[uid(90)] = replace(store.records[uid(90)], pending_command=pb.CommandType_Restart)
-        now[0] += RELOAD_AFTER_SECONDS / 2
+        reads = store.reads
+        # A heartbeat reads nothing: the socket's cached record answers it.
         assert not (await exchange(ws, heartbeat(uid(90), 1))).HasField("command")
-        now[0] += RELOAD_AFTER_SECONDS
-        reply = await exchange(ws, heartbeat(uid(90), 2))
-        assert reply.HasField("command") and reply.command.type == pb.CommandType_Restart
-        assert not (await exchange(ws, heartbeat(uid(90), 3))).HasField("command")
+        assert store.reads == reads
+        # The node's periodic sweep reads every record on its sockets at once and pushes the command.
+        assert await sweep(services) == 1
+        assert store.reads == reads + 2
+        pushed = await recv(ws)
+        assert pushed.HasField("command") and pushed.command.type == pb.CommandType_Restart
         await eventually(
             lambda: services.writer.depth == 0 and store.records[uid(90)].pending_command is None
         )
+        assert await sweep(services) == 0
+        assert not (await exchange(ws, heartbeat(uid(90), 2))).HasField("command")
 
 
 async def test_a_pushed_command_satisfies_a_stored_one(

@@ -173,12 +173,24 @@ kubelet has no client certificate; the admin port serves TLS without asking for 
 {{- if and .Values.tls.enabled .Values.tls.clientCA.secretName }}admin{{ else }}opamp{{ end }}
 {{- end }}
 
+{{/* Non-secret Elasticsearch settings, as ConfigMap entries; the migrate Job gets the same values as env. */}}
+{{- define "opamp-gateway.esSettings" -}}
+OPAMP_GATEWAY_ELASTICSEARCH_AGENTS_ALIAS: {{ .Values.elasticsearch.agentsAlias | quote }}
+OPAMP_GATEWAY_ELASTICSEARCH_CONFIGS_ALIAS: {{ .Values.elasticsearch.configsAlias | quote }}
+OPAMP_GATEWAY_ELASTICSEARCH_REFRESH_INTERVAL: {{ .Values.elasticsearch.refreshInterval | quote }}
+OPAMP_GATEWAY_ELASTICSEARCH_TIMEOUT: {{ .Values.elasticsearch.timeout | toString | quote }}
+{{- end }}
+
 {{/* Environment of the migrate Job, which runs before the release's ConfigMap and Secrets exist. */}}
 {{- define "opamp-gateway.migrateEnv" -}}
 - name: OPAMP_GATEWAY_LOG_LEVEL
   value: {{ .Values.gateway.logLevel | quote }}
 - name: OPAMP_GATEWAY_LOG_FORMAT
   value: {{ .Values.gateway.logFormat | quote }}
+{{- range $name, $value := include "opamp-gateway.esSettings" . | fromYaml }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
 - name: OPAMP_GATEWAY_ELASTICSEARCH_URL
   valueFrom:
     secretKeyRef:

@@ -1,0 +1,128 @@
+"""Configs in Elasticsearch: one document per config name, behind the `opamp-configs` alias.
+
+Versions are the admin API's optimistic concurrency (`expected_version`), enforced with the
+document's own `_seq_no`: read, decide, write with `if_seq_no`/`if_primary_term` (or `create`), and
+on a 409 read again and decide again. Config writes are rare, so they use `refresh=true`: every node
+reloading configs after a change sees it in its next search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from elastic_transport import ApiResponse
+from elasticsearch import AsyncElasticsearch
+
+from gateway.fleet.configs import Config, ConfigRequest
+from gateway.store.base import StoreError, StoreUnavailable, VersionConflict
+from gateway.store.elasticsearch_documents import UnreadableDocument, config_document, config_from_source
+
+Request = Callable[[str, Awaitable[ApiResponse[Any]]], Awaitable[Any]]
+
+_ATTEMPTS = 5
+_PAGE = 1000
+
+
+class ConfigsIndex:
+    def __init__(self, client: AsyncElasticsearch, alias: str, request: Request) -> None:
+        self._client = client
+        self._alias = alias
+        self._request = request
+
+    async def list(self) -> list[Config]:
+        configs: list[Config] = []
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {"query": {"match_all": {}}, "sort": [{"name": "asc"}], "size": _PAGE}
+            if after is not None:
+                body["search_after"] = after
+            response = await self._request("search", self._client.search(index=self._alias, body=body))
+            hits = response.body["hits"]["hits"]
+            configs.extend(self._config(hit) for hit in hits)
+            if len(hits) < _PAGE:
+                return configs
+            after = hits[-1]["sort"]
+
+    async def get(self, name: str) -> Config | None:
+        config, _ = await self._read(name)
+        return config
+
+    async def put(self, name: str, request: ConfigRequest, now: float) -> tuple[Config, bool]:
+        for _ in range(_ATTEMPTS):
+            current, version = await self._read(name)
+            stored = current.version if current is not None else 0
+            if request.expected_version is not None and request.expected_version != stored:
+                raise VersionConflict(name, request.expected_version, stored)
+            digest = request.spec.digest()
+            if current is not None and current.hash == digest:
+                return current, False
+            config = Config(
+                name=name,
+                spec=request.spec,
+                version=stored + 1,
+                created_at=current.created_at if current is not None else now,
+                updated_at=now,
+                hash=digest,
+            )
+            conditions: dict[str, Any] = (
+                {"op_type": "create"}
+                if version is None
+                else {"if_seq_no": version[0], "if_primary_term": version[1]}
+            )
+            response = await self._request(
+                "index",
+                self._client.options(ignore_status=409).index(
+                    index=self._alias,
+                    id=name,
+                    document=config_document(config),
+                    require_alias=True,
+                    refresh=True,
+                    **conditions,
+                ),
+            )
+            if response.meta.status != 409:
+                return config, True
+        raise StoreUnavailable(f"config {name!r} kept changing while it was written; try again")
+
+    async def delete(self, name: str, expected_version: int | None) -> bool:
+        for _ in range(_ATTEMPTS):
+            current, version = await self._read(name)
+            stored = current.version if current is not None else 0
+            if expected_version is not None and expected_version != stored:
+                raise VersionConflict(name, expected_version, stored)
+            if version is None:
+                return False
+            response = await self._request(
+                "delete",
+                self._client.options(ignore_status=(404, 409)).delete(
+                    index=self._alias,
+                    id=name,
+                    if_seq_no=version[0],
+                    if_primary_term=version[1],
+                    refresh=True,
+                ),
+            )
+            if response.meta.status == 404:
+                return False
+            if response.meta.status != 409:
+                return True
+        raise StoreUnavailable(f"config {name!r} kept changing while it was deleted; try again")
+
+    async def _read(self, name: str) -> tuple[Config | None, tuple[int, int] | None]:
+        """The stored config and its (seq_no, primary_term), realtime."""
+        response = await self._request(
+            "get", self._client.options(ignore_status=404).get(index=self._alias, id=name, realtime=True)
+        )
+        body = response.body
+        if response.meta.status == 404:
+            if "error" in body:  # the index itself is missing, not the document
+                raise StoreError(f"Elasticsearch get: {body['error']}: run `opamp-gateway migrate`")
+            return None, None
+        return self._config(body), (int(body["_seq_no"]), int(body["_primary_term"]))
+
+    def _config(self, hit: dict[str, Any]) -> Config:
+        try:
+            return config_from_source(hit["_source"])
+        except UnreadableDocument as exc:
+            raise StoreError(f"config document {hit.get('_id')!r} in {hit.get('_index')}: {exc}") from exc

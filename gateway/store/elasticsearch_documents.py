@@ -1,0 +1,276 @@
+"""Agent records and configs as Elasticsearch documents, and back.
+
+An agent document has two parts. The Fleet-style fields (`agent.*`, `last_checkin*`, `health`,
+`effective_config`, the attribute maps...) are derived from the record for operators and for the
+admin API's queries. Everything the gateway reads back is under `opamp`: the sub-messages as their
+exact protobuf bytes (`binary`: stored, not indexed) and the times as doubles, so a record survives the
+round trip bit for bit (dates would keep only milliseconds).
+
+A uid that moved (RequestInstanceUid) keeps a small document with `active: false` and
+`opamp.moved_to`, so old uids resolve with a GET by `_id`, like `.fleet-agents` keeps re-enrolled
+agents inactive.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.fleet.agent import AgentState, Transport, facts, uid_str
+from gateway.fleet.configs import Config, spec_from_json, spec_json
+from gateway.fleet.render import config_map_json, health_json, remote_config_json, timestamp
+from gateway.opamp.capabilities import capability_names
+from gateway.proto import opamp_pb2 as pb
+
+AGENT_TYPE = "OPAMP"
+# Elasticsearch refuses a flattened value nested deeper than its depth_limit (20); deeper parts of an
+# attribute are indexed as their JSON text instead.
+_MAX_DEPTH = 10
+# Longer keys are left out of the indexed copies (Lucene refuses a key+value term over 32 KiB).
+_MAX_KEY = 1024
+# The substring search field holds the first this many characters.
+SEARCH_TEXT_LIMIT = 8192
+
+
+class UnreadableDocument(ValueError):
+    """A document that is not one this gateway wrote (or a newer gateway changed incompatibly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The document at a uid that moved: the record lives on under `to`."""
+
+    to: bytes
+
+
+def checkin_status(state: AgentState, healthy: bool | None) -> str:
+    """Fleet's `last_checkin_status`: what the agent said last, before time makes it `offline`."""
+    if state.disconnected:
+        return "disconnected"
+    return "error" if healthy is False else "online"
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object) -> bytes | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise UnreadableDocument(f"expected base64 text, got {type(text).__name__}")
+    return base64.b64decode(text)
+
+
+def _text_or_none(value: str) -> str | None:
+    return value or None
+
+
+def _indexable_key(key: str) -> bool:
+    return "\0" not in key and len(key) <= _MAX_KEY
+
+
+def indexable(value: Any, depth: int = 0) -> Any:
+    """A copy Elasticsearch accepts in any field: strict JSON (no NaN or Infinity) and, for flattened
+    fields, no NUL in keys and bounded nesting. The exact record is kept in `opamp.raw` anyway."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": scalar_text() gives the same for filters
+    if isinstance(value, list):
+        return [indexable(v, depth) for v in value]
+    if isinstance(value, dict):
+        if depth >= _MAX_DEPTH:
+            return json.dumps(value, sort_keys=True, default=str)
+        return {k: indexable(v, depth + 1) for k, v in value.items() if _indexable_key(k)}
+    return value
+
+
+def _health(state: AgentState) -> tuple[dict[str, Any] | None, str | None]:
+    if state.health is None:
+        return None, None
+    rendered = health_json(pb.ComponentHealth.FromString(state.health))
+    message = rendered["last_error"] or rendered["status"] or None
+    return indexable(rendered), message
+
+
+def _remote_config(state: AgentState) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    if state.remote_config_status is not None:
+        out.update(remote_config_json(state.remote_config_status))
+    if state.offered_config_hash is not None:
+        out["offered_hash"] = state.offered_config_hash.hex()
+        out["offered_at"] = timestamp(state.offered_at) if state.offered_at else None
+        # What operators filter on for drift: the agent reports applying what it was last offered.
+        out["in_sync"] = (
+            out.get("status") == "APPLIED" and out.get("last_remote_config_hash") == out["offered_hash"]
+        )
+    if state.failed_config_hash is not None:
+        out["failed_hash"] = state.failed_config_hash.hex()
+    return out or None
+
+
+def agent_document(state: AgentState) -> dict[str, Any]:
+    derived = facts(state)
+    uid = state.uid
+    health, message = _health(state)
+    attrs = derived.attributes
+    effective = None
+    if state.effective_config is not None:
+        config = pb.EffectiveConfig.FromString(state.effective_config)
+        effective = {
+            "hash": hashlib.sha256(state.effective_config).hexdigest(),
+            "files": config_map_json(config.config_map),
+        }
+    return {
+        "type": AGENT_TYPE,
+        "active": True,
+        "agent": {
+            "id": uid,
+            "type": _text_or_none(derived.agent_type),
+            "version": _text_or_none(derived.agent_version),
+        },
+        "enrolled_at": timestamp(state.enrolled_at),
+        "last_checkin": timestamp(state.last_seen),
+        "last_checkin_status": checkin_status(state, derived.healthy),
+        "last_checkin_message": message,
+        "local_metadata": {
+            "host": {"hostname": _text_or_none(derived.host_name), "arch": attrs.get("host.arch")},
+            "os": {"type": _text_or_none(derived.os_type), "description": attrs.get("os.description")},
+        },
+        "tags": [derived.agent_type] if derived.agent_type else [],
+        "sequence_num": state.sequence_num,
+        "capabilities": capability_names(state.capabilities),
+        "health": health,
+        "effective_config": effective,
+        "remote_config": _remote_config(state),
+        "identifying_attributes": indexable(derived.identifying),
+        "non_identifying_attributes": indexable(derived.non_identifying),
+        "attributes": {k: v for k, v in attrs.items() if _indexable_key(k)},
+        "search_text": derived.search_text(uid)[:SEARCH_TEXT_LIMIT],
+        "connection": {"node": state.node or None, "transport": state.transport or None},
+        "opamp": {
+            "enrolled_at": float(state.enrolled_at),
+            "last_seen": float(state.last_seen),
+            "capabilities_bitmask": state.capabilities,
+            "pending_command": state.pending_command,
+            "previous_instance_uids": [uid_str(u) for u in state.previous_instance_uids],
+            "offered_at": float(state.offered_at),
+            "raw": {
+                "description": _b64(state.description),
+                "health": _b64(state.health),
+                "effective_config": _b64(state.effective_config),
+                "remote_config_status": _b64(state.remote_config_status),
+            },
+        },
+    }
+
+
+def heartbeat_fields(state: AgentState) -> dict[str, Any]:
+    """The partial document a touch writes: the heartbeat fields and nothing else."""
+    return {
+        "last_checkin": timestamp(state.last_seen),
+        "sequence_num": state.sequence_num,
+        "connection": {"node": state.node or None, "transport": state.transport or None},
+        "opamp": {"last_seen": float(state.last_seen)},
+    }
+
+
+def moved_document(old: bytes, new: bytes) -> dict[str, Any]:
+    return {
+        "type": AGENT_TYPE,
+        "active": False,
+        "agent": {"id": uid_str(old)},
+        "opamp": {"moved_to": uid_str(new)},
+    }
+
+
+def _uid(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise UnreadableDocument(f"expected a uid string, got {type(text).__name__}")
+    try:
+        return uuid.UUID(text).bytes
+    except ValueError:
+        raise UnreadableDocument(f"not a uid: {text!r}") from None
+
+
+def _hex(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UnreadableDocument(f"expected hex text, got {type(value).__name__}")
+    return bytes.fromhex(value)
+
+
+def _transport(value: object) -> Transport | Literal[""]:
+    if value == "http" or value == "websocket":
+        return value
+    if value in (None, ""):
+        return ""
+    raise UnreadableDocument(f"unknown transport {value!r}")
+
+
+def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
+    """The record (or the move) a document holds; UnreadableDocument if it is not one of ours."""
+    try:
+        opamp = source["opamp"]
+        if source.get("active") is False:
+            return Moved(_uid(opamp["moved_to"]))
+        raw = opamp["raw"]
+        remote = source.get("remote_config") or {}
+        connection = source.get("connection") or {}
+        return AgentState(
+            instance_uid=_uid(source["agent"]["id"]),
+            enrolled_at=float(opamp["enrolled_at"]),
+            last_seen=float(opamp["last_seen"]),
+            sequence_num=int(source["sequence_num"]),
+            capabilities=int(opamp["capabilities_bitmask"]),
+            description=_unb64(raw.get("description")),
+            health=_unb64(raw.get("health")),
+            effective_config=_unb64(raw.get("effective_config")),
+            remote_config_status=_unb64(raw.get("remote_config_status")),
+            disconnected=source["last_checkin_status"] == "disconnected",
+            previous_instance_uids=tuple(_uid(u) for u in opamp.get("previous_instance_uids") or ()),
+            pending_command=opamp.get("pending_command"),
+            node=connection.get("node") or "",
+            transport=_transport(connection.get("transport")),
+            offered_config_hash=_hex(remote.get("offered_hash")),
+            offered_at=float(opamp.get("offered_at") or 0.0),
+            failed_config_hash=_hex(remote.get("failed_hash")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, UnreadableDocument):
+            raise
+        raise UnreadableDocument(f"not an agent document of this gateway: {exc!r}") from None
+
+
+def config_document(config: Config) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "version": config.version,
+        "hash": config.hash,
+        "priority": config.priority,
+        "created_at": timestamp(config.created_at),
+        "updated_at": timestamp(config.updated_at),
+        "selector": config.selector.to_json(),
+        "spec": spec_json(config.spec),
+        "opamp": {"created_at": float(config.created_at), "updated_at": float(config.updated_at)},
+    }
+
+
+def config_from_source(source: Mapping[str, Any]) -> Config:
+    try:
+        return Config(
+            name=source["name"],
+            spec=spec_from_json(source["spec"]),
+            version=int(source["version"]),
+            created_at=float(source["opamp"]["created_at"]),
+            updated_at=float(source["opamp"]["updated_at"]),
+            hash=source["hash"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnreadableDocument(f"not a config document of this gateway: {exc!r}") from None

@@ -1,0 +1,167 @@
+"""The admin API's questions as Elasticsearch queries: filters as `bool` queries, the fleet summary as
+aggregations, selectors over the `attributes` field.
+
+Status is derived at query time, as in the SQLite adapter and in derive_status(): `offline` means
+`now - last_seen > offline_after` in IEEE double arithmetic. That set of `last_seen` values is every
+double up to some threshold, so it becomes an exact `range` on the `opamp.last_seen` double, with the
+threshold found by bisection over the doubles (the boundary agrees with Python's to the last bit).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.fleet.agent import uid_str
+from gateway.fleet.selector import Selector
+from gateway.fleet.status import STATUSES, Status
+from gateway.store.base import AgentQuery, FleetSummary
+
+_SIGN = 1 << 63
+_MAGNITUDE = _SIGN - 1
+_BUCKETS = 10_000
+ACTIVE: dict[str, Any] = {"term": {"active": True}}
+LAST_SEEN = "opamp.last_seen"
+
+
+def _order_key(x: float) -> int:
+    """An integer that orders like the double `x` (adjacent doubles get adjacent integers)."""
+    bits: int = struct.unpack("<Q", struct.pack("<d", x))[0]
+    return -(bits & _MAGNITUDE) if bits & _SIGN else bits
+
+
+def _from_order_key(key: int) -> float:
+    bits = key if key >= 0 else (-key) | _SIGN
+    value: float = struct.unpack("<d", struct.pack("<Q", bits))[0]
+    return value
+
+
+def offline_threshold(now: float, offline_after: float) -> float:
+    """The largest `last_seen` with `now - last_seen > offline_after`: offline means `<=` this."""
+    lo, hi = _order_key(-sys.float_info.max), _order_key(sys.float_info.max)
+    if not now - _from_order_key(lo) > offline_after:
+        return _from_order_key(lo - 1)  # nothing is offline: -inf
+    if now - _from_order_key(hi) > offline_after:
+        return _from_order_key(hi)
+    # Invariant: lo is offline, hi is not. Subtraction is monotonic, so one boundary exists.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if now - _from_order_key(mid) > offline_after:
+            lo = mid
+        else:
+            hi = mid
+    return _from_order_key(lo)
+
+
+def _checkin(status: str) -> dict[str, Any]:
+    return {"term": {"last_checkin_status": status}}
+
+
+def status_query(status: Status, now: float, offline_after: float) -> dict[str, Any]:
+    """derive_status() as a query: disconnected, then offline, then unhealthy, else online."""
+    threshold = offline_threshold(now, offline_after)
+    if status == "disconnected":
+        return _checkin("disconnected")
+    if status == "offline":
+        return {
+            "bool": {
+                "filter": [{"range": {LAST_SEEN: {"lte": threshold}}}],
+                "must_not": [_checkin("disconnected")],
+            }
+        }
+    recent = {"range": {LAST_SEEN: {"gt": threshold}}}
+    return {"bool": {"filter": [recent, _checkin("error" if status == "unhealthy" else "online")]}}
+
+
+def _attribute(key: str) -> str:
+    return f"attributes.{key}"
+
+
+def _escape_wildcard(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+
+
+def selector_query(selector: Selector) -> dict[str, Any]:
+    """fleet/selector.py semantics: listed uids, or every label condition; empty matches nothing."""
+    if selector.empty:
+        return {"match_none": {}}
+    should: list[dict[str, Any]] = []
+    if selector.instance_uids:
+        should.append({"terms": {"agent.id": sorted(uid_str(u) for u in selector.instance_uids)}})
+    if selector.has_labels:
+        filters: list[dict[str, Any]] = [{"term": {_attribute(k): v}} for k, v in selector.match]
+        must_not: list[dict[str, Any]] = []
+        for e in selector.expressions:
+            field = _attribute(e.key)
+            if e.operator == "In":
+                filters.append({"terms": {field: list(e.values)}})
+            elif e.operator == "NotIn":
+                # must_not also holds when the attribute is absent, as NotIn does.
+                must_not.append({"terms": {field: list(e.values)}})
+            elif e.operator == "Exists":
+                filters.append({"exists": {"field": field}})
+            else:
+                must_not.append({"exists": {"field": field}})
+        labels: dict[str, Any] = {"filter": filters}
+        if must_not:
+            labels["must_not"] = must_not
+        should.append({"bool": labels})
+    return {"bool": {"should": should, "minimum_should_match": 1}}
+
+
+def agents_query(query: AgentQuery, now: float, offline_after: float) -> dict[str, Any]:
+    filters: list[dict[str, Any]] = [ACTIVE]
+    if query.status is not None:
+        if query.status not in STATUSES:
+            raise ValueError(f"unknown status: {query.status!r}")
+        filters.append(status_query(query.status, now, offline_after))
+    if query.q:
+        # search_text is stored lower-cased; wildcard characters in q are literal, as in SQLite.
+        filters.append({"wildcard": {"search_text": {"value": f"*{_escape_wildcard(query.q.lower())}*"}}})
+    for key, value in sorted(query.attributes.items()):
+        filters.append({"term": {_attribute(key): value}})
+    if query.selector is not None:
+        filters.append(selector_query(query.selector))
+    return {"bool": {"filter": filters}}
+
+
+def summary_body(now: float, offline_after: float) -> dict[str, Any]:
+    return {
+        "size": 0,
+        "track_total_hits": True,
+        "query": ACTIVE,
+        "aggs": {
+            "status": {"filters": {"filters": {s: status_query(s, now, offline_after) for s in STATUSES}}},
+            "types": {
+                "terms": {"field": "agent.type", "missing": "", "size": _BUCKETS},
+                "aggs": {"versions": {"terms": {"field": "agent.version", "missing": "", "size": _BUCKETS}}},
+            },
+            "os": {"terms": {"field": "local_metadata.os.type", "missing": "", "size": _BUCKETS}},
+        },
+    }
+
+
+def _count_into(target: dict[str, int], key: object, count: int) -> None:
+    name = str(key) or "unknown"
+    target[name] = target.get(name, 0) + count
+
+
+def parse_summary(body: Mapping[str, Any]) -> FleetSummary:
+    aggs = body["aggregations"]
+    by_status: dict[str, int] = {s: int(aggs["status"]["buckets"][s]["doc_count"]) for s in STATUSES}
+    by_type_version: dict[str, dict[str, int]] = {}
+    for bucket in aggs["types"]["buckets"]:
+        versions = by_type_version.setdefault(str(bucket["key"]) or "unknown", {})
+        for version in bucket["versions"]["buckets"]:
+            _count_into(versions, version["key"], int(version["doc_count"]))
+    by_os: dict[str, int] = {}
+    for bucket in aggs["os"]["buckets"]:
+        _count_into(by_os, bucket["key"], int(bucket["doc_count"]))
+    return FleetSummary(
+        total=int(body["hits"]["total"]["value"]),
+        by_status=by_status,
+        by_type_version=by_type_version,
+        by_os=by_os,
+    )

@@ -1,0 +1,44 @@
+"""Fault injection and request counting: what tests and the benchmark ask the double to do and tell."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Faults:
+    """What to break. Counters count down per request (or per bulk item) and stop at 0."""
+
+    # Whole requests refused with this status (429 es_rejected_execution_exception, 503 ...).
+    reject_requests: int = 0
+    reject_status: int = 429
+    # Only requests to these endpoints are refused (empty: any).
+    reject_endpoints: frozenset[str] = frozenset()
+    # Bulk items refused with 429 while the rest of the request succeeds.
+    reject_bulk_items: int = 0
+    # Every request waits this long first.
+    latency: float = 0.0
+
+    def take_request(self, endpoint: str) -> bool:
+        if self.reject_requests and (not self.reject_endpoints or endpoint in self.reject_endpoints):
+            self.reject_requests -= 1
+            return True
+        return False
+
+    def take_item(self) -> bool:
+        if self.reject_bulk_items:
+            self.reject_bulk_items -= 1
+            return True
+        return False
+
+
+@dataclass
+class Stats:
+    requests: Counter[str] = field(default_factory=Counter)
+    bulk_sizes: list[int] = field(default_factory=list)
+    bulk_bytes: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())

@@ -1,0 +1,240 @@
+"""`opamp-gateway migrate`: first run, idempotent re-runs, upgrades by roll-over, refusals."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from gateway import cli
+from gateway.migrate import MigrateError, migrate
+from gateway.store.base import StoreUnavailable
+from gateway.store.elasticsearch_client import make_client
+from gateway.store.elasticsearch_schema import AGENT_PROPERTIES, IndexSpec, agents_index, configs_index
+from tests.store.store_helpers import agent, full, heartbeat, touch
+from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
+
+pytestmark = pytest.mark.anyio
+
+OPAMP_GATEWAY = str(Path(sys.executable).with_name("opamp-gateway"))
+
+
+@pytest.fixture
+def aliases(es_target: EsTarget) -> Iterator[EsAliases]:
+    made = new_aliases(es_target)
+    yield made
+    run_sync(made.drop)
+
+
+@pytest.fixture
+async def client(aliases: EsAliases) -> AsyncIterator[AsyncElasticsearch]:
+    es = make_client(aliases.settings())
+    yield es
+    await es.close()
+
+
+def specs(aliases: EsAliases, agents_version: int = 1, refresh: str = "1s") -> list[IndexSpec]:
+    agents = agents_index(aliases.agents, refresh)
+    if agents_version != agents.version:
+        # A later gateway: one more field, as mapping changes are additive.
+        properties = {**AGENT_PROPERTIES, "added_later": {"type": "keyword"}}
+        agents = replace(agents, version=agents_version, properties=properties)
+    return [agents, configs_index(aliases.configs)]
+
+
+async def _aliases_of(client: AsyncElasticsearch, alias: str) -> list[str]:
+    response = await client.indices.get_alias(name=alias)
+    return sorted(response.body)
+
+
+async def test_first_run_creates_templates_indices_and_write_aliases(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    done = await migrate(client, specs(aliases))
+    assert done == [
+        f"index template {aliases.agents}: mapping version None -> 1",
+        f"index {aliases.agents}-000001 created with write alias {aliases.agents}",
+        f"index template {aliases.configs}: mapping version None -> 1",
+        f"index {aliases.configs}-000001 created with write alias {aliases.configs}",
+    ]
+    for alias in (aliases.agents, aliases.configs):
+        response = await client.indices.get_alias(name=alias)
+        assert dict(response.body) == {f"{alias}-000001": {"aliases": {alias: {"is_write_index": True}}}}
+        mapping = (await client.indices.get_mapping(index=alias)).body[f"{alias}-000001"]["mappings"]
+        assert mapping["dynamic"] == "strict"
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == 1
+    settings = (await client.indices.get_settings(index=aliases.agents)).body
+    assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "1s"
+    store = aliases.store()
+    try:
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_second_run_changes_nothing(aliases: EsAliases, client: AsyncElasticsearch) -> None:
+    await migrate(client, specs(aliases))
+    double = aliases.target.double
+    before = dict(double.stats.requests) if double else {}
+    assert await migrate(client, specs(aliases)) == []
+    if double:
+        sent = {k: v - before.get(k, 0) for k, v in double.stats.requests.items() if v != before.get(k, 0)}
+        assert set(sent) <= {"get_index_template", "get_alias", "get_mapping", "get_settings"}, sent
+
+
+async def test_a_changed_refresh_interval_is_applied(aliases: EsAliases, client: AsyncElasticsearch) -> None:
+    await migrate(client, specs(aliases))
+    done = await migrate(client, specs(aliases, refresh="30s"))
+    assert done == [f"index {aliases.agents}-000001: refresh_interval 1s -> 30s"]
+    settings = (await client.indices.get_settings(index=aliases.agents)).body
+    assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "30s"
+
+
+async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    await migrate(client, specs(aliases, refresh="-1"))
+    store = aliases.store(refresh=None)  # nothing refreshed: the copy must still see every write
+    fleet = [agent(last_seen=float(n)) for n in range(1, 26)]
+    try:
+        await store.write([full(a) for a in fleet])
+        done = await migrate(client, specs(aliases, agents_version=2, refresh="-1"))
+        old, new = f"{aliases.agents}-000001", f"{aliases.agents}-000002"
+        assert done[0] == f"index template {aliases.agents}: mapping version 1 -> 2"
+        assert done[1].startswith(
+            f"index {old} (mapping version 1) rolled over to {new} (version 2): 25 documents"
+        )
+        assert await _aliases_of(client, aliases.agents) == [new]
+        mapping = (await client.indices.get_mapping(index=aliases.agents)).body[new]["mappings"]
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == 2
+        assert "added_later" in mapping["properties"]
+        # The old index stays, read-only, for a rollback.
+        blocked = (await client.indices.get_settings(index=old)).body[old]["settings"]["index"]
+        assert blocked["blocks"]["write"] == "true"
+        # The same client (an older gateway during a rolling upgrade) reads and writes on.
+        for state in fleet:
+            assert await store.get(state.instance_uid) == state
+        beat = heartbeat(fleet[0], 100.0)
+        await store.write([touch(beat)])
+        assert await store.get(beat.instance_uid) == beat
+        assert await migrate(client, specs(aliases, agents_version=2, refresh="-1")) == []
+    finally:
+        await store.close()
+
+
+async def test_writes_during_the_copy_wait_and_land_after_it(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    await migrate(client, specs(aliases))
+    store = aliases.store()
+    state = agent(last_seen=10.0)
+    try:
+        await store.write([full(state)])
+        # What migrate does first: the old index refuses writes while it is copied.
+        await client.indices.put_settings(
+            index=f"{aliases.agents}-000001", settings={"index.blocks.write": True}
+        )
+        with pytest.raises(StoreUnavailable, match="cluster_block_exception"):
+            await store.write([touch(heartbeat(state, 11.0))])
+        await migrate(client, specs(aliases, agents_version=2))
+        # The Writer keeps failed batches and tries again: by then the alias names the new index.
+        await store.write([touch(heartbeat(state, 11.0))])
+        assert await store.get(state.instance_uid) == heartbeat(state, 11.0)
+    finally:
+        await store.close()
+
+
+async def test_an_interrupted_upgrade_finishes_on_the_next_run(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    await migrate(client, specs(aliases))
+    store = aliases.store()
+    state = agent(last_seen=10.0)
+    try:
+        await store.write([full(state)])
+    finally:
+        await store.close()
+    # A run that stopped after making the new index and blocking the old one.
+    await client.indices.put_settings(index=f"{aliases.agents}-000001", settings={"index.blocks.write": True})
+    await client.indices.create(index=f"{aliases.agents}-000002")
+    await migrate(client, specs(aliases, agents_version=2))
+    assert await _aliases_of(client, aliases.agents) == [f"{aliases.agents}-000002"]
+    store = aliases.store()
+    try:
+        assert await store.get(state.instance_uid) == state
+    finally:
+        await store.close()
+
+
+async def test_a_newer_mapping_is_refused(aliases: EsAliases, client: AsyncElasticsearch) -> None:
+    await migrate(client, specs(aliases, agents_version=2))
+    with pytest.raises(
+        MigrateError, match="newer than this gateway's 1: run the migrate of the newer gateway"
+    ):
+        await migrate(client, specs(aliases))
+
+
+async def test_an_index_named_like_the_alias_is_refused(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    await client.indices.create(index=aliases.agents)
+    try:
+        with pytest.raises(MigrateError, match="is an index, not an alias"):
+            await migrate(client, specs(aliases))
+    finally:
+        await client.indices.delete(index=aliases.agents)
+
+
+def _env(aliases: EsAliases) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPAMP_GATEWAY_")}
+    env.pop("PYTHONWARNINGS", None)
+    env.update(
+        OPAMP_GATEWAY_ELASTICSEARCH_URL=aliases.url,
+        OPAMP_GATEWAY_ELASTICSEARCH_AGENTS_ALIAS=aliases.agents,
+        OPAMP_GATEWAY_ELASTICSEARCH_CONFIGS_ALIAS=aliases.configs,
+    )
+    return env
+
+
+def test_the_migrate_command(aliases: EsAliases) -> None:
+    """What the Helm chart's hook Job runs: settings from OPAMP_GATEWAY_* variables."""
+    first = subprocess.run(
+        [OPAMP_GATEWAY, "migrate"], env=_env(aliases), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert first.returncode == 0, first.stderr
+    assert f"index {aliases.agents}-000001 created with write alias {aliases.agents}" in first.stdout
+    again = subprocess.run(
+        [OPAMP_GATEWAY, "migrate"], env=_env(aliases), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "nothing to do: the templates, indices and aliases are up to date"
+
+
+def test_migrate_needs_an_elasticsearch_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["migrate"]) == 1
+    assert "migrate needs --elasticsearch-url" in capsys.readouterr().err
+
+
+def test_migrate_reports_an_unreachable_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.servers import free_port
+
+    assert cli.main(["migrate", f"--elasticsearch-url=http://127.0.0.1:{free_port()}"]) == 1
+    assert "opamp-gateway: error: Elasticsearch migrate: ConnectionError" in capsys.readouterr().err
+
+
+def test_an_unusable_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "ca.crt"
+    argv = ["--elasticsearch-url=https://es.example:9200", f"--elasticsearch-ca-cert={missing}"]
+    assert cli.main(["migrate", *argv]) == 1
+    assert f"--elasticsearch-ca-cert: {missing} is not a file" in capsys.readouterr().err
+    assert cli.main(["serve", *argv]) == 1
+    assert f"--elasticsearch-ca-cert: {missing} is not a file" in capsys.readouterr().err
+    plain = ["--elasticsearch-url=http://es.example:9200", f"--elasticsearch-ca-cert={missing}"]
+    assert cli.main(["migrate", *plain]) == 1
+    assert "needs an https:// --elasticsearch-url" in capsys.readouterr().err

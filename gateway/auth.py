@@ -9,8 +9,6 @@ missing, or empty) on re-read keeps the previous credentials and logs an error n
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -23,6 +21,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
+
+from gateway.periodic import Periodic
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -170,8 +170,7 @@ class Auth:
     def __init__(self, agents: Credentials, admin: Credentials, reload_interval: float = 5.0) -> None:
         self.agents = agents
         self.admin = admin
-        self._interval = reload_interval
-        self._task: asyncio.Task[None] | None = None
+        self._timer = Periodic("auth-reload", reload_interval, self._on_timer)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Auth:
@@ -193,19 +192,13 @@ class Auth:
 
     async def start(self) -> None:
         if self.agents.path or self.admin.path:
-            self._task = asyncio.create_task(self._watch(), name="auth-reload")
+            self._timer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._timer.stop()
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            self.reload()
+    async def _on_timer(self) -> None:
+        self.reload()
 
 
 # -- ASGI guards ----------------------------------------------------------------------------------

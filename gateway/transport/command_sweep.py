@@ -11,11 +11,11 @@ more Elasticsearch requests than all the heartbeats' writes together.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
 from gateway.fleet.agent import uid_str
+from gateway.periodic import Periodic
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -51,20 +51,13 @@ async def sweep(services: Services) -> int:
 class CommandSweep:
     def __init__(self, services: Services, interval: float = RELOAD_AFTER_SECONDS) -> None:
         self._services = services
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._timer = Periodic("command-sweep", interval, self._on_timer)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._every_interval(), name="command-sweep")
+        self._timer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._timer.stop()
 
-    async def _every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await sweep(self._services)
+    async def _on_timer(self) -> None:
+        await sweep(self._services)

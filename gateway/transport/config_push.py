@@ -16,7 +16,6 @@ every (re)connect of the bus re-reads the set and pushes whatever changed meanwh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from gateway.bus.base import BusUnavailable, ConfigsChanged
 from gateway.fleet.desired import ConfigSet
+from gateway.periodic import Periodic
 from gateway.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class ConfigCache:
     def __init__(self, services: Services) -> None:
         self._services = services
         self._lock = asyncio.Lock()
-        self._timer: asyncio.Task[None] | None = None
+        self._timer = Periodic("config-refresh", services.settings.config_refresh_interval, self._on_timer)
         # time.monotonic() of the last read, or of a message's failed attempt at one (a failing
         # store is not asked again by every message).
         self._read_at = -math.inf
@@ -55,23 +55,16 @@ class ConfigCache:
             await self.refresh("start")
         except StoreError as exc:
             logger.warning("could not read the configs at start (retrying on the timer): %s", exc)
-        self._timer = asyncio.create_task(self._every_interval(), name="config-refresh")
+        self._timer.start()
 
     async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer
-            self._timer = None
+        await self._timer.stop()
 
-    async def _every_interval(self) -> None:
-        interval = self._services.settings.config_refresh_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.refresh("timer")
-            except StoreError as exc:
-                logger.warning("config refresh failed (keeping the configs known so far): %s", exc)
+    async def _on_timer(self) -> None:
+        try:
+            await self.refresh("timer")
+        except StoreError as exc:
+            logger.warning("config refresh failed (keeping the configs known so far): %s", exc)
 
     async def refresh(self, reason: str) -> int:
         """Re-read the configs; if they changed, push to this node's sockets. The number of pushes.

@@ -284,6 +284,12 @@ async def test_a_websocket_agent_sees_each_change_and_deletion_made_on_another_n
         async def expect(files: dict[str, str], configs: list[str]) -> bytes:
             pushed = await expect_config(ws, agent.uid)
             assert files_of(pushed) == files
+
+            # node-a records the offer through its writer (not durably): node-b sees it within a flush.
+            async def offer_recorded() -> bool:
+                return bool((await config_sync(b, agent.uid))["status"] == "applying")
+
+            await eventually(offer_recorded, what="node-b to see the offer")
             sync = await config_sync(b, agent.uid)
             assert sync["status"] == "applying" and sync["configs"] == configs
             assert sync["desired_hash"] == pushed.config_hash.hex()

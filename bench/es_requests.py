@@ -189,7 +189,8 @@ async def _exchange_http(
 
 
 def _snapshot(double: EsDouble, counts: _Agents) -> tuple[dict[str, int], int, int]:
-    return dict(double.stats.requests), counts.sent, len(double.stats.bulk_sizes)
+    requests, bulks = double.stats.snapshot()
+    return requests, counts.sent, bulks
 
 
 async def _drive(cfg: EsBenchConfig, double: EsDouble, ports: list[int], progress: Any) -> dict[str, Any]:

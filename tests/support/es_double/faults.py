@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -35,9 +36,25 @@ class Faults:
 
 @dataclass
 class Stats:
+    """Requests served, by endpoint; a request is counted once it is answered, with its bulk sizes,
+    in one step, so a snapshot taken from another thread never sees a bulk counted without its size."""
+
     requests: Counter[str] = field(default_factory=Counter)
     bulk_sizes: list[int] = field(default_factory=list)
     bulk_bytes: list[int] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, endpoint: str, bulk: tuple[int, int] | None = None) -> None:
+        with self._lock:
+            self.requests[endpoint] += 1
+            if bulk is not None:
+                self.bulk_sizes.append(bulk[0])
+                self.bulk_bytes.append(bulk[1])
+
+    def snapshot(self) -> tuple[dict[str, int], int]:
+        """(requests by endpoint, number of bulk requests with sizes), consistent with each other."""
+        with self._lock:
+            return dict(self.requests), len(self.bulk_sizes)
 
     @property
     def total(self) -> int:

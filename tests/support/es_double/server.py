@@ -34,6 +34,8 @@ class Call:
     parts: list[str]
     params: dict[str, str]
     body: bytes
+    # (items, bytes) once a bulk request has been applied
+    bulk: tuple[int, int] | None = None
 
     def json(self) -> dict[str, Any]:
         if not self.body.strip():
@@ -79,7 +81,20 @@ class Handler:
         parts = [urllib.parse.unquote(p) for p in request.url.path.strip("/").split("/") if p]
         call = Call(request.method, parts, dict(request.query_params), body)
         endpoint, allowed, run = self._route(call)
-        self.stats.requests[endpoint] += 1
+        try:
+            return await self._serve(request, call, endpoint, allowed, run, compat)
+        finally:
+            self.stats.record(endpoint, call.bulk)
+
+    async def _serve(
+        self,
+        request: Request,
+        call: Call,
+        endpoint: str,
+        allowed: frozenset[str],
+        run: Any,
+        compat: int | None,
+    ) -> Response:
         if self.faults.latency:
             await asyncio.sleep(self.faults.latency)
         try:
@@ -245,8 +260,7 @@ class Handler:
             response, touched = documents.bulk(
                 self.cluster, target, call.body, call.flag("require_alias"), self.faults.take_item
             )
-        self.stats.bulk_sizes.append(len(response["items"]))
-        self.stats.bulk_bytes.append(len(call.body))
+        call.bulk = (len(response["items"]), len(call.body))
         return 200, response, touched
 
     def _mget(self, call: Call) -> tuple[int, Any, set[str]]:

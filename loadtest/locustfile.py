@@ -1,0 +1,65 @@
+"""Locust entry point: `locust -f loadtest/locustfile.py WebSocketAgent --opamp-targets 127.0.0.1:4320`.
+
+The scale runner (`python -m loadtest.run`) starts Locust this way; run it by hand to point the
+simulated agents at any gateway.
+"""
+
+from __future__ import annotations
+
+import resource
+import uuid
+from typing import Any
+
+from locust import events
+
+from loadtest.users import AGENTS, HttpAgent, WebSocketAgent
+
+__all__ = ["HttpAgent", "WebSocketAgent"]
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("OpAMP agents")
+    group.add_argument(
+        "--opamp-targets",
+        default="",
+        help="gateways as host:port[,host:port...]; agents are spread over them (default: --host)",
+    )
+    group.add_argument("--heartbeat-interval", type=float, default=30.0, help="seconds between heartbeats")
+    group.add_argument(
+        "--reply-timeout", type=float, default=30.0, help="seconds a message may wait for its reply"
+    )
+    group.add_argument("--agent-key", default="", help="agent key sent as Authorization: Bearer")
+    group.add_argument(
+        "--request-uid-ratio",
+        type=float,
+        default=0.0,
+        help="share of agents (0..1) that ask the server for their instance_uid",
+    )
+    group.add_argument(
+        "--uid-file",
+        default="",
+        help="at exit, append every simulated agent's current instance_uid (UUID text) to this file",
+    )
+    group.add_argument(
+        "--source-addresses",
+        type=int,
+        default=4096,
+        help="WebSocket agents connect from this many loopback addresses (127.1.0.1 and up)",
+    )
+
+
+@events.init.add_listener
+def _raise_open_files(**_: Any) -> None:
+    # Every WebSocket agent holds a socket: use the whole hard limit this process is allowed.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@events.quitting.add_listener
+def _write_uids(environment: Any, **_: Any) -> None:
+    path = getattr(environment.parsed_options, "uid_file", "")
+    if path and AGENTS:
+        with open(path, "a") as file:
+            file.write("".join(f"{uuid.UUID(bytes=agent.uid)}\n" for agent in AGENTS))

@@ -6,16 +6,25 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bench import machine
+from loadtest.change import ConfigChange
 from loadtest.monitor import Sample
+
+if TYPE_CHECKING:
+    from loadtest.run import RunConfig
 
 logger = logging.getLogger("loadtest.report")
 
 PERCENTILES = ("50%", "95%", "99%", "100%")
+AIM_P99_MS = 500.0
+AIM_CONVERGENCE_S = 30.0
 
 
 def request_stats(stats_csv: Path) -> dict[str, dict[str, Any]]:
@@ -32,12 +41,12 @@ def request_stats(stats_csv: Path) -> dict[str, dict[str, Any]]:
             "requests": int(row["Request Count"]),
             "failures": int(row["Failure Count"]),
             "average_ms": round(float(row["Average Response Time"]), 1),
-            **{f"p{p.rstrip('%')}_ms": _ms(row[p]) for p in PERCENTILES},
+            **{f"p{p.rstrip('%')}_ms": _number(row[p]) for p in PERCENTILES},
         }
     return out
 
 
-def _ms(text: str) -> float | None:
+def _number(text: str) -> float | None:
     try:
         return float(text)
     except ValueError:
@@ -119,3 +128,89 @@ def table(summary: dict[str, Any]) -> str:
         + ("" if summary["passed"] else f": {'; '.join(summary['problems'])}"),
     ]
     return "\n".join(lines)
+
+
+def summarize(
+    cfg: RunConfig,
+    samples: Sequence[Sample],
+    requests: dict[str, dict[str, Any]],
+    change: ConfigChange,
+    idle_rss: float,
+    gateways: int,
+    workers: int,
+    hold_started: float | None,
+    fleet_summary: tuple[int, Any],
+) -> dict[str, Any]:
+    hold = [s for s in samples if s.phase == "hold"] or list(samples[-3:])
+    peak = max((s.connected for s in samples), default=0)
+    total = requests.get("Aggregated", {})
+    convergence = requests.get("CONFIG convergence", {})
+    heartbeat = requests.get(f"{'WS' if cfg.transport == 'websocket' else 'POST'} heartbeat", {})
+    rss = statistics.fmean(s.gateway_rss_mib for s in hold) if hold else 0.0
+    windows = [s.heartbeat_p99_ms for s in hold if s.heartbeat_p99_ms is not None]
+    problems = []
+    if total.get("failures", 1):
+        problems.append(f"{total.get('failures', 'unknown')} failed requests")
+    if peak < cfg.agents:
+        problems.append(f"only {peak:,} of {cfg.agents:,} agents connected")
+    if (heartbeat.get("p99_ms") or math.inf) >= AIM_P99_MS:
+        problems.append(f"heartbeat p99 {heartbeat.get('p99_ms')} ms is not under {AIM_P99_MS:g} ms")
+    if cfg.change_at is not None and (
+        change.server_seconds is None or change.server_seconds >= AIM_CONVERGENCE_S
+    ):
+        problems.append(f"config change {change.status} (aim: all applied in under {AIM_CONVERGENCE_S:g} s)")
+    hold_seconds = (samples[-1].t - hold_started) if hold_started is not None and samples else 0.0
+    return {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "machine": machine.describe(None),
+        "gateways": gateways,
+        "workers": workers,
+        "agents": {"target": cfg.agents, "peak_connected": peak, "admin_api_total": _total(fleet_summary)},
+        "messages": total.get("requests", 0),
+        "failures": total.get("failures"),
+        "hold": {
+            "seconds": round(hold_seconds, 1),
+            "gateway_messages_per_s": round(statistics.fmean(s.gateway_messages_per_s for s in hold), 1)
+            if hold
+            else 0,
+            "worst_window_p99_ms": max(windows, default=None),
+            "gateway_cpu_cores": round(statistics.fmean(s.gateway_cpu_cores for s in hold), 3) if hold else 0,
+            "gateway_rss_mib": round(rss, 1),
+            "gateway_idle_rss_mib": round(idle_rss, 1),
+            "gateway_kib_per_agent": round((rss - idle_rss) * 1024 / peak, 2) if peak else 0.0,
+            "locust_cpu_cores": round(statistics.fmean(s.locust_cpu_cores for s in hold), 3) if hold else 0,
+            "locust_rss_mib": round(statistics.fmean(s.locust_rss_mib for s in hold), 1) if hold else 0,
+            "redis_cpu_cores": round(statistics.fmean(s.redis_cpu_cores for s in hold), 3) if hold else 0,
+            "machine_busy_cores": round(statistics.fmean(s.machine_busy_cores for s in hold), 3)
+            if hold
+            else 0,
+        },
+        "requests": requests,
+        "config_change": {
+            "status": change.status,
+            "put_seconds": change.put_seconds,
+            "server_seconds": change.server_seconds,
+            "matched": change.matched,
+            "rollout": change.rollout,
+            "agents_applied": convergence.get("requests", 0),
+            "agent_p50_s": _seconds(convergence.get("p50_ms")),
+            "agent_p99_s": _seconds(convergence.get("p99_ms")),
+            "agent_max_s": _seconds(convergence.get("p100_ms")),
+        },
+        "aims": {"heartbeat_p99_ms": AIM_P99_MS, "convergence_s": AIM_CONVERGENCE_S},
+        "problems": problems,
+        "passed": not problems,
+    }
+
+
+def _total(reply: tuple[int, Any]) -> int | None:
+    status, body = reply
+    return int(body.get("total", 0)) if status == 200 and isinstance(body, dict) and "total" in body else None
+
+
+def to_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _seconds(milliseconds: float | None) -> float | None:
+    return None if milliseconds is None else round(milliseconds / 1000, 2)

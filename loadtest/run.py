@@ -13,20 +13,18 @@ import argparse
 import logging
 import math
 import shutil
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import machine, procstat
+from bench import procstat
 from bench.targets import HOST, free_port
 from loadtest import report
-from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
+from loadtest.change import CONFIG_NAME, ConfigChange
 from loadtest.cluster import REPO, Cluster, ClusterError, Gateway, Proc, admin, running
 from loadtest.monitor import (
     CpuMeter,
@@ -40,13 +38,10 @@ from loadtest.monitor import (
 
 logger = logging.getLogger("loadtest.run")
 
-CONFIG_NAME = "loadtest"
 # Sockets per process: gateways and Locust workers must stay under the 20,000 open files a process
 # may have here, with room for the store, logs and Redis.
 PER_PROCESS = 15_000
 USER_CLASS = {"websocket": "WebSocketAgent", "http": "HttpAgent"}
-AIM_P99_MS = 500.0
-AIM_CONVERGENCE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -78,54 +73,8 @@ class RunConfig:
         return self.hold / 2 if self.config_change_after is None else self.config_change_after
 
 
-@dataclass
-class _Change:
-    """The mid-run config change, done on its own thread while the monitor goes on."""
-
-    started: float = 0.0
-    status: str = "not run"
-    server_seconds: float | None = None
-    matched: int = 0
-    rollout: dict[str, Any] = field(default_factory=dict)
-
-
 def _processes(agents: int, asked: int) -> int:
     return asked if asked > 0 else max(1, math.ceil(agents / PER_PROCESS))
-
-
-def _change_config(gateway: Gateway, expected: int, timeout: float, change: _Change) -> None:
-    written = time.time()
-    body = (
-        f"{CHANGED_AT_MARKER.decode()}{written:.6f}\n"
-        "receivers:\n  otlp: {protocols: {grpc: {endpoint: 0.0.0.0:4317}}}\n"
-        "processors:\n  batch: {}\n"
-        "exporters:\n  otlphttp: {endpoint: https://collector.example.com:4318}\n"
-        "service:\n  pipelines:\n"
-        "    traces: {receivers: [otlp], processors: [batch], exporters: [otlphttp]}\n"
-    )
-    config = {
-        "selector": {"match": {"service.name": SERVICE_NAME}},
-        "priority": 10,
-        "files": {"collector.yaml": {"content_type": "text/yaml", "body": body}},
-    }
-    change.started = time.monotonic()
-    status, stored = admin(gateway.admin_port, "PUT", f"/api/v1/configs/{CONFIG_NAME}", config)
-    if status not in (200, 201):
-        change.status = f"PUT answered {status}: {stored}"
-        return
-    change.status = "converging"
-    deadline = change.started + timeout
-    while time.monotonic() < deadline:
-        status, got = admin(gateway.admin_port, "GET", f"/api/v1/configs/{CONFIG_NAME}")
-        if status == 200:
-            rollout = got.get("rollout", {})
-            change.rollout, change.matched = rollout, int(rollout.get("matched", 0))
-            if change.matched >= expected and rollout.get("applied", 0) >= change.matched:
-                change.server_seconds = round(time.monotonic() - change.started, 2)
-                change.status = "converged"
-                return
-        time.sleep(1.0)
-    change.status = f"not converged in {timeout:g} s"
 
 
 def _locust(
@@ -180,7 +129,7 @@ def _profile(cluster: Cluster, gateway: Gateway, seconds: float, workdir: Path) 
     return cluster.start("py-spy-raw", [*argv, "--format", "raw", "--output", f"{out}.folded"])
 
 
-def _progress(t: float, s: Sample, target: int, change: _Change) -> str:
+def _progress(t: float, s: Sample, target: int, change: ConfigChange) -> str:
     p99 = "-" if s.heartbeat_p99_ms is None else f"{s.heartbeat_p99_ms:.0f}"
     p50 = "-" if s.heartbeat_p50_ms is None else f"{s.heartbeat_p50_ms:.0f}"
     conv = (
@@ -208,7 +157,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
     )
     samples: list[Sample] = []
     events: dict[str, float] = {}
-    change = _Change()
+    change = ConfigChange(expected=cfg.agents, timeout=cfg.converge_timeout)
     with tempfile.TemporaryDirectory(prefix="loadtest-") as tmp, running(workdir) as cluster:
         redis_port = cluster.redis()
         gateways = [
@@ -226,7 +175,6 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
         last_t, last_messages = start, gateway_counters(gateways).messages
         hold_started: float | None = None
         at_hold = last_counters = GatewayCounters()
-        changer: threading.Thread | None = None
         profiled = False
         deadline = start + cfg.ramp * 3 + cfg.hold + 300
         while master.process.poll() is None:
@@ -271,121 +219,33 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
             if (
                 hold_started is not None
                 and cfg.change_at is not None
-                and changer is None
+                and not change.started
                 and t >= hold_started + cfg.change_at
             ):
                 events["config change"] = t
                 progress(f"changing config {CONFIG_NAME!r} for every agent")
-                changer = threading.Thread(
-                    target=_change_config,
-                    args=(gateways[0], cfg.agents, cfg.converge_timeout, change),
-                    daemon=True,
-                )
-                changer.start()
+                change.start(gateways[0])
             if cfg.profile_seconds and not profiled and hold_started is not None and t >= hold_started + 10:
                 profiled = _profile(cluster, gateways[0], cfg.profile_seconds, workdir) is not None
-        if changer is not None:
-            changer.join(cfg.converge_timeout + 30)
-        rollout_now = admin(gateways[0].admin_port, "GET", "/api/v1/agents?limit=1")
+        change.join()
+        fleet_summary = admin(gateways[0].admin_port, "GET", "/api/v1/fleet/summary")
         progress(f"Locust finished after {time.monotonic() - start:.0f} s; stopping every process")
+    processes = [{"name": p.name, "pid": p.pid, "returncode": p.process.returncode} for p in cluster.procs]
     requests = report.request_stats(workdir / "locust_stats.csv")
-    summary = _summarize(
-        cfg, samples, requests, change, idle_rss, gateways_n, workers_n, hold_started, rollout_now
+    summary = report.summarize(
+        cfg, samples, requests, change, idle_rss, gateways_n, workers_n, hold_started, fleet_summary
     )
     summary["hold"]["gateway_message_handling_ms"] = {
-        f"p{q * 100:g}": _ms(server_quantile(at_hold, last_counters, q)) for q in (0.5, 0.95, 0.99, 0.999)
+        f"p{q * 100:g}": report.to_ms(server_quantile(at_hold, last_counters, q))
+        for q in (0.5, 0.95, 0.99, 0.999)
     }
     summary["results"] = str(workdir)
+    summary["processes"] = processes
     report.write_summary(summary, workdir / "summary.json")
     report.write_timeline(samples, workdir / "timeline.csv")
     title = f"{cfg.agents:,} {cfg.transport} agents, heartbeat {cfg.heartbeat:g} s, {gateways_n} gateways"
     report.write_chart(samples, events, workdir / "chart.png", title)
     return summary
-
-
-def _summarize(
-    cfg: RunConfig,
-    samples: Sequence[Sample],
-    requests: dict[str, dict[str, Any]],
-    change: _Change,
-    idle_rss: float,
-    gateways: int,
-    workers: int,
-    hold_started: float | None,
-    agents_page: tuple[int, Any],
-) -> dict[str, Any]:
-    hold = [s for s in samples if s.phase == "hold"] or list(samples[-3:])
-    peak = max((s.connected for s in samples), default=0)
-    total = requests.get("Aggregated", {})
-    convergence = requests.get("CONFIG convergence", {})
-    heartbeat = requests.get(f"{'WS' if cfg.transport == 'websocket' else 'POST'} heartbeat", {})
-    rss = statistics.fmean(s.gateway_rss_mib for s in hold) if hold else 0.0
-    windows = [s.heartbeat_p99_ms for s in hold if s.heartbeat_p99_ms is not None]
-    problems = []
-    if total.get("failures", 1):
-        problems.append(f"{total.get('failures', 'unknown')} failed requests")
-    if peak < cfg.agents:
-        problems.append(f"only {peak:,} of {cfg.agents:,} agents connected")
-    if (heartbeat.get("p99_ms") or math.inf) >= AIM_P99_MS:
-        problems.append(f"heartbeat p99 {heartbeat.get('p99_ms')} ms is not under {AIM_P99_MS:g} ms")
-    if cfg.change_at is not None and (
-        change.server_seconds is None or change.server_seconds >= AIM_CONVERGENCE_S
-    ):
-        problems.append(f"config change {change.status} (aim: all applied in under {AIM_CONVERGENCE_S:g} s)")
-    hold_seconds = (samples[-1].t - hold_started) if hold_started is not None and samples else 0.0
-    return {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "machine": machine.describe(None),
-        "gateways": gateways,
-        "workers": workers,
-        "agents": {"target": cfg.agents, "peak_connected": peak, "admin_api_total": _total(agents_page)},
-        "messages": total.get("requests", 0),
-        "failures": total.get("failures"),
-        "hold": {
-            "seconds": round(hold_seconds, 1),
-            "gateway_messages_per_s": round(statistics.fmean(s.gateway_messages_per_s for s in hold), 1)
-            if hold
-            else 0,
-            "worst_window_p99_ms": max(windows, default=None),
-            "gateway_cpu_cores": round(statistics.fmean(s.gateway_cpu_cores for s in hold), 3) if hold else 0,
-            "gateway_rss_mib": round(rss, 1),
-            "gateway_idle_rss_mib": round(idle_rss, 1),
-            "gateway_kib_per_agent": round((rss - idle_rss) * 1024 / peak, 2) if peak else 0.0,
-            "locust_cpu_cores": round(statistics.fmean(s.locust_cpu_cores for s in hold), 3) if hold else 0,
-            "locust_rss_mib": round(statistics.fmean(s.locust_rss_mib for s in hold), 1) if hold else 0,
-            "redis_cpu_cores": round(statistics.fmean(s.redis_cpu_cores for s in hold), 3) if hold else 0,
-            "machine_busy_cores": round(statistics.fmean(s.machine_busy_cores for s in hold), 3)
-            if hold
-            else 0,
-        },
-        "requests": requests,
-        "config_change": {
-            "status": change.status,
-            "server_seconds": change.server_seconds,
-            "matched": change.matched,
-            "rollout": change.rollout,
-            "agents_applied": convergence.get("requests", 0),
-            "agent_p50_s": _seconds(convergence.get("p50_ms")),
-            "agent_p99_s": _seconds(convergence.get("p99_ms")),
-            "agent_max_s": _seconds(convergence.get("p100_ms")),
-        },
-        "aims": {"heartbeat_p99_ms": AIM_P99_MS, "convergence_s": AIM_CONVERGENCE_S},
-        "problems": problems,
-        "passed": not problems,
-    }
-
-
-def _total(page: tuple[int, Any]) -> int | None:
-    status, body = page
-    return int(body.get("total", 0)) if status == 200 and isinstance(body, dict) and "total" in body else None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
-def _seconds(ms: float | None) -> float | None:
-    return None if ms is None else round(ms / 1000, 2)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -429,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.agents < 1 or args.spawn_rate <= 0 or args.heartbeat <= 0 or args.hold < 0:
         _parser().error("--agents, --spawn-rate and --heartbeat must be positive and --hold not negative")
+    if args.config_change_after is not None and args.config_change_after >= args.hold:
+        _parser().error("--config-change-after must fall inside --hold (negative: no config change)")
     cfg = RunConfig(
         agents=args.agents,
         transport=args.transport,

@@ -1,0 +1,88 @@
+"""The mid-run config change: one PUT through the admin API, then the rollout polled until every
+agent has applied it. Runs on its own thread so the runner's progress lines go on meanwhile."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
+from loadtest.cluster import Gateway, admin
+
+logger = logging.getLogger("loadtest.change")
+
+CONFIG_NAME = "loadtest"
+
+
+@dataclass
+class ConfigChange:
+    expected: int
+    timeout: float
+    started: float = 0.0
+    status: str = "not run"
+    # Seconds from just before the PUT until the rollout showed every expected agent applied.
+    server_seconds: float | None = None
+    put_seconds: float | None = None
+    matched: int = 0
+    rollout: dict[str, Any] = field(default_factory=dict)
+    _thread: threading.Thread | None = None
+
+    def start(self, gateway: Gateway) -> None:
+        self._thread = threading.Thread(target=self._run, args=(gateway,), name="config-change", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(self.timeout + 30)
+
+    def _run(self, gateway: Gateway) -> None:
+        self.started = time.monotonic()
+        try:
+            self._change(gateway)
+        except OSError as exc:
+            # A gateway too busy to answer its admin API within the timeout is a result, not a crash.
+            self.status = f"admin API failed: {exc!r}"
+
+    def _change(self, gateway: Gateway) -> None:
+        status, stored = admin(gateway.admin_port, "PUT", f"/api/v1/configs/{CONFIG_NAME}", body(time.time()))
+        self.put_seconds = round(time.monotonic() - self.started, 2)
+        if status not in (200, 201):
+            self.status = f"PUT answered {status}: {stored}"
+            return
+        self.status = "converging"
+        deadline = self.started + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                status, got = admin(gateway.admin_port, "GET", f"/api/v1/configs/{CONFIG_NAME}")
+            except OSError as exc:
+                logger.warning("rollout poll failed: %r", exc)
+                continue
+            if status == 200:
+                rollout = got.get("rollout", {})
+                self.rollout, self.matched = rollout, int(rollout.get("matched", 0))
+                if self.matched >= self.expected and rollout.get("applied", 0) >= self.matched:
+                    self.server_seconds = round(time.monotonic() - self.started, 2)
+                    self.status = "converged"
+                    return
+            time.sleep(1.0)
+        self.status = f"not converged in {self.timeout:g} s"
+
+
+def body(written: float) -> dict[str, Any]:
+    """A config for every simulated agent, stamped with the time it was written."""
+    text = (
+        f"{CHANGED_AT_MARKER.decode()}{written:.6f}\n"
+        "receivers:\n  otlp: {protocols: {grpc: {endpoint: 0.0.0.0:4317}}}\n"
+        "processors:\n  batch: {}\n"
+        "exporters:\n  otlphttp: {endpoint: https://collector.example.com:4318}\n"
+        "service:\n  pipelines:\n"
+        "    traces: {receivers: [otlp], processors: [batch], exporters: [otlphttp]}\n"
+    )
+    return {
+        "selector": {"match": {"service.name": SERVICE_NAME}},
+        "priority": 10,
+        "files": {"collector.yaml": {"content_type": "text/yaml", "body": text}},
+    }

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint proto bench check-python install test-deps clean
+.PHONY: run test lint proto bench loadtest check-python install test-deps clean
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory check-python
@@ -52,3 +52,8 @@ bench: test-deps
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache
+
+# The Locust scale run (docs/loadtest.md): redis-server, gateways, Locust master and workers on this
+# machine, all on loopback; e.g. make loadtest LOADTEST_ARGS="--agents 100000 --hold 600".
+loadtest: test-deps
+	$(BIN)/python -m loadtest.run $(LOADTEST_ARGS)

@@ -50,7 +50,7 @@ class RunConfig:
     transport: str = "websocket"
     heartbeat: float = 30.0
     spawn_rate: float = 500.0
-    hold: float = 600.0
+    hold: float = 60.0
     # Seconds into the hold when the config changes; None: half way. Negative: no change.
     config_change_after: float | None = None
     converge_timeout: float = 120.0

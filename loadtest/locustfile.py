@@ -10,11 +10,16 @@ import resource
 import uuid
 from typing import Any
 
-from locust import events
+from locust import events, runners
 
 from loadtest.users import AGENTS, HttpAgent, WebSocketAgent
 
 __all__ = ["HttpAgent", "WebSocketAgent"]
+
+# A worker holding ten thousand sockets on a busy machine can miss its 1-s heartbeats to the master
+# for several seconds while it connects agents. With Locust's default (3 missed heartbeats) the
+# master declares it missing and, when it was the last worker, stops the whole test.
+runners.HEARTBEAT_LIVENESS = 60
 
 
 @events.init_command_line_parser.add_listener

@@ -41,6 +41,9 @@ logger = logging.getLogger("loadtest.run")
 # Sockets per process: gateways and Locust workers must stay under the 20,000 open files a process
 # may have here, with room for the store, logs and Redis.
 PER_PROCESS = 15_000
+# Locust warns that more than 100 new users per second per worker "is known to cause issues": a
+# worker busy connecting falls behind on everything else.
+SPAWN_PER_WORKER = 100.0
 USER_CLASS = {"websocket": "WebSocketAgent", "http": "HttpAgent"}
 
 
@@ -77,11 +80,17 @@ def _processes(agents: int, asked: int) -> int:
     return asked if asked > 0 else max(1, math.ceil(agents / PER_PROCESS))
 
 
+def _workers(cfg: RunConfig) -> int:
+    if cfg.workers > 0:
+        return cfg.workers
+    return max(_processes(cfg.agents, 0), math.ceil(cfg.spawn_rate / SPAWN_PER_WORKER))
+
+
 def _locust(
     cluster: Cluster, cfg: RunConfig, gateways: Sequence[Gateway], workdir: Path
 ) -> tuple[Proc, list[Proc]]:
     port = free_port()
-    workers = _processes(cfg.agents, cfg.workers)
+    workers = _workers(cfg)
     run_time = math.ceil(cfg.ramp + cfg.hold + 5)
     common = [
         sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
@@ -149,7 +158,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = cfg.results / f"{stamp}-{cfg.transport}-{cfg.agents}{'-' + cfg.label if cfg.label else ''}"
     workdir.mkdir(parents=True, exist_ok=True)
-    gateways_n, workers_n = _processes(cfg.agents, cfg.gateways), _processes(cfg.agents, cfg.workers)
+    gateways_n, workers_n = _processes(cfg.agents, cfg.gateways), _workers(cfg)
     progress(
         f"scale run: {cfg.agents:,} {cfg.transport} agents, heartbeat {cfg.heartbeat:g} s, "
         f"{gateways_n} gateways, {workers_n} Locust workers, ramp ~{cfg.ramp:.0f} s, hold {cfg.hold:g} s; "
@@ -174,6 +183,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
         busy_before = procstat.core_busy(None)
         last_t, last_messages = start, gateway_counters(gateways).messages
         hold_started: float | None = None
+        peak_users = 0
         at_hold = last_counters = GatewayCounters()
         profiled = False
         deadline = start + cfg.ramp * 3 + cfg.hold + 300
@@ -192,6 +202,10 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
             row = locust_latest(workdir / "locust_stats_history.csv")
             busy = procstat.core_busy(None)
             t = now - start
+            peak_users = max(peak_users, row.users)
+            if row.users == 0 and peak_users > 0 and t < cfg.ramp + cfg.hold:
+                # Locust stops every user when its last worker goes missing; the run is over then.
+                raise ClusterError(f"Locust dropped all {peak_users:,} users (a worker went missing?)")
             if hold_started is None and counters.connected >= cfg.agents and row.users >= cfg.agents:
                 hold_started, at_hold = t, counters
                 events["hold"] = t
@@ -271,7 +285,11 @@ def _parser() -> argparse.ArgumentParser:
         "--gateways", type=int, default=0, help=f"gateway processes (default: one per {PER_PROCESS:,} agents)"
     )
     p.add_argument(
-        "--workers", type=int, default=0, help=f"Locust workers (default: one per {PER_PROCESS:,} agents)"
+        "--workers",
+        type=int,
+        default=0,
+        help=f"Locust workers (default: one per {PER_PROCESS:,} agents and per {SPAWN_PER_WORKER:g} agents "
+        "spawned per second)",
     )
     p.add_argument(
         "--sample-every", type=float, default=d.sample_every, help="seconds between progress lines"

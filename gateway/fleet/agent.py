@@ -115,6 +115,9 @@ class AgentWrite:
 
     def merged(self, later: AgentWrite) -> AgentWrite:
         """Coalesce two writes for one agent: the later record wins, changes add up."""
+        if later.previous_uid is None and later.changed <= self.changed:
+            # Heartbeat after heartbeat: no new set to build.
+            return AgentWrite(later.state, self.changed, self.previous_uid)
         return AgentWrite(
             state=later.state,
             changed=self.changed | later.changed,

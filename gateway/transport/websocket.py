@@ -129,6 +129,8 @@ class Connection:
         self._waiting_since: float | None = None
         self._idle_expired = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Tasks whose send the send timeout cancelled (see _send).
+        self._expired_sends: set[asyncio.Task[Any]] = set()
 
     @property
     def uids(self) -> list[bytes]:
@@ -298,20 +300,36 @@ class Connection:
             body = engine.bad_request(
                 reply.instance_uid, "reply exceeded the server's message size limit"
             ).SerializeToString()
+        # A send waits only while the peer does not read (flow control). The timeout is a bare timer
+        # that cancels this task, not wait_for (a Task per send) nor asyncio.timeout (twice this
+        # cost): it is armed once per message.
+        task = asyncio.current_task()
+        assert task is not None
+        timer = self._loop.call_later(self._send_timeout, self._send_expired, task)
         try:
-            # asyncio.timeout, not wait_for: no Task per send.
-            async with asyncio.timeout(self._send_timeout):
-                await self._ws.send_bytes(framing.encode(body))
+            await self._ws.send_bytes(framing.encode(body))
         except (WebSocketDisconnect, RuntimeError):
             # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
             return False
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if task not in self._expired_sends:
+                raise
+            self._expired_sends.discard(task)
+            if task.uncancel() > 0:
+                # Cancelled from elsewhere as well: that wins.
+                raise
             # The peer stopped reading: a close frame would wait behind the same full buffer.
             self._closed = True
             self._services.metrics.client_timeouts.labels(kind="send").inc()
             logger.info("dropped a WebSocket whose client read nothing for %gs", self._send_timeout)
             return False
+        finally:
+            timer.cancel()
         return True
+
+    def _send_expired(self, task: asyncio.Task[Any]) -> None:
+        self._expired_sends.add(task)
+        task.cancel()
 
     async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
         if self._closed or uid not in self._states:

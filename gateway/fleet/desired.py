@@ -55,6 +55,7 @@ class ConfigSet:
     _cache: dict[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
     _shared: dict[bytes, Desired] = field(init=False, repr=False)
     _reported: dict[bytes, bytes] = field(init=False, repr=False)
+    _by_match: dict[tuple[int, ...], Desired | None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.configs = tuple(sorted(self.configs, key=lambda c: (-c.priority, c.name)))
@@ -65,6 +66,7 @@ class ConfigSet:
         self._cache = {}
         self._shared = {}
         self._reported = {}
+        self._by_match = {}
 
     def __bool__(self) -> bool:
         return bool(self.configs)
@@ -76,11 +78,21 @@ class ConfigSet:
         return None
 
     def resolve(self, uid: bytes, attributes: Mapping[str, str]) -> Desired | None:
+        matched = tuple(i for i, c in enumerate(self.configs) if c.selector.matches(uid, attributes))
+        # The result depends only on which configs match: agents alike share it, and a config change
+        # hashes each distinct combination once, not once per agent.
+        try:
+            return self._by_match[matched]
+        except KeyError:
+            pass
+        desired = self._merge([self.configs[i] for i in matched])
+        self._by_match[matched] = desired
+        return desired
+
+    def _merge(self, matching: list[Config]) -> Desired | None:
         files: dict[str, ConfigFile] = {}
         sources: list[str] = []
-        for c in self.configs:
-            if not c.selector.matches(uid, attributes):
-                continue
+        for c in matching:
             contributed = False
             for name, f in c.spec.files:
                 if name not in files:

@@ -353,12 +353,23 @@ class Connection:
             )
         return True
 
+    def config_due(self, uid: bytes) -> bool:
+        """Would push_config send `uid` a config now? Cheap and synchronous: a config change checks
+        every agent on the node, and most may need nothing."""
+        state = self._states.get(uid)
+        if state is None or self._closed:
+            return False
+        services = self._services
+        return engine.config_to_offer(state, services.fleet, services.clock()) is not None
+
     async def push_config(self, uid: bytes) -> bool:
         state = self._states.get(uid)
         if state is None or self._closed:
             return False
         services = self._services
         now = services.clock()
+        if engine.config_to_offer(state, services.fleet, now) is None:
+            return False
         changed: set[str] = set()
         reply = pb.ServerToAgent(instance_uid=uid, capabilities=services.fleet.server_capabilities)
         offered = engine.offer_config(state, services.fleet, now, reply, changed)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
 from gateway.limits import SHED_REASONS
+from gateway.opamp.engine import Event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -86,6 +87,24 @@ class Metrics:
         self._connection_metrics(r)
         self._store_metrics(r)
         self._protection_metrics(r)
+        self._bind_hot_children()
+
+    def _bind_hot_children(self) -> None:
+        """Bind the labelled children updated per message once, at startup: a labels() lookup costs
+        more than the update itself. Children bound here also show at 0 before their first use."""
+        for result in ("ok", "rejected", "unavailable"):
+            self._message_children["websocket", result] = self.messages.labels(
+                transport="websocket", result=result
+            )
+        for transport in ("http", "websocket"):
+            self._latency_children[transport] = self.latency.labels(transport=transport)
+        for event in get_args(Event):
+            self._event_children[event] = self.events.labels(event=event)
+        self._config_in_reply = self.pushes.labels(kind="config", delivery="reply")
+        self._config_reports = {
+            status: self.config_reports.labels(status=status)
+            for status in ("UNSET", "APPLIED", "APPLYING", "FAILED")
+        }
 
     def _protection_metrics(self, r: CollectorRegistry) -> None:
         self.auth_failures = Counter(
@@ -275,7 +294,14 @@ class Metrics:
         if outcome.reply.flags & 1:
             self.full_state_requests.inc()
         if outcome.reply.HasField("remote_config"):
-            self.pushes.labels(kind="config", delivery="reply").inc()
+            self._config_in_reply.inc()
+
+    def config_reported(self, status: str) -> None:
+        child = self._config_reports.get(status)
+        if child is None:
+            # An open enum: a newer agent may send a value this gateway does not know.
+            child = self._config_reports[status] = self.config_reports.labels(status=status)
+        child.inc()
 
     def observe_flush(self, size: int, seconds: float) -> None:
         self.flush_size.observe(size)

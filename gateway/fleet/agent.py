@@ -8,7 +8,8 @@ store adapter derives the indexed fields it needs from it with `facts()`.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Literal
 
@@ -18,6 +19,8 @@ from gateway.proto import opamp_pb2 as pb
 # Fields a plain heartbeat touches. A write that changes nothing else is a cheap "touch". `node` and
 # `transport` are here so an HTTP agent polling through a round-robin balancer stays a touch.
 HEARTBEAT_FIELDS = frozenset({"last_seen", "sequence_num", "node", "transport"})
+# What a plain heartbeat changes: one shared set, not one allocated per message.
+TOUCHED = frozenset({"last_seen", "sequence_num"})
 
 Transport = Literal["http", "websocket"]
 
@@ -70,6 +73,32 @@ class AgentState:
     def uid(self) -> str:
         return uid_str(self.instance_uid)
 
+    def touched(self, last_seen: float, sequence_num: int) -> AgentState:
+        """This record after a plain heartbeat: `replace(self, last_seen=..., sequence_num=...)`."""
+        return _touched(self, last_seen, sequence_num)
+
+
+def _touched_function() -> Callable[[AgentState, float, int], AgentState]:
+    """A copy of a record with new last_seen and sequence_num, at a quarter of `replace()`'s cost: it
+    runs once per heartbeat. A frozen dataclass's __init__ sets each field through
+    object.__setattr__, and replace() adds field introspection and a kwargs dict; this sets the slots
+    directly, in code generated from the fields (as dataclasses itself does), so a new field is
+    copied without anyone remembering to add it here."""
+    names = [f.name for f in fields(AgentState)]
+    env: dict[str, object] = {"_new": object.__new__, "_cls": AgentState}
+    body = ["def touched(self, last_seen, sequence_num):", "    new = _new(_cls)"]
+    for name in names:
+        env[f"_set_{name}"] = getattr(AgentState, name).__set__
+        value = name if name in ("last_seen", "sequence_num") else f"self.{name}"
+        body.append(f"    _set_{name}(new, {value})")
+    body.append("    return new")
+    exec("\n".join(body), env)
+    touched: Callable[[AgentState, float, int], AgentState] = env["touched"]  # type: ignore[assignment]
+    return touched
+
+
+_touched = _touched_function()
+
 
 @dataclass(frozen=True, slots=True)
 class AgentWrite:
@@ -86,6 +115,9 @@ class AgentWrite:
 
     def merged(self, later: AgentWrite) -> AgentWrite:
         """Coalesce two writes for one agent: the later record wins, changes add up."""
+        if later.previous_uid is None and later.changed <= self.changed:
+            # Heartbeat after heartbeat: no new set to build.
+            return AgentWrite(later.state, self.changed, self.previous_uid)
         return AgentWrite(
             state=later.state,
             changed=self.changed | later.changed,

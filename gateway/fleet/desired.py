@@ -54,6 +54,8 @@ class ConfigSet:
     generation: str = field(init=False)
     _cache: dict[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
     _shared: dict[bytes, Desired] = field(init=False, repr=False)
+    _reported: dict[bytes, bytes] = field(init=False, repr=False)
+    _by_match: dict[tuple[int, ...], Desired | None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.configs = tuple(sorted(self.configs, key=lambda c: (-c.priority, c.name)))
@@ -63,6 +65,8 @@ class ConfigSet:
         self.generation = token.hexdigest()
         self._cache = {}
         self._shared = {}
+        self._reported = {}
+        self._by_match = {}
 
     def __bool__(self) -> bool:
         return bool(self.configs)
@@ -74,11 +78,21 @@ class ConfigSet:
         return None
 
     def resolve(self, uid: bytes, attributes: Mapping[str, str]) -> Desired | None:
+        matched = tuple(i for i, c in enumerate(self.configs) if c.selector.matches(uid, attributes))
+        # The result depends only on which configs match: agents alike share it, and a config change
+        # hashes each distinct combination once, not once per agent.
+        try:
+            return self._by_match[matched]
+        except KeyError:
+            pass
+        desired = self._merge([self.configs[i] for i in matched])
+        self._by_match[matched] = desired
+        return desired
+
+    def _merge(self, matching: list[Config]) -> Desired | None:
         files: dict[str, ConfigFile] = {}
         sources: list[str] = []
-        for c in self.configs:
-            if not c.selector.matches(uid, attributes):
-                continue
+        for c in matching:
             contributed = False
             for name, f in c.spec.files:
                 if name not in files:
@@ -100,6 +114,20 @@ class ConfigSet:
         desired = Desired(hash=digest, message=message, sources=tuple(sources))
         self._shared.setdefault(digest, desired)
         return desired
+
+    def reported_hash(self, status: bytes) -> bytes:
+        """last_remote_config_hash of a serialized RemoteConfigStatus. Cached: every message from an
+        agent that accepts remote config compares it with the desired hash, and most agents of a
+        fleet report the same few statuses, byte for byte."""
+        try:
+            return self._reported[status]
+        except KeyError:
+            pass
+        digest: bytes = pb.RemoteConfigStatus.FromString(status).last_remote_config_hash
+        if len(self._reported) >= _CACHE_LIMIT:
+            self._reported.clear()
+        self._reported[status] = digest
+        return digest
 
     def desired_for(self, state: AgentState) -> Desired | None:
         """The agent's desired config; cached, so a heartbeat costs a dict lookup."""

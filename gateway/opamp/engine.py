@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
 from gateway.fleet.desired import ConfigSet
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
@@ -194,6 +194,53 @@ def handle(
     `state` is the record stored under msg.instance_uid, or the record that uid was moved to (the
     agent has not adopted its new uid yet), or None for an agent never seen.
     """
+    if state is not None:
+        outcome = _heartbeat(state, msg, fleet, now)
+        if outcome is not None:
+            return outcome
+    return _handle(state, msg, fleet, now, mint_uid)
+
+
+def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: float) -> Outcome | None:
+    """The outcome of a plain heartbeat, or None when the message needs `_handle`'s full rules.
+
+    Nearly every message of a connected fleet is a heartbeat, so it skips what `_handle` would find
+    unchanged: the sub-message comparisons, the `changed` bookkeeping and `replace()`. The result
+    is the one `_handle` gives (tests/opamp/test_engine_fast_path.py compares them). It applies
+    when the agent is in step (its own uid, sequence_num + 1, capabilities unset or unchanged),
+    reports nothing new, waits for no command and gets no config offer.
+    """
+    seq = msg.sequence_num
+    if (
+        seq != state.sequence_num + 1
+        or msg.instance_uid != state.instance_uid
+        or msg.flags & caps.REQUEST_INSTANCE_UID
+        or (msg.capabilities and msg.capabilities != state.capabilities)
+        or state.disconnected
+        or state.pending_command is not None
+        or len(msg.instance_uid) != UID_LENGTH
+        or msg.HasField("agent_disconnect")
+        or msg.HasField("agent_description")
+        or msg.HasField("health")
+        or msg.HasField("effective_config")
+        or msg.HasField("remote_config_status")
+    ):
+        return None
+    new_state = state.touched(now, seq)
+    if fleet.configs and config_to_offer(new_state, fleet, now) is not None:
+        return None
+    reply = pb.ServerToAgent(instance_uid=msg.instance_uid, capabilities=fleet.server_capabilities)
+    return Outcome(reply, AgentWrite(new_state, TOUCHED), False, "heartbeat", new_state)
+
+
+def _handle(
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    fleet: FleetView,
+    now: float,
+    mint_uid: Callable[[], bytes],
+) -> Outcome:
+    """`handle` for every message: the full rules."""
     if len(msg.instance_uid) != UID_LENGTH:
         return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
@@ -268,14 +315,6 @@ def _deliver_pending(
     return replace(state, pending_command=None)
 
 
-def reported_config_hash(state: AgentState) -> bytes:
-    """The config_hash of the agent's last RemoteConfigStatus (b"" if it never reported one)."""
-    if state.remote_config_status is None:
-        return b""
-    digest: bytes = pb.RemoteConfigStatus.FromString(state.remote_config_status).last_remote_config_hash
-    return digest
-
-
 def _on_config_report(state: AgentState, status: pb.RemoteConfigStatus, changed: set[str]) -> AgentState:
     """A new RemoteConfigStatus ends the wait for the last offer; a FAILED one marks the config failed.
 
@@ -307,7 +346,9 @@ def config_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.Agent
         return None
     if desired.hash == state.offered_config_hash and now - state.offered_at < fleet.config_resend_after:
         return None
-    if desired.hash == reported_config_hash(state):
+    if state.remote_config_status is not None and desired.hash == fleet.configs.reported_hash(
+        state.remote_config_status
+    ):
         return None
     return desired.message
 

@@ -100,7 +100,7 @@ async def process(
         value = msg.remote_config_status.status
         # An open enum: a newer agent may send a value this gateway does not know.
         name = _CONFIG_STATUS_NAMES.get(value, str(value))
-        services.metrics.config_reports.labels(status=name).inc()
+        services.metrics.config_reported(name)
     if outcome.rejected:
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
     elif outcome.event in ("enrolled", "moved") and outcome.state is not None:

@@ -23,6 +23,9 @@ class Holder(Protocol):
 
     async def push_command(self, uid: bytes, command: int) -> bool: ...
 
+    def config_due(self, uid: bytes) -> bool:
+        """Whether push_config would send `uid` a config now (no I/O)."""
+
     async def push_config(self, uid: bytes) -> bool:
         """Send `uid` its desired remote config if the engine rules say it should get it now."""
 

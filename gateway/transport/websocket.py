@@ -64,6 +64,10 @@ _REASON_BYTES = 123
 _background: set[asyncio.Task[None]] = set()
 
 
+class _IdleTimeout(Exception):
+    """The client sent nothing for --idle-timeout seconds."""
+
+
 def _spawn(coro: Coroutine[Any, Any, None]) -> None:
     task = asyncio.create_task(coro)
     _background.add(task)
@@ -118,6 +122,15 @@ class Connection:
         # uid an agent still sends -> uid its record moved to (until the agent adopts it).
         self._aliases: dict[bytes, bytes] = {}
         self._closed = False
+        # The idle timeout without a timer per message (asyncio.wait_for made a Task per receive,
+        # ~10 µs): one timer per connection, re-armed when it fires early (see _check_idle).
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[Any] | None = None
+        self._waiting_since: float | None = None
+        self._idle_expired = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        # Tasks whose send the send timeout cancelled (see _send).
+        self._expired_sends: set[asyncio.Task[Any]] = set()
 
     @property
     def uids(self) -> list[bytes]:
@@ -126,11 +139,14 @@ class Connection:
     async def serve(self) -> None:
         registry = self._services.registry
         registry.attach(self)
+        self._task = asyncio.current_task()
+        if self._idle_timeout is not None:
+            self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
         try:
             while not self._closed:
                 try:
-                    message = await asyncio.wait_for(self._ws.receive(), self._idle_timeout)
-                except TimeoutError:
+                    message = await self._receive()
+                except _IdleTimeout:
                     self._services.metrics.client_timeouts.labels(kind="idle").inc()
                     await self.close(CLOSE_NORMAL, f"idle: no message for {self._idle_timeout:g}s")
                     break
@@ -139,10 +155,40 @@ class Connection:
                 if not await self._on_message(message):
                     break
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             registry.detach(self)
             # Spec 3.4: when the stream closes, forget every agent it carried.
             for uid in list(self._states):
                 self._forget(uid)
+
+    async def _receive(self) -> Message:
+        """The next message; _IdleTimeout once the wait for it has lasted --idle-timeout."""
+        self._waiting_since = self._loop.time()
+        try:
+            return await self._ws.receive()
+        except asyncio.CancelledError:
+            # Ours (the idle timer's) unless someone else cancelled the task as well: theirs wins.
+            if self._idle_expired and self._task is not None and self._task.uncancel() == 0:
+                raise _IdleTimeout from None
+            raise
+        finally:
+            self._waiting_since = None
+
+    def _check_idle(self) -> None:
+        """The idle timer: cancel the wait for a message once it has lasted --idle-timeout, else
+        re-arm for when it would (a message arrived since the timer was set)."""
+        assert self._idle_timeout is not None
+        now = self._loop.time()
+        since = self._waiting_since
+        deadline = (now if since is None else since) + self._idle_timeout
+        if since is None or now < deadline:
+            self._idle_timer = self._loop.call_at(deadline, self._check_idle)
+            return
+        self._idle_timer = None
+        if self._task is not None:
+            self._idle_expired = True
+            self._task.cancel()
 
     # -- incoming ---------------------------------------------------------------------------------
 
@@ -198,12 +244,22 @@ class Connection:
     def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome) -> None:
         """Keep the cache and the registration in step with what the message did."""
         uid = msg.instance_uid
+        new = outcome.state
+        if (
+            outcome.event == "heartbeat"
+            and new is not None
+            and not self._aliases
+            and uid == key == new.instance_uid
+            and key in self._states
+        ):
+            # The common case, in short: a registered agent under its own uid, nothing else moved.
+            self._states[key] = new
+            return
         if msg.HasField("agent_disconnect"):
             # Spec 3.4: forget the association between this agent and the stream.
             self._forget(key)
             self._aliases.pop(uid, None)
             return
-        new = outcome.state
         if new is None:
             return
         current = new.instance_uid
@@ -244,18 +300,36 @@ class Connection:
             body = engine.bad_request(
                 reply.instance_uid, "reply exceeded the server's message size limit"
             ).SerializeToString()
+        # A send waits only while the peer does not read (flow control). The timeout is a bare timer
+        # that cancels this task, not wait_for (a Task per send) nor asyncio.timeout (twice this
+        # cost): it is armed once per message.
+        task = asyncio.current_task()
+        assert task is not None
+        timer = self._loop.call_later(self._send_timeout, self._send_expired, task)
         try:
-            await asyncio.wait_for(self._ws.send_bytes(framing.encode(body)), self._send_timeout)
+            await self._ws.send_bytes(framing.encode(body))
         except (WebSocketDisconnect, RuntimeError):
             # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
             return False
-        except TimeoutError:
+        except asyncio.CancelledError:
+            if task not in self._expired_sends:
+                raise
+            self._expired_sends.discard(task)
+            if task.uncancel() > 0:
+                # Cancelled from elsewhere as well: that wins.
+                raise
             # The peer stopped reading: a close frame would wait behind the same full buffer.
             self._closed = True
             self._services.metrics.client_timeouts.labels(kind="send").inc()
             logger.info("dropped a WebSocket whose client read nothing for %gs", self._send_timeout)
             return False
+        finally:
+            timer.cancel()
         return True
+
+    def _send_expired(self, task: asyncio.Task[Any]) -> None:
+        self._expired_sends.add(task)
+        task.cancel()
 
     async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
         if self._closed or uid not in self._states:
@@ -279,12 +353,23 @@ class Connection:
             )
         return True
 
+    def config_due(self, uid: bytes) -> bool:
+        """Would push_config send `uid` a config now? Cheap and synchronous: a config change checks
+        every agent on the node, and most may need nothing."""
+        state = self._states.get(uid)
+        if state is None or self._closed:
+            return False
+        services = self._services
+        return engine.config_to_offer(state, services.fleet, services.clock()) is not None
+
     async def push_config(self, uid: bytes) -> bool:
         state = self._states.get(uid)
         if state is None or self._closed:
             return False
         services = self._services
         now = services.clock()
+        if engine.config_to_offer(state, services.fleet, now) is None:
+            return False
         changed: set[str] = set()
         reply = pb.ServerToAgent(instance_uid=uid, capabilities=services.fleet.server_capabilities)
         offered = engine.offer_config(state, services.fleet, now, reply, changed)

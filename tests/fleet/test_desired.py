@@ -7,6 +7,7 @@ from gateway.fleet.agent import AgentState
 from gateway.fleet.configs import Config, ConfigFile, ConfigSpec
 from gateway.fleet.desired import ConfigSet, config_hash
 from gateway.fleet.selector import Expression, Selector
+from gateway.proto import opamp_pb2 as pb
 from tests.store.store_helpers import description
 
 UID = bytes(range(16))
@@ -123,3 +124,25 @@ def test_desired_for_resolves_from_the_record_and_caches() -> None:
     )
     assert configs.desired_for(other) is None
     assert configs.desired_for(AgentState(instance_uid=UID, enrolled_at=1.0, last_seen=1.0)) is None
+
+
+def test_agents_that_match_the_same_configs_share_one_resolution() -> None:
+    prod_only = Selector(expressions=(Expression("env", "In", ("prod",)),))
+    configs = ConfigSet((config("base", {"a": "a"}), config("prod", {"p": "p"}, selector=prod_only)))
+    dev = {"service.name": "otelcol-contrib", "env": "dev"}
+    first = configs.resolve(UID, PROD)
+    assert first is not None and configs.resolve(bytes(16), PROD) is first
+    other = configs.resolve(UID, dev)
+    assert other is not None and other is not first and other.sources == ("base",)
+    assert configs.resolve(bytes(16), dev) is other
+    assert configs.resolve(UID, {"service.name": "x"}) is None
+
+
+def test_reported_hash_reads_the_status() -> None:
+    configs = ConfigSet()
+    digest = b"\x07" * 32
+    status = pb.RemoteConfigStatus(last_remote_config_hash=digest, status=pb.RemoteConfigStatuses_APPLIED)
+    data = status.SerializeToString()
+    assert configs.reported_hash(data) == digest
+    assert configs.reported_hash(data) == digest
+    assert configs.reported_hash(pb.RemoteConfigStatus().SerializeToString()) == b""

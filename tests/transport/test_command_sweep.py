@@ -15,9 +15,12 @@ import pytest
 from gateway.fleet.agent import AgentState
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreUnavailable
+from gateway.store.elasticsearch import ElasticsearchStore
+from gateway.store.elasticsearch_client import make_client
 from gateway.store.sqlite import SQLiteStore
 from gateway.transport import command_sweep
 from gateway.transport.command_sweep import sweep
+from tests.support.es import EsAliases
 from tests.support.memory_store import MemoryStore
 from tests.support.opamp_http import poll as http_poll
 from tests.support.servers import Node, run_node
@@ -32,6 +35,14 @@ RESTART = pb.CommandType_Restart
 class GetCountingSQLiteStore(SQLiteStore):
     """A node's SQLite store that counts the agent records it is asked for."""
 
+    gets = 0
+
+    async def get(self, uid: bytes) -> AgentState | None:
+        self.gets += 1
+        return await super().get(uid)
+
+
+class GetCountingElasticsearchStore(ElasticsearchStore):
     gets = 0
 
     async def get(self, uid: bytes) -> AgentState | None:
@@ -102,6 +113,34 @@ async def test_a_command_another_node_stored_is_pushed_without_reading_a_record(
         assert a_store.gets == gets
         assert not (await exchange(ws, heartbeat(uid(1), 1))).HasField("command")
         assert not (await exchange(other, heartbeat(uid(2), 1))).HasField("command")
+
+
+async def test_on_elasticsearch_the_sweep_is_one_search(tmp_path: Path, es_aliases: EsAliases) -> None:
+    double = es_aliases.double
+    a_store = GetCountingElasticsearchStore(
+        make_client(es_aliases.settings()), agents_alias=es_aliases.agents, configs_alias=es_aliases.configs
+    )
+    async with (
+        run_node(tmp_path, node_id="node-a", store=a_store) as a,
+        run_node(tmp_path, node_id="node-b", store=es_aliases.store(refresh=None)) as b,
+        agent_socket(a.opamp_url) as ws,
+        httpx2.AsyncClient(base_url=b.admin_url) as admin_b,
+    ):
+        # One socket carrying 20 agents (a concentrating proxy).
+        for n in range(50, 70):
+            await exchange(ws, report(uid(n)))
+        await a.services.writer.flush()
+        response = await admin_b.post(f"/api/v1/agents/{uuid.UUID(int=55)}/restart")
+        assert response.json()["delivery"] == "pending"
+        double.refresh()
+        gets, searches = a_store.gets, double.stats.requests["search"]
+        assert await sweep(a.services) == 1
+        assert (a_store.gets, double.stats.requests["search"]) == (gets, searches + 1)
+        pushed = await recv(ws)
+        assert pushed.instance_uid == uid(55) and pushed.command.type == RESTART
+        double.refresh()
+        assert await sweep(a.services) == 0
+        assert (a_store.gets, double.stats.requests["search"]) == (gets, searches + 2)
 
 
 async def test_a_listing_older_than_the_push_does_not_restart_the_agent_twice(

@@ -17,6 +17,9 @@ from gateway.fleet.status import Status
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# The most pending commands one pending_commands() call returns (also Elasticsearch's default
+# `index.max_result_window`, the largest page one search may return).
+MAX_PENDING_COMMANDS = 10_000
 
 
 class StoreError(Exception):
@@ -97,6 +100,13 @@ class Store(Protocol):
 
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
         """Agents matching the query in a stable order, one page at a time."""
+
+    async def pending_commands(self, limit: int) -> dict[bytes, int]:
+        """instance_uid -> stored `pending_command`, for the agents that have one (one query, no
+        record is decoded). At most `limit` (clamped to 0..MAX_PENDING_COMMANDS): when more agents have
+        one, those seen most recently (highest `last_seen`), i.e. the connected ones rather than
+        agents gone for good with a command they will never fetch. Keyed by the uid each record lives
+        under now (never an old, moved uid). Elasticsearch answers from the last refreshed view."""
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary: ...
 

@@ -142,6 +142,9 @@ class CircuitBreaker:
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
         return await self._call(lambda: self.store.list_agents(query, now, offline_after))
 
+    async def pending_commands(self, limit: int) -> dict[bytes, int]:
+        return await self._call(lambda: self.store.pending_commands(limit))
+
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return await self._call(lambda: self.store.summary(now, offline_after))
 

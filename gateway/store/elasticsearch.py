@@ -7,8 +7,8 @@
   (elasticsearch_writes.py explains the optimistic concurrency), re-reads documents that changed
   under it (409), and retries rejected items (429, 5xx) with jittered backoff before giving up with
   StoreUnavailable, which the Writer keeps for later and the circuit breaker counts.
-- The inventory (list_agents, summary) is a search: it sees what the index last refreshed
-  (`--elasticsearch-refresh-interval`), unlike get().
+- The inventory (list_agents, summary) and pending_commands() are searches: they see what the index
+  last refreshed (`--elasticsearch-refresh-interval`), unlike get().
 - The gateway never creates indices: open() and ping() check that `opamp-gateway migrate` made the
   aliases at a mapping version this gateway can use.
 """
@@ -30,6 +30,7 @@ from gateway.fleet.configs import Config, ConfigRequest
 from gateway.store import elasticsearch_queries as queries
 from gateway.store.base import (
     MAX_PAGE_SIZE,
+    MAX_PENDING_COMMANDS,
     AgentPage,
     AgentQuery,
     FleetSummary,
@@ -254,6 +255,14 @@ class ElasticsearchStore:
                 agents.append(record)
         next_cursor = encode_cursor(hits[limit - 1]["_id"]) if len(hits) > limit else None
         return AgentPage(agents=agents, next_cursor=next_cursor)
+
+    async def pending_commands(self, limit: int) -> dict[bytes, int]:
+        body = queries.pending_commands_body(max(0, min(int(limit), MAX_PENDING_COMMANDS)))
+        response = await self._request("search", self._client.search(index=self.agents_alias, body=body))
+        try:
+            return queries.parse_pending_commands(response.body)
+        except queries.UnreadableHit as exc:
+            raise StoreError(f"pending commands: {exc} is not an agent document of this gateway") from exc
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         response = await self._request(

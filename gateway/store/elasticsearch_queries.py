@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import sys
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ _MAGNITUDE = _SIGN - 1
 _BUCKETS = 10_000
 ACTIVE: dict[str, Any] = {"term": {"active": True}}
 LAST_SEEN = "opamp.last_seen"
+PENDING_COMMAND = "opamp.pending_command"
 
 
 def _order_key(x: float) -> int:
@@ -141,6 +143,32 @@ def summary_body(now: float, offline_after: float) -> dict[str, Any]:
             "os": {"terms": {"field": "local_metadata.os.type", "missing": "", "size": _BUCKETS}},
         },
     }
+
+
+def pending_commands_body(size: int) -> dict[str, Any]:
+    """The agents with a command waiting, most recently seen first; only the command in `_source`
+    (the uid is the `_id`). A cleared command is stored as null, which `exists` does not match."""
+    return {
+        "query": {"bool": {"filter": [ACTIVE, {"exists": {"field": PENDING_COMMAND}}]}},
+        "sort": [{LAST_SEEN: "desc"}],
+        "size": size,
+        "track_total_hits": False,
+        "_source": {"includes": [PENDING_COMMAND]},
+    }
+
+
+class UnreadableHit(ValueError):
+    """A search hit that is not an agent document of this gateway."""
+
+
+def parse_pending_commands(body: Mapping[str, Any]) -> dict[bytes, int]:
+    out: dict[bytes, int] = {}
+    for hit in body["hits"]["hits"]:
+        try:
+            out[uuid.UUID(hit["_id"]).bytes] = int(hit["_source"]["opamp"]["pending_command"])
+        except (KeyError, TypeError, ValueError):
+            raise UnreadableHit(f"agent document {hit.get('_id')!r} in {hit.get('_index')}") from None
+    return out
 
 
 def _count_into(target: dict[str, int], key: object, count: int) -> None:

@@ -27,6 +27,7 @@ from gateway.fleet.status import STATUSES
 from gateway.store import sqlite_configs
 from gateway.store.base import (
     MAX_PAGE_SIZE,
+    MAX_PENDING_COMMANDS,
     AgentPage,
     AgentQuery,
     FleetSummary,
@@ -37,6 +38,7 @@ from gateway.store.sqlite_schema import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
+    SELECT_PENDING_COMMANDS,
     SELECT_STATE,
     STATE_COLUMNS,
     STATUS_CASE,
@@ -207,6 +209,11 @@ class SQLiteStore:
         rows = await self._on_reader(lambda conn: conn.execute(sql, params).fetchall())
         next_cursor = encode_cursor(rows[limit - 1][-1]) if len(rows) > limit else None
         return AgentPage(agents=[state_of(row) for row in rows[:limit]], next_cursor=next_cursor)
+
+    async def pending_commands(self, limit: int) -> dict[bytes, int]:
+        bound = max(0, min(int(limit), MAX_PENDING_COMMANDS))
+        rows = await self._on_reader(lambda conn: conn.execute(SELECT_PENDING_COMMANDS, (bound,)).fetchall())
+        return {bytes(uid): int(command) for uid, command in rows}
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         params = {"now": float(now), "offline_after": float(offline_after)}

@@ -20,10 +20,16 @@ from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 from gateway.store.base import InvalidCursor
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
+# Only the rows with a command waiting (almost none), in the order pending_commands() reads them: the
+# command sweep reads this index, never the table.
+_PENDING_COMMAND_INDEX = (
+    "CREATE INDEX IF NOT EXISTS agents_pending_command ON agents (last_seen DESC, uid, pending_command) "
+    "WHERE pending_command IS NOT NULL"
+)
 
 SCHEMA = (
     """
@@ -57,6 +63,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
     "CREATE INDEX IF NOT EXISTS agents_type_version ON agents (agent_type, agent_version)",
     "CREATE INDEX IF NOT EXISTS agents_os_type ON agents (os_type)",
+    _PENDING_COMMAND_INDEX,
     """
     CREATE TABLE IF NOT EXISTS uid_aliases (
         old_uid BLOB PRIMARY KEY,
@@ -82,6 +89,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE agents ADD COLUMN offered_at REAL NOT NULL DEFAULT 0",
         "ALTER TABLE agents ADD COLUMN failed_config_hash BLOB",
     ),
+    3: (_PENDING_COMMAND_INDEX,),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -129,6 +137,11 @@ STATE_COLUMNS = (
     "offered_config_hash, offered_at, failed_config_hash"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
+# Answered from agents_pending_command alone (a covering index): no row of the table is read.
+SELECT_PENDING_COMMANDS = (
+    "SELECT uid, pending_command FROM agents WHERE pending_command IS NOT NULL "
+    "ORDER BY last_seen DESC LIMIT ?"
+)
 
 # derive_status() in SQL. `? - last_seen > ?` is the same IEEE double arithmetic as Python's
 # `now - state.last_seen > offline_after`, so the boundary agrees to the last bit.

@@ -1,21 +1,27 @@
 """Finding commands another node stored for the WebSocket agents this node holds.
 
 A node that cannot reach the one holding an agent's socket (no bus, or nobody listening) keeps the
-command in the agent's record. Every RELOAD_AFTER_SECONDS, this node re-reads the records of all the
-agents on its sockets at once, and pushes any such command straight away. All the reads start in one
-event-loop turn, so the store batches them (Elasticsearch: one `_mget` per thousand agents; SQLite:
-one query per 500): a few requests a minute per node, where a read per agent per minute would cost
-more Elasticsearch requests than all the heartbeats' writes together.
+command in the agent's record. Every RELOAD_AFTER_SECONDS, a node with WebSocket agents asks the store
+once for every agent that has a command waiting (`Store.pending_commands`: SQLite reads a partial index
+that holds only those rows, Elasticsearch answers one `_search` with an `exists` filter), keeps those
+on its own sockets and pushes their commands. Cost: one query per node per minute whatever the number
+of agents, and its answer is almost always empty; no agent record is read or decoded. HTTP agents are
+left to their next poll, which reads their record anyway.
+
+Elasticsearch answers from its last refresh. A command this node pushed (and cleared, durably) is
+listed again by the next sweep if the index has not refreshed since (`refresh_interval` of a minute or
+more, or off): such a command is confirmed with a realtime read of that one record before it is pushed
+again, so one request never restarts an agent twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 from gateway.fleet.agent import uid_str
 from gateway.periodic import Periodic
+from gateway.store.base import MAX_PENDING_COMMANDS, StoreError
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -23,35 +29,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gateway.transport.command_sweep")
 
 RELOAD_AFTER_SECONDS = 60.0
+# Pending commands one sweep reads at most; past it, those of the agents seen longest ago wait.
+SWEEP_LIMIT = MAX_PENDING_COMMANDS
 
 
 async def sweep(services: Services) -> int:
-    """Push every command stored for an agent on this node's sockets; how many were pushed."""
-    held = services.registry.registrations()
-    if not held:
-        return 0
-    found = await asyncio.gather(*(services.store.get(uid) for uid, _ in held), return_exceptions=True)
-    pushed = 0
-    failures = 0
-    for (uid, conn), stored in zip(held, found, strict=True):
-        if isinstance(stored, BaseException):
-            failures += 1
-            continue
-        if stored is None or stored.pending_command is None:
-            continue
-        if await conn.push_command(uid, stored.pending_command):
-            pushed += 1
-            services.metrics.pushes.labels(kind="command", delivery="pushed").inc()
-            logger.info("pushed a command stored by another node", extra={"instance_uid": uid_str(uid)})
-    if failures:
-        logger.debug("command sweep: %d of %d records could not be read", failures, len(held))
-    return pushed
+    """Run this node's command sweep now; how many commands were pushed."""
+    return await services.command_sweep.run()
 
 
 class CommandSweep:
     def __init__(self, services: Services, interval: float = RELOAD_AFTER_SECONDS) -> None:
         self._services = services
         self._timer = Periodic("command-sweep", interval, self._on_timer)
+        # uid -> command this node pushed, for as long as the store still lists it (see above).
+        self._delivered: dict[bytes, int] = {}
 
     async def start(self) -> None:
         self._timer.start()
@@ -60,4 +52,48 @@ class CommandSweep:
         await self._timer.stop()
 
     async def _on_timer(self) -> None:
-        await sweep(self._services)
+        await self.run()
+
+    async def run(self) -> int:
+        """Push every command stored for an agent on this node's sockets; how many were pushed."""
+        services = self._services
+        if not services.registry.websocket_agents:
+            self._delivered = {}
+            return 0
+        try:
+            pending = await services.store.pending_commands(SWEEP_LIMIT)
+        except StoreError as exc:
+            logger.debug("command sweep: pending commands could not be listed: %s", exc)
+            return 0
+        if len(pending) >= SWEEP_LIMIT:
+            logger.warning(
+                "command sweep: %d agents have a command waiting, the most one sweep reads; those seen "
+                "longest ago wait for a later sweep (or their next connection)",
+                len(pending),
+            )
+        delivered: dict[bytes, int] = {}
+        pushed = 0
+        for uid, command in pending.items():
+            conn = services.registry.get(uid)
+            if conn is None:
+                continue
+            if self._delivered.get(uid) == command and not await self._still_pending(uid, command):
+                delivered[uid] = command
+                continue
+            if await conn.push_command(uid, command):
+                delivered[uid] = command
+                pushed += 1
+                services.metrics.pushes.labels(kind="command", delivery="pushed").inc()
+                logger.info("pushed a command stored by another node", extra={"instance_uid": uid_str(uid)})
+        self._delivered = delivered
+        return pushed
+
+    async def _still_pending(self, uid: bytes, command: int) -> bool:
+        """Whether the record still holds a command this node already pushed: requested again, or a
+        listing that predates the push's write."""
+        try:
+            stored = await self._services.store.get(uid)
+        except StoreError as exc:
+            logger.debug("command sweep: %s", exc, extra={"instance_uid": uid_str(uid)})
+            return False
+        return stored is not None and stored.pending_command == command

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -193,6 +194,11 @@ async def test_every_store_method_goes_through_the_breaker(
     assert await breaker.get(state.instance_uid) == state
     assert (await breaker.list_agents(AgentQuery(), 0.0, 1.0)).agents == [state]
     assert (await breaker.summary(0.0, 1.0)).total == 1
+    assert await breaker.pending_commands(10) == {}
+    await breaker.write(
+        [AgentWrite(state=replace(state, pending_command=0), changed=frozenset({"pending_command"}))]
+    )
+    assert await breaker.pending_commands(10) == {state.instance_uid: 0}
     assert await breaker.list_configs() == []
     assert await breaker.get_config("x") is None
     assert await breaker.delete_config("x") is False
@@ -204,6 +210,7 @@ async def test_every_store_method_goes_through_the_breaker(
         breaker.delete_config("x"),
         breaker.summary(0.0, 1.0),
         breaker.list_agents(AgentQuery(), 0.0, 1.0),
+        breaker.pending_commands(10),
     ):
         with pytest.raises(CircuitOpen):
             await call

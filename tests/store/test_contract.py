@@ -14,7 +14,14 @@ import pytest
 
 from gateway.fleet.agent import AgentState, AgentWrite, facts
 from gateway.fleet.status import STATUSES, Status, derive_status
-from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, FleetSummary, InvalidCursor, Store
+from gateway.store.base import (
+    MAX_PAGE_SIZE,
+    MAX_PENDING_COMMANDS,
+    AgentQuery,
+    FleetSummary,
+    InvalidCursor,
+    Store,
+)
 from tests.store.store_helpers import (
     StoreFactory,
     agent,
@@ -562,3 +569,70 @@ async def test_pending_command_changes_only_when_a_write_names_it(store: Store) 
     delivered = replace(status, last_seen=21.0, pending_command=None)
     await store.write([AgentWrite(state=delivered, changed=frozenset({"pending_command", "last_seen"}))])
     assert (await store.get(stored.instance_uid)) == delivered
+
+
+# -- pending_commands ------------------------------------------------------------------------------
+
+
+def _named(state: AgentState) -> AgentWrite:
+    """The write of an admin request (or a delivery): it names pending_command."""
+    return AgentWrite(state=state, changed=frozenset({"pending_command"}))
+
+
+async def test_pending_commands_lists_set_commands_until_they_are_cleared(store: Store) -> None:
+    waiting, other, idle = agent(last_seen=10.0), agent(last_seen=11.0), agent(last_seen=12.0)
+    await store.write([full(waiting), full(other), full(idle)])
+    assert await store.pending_commands(MAX_PENDING_COMMANDS) == {}
+    # CommandType_Restart is 0: a command of 0 is listed, only None is "no command".
+    await store.write(
+        [_named(replace(waiting, pending_command=0)), _named(replace(other, pending_command=7))]
+    )
+    assert await store.pending_commands(MAX_PENDING_COMMANDS) == {
+        waiting.instance_uid: 0,
+        other.instance_uid: 7,
+    }
+    await store.write([_named(replace(waiting, last_seen=13.0, pending_command=None))])
+    assert await store.pending_commands(MAX_PENDING_COMMANDS) == {other.instance_uid: 7}
+    await store.write([_named(replace(other, pending_command=None))])
+    assert await store.pending_commands(MAX_PENDING_COMMANDS) == {}
+
+
+async def test_pending_commands_change_only_when_a_write_names_them(store_factory: StoreFactory) -> None:
+    node_a, node_b = await store_factory(), await store_factory()
+    stored = agent(last_seen=10.0)
+    await node_a.write([full(stored)])
+    # Node B stores a request; node A, holding the agent, writes from its cache without it: a full
+    # write, a heartbeat, and a write older than the request.
+    await node_b.write([_named(replace(stored, last_seen=9.0, pending_command=0))])
+    await node_a.write([full(replace(stored, last_seen=20.0, health=None))])
+    await node_a.write([touch(heartbeat(stored, 21.0))])
+    await node_a.write([full(replace(stored, last_seen=15.0))])
+    assert await node_a.pending_commands(10) == {stored.instance_uid: 0}
+    assert await node_b.pending_commands(10) == {stored.instance_uid: 0}
+    # A write that names it clears it, whatever its last_seen.
+    await node_a.write([_named(replace(stored, last_seen=1.0, pending_command=None))])
+    assert await node_b.pending_commands(10) == {}
+
+
+async def test_pending_commands_are_keyed_by_the_uid_the_record_moved_to(store: Store) -> None:
+    old = agent(last_seen=10.0)
+    await store.write([full(old), _named(replace(old, pending_command=0))])
+    move = moved(replace(old, pending_command=0), new_uid(), 11.0)
+    await store.write([move])
+    assert await store.pending_commands(10) == {move.state.instance_uid: 0}
+
+
+async def test_pending_commands_limit_keeps_the_agents_seen_last(store: Store) -> None:
+    fleet = [agent(last_seen=float(n), pending_command=n % 3) for n in (5, 1, 9, 3, 7, 2)]
+    await store.write([full(a) for a in fleet])
+    await store.write([_named(a) for a in fleet])
+    newest = sorted(fleet, key=lambda a: a.last_seen, reverse=True)
+    for limit in (0, 1, 4, 6, 50):
+        expected = {a.instance_uid: a.pending_command for a in newest[:limit]}
+        assert await store.pending_commands(limit) == expected, limit
+    assert await store.pending_commands(-1) == {}
+    # Past the bound it is clamped (Elasticsearch would refuse a page over 10,000 hits).
+    assert len(await store.pending_commands(MAX_PENDING_COMMANDS * 10)) == len(fleet)
+    # A heartbeat moves an agent up: it is connected, unlike the agents seen longest ago.
+    await store.write([touch(heartbeat(newest[-1], 100.0))])
+    assert set(await store.pending_commands(1)) == {newest[-1].instance_uid}

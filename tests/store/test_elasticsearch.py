@@ -14,7 +14,7 @@ import pytest
 
 from gateway.fleet.agent import AgentWrite
 from gateway.migrate import migrate
-from gateway.store.base import AgentQuery, StoreUnavailable
+from gateway.store.base import AgentQuery, StoreError, StoreUnavailable
 from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import NotMigrated, make_client
 from gateway.store.elasticsearch_documents import agent_document
@@ -129,6 +129,48 @@ async def test_get_is_realtime_and_searches_wait_for_a_refresh(unmigrated: EsAli
         assert (await store.summary(NOW, 300.0)).total == 1
     finally:
         await store.close()
+
+
+async def test_pending_commands_are_one_search_of_what_was_last_refreshed(unmigrated: EsAliases) -> None:
+    aliases = replace(unmigrated, refresh_interval="-1")
+    await aliases.migrate()
+    store = aliases.store(refresh=None)
+    client = make_client(aliases.settings())
+    double = aliases.target.double
+    try:
+        waiting = agent(last_seen=NOW, pending_command=0)
+        await store.write([full(waiting), full(agent(last_seen=NOW))])
+        assert await store.pending_commands(10) == {}
+        await client.indices.refresh(index=aliases.agents)
+        before = dict(double.stats.requests) if double else {}
+        assert await store.pending_commands(10) == {waiting.instance_uid: 0}
+        if double:
+            after = double.stats.requests
+            assert after["search"] - before.get("search", 0) == 1 and after["mget"] == before.get("mget", 0)
+            assert sum(after.values()) - sum(before.values()) == 1
+        # Cleared (realtime for get), but listed until the next refresh.
+        delivered = replace(waiting, pending_command=None)
+        await store.write([AgentWrite(state=delivered, changed=frozenset({"pending_command"}))])
+        assert await store.get(waiting.instance_uid) == delivered
+        assert await store.pending_commands(10) == {waiting.instance_uid: 0}
+        await client.indices.refresh(index=aliases.agents)
+        assert await store.pending_commands(10) == {}
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def test_a_foreign_document_with_a_command_is_a_store_error(
+    es_aliases: EsAliases, node_a: ElasticsearchStore
+) -> None:
+    client = make_client(es_aliases.settings())
+    try:
+        foreign = {"type": "OPAMP", "active": True, "opamp": {"pending_command": 0}}
+        await client.index(index=es_aliases.agents, id="not-a-uid", document=foreign, refresh=True)
+    finally:
+        await client.close()
+    with pytest.raises(StoreError, match="'not-a-uid'.* is not an agent document of this gateway"):
+        await node_a.pending_commands(10)
 
 
 # -- out-of-order writes from two nodes ------------------------------------------------------------

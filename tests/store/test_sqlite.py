@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.fleet.agent import AgentState
+from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.store.base import AgentQuery, StoreError, StoreUnavailable
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, decode_cursor, encode_cursor
+from gateway.store.sqlite_schema import SELECT_PENDING_COMMANDS
 from tests.store.store_helpers import (
     agent,
     effective_config,
@@ -335,6 +336,15 @@ CREATE TABLE agents (
 """
 
 
+# What version 2 added to version 1 (gateway/store/sqlite_schema.py MIGRATIONS[2]), spelled out so the
+# test keeps describing a real version 2 file whatever the schema becomes.
+_V2_COLUMNS = (
+    "ALTER TABLE agents ADD COLUMN offered_config_hash BLOB",
+    "ALTER TABLE agents ADD COLUMN offered_at REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE agents ADD COLUMN failed_config_hash BLOB",
+)
+
+
 @pytest.mark.anyio
 async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     db_path = str(tmp_path / "v1.db")
@@ -363,4 +373,57 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
+
+
+def _pending_command_plan(conn: sqlite3.Connection) -> str:
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {SELECT_PENDING_COMMANDS}", (10,)).fetchall()
+    return " / ".join(row[-1] for row in plan)
+
+
+@pytest.mark.anyio
+async def test_pending_commands_read_only_the_partial_index(store: SQLiteStore, db_path: str) -> None:
+    waiting, idle = agent(last_seen=5.0, pending_command=0), agent(last_seen=6.0)
+    await store.write([full(waiting), full(idle)])
+    await store.write([AgentWrite(state=waiting, changed=frozenset({"pending_command"}))])
+    assert await store.pending_commands(10) == {waiting.instance_uid: 0}
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
+        # Only rows with a command are in it.
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM agents INDEXED BY agents_pending_command "
+                "WHERE pending_command IS NOT NULL"
+            ).fetchone()[0]
+            == 1
+        )
+
+
+@pytest.mark.anyio
+async def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "v2.db")
+    waiting, idle = uuid.uuid4(), uuid.uuid4()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(_V1_AGENTS)
+        for statement in _V2_COLUMNS:
+            conn.execute(statement)
+        for uid, command in ((waiting, 0), (idle, None)):
+            conn.execute(
+                "INSERT INTO agents VALUES (?, ?, 1.0, 2.0, 3, 4, NULL, NULL, NULL, NULL, 0, x'', ?, 'n', "
+                "'websocket', NULL, '', '', '', '{}', '', NULL, 0, NULL)",
+                (uid.bytes, str(uid), command),
+            )
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        assert await store.pending_commands(10) == {waiting.bytes: 0}
+        state = await store.get(waiting.bytes)
+        assert state is not None and (state.pending_command, state.transport) == (0, "websocket")
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"

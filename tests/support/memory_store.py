@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
-from gateway.store.base import AgentPage, AgentQuery, FleetSummary, VersionConflict
+from gateway.store.base import MAX_PENDING_COMMANDS, AgentPage, AgentQuery, FleetSummary, VersionConflict
 
 
 class MemoryStore:
@@ -16,6 +16,7 @@ class MemoryStore:
         self.records: dict[bytes, AgentState] = {}
         self.aliases: dict[bytes, bytes] = {}
         self.reads = 0
+        self.pending_queries = 0
         self.configs: dict[str, Config] = {}
 
     async def open(self) -> None:
@@ -53,6 +54,12 @@ class MemoryStore:
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
         agents = sorted(self.records.values(), key=lambda s: s.uid)[: query.limit]
         return AgentPage(agents=agents, next_cursor=None)
+
+    async def pending_commands(self, limit: int) -> dict[bytes, int]:
+        self.pending_queries += 1
+        found = [(s.last_seen, s.instance_uid, s.pending_command) for s in self.records.values()]
+        newest = sorted(((seen, uid, c) for seen, uid, c in found if c is not None), reverse=True)
+        return {uid: command for _, uid, command in newest[: max(0, min(limit, MAX_PENDING_COMMANDS))]}
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return FleetSummary(total=len(self.records), by_status={}, by_type_version={}, by_os={})

@@ -172,6 +172,53 @@ async def test_unknown_query_and_unsearchable_fields(es: AsyncElasticsearch) -> 
     assert "unrecognized parameter: [nonsense]" in params.value.body["error"]["reason"]
 
 
+async def test_exists_matches_only_fields_that_have_a_value(es: AsyncElasticsearch) -> None:
+    docs: dict[str, dict[str, Any]] = {
+        "zero": {"n": 0},
+        "null": {"n": None},
+        "empty": {"n": []},
+        "absent": {"name": "x"},
+        "many": {"n": [1, None]},
+    }
+    for doc_id, source in docs.items():
+        await es.index(index=ALIAS, id=doc_id, document=source)
+    await es.indices.refresh(index=ALIAS)
+    found = await es.search(index=ALIAS, query={"exists": {"field": "n"}}, sort=[{"n": "desc"}])
+    assert [(h["_id"], h["sort"]) for h in found.body["hits"]["hits"]] == [("many", [1]), ("zero", [0])]
+    unmapped = await es.search(index=ALIAS, query={"exists": {"field": "no_such_field"}})
+    assert unmapped.body["hits"]["hits"] == []
+    with pytest.raises(elasticsearch.BadRequestError) as no_field:
+        await es.search(index=ALIAS, query={"exists": {}})
+    assert no_field.value.body["error"]["type"] == "parsing_exception"
+    assert no_field.value.body["error"]["reason"] == "[exists] must be provided with a [field]"
+    with pytest.raises(elasticsearch.BadRequestError) as extra:
+        await es.search(index=ALIAS, query={"exists": {"field": "n", "value": 1}})
+    assert extra.value.body["error"]["reason"] == "[exists] query does not support [value]"
+
+
+async def test_search_bodies_and_source_filtering(es: AsyncElasticsearch) -> None:
+    await es.index(index=ALIAS, id="a", document={"name": "x", "n": 1, "attrs": {"k": "v"}}, refresh=True)
+    body = {
+        "query": {"match_all": {}},
+        "size": 10,
+        "track_total_hits": False,
+        "_source": {"includes": ["n"]},
+    }
+    found = (await es.search(index=ALIAS, body=body)).body
+    assert "total" not in found["hits"]
+    assert [(h["_id"], h["_source"]) for h in found["hits"]["hits"]] == [("a", {"n": 1})]
+    # Misspelt keys, as Elasticsearch refuses them (the double also refuses the keys it does not implement).
+    for key, value, token in (
+        ("_sources", ["n"], "START_ARRAY"),
+        ("track_total", "1s", "VALUE_STRING"),
+        ("sizes", 1, "VALUE_NUMBER"),
+    ):
+        with pytest.raises(elasticsearch.BadRequestError) as unknown:
+            await es.search(index=ALIAS, body={**body, key: value})
+        assert unknown.value.body["error"]["type"] == "parsing_exception"
+        assert unknown.value.body["error"]["reason"] == f"Unknown key for a {token} in [{key}]."
+
+
 async def test_queries_sorting_and_aggregations(es: AsyncElasticsearch) -> None:
     docs = [
         ("a", {"name": "web", "n": 3, "on": True, "attrs": {"os.type": "linux", "k": 1}, "text": "abc*def"}),

@@ -275,8 +275,33 @@ def bulk(
     return {"errors": errors_found, "took": took, "items": items}, touched
 
 
+# The search body keys the double implements. Elasticsearch refuses a key it does not know with the
+# error below; the double refuses the same way any key it does not implement (e.g. `stored_fields`),
+# where ignoring it would let a test pass that a real cluster answers differently.
+_SEARCH_KEYS = frozenset(
+    {"query", "size", "from", "sort", "search_after", "track_total_hits", "_source", "aggs", "aggregations"}
+)
+
+
+def _token(value: Any) -> str:
+    """The JSON token Elasticsearch names in a parsing error."""
+    if isinstance(value, dict):
+        return "START_OBJECT"
+    if isinstance(value, list):
+        return "START_ARRAY"
+    if isinstance(value, bool):
+        return "VALUE_BOOLEAN"
+    if isinstance(value, int | float):
+        return "VALUE_NUMBER"
+    return "VALUE_NULL" if value is None else "VALUE_STRING"
+
+
 def run_search(cluster: Cluster, target: str, body: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
+    unknown = sorted(set(body) - _SEARCH_KEYS)
+    if unknown:
+        key = unknown[0]
+        raise errors.EsError(400, "parsing_exception", f"Unknown key for a {_token(body[key])} in [{key}].")
     indices = cluster.resolve(target)
     size = int(body.get("size", 10))
     offset = int(body.get("from", 0))

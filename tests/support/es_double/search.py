@@ -2,7 +2,8 @@
 
 Only what the gateway and docs/opamp.md use: bool, term, terms, range, exists, wildcard, ids,
 match_all, match_none; sort on keyword and numeric fields; filters, terms, value_count and
-cardinality aggregations. Anything else is refused the way Elasticsearch refuses an unknown query.
+cardinality aggregations. Anything else is refused the way Elasticsearch refuses an unknown query
+(search body keys: documents.run_search).
 """
 
 from __future__ import annotations
@@ -114,7 +115,15 @@ class Compiler:
         return lambda doc: any(v in wanted for v in values(doc))
 
     def _q_exists(self, body: dict[str, Any]) -> Predicate:
-        name = body["field"]
+        unknown = set(body) - {"field", "boost", "_name"}
+        if unknown:
+            raise errors.EsError(
+                400, "parsing_exception", f"[exists] query does not support [{sorted(unknown)[0]}]"
+            )
+        name = body.get("field")
+        if not isinstance(name, str):
+            raise errors.EsError(400, "parsing_exception", "[exists] must be provided with a [field]")
+        # A field whose values are all null (or an empty array) indexes nothing: it does not exist.
         field = self.field(name)
         if field is None:
             # An object path: exists if any field under it has a value.

@@ -12,7 +12,7 @@ from typing import Any
 
 from locust import events, runners
 
-from loadtest.users import AGENTS, HttpAgent, WebSocketAgent
+from loadtest.users import AGENTS, HttpAgent, Phase, WebSocketAgent
 
 __all__ = ["HttpAgent", "WebSocketAgent"]
 
@@ -68,3 +68,9 @@ def _write_uids(environment: Any, **_: Any) -> None:
     if path and AGENTS:
         with open(path, "a") as file:
             file.write("".join(f"{uuid.UUID(bytes=agent.uid)}\n" for agent in AGENTS))
+
+
+@events.spawning_complete.add_listener
+def _holding(**_: Any) -> None:
+    # Fired on the master and, by its message, on every worker once all users are spawned.
+    Phase.ramping = False

@@ -106,16 +106,21 @@ def write_chart(samples: Sequence[Sample], events: dict[str, float], path: Path,
 
 def table(summary: dict[str, Any]) -> str:
     hold = summary["hold"]
-    heartbeat = summary["requests"].get("WS heartbeat") or summary["requests"].get("POST heartbeat") or {}
+    requests = summary["requests"]
+    heartbeat = requests.get("WS heartbeat") or requests.get("POST heartbeat") or {}
+    ramp = requests.get("WS heartbeat (ramp)") or requests.get("POST heartbeat (ramp)") or {}
+    enroll = requests.get("WS full report (ramp)") or requests.get("POST full report (ramp)") or {}
     conv = summary["config_change"]
     lines = [
         f"agents          {summary['agents']['peak_connected']:,} connected"
         f" of {summary['agents']['target']:,}"
         f" ({summary['gateways']} gateways, {summary['workers']} Locust workers)",
         f"messages/s      {hold['gateway_messages_per_s']:,.0f} at the gateways during the hold",
-        f"heartbeat       p50 {heartbeat.get('p50_ms')} ms, p95 {heartbeat.get('p95_ms')} ms,"
+        f"hold heartbeat  p50 {heartbeat.get('p50_ms')} ms, p95 {heartbeat.get('p95_ms')} ms,"
         f" p99 {heartbeat.get('p99_ms')} ms, max {heartbeat.get('p100_ms')} ms"
         f" (worst 10 s window p99 in the hold: {hold['worst_window_p99_ms']} ms)",
+        f"while ramping   heartbeat p99 {ramp.get('p99_ms')} ms; first report p50 {enroll.get('p50_ms')} ms,"
+        f" p99 {enroll.get('p99_ms')} ms",
         f"gateway side    message handling in the hold: {hold.get('gateway_message_handling_ms')}",
         f"failures        {summary['failures']} of {summary['messages']:,} Locust requests",
         f"config change   {conv.get('status')}: all applied after {conv.get('server_seconds')} s;"

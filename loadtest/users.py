@@ -38,6 +38,13 @@ _counter = itertools.count()
 AGENTS: list[SimAgent] = []
 
 
+class Phase:
+    """Requests made while Locust still spawns users are named `<name> (ramp)`, so the statistics of
+    the steady fleet (and the verdict on them) do not mix with the cost of connecting it."""
+
+    ramping = True
+
+
 class ServerRefused(Exception):
     """The server answered with an error_response, or an HTTP error status."""
 
@@ -110,7 +117,7 @@ class _Agent:
     def _report(self, kind: str, name: str, started: float, length: int, error: Exception | None) -> None:
         self.environment.events.request.fire(
             request_type=kind,
-            name=name,
+            name=f"{name} (ramp)" if Phase.ramping else name,
             response_time=(time.perf_counter() - started) * 1000,
             response_length=length,
             exception=error,
@@ -308,7 +315,7 @@ class HttpAgent(_Agent, FastHttpUser):
             url,
             data=cast(Any, msg.SerializeToString()),
             headers=headers,
-            name=name,
+            name=f"{name} (ramp)" if Phase.ramping else name,
             catch_response=True,
         ) as response:
             if response.status_code in (429, 503):

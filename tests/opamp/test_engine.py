@@ -289,6 +289,25 @@ class TestStatusCompression:
         )
         assert outcome.durable
 
+    def test_applying_is_stored_but_not_waited_for_while_applied_is(self) -> None:
+        applying = heartbeat(2)
+        applying.remote_config_status.status = pb.RemoteConfigStatuses_APPLYING
+        applying.remote_config_status.last_remote_config_hash = b"\x01"
+        outcome = run(enrolled(seq=1), applying)
+        assert outcome.write is not None and "remote_config_status" in outcome.write.changed
+        assert not outcome.durable
+        applied = heartbeat(3)
+        applied.remote_config_status.status = pb.RemoteConfigStatuses_APPLIED
+        applied.remote_config_status.last_remote_config_hash = b"\x01"
+        assert run(outcome.state, applied).durable
+        # APPLYING with another durable change (a new description) still waits for the commit.
+        applying_again = heartbeat(2)
+        applying_again.CopyFrom(applying)
+        applying_again.agent_description.identifying_attributes.add(
+            key="service.name"
+        ).value.string_value = "x"
+        assert run(enrolled(seq=1), applying_again).durable
+
     def test_map_order_does_not_make_a_change(self) -> None:
         first, second = heartbeat(2), heartbeat(3)
         for name in ("a", "b", "c"):

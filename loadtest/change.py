@@ -34,6 +34,10 @@ class ConfigChange:
         self._thread = threading.Thread(target=self._run, args=(gateway,), name="config-change", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join(self.timeout + 30)

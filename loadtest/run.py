@@ -91,7 +91,9 @@ def _locust(
 ) -> tuple[Proc, list[Proc]]:
     port = free_port()
     workers = _workers(cfg)
-    run_time = math.ceil(cfg.ramp + cfg.hold + 5)
+    # Only a bound: the runner ends the test itself (SIGTERM) once the hold and the config change
+    # are over, however long the ramp took.
+    run_time = math.ceil(_bound(cfg))
     common = [
         sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
         USER_CLASS[cfg.transport],
@@ -114,6 +116,12 @@ def _locust(
         for i in range(workers)
     ]
     return master, started
+
+
+def _bound(cfg: RunConfig) -> float:
+    """Seconds the whole run may take: a slow ramp (three times the nominal), the hold, the config
+    change's own timeout and a minute to stop."""
+    return cfg.ramp * 3 + cfg.hold + cfg.converge_timeout + 60
 
 
 def _gateway_args(cfg: RunConfig) -> list[str]:
@@ -186,7 +194,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
         peak_users = 0
         at_hold = last_counters = GatewayCounters()
         profiled = False
-        deadline = start + cfg.ramp * 3 + cfg.hold + 300
+        deadline = start + _bound(cfg) + 60
         while master.process.poll() is None:
             if time.monotonic() > deadline:
                 raise ClusterError(f"the run overran its bound of {deadline - start:.0f} s")
@@ -203,7 +211,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
             busy = procstat.core_busy(None)
             t = now - start
             peak_users = max(peak_users, row.users)
-            if row.users == 0 and peak_users > 0 and t < cfg.ramp + cfg.hold:
+            if row.users == 0 and peak_users > 0:
                 # Locust stops every user when its last worker goes missing; the run is over then.
                 raise ClusterError(f"Locust dropped all {peak_users:,} users (a worker went missing?)")
             if hold_started is None and counters.connected >= cfg.agents and row.users >= cfg.agents:
@@ -241,8 +249,13 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
                 change.start(gateways[0])
             if cfg.profile_seconds and not profiled and hold_started is not None and t >= hold_started + 10:
                 profiled = _profile(cluster, gateways[0], cfg.profile_seconds, workdir) is not None
+            if hold_started is not None and t >= hold_started + cfg.hold and not change.running:
+                progress(f"hold over after {t - hold_started:.0f} s; stopping Locust")
+                break
         change.join()
         fleet_summary = admin(gateways[0].admin_port, "GET", "/api/v1/fleet/summary")
+        # Locust writes its final statistics when told to stop (SIGTERM), as at the end of -t.
+        cluster.stop(master, timeout=60)
         progress(f"Locust finished after {time.monotonic() - start:.0f} s; stopping every process")
     processes = [{"name": p.name, "pid": p.pid, "returncode": p.process.returncode} for p in cluster.procs]
     requests = report.request_stats(workdir / "locust_stats.csv")

@@ -49,6 +49,8 @@ class ConfigCache:
         self._read_at = -math.inf
         # Set once the configs could be read: until then, readiness reports them unknown.
         self.loaded = False
+        # The push after a change made through this node's admin API (see `changed`).
+        self._pushes: set[asyncio.Task[int]] = set()
 
     async def start(self) -> None:
         try:
@@ -59,6 +61,9 @@ class ConfigCache:
 
     async def stop(self) -> None:
         await self._timer.stop()
+        for task in self._pushes:
+            task.cancel()
+        await asyncio.gather(*self._pushes, return_exceptions=True)
 
     async def _on_timer(self) -> None:
         try:
@@ -142,14 +147,32 @@ class ConfigCache:
         return pushed
 
     async def changed(self, reason: str) -> None:
-        """After a change made on this node: refresh here, then tell every other node."""
+        """After a change made on this node: re-read here, tell every other node, then push to this
+        node's sockets in the background. Other nodes must not wait for this node's push (with
+        15,000 sockets it takes seconds), nor must the admin API's reply."""
         try:
-            await self.refresh(reason)
+            async with self._lock:
+                fresh = await self._read(reason)
         except StoreError as exc:
             logger.warning("config refresh after %s failed: %s", reason, exc)
+            fresh = False
         try:
             await self._services.bus.broadcast(ConfigsChanged(reason=reason))
             self._services.metrics.bus_events.labels(direction="sent", event="ConfigsChanged").inc()
         except BusUnavailable as exc:
             # Other nodes catch up on their timer, and their agents on their next message.
             logger.warning("bus unavailable, other nodes will see the change on their next refresh: %s", exc)
+        if fresh:
+            task = asyncio.create_task(self._locked_push(), name="config-push")
+            self._pushes.add(task)
+            task.add_done_callback(self._pushed)
+
+    async def _locked_push(self) -> int:
+        # The lock keeps this push from deciding for a socket while another push is sending to it.
+        async with self._lock:
+            return await self._push_all()
+
+    def _pushed(self, task: asyncio.Task[int]) -> None:
+        self._pushes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("config push failed", exc_info=task.exception())

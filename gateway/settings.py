@@ -82,6 +82,13 @@ class Settings:
         default=60.0,
         metadata={"help": "seconds before a remote config the agent has not reported on is sent again"},
     )
+    config_push_rate: float = field(
+        default=1000.0,
+        metadata={
+            "help": "WebSocket agents per second this node pushes a changed config to (0: no limit); "
+            "each push brings two reports back, so this bounds the burst a fleet-wide change causes"
+        },
+    )
     max_config_bytes: int = field(
         default=1024 * 1024, metadata={"help": "largest config (all its files) the admin API accepts"}
     )
@@ -243,7 +250,7 @@ class Settings:
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)}: must be at least 1")
-        for name in ("enrollment_rate", "idle_timeout", "drain_seconds"):
+        for name in ("enrollment_rate", "idle_timeout", "drain_seconds", "config_push_rate"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)}: must be 0 or more")
         if self.drain_retry_window < 1:

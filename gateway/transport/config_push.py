@@ -130,7 +130,9 @@ class ConfigCache:
         that needs nothing), _PUSH_CONCURRENCY agents at a time, and the loop serves other sockets
         between two chunks."""
         registrations = self._services.registry.registrations()
+        rate = self._services.settings.config_push_rate
         pushed = 0
+        started = time.monotonic()
         for start in range(0, len(registrations), _PUSH_CONCURRENCY):
             chunk = [
                 (uid, conn)
@@ -140,8 +142,10 @@ class ConfigCache:
             if chunk:
                 results = await asyncio.gather(*(conn.push_config(uid) for uid, conn in chunk))
                 pushed += sum(results)
-            else:
-                await asyncio.sleep(0)
+            # --config-push-rate: a fleet-wide change must not bring every agent's APPLYING and
+            # APPLIED reports back at once (the sockets' pings and heartbeats queue behind them).
+            ahead = pushed / rate - (time.monotonic() - started) if rate else 0.0
+            await asyncio.sleep(max(0.0, ahead))
         if pushed:
             logger.info("pushed remote config to %d WebSocket agents", pushed)
         return pushed

@@ -181,3 +181,46 @@ async def test_a_failed_read_when_the_bus_comes_back_keeps_the_node_serving(
     setup.store.fail_configs = False
     async with agent_socket(setup.node.opamp_url) as ws:
         assert not (await enroll(ws, 6)).HasField("error_response")
+
+
+class _Socket:
+    """Stands in for a WebSocket connection: every agent is due a config, each push is recorded."""
+
+    def __init__(self) -> None:
+        self.pushed_at: list[float] = []
+
+    def config_due(self, uid: bytes) -> bool:
+        return True
+
+    async def push_config(self, uid: bytes) -> bool:
+        self.pushed_at.append(time.monotonic())
+        return True
+
+
+def _cache_with_sockets(count: int, rate: float) -> tuple[config_push.ConfigCache, _Socket]:
+    socket = _Socket()
+    registrations = [(i.to_bytes(16, "big"), socket) for i in range(count)]
+    services = type(
+        "Services",
+        (),
+        {
+            "registry": type("Registry", (), {"registrations": staticmethod(lambda: registrations)})(),
+            "settings": type("Settings", (), {"config_push_rate": rate, "config_refresh_interval": 30.0})(),
+        },
+    )()
+    return config_push.ConfigCache(services), socket
+
+
+async def test_pushes_after_a_change_are_paced_by_the_push_rate() -> None:
+    cache, socket = _cache_with_sockets(600, rate=1000.0)
+    started = time.monotonic()
+    assert await cache._push_all() == 600
+    # 256 sends go out at once, the next 256 not before 0.256 s, the last 88 not before 0.512 s.
+    second, third = socket.pushed_at[256], socket.pushed_at[512]
+    assert second - started >= 0.25 and third - started >= 0.5
+
+
+async def test_a_push_rate_of_zero_does_not_pace() -> None:
+    cache, socket = _cache_with_sockets(600, rate=0.0)
+    assert await cache._push_all() == 600
+    assert len(socket.pushed_at) == 600

@@ -121,7 +121,10 @@ def locust_latest(history: Path) -> LocustRow:
     newest = rows[-1]["Timestamp"]
     latest = [row for row in rows if row["Timestamp"] == newest]
     aggregated = next((r for r in latest if r["Name"] == "Aggregated"), latest[-1])
-    heartbeat = next((r for r in latest if r["Name"] == "heartbeat"), None)
+    # While Locust spawns, heartbeats are named "heartbeat (ramp)" (see loadtest/users.py).
+    heartbeat = next((r for r in latest if r["Name"] == "heartbeat"), None) or next(
+        (r for r in latest if r["Name"] == "heartbeat (ramp)"), None
+    )
     return LocustRow(
         users=int(aggregated["User Count"] or 0),
         requests_per_s=float(aggregated["Requests/s"] or 0),

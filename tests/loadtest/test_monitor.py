@@ -87,3 +87,9 @@ def test_request_stats_keys_rows_by_type_and_name(tmp_path: Path) -> None:
     }
     assert rows["CONFIG convergence"]["p99_ms"] == 2000.0
     assert rows["Aggregated"]["failures"] == 2 and rows["Aggregated"]["p100_ms"] is None
+
+
+def test_locust_latest_falls_back_to_ramp_heartbeats(tmp_path: Path) -> None:
+    history = tmp_path / "locust_stats_history.csv"
+    history.write_text(HISTORY.replace("WS,heartbeat,", "WS,heartbeat (ramp),"))
+    assert locust_latest(history).heartbeat_p99 == 5.0

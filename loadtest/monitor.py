@@ -23,6 +23,8 @@ class GatewayCounters:
     messages: float = 0.0
     shed: float = 0.0
     pushes: float = 0.0
+    # RemoteConfigStatus{APPLIED} reports received: each agent sends one per config change.
+    applied_reports: float = 0.0
     # opamp_gateway_message_duration_seconds, all gateways and transports: upper bound -> count
     latency_buckets: tuple[tuple[float, float], ...] = ()
 
@@ -59,7 +61,7 @@ class Sample:
 
 def gateway_counters(gateways: Sequence[Gateway]) -> GatewayCounters:
     """Sums over every gateway; a gateway that does not answer counts as nothing this time."""
-    total = {"connected": 0.0, "messages": 0.0, "shed": 0.0, "pushes": 0.0}
+    total = {"connected": 0.0, "messages": 0.0, "shed": 0.0, "pushes": 0.0, "applied_reports": 0.0}
     buckets: dict[float, float] = {}
     for gateway in gateways:
         try:
@@ -77,6 +79,11 @@ def gateway_counters(gateways: Sequence[Gateway]) -> GatewayCounters:
                     total["shed"] += sample.value
                 elif sample.name == "opamp_gateway_pushes_total":
                     total["pushes"] += sample.value
+                elif (
+                    sample.name == "opamp_gateway_remote_config_reports_total"
+                    and sample.labels.get("status") == "APPLIED"
+                ):
+                    total["applied_reports"] += sample.value
                 elif sample.name == "opamp_gateway_message_duration_seconds_bucket":
                     bound = float(sample.labels["le"])
                     buckets[bound] = buckets.get(bound, 0.0) + sample.value

@@ -196,6 +196,7 @@ def summarize(
             "put_seconds": change.put_seconds,
             "server_seconds": change.server_seconds,
             "matched": change.matched,
+            "applied_reports": change.applied,
             "rollout": change.rollout,
             "agents_applied": convergence.get("requests", 0),
             "agent_p50_s": _seconds(convergence.get("p50_ms")),

@@ -149,11 +149,7 @@ def _profile(cluster: Cluster, gateway: Gateway, seconds: float, workdir: Path) 
 def _progress(t: float, s: Sample, target: int, change: ConfigChange) -> str:
     p99 = "-" if s.heartbeat_p99_ms is None else f"{s.heartbeat_p99_ms:.0f}"
     p50 = "-" if s.heartbeat_p50_ms is None else f"{s.heartbeat_p50_ms:.0f}"
-    conv = (
-        f"  config {change.status} {change.rollout.get('applied', 0):,}/{change.matched:,}"
-        if change.started
-        else ""
-    )
+    conv = f"  config {change.status} {change.applied:,}/{target:,} applied" if change.started else ""
     return (
         f"[{t:6.0f} s] {s.phase:<6} agents {s.connected:,}/{target:,} users {s.users:,}  "
         f"gw {s.gateway_messages_per_s:,.0f} msg/s  hb p50 {p50} p99 {p99} ms  failures {s.failures}  "
@@ -246,7 +242,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
             ):
                 events["config change"] = t
                 progress(f"changing config {CONFIG_NAME!r} for every agent")
-                change.start(gateways[0])
+                change.start(gateways)
             if cfg.profile_seconds and not profiled and hold_started is not None and t >= hold_started + 10:
                 profiled = _profile(cluster, gateways[0], cfg.profile_seconds, workdir) is not None
             if hold_started is not None and t >= hold_started + cfg.hold and not change.running:

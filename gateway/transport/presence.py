@@ -34,12 +34,16 @@ class Presence:
         self._queue: asyncio.Queue[Op] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing = asyncio.Lock()
+        # uid -> claims queued or being sent. A refresh must not judge those: Redis still holds the
+        # previous owner, often this node's own older connection to the same agent.
+        self._unsent: dict[bytes, int] = {}
         self.takeovers_sent = 0
 
     def owner(self, conn: Holder) -> Owner:
         return Owner(node=self.node_id, epoch=conn.epoch)
 
     def claim(self, uid: bytes, conn: Holder) -> None:
+        self._unsent[uid] = self._unsent.get(uid, 0) + 1
         self._queue.put_nowait(("claim", uid, self.owner(conn)))
 
     def release(self, uid: bytes, conn: Holder) -> None:
@@ -74,13 +78,20 @@ class Presence:
     async def refresh(self) -> None:
         """Re-assert every registration; close the ones another node owns now."""
         async with self._refreshing:
-            claims = [(uid, self.owner(conn)) for uid, conn in self._registry.registrations()]
+            claims = [
+                (uid, self.owner(conn))
+                for uid, conn in self._registry.registrations()
+                if uid not in self._unsent
+            ]
+            asserted = dict(claims)
             lost: list[bytes] = []
             for start in range(0, len(claims), BATCH):
                 lost.extend(await self._bus.refresh(claims[start : start + BATCH]))
             for uid in lost:
                 conn = self._registry.get(uid)
-                if conn is not None:
+                # The agent may have reconnected here while the refresh ran: only the connection
+                # the refresh spoke for can have been taken over.
+                if conn is not None and self.owner(conn) == asserted[uid]:
                     logger.info("another node holds this agent now", extra={"instance_uid": uid_str(uid)})
                     await conn.taken_over(uid, "another node")
 
@@ -103,7 +114,11 @@ class Presence:
                 # The next refresh after the bus is back re-claims whatever is still connected.
                 logger.debug("dropped %d owner updates: %s", len(batch), exc)
             finally:
-                for _ in batch:
+                for op, uid, _owner in batch:
+                    if op == "claim":
+                        left = self._unsent.pop(uid, 1) - 1
+                        if left:
+                            self._unsent[uid] = left
                     self._queue.task_done()
 
     async def _apply(self, batch: list[Op]) -> None:

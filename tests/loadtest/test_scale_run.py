@@ -36,6 +36,9 @@ def test_a_small_scale_run_ramps_holds_converges_reports_and_stops_everything(tm
     assert summary["agents"]["admin_api_total"] == 300
     assert summary["config_change"]["status"] == "converged", summary["config_change"]
     assert summary["config_change"]["agents_applied"] == 300
+    assert summary["config_change"]["applied_reports"] >= 300
+    # The rollout read once at the end agrees with the gateways' counters.
+    assert summary["config_change"]["rollout"]["applied"] == 300
     assert summary["requests"]["WS heartbeat"]["requests"] > 300
     assert summary["hold"]["gateway_messages_per_s"] > 0
     assert summary["hold"]["gateway_message_handling_ms"]["p50"] is not None

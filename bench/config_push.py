@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench import fleet
-from bench.targets import HOST, REPO_ROOT, TargetError, free_port
+from bench.targets import HOST, REPO_ROOT, TargetError, admin, free_port
 from gateway.proto import opamp_pb2 as pb
 
 logger = logging.getLogger("bench.config_push")
@@ -59,18 +58,6 @@ class _Agent:
     errors: list[str] = field(default_factory=list)
 
 
-def _admin(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
 def _wait_ready(name: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
@@ -79,7 +66,7 @@ def _wait_ready(name: str, process: subprocess.Popen[bytes], port: int, log: Pat
                 f"{name} exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
             )
         with contextlib.suppress(OSError):
-            if _admin(port, "GET", "/readyz")[0] == 200:
+            if admin(port, "GET", "/readyz")[0] == 200:
                 return
         time.sleep(0.1)
     raise TargetError(
@@ -208,7 +195,7 @@ async def _run_async(config: ConfigPushConfig, nodes: list[tuple[int, int]]) -> 
         for change in range(1, config.changes + 1):
             sent = time.perf_counter()
             status, body = await asyncio.to_thread(
-                _admin, admin_b, "PUT", f"/api/v1/configs/{CONFIG_NAME}", _config_body(change)
+                admin, admin_b, "PUT", f"/api/v1/configs/{CONFIG_NAME}", _config_body(change)
             )
             if status not in (200, 201):
                 raise TargetError(f"PUT failed: HTTP {status}: {body}")
@@ -266,7 +253,7 @@ async def _settled_rollout(admin_port: int, expected: int) -> dict[str, int] | N
     rollout: dict[str, int] | None = None
     deadline = time.perf_counter() + 10.0
     while time.perf_counter() < deadline:
-        status, body = await asyncio.to_thread(_admin, admin_port, "GET", f"/api/v1/configs/{CONFIG_NAME}")
+        status, body = await asyncio.to_thread(admin, admin_port, "GET", f"/api/v1/configs/{CONFIG_NAME}")
         if status == 200:
             rollout = body["rollout"]
             if rollout is not None and rollout["applied"] == expected:

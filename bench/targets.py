@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -11,9 +12,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import client
 
@@ -27,6 +31,19 @@ STOP_TIMEOUT = 15.0
 
 class TargetError(Exception):
     """A target did not start or become ready."""
+
+
+def admin(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One JSON request to a gateway's admin API on loopback: (status, parsed body or error text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
 
 
 @dataclass(frozen=True)

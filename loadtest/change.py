@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.targets import admin
 from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
-from loadtest.cluster import Gateway, admin
+from loadtest.cluster import Gateway
 from loadtest.monitor import gateway_counters
 
 logger = logging.getLogger("loadtest.change")

@@ -5,7 +5,6 @@ started, when the run ends however it ends."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.targets import HOST, free_port
+from bench.targets import HOST, admin, free_port
 
 logger = logging.getLogger("loadtest.cluster")
 
@@ -62,18 +61,6 @@ class Gateway:
     @property
     def target(self) -> str:
         return f"{HOST}:{self.port}"
-
-
-def admin(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
 
 
 def metrics_text(port: int) -> str:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.targets import HOST, free_port
+from bench.targets import HOST, admin, free_port
 from loadtest import report
 from loadtest.change import CONFIG_NAME, ConfigChange
-from loadtest.cluster import REPO, Cluster, ClusterError, Gateway, Proc, admin, running
+from loadtest.cluster import REPO, Cluster, ClusterError, Gateway, Proc, running
 from loadtest.monitor import (
     CpuMeter,
     GatewayCounters,

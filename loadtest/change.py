@@ -35,13 +35,16 @@ class ConfigChange:
     put_seconds: float | None = None
     # APPLIED reports the gateways received since the PUT.
     applied: int = 0
-    matched: int = 0
     rollout: dict[str, Any] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
     def start(self, gateways: list[Gateway]) -> None:
         self._thread = threading.Thread(target=self._run, args=(gateways,), name="config-change", daemon=True)
         self._thread.start()
+
+    @property
+    def matched(self) -> int:
+        return int(self.rollout.get("matched", 0))
 
     @property
     def running(self) -> bool:
@@ -82,7 +85,6 @@ class ConfigChange:
         status, got = admin(gateways[0].admin_port, "GET", f"/api/v1/configs/{CONFIG_NAME}")
         if status == 200:
             self.rollout = got.get("rollout", {})
-            self.matched = int(self.rollout.get("matched", 0))
 
 
 def body(written: float) -> dict[str, Any]:

@@ -109,7 +109,8 @@ def server_quantile(before: GatewayCounters, after: GatewayCounters, q: float) -
     return lower_bound
 
 
-def _number(text: str) -> float | None:
+def number(text: str) -> float | None:
+    """A Locust CSV cell as a number; None for its `N/A`."""
     try:
         return float(text)
     except ValueError:
@@ -137,8 +138,8 @@ def locust_latest(history: Path) -> LocustRow:
         requests_per_s=float(aggregated["Requests/s"] or 0),
         failures=int(aggregated["Total Failure Count"] or 0),
         requests=int(aggregated["Total Request Count"] or 0),
-        heartbeat_p50=_number(heartbeat["50%"]) if heartbeat else None,
-        heartbeat_p99=_number(heartbeat["99%"]) if heartbeat else None,
+        heartbeat_p50=number(heartbeat["50%"]) if heartbeat else None,
+        heartbeat_p99=number(heartbeat["99%"]) if heartbeat else None,
     )
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import machine
 from loadtest.change import ConfigChange
-from loadtest.monitor import Sample
+from loadtest.monitor import Sample, number
 
 if TYPE_CHECKING:
     from loadtest.run import RunConfig
@@ -41,16 +41,9 @@ def request_stats(stats_csv: Path) -> dict[str, dict[str, Any]]:
             "requests": int(row["Request Count"]),
             "failures": int(row["Failure Count"]),
             "average_ms": round(float(row["Average Response Time"]), 1),
-            **{f"p{p.rstrip('%')}_ms": _number(row[p]) for p in PERCENTILES},
+            **{f"p{p.rstrip('%')}_ms": number(row[p]) for p in PERCENTILES},
         }
     return out
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def write_timeline(samples: Sequence[Sample], path: Path) -> None:

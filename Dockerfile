@@ -9,14 +9,20 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# Only what the wheel is built from (.dockerignore keeps the rest of the repository out).
+# Only what the wheel is built from (.dockerignore keeps the rest of the repository out), and the
+# versions to install: requirements/ is cut from the lock the tests ran with (`make lock`).
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-# Every runtime dependency ships manylinux wheels for CPython 3.11, so no compiler is needed here
-# either; --only-binary makes a missing wheel fail the build instead of compiling silently.
-RUN pip wheel --no-deps --wheel-dir /dist . \
+# Every package ships manylinux wheels for CPython 3.11, so no compiler is needed; --only-binary makes a
+# missing wheel fail the build instead of compiling silently, and --require-hashes makes any package or
+# version the lock does not name fail it. The build backend is locked too (no build isolation).
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --only-binary=:all: -r requirements/build.txt \
+ && /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --only-binary=:all: /dist/*.whl
+ && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r requirements/runtime.txt \
+ && /opt/venv/bin/pip install --no-deps /dist/*.whl
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=""

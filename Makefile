@@ -1,17 +1,27 @@
 # Every target creates .venv and installs what it needs first, so each works on a fresh machine
-# with nothing but Python 3.11 (and root for the system packages the tests need).
+# with nothing but Python 3.11 (and root for the system packages the tests need). Python packages come
+# from requirements/lock.txt (exact versions with hashes): what was tested is what gets installed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+UV := $(BIN)/uv
+# The lock is for the platform the project is developed and tested on (CPython 3.11, x86_64 glibc
+# Linux): uv then picks only versions that ship a wheel or sdist for it. runtime.txt is resolved for every
+# platform within the lock's versions, so the image also builds for arm64.
+COMPILE := $(UV) pip compile --quiet --python-version 3.11 --generate-hashes
+LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28
+# The suites that exercise the runtime dependencies: unit, store contract, interop, multi-node.
+RUNTIME_TESTS := tests --ignore=tests/deploy --ignore=tests/bench --ignore=tests/loadtest
 
-.PHONY: run test lint proto bench loadtest check-python install test-deps clean
+.PHONY: run test lint proto bench loadtest check-python install test-deps clean lock test-floors test-latest
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@$(MAKE) --no-print-directory check-python
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 check-python:
@@ -39,6 +49,39 @@ lint: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
+# Regenerate the lock after a change to pyproject.toml; pins that still fit are kept. UPGRADE=1 moves
+# every package to the newest version pyproject.toml allows (run `make test-latest` first).
+# runtime.txt (the image's packages) and build.txt (the wheel's build backend) are cut from the same
+# resolution, so their versions are the lock's.
+lock: $(STAMP)
+	$(COMPILE) $(LOCK_PLATFORM) pyproject.toml --all-extras $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(COMPILE) --universal pyproject.toml -c $(LOCK) -o requirements/runtime.txt
+	$(BIN)/python scripts/build_requirements.py | $(COMPILE) --universal - -c $(LOCK) -o requirements/build.txt
+	@echo "lock: $$(grep -c '^[a-z0-9].*==' $(LOCK)) packages in $(LOCK)"
+
+# The lowest version of every runtime dependency pyproject.toml allows, everything else as locked
+# where it fits: a floor that fails here must be raised.
+test-floors: test-deps
+	rm -rf .venv-floors && mkdir -p build
+	$(BIN)/python scripts/floors.py build/floors
+	$(UV) pip compile --quiet --python-version 3.11 pyproject.toml --all-extras \
+	  --override build/floors/floors.txt -c build/floors/constraints.txt -o build/floors/lock.txt
+	$(PYTHON) -m venv .venv-floors
+	$(UV) pip sync --quiet --python .venv-floors/bin/python build/floors/lock.txt
+	$(UV) pip install --quiet --python .venv-floors/bin/python --no-deps -e .
+	.venv-floors/bin/python -m pytest -q -p no:cacheprovider $(RUNTIME_TESTS) $(PYTEST_ARGS)
+
+# The newest versions pyproject.toml allows, lint and every test: drift found here before users find
+# it. Green means `make lock UPGRADE=1` is safe to commit.
+test-latest: test-deps
+	rm -rf .venv-latest && mkdir -p build
+	$(UV) pip compile --quiet --python-version 3.11 pyproject.toml --all-extras --upgrade -o build/latest-lock.txt
+	$(PYTHON) -m venv .venv-latest
+	$(UV) pip sync --quiet --python .venv-latest/bin/python build/latest-lock.txt
+	$(UV) pip install --quiet --python .venv-latest/bin/python --no-deps -e .
+	.venv-latest/bin/ruff format --check . && .venv-latest/bin/ruff check . && .venv-latest/bin/mypy
+	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
 # Every suite: HTTP, WebSocket, config convergence; each runs even if one before it is INVALID, and
 # the target fails if any does.
 bench: test-deps
@@ -51,7 +94,7 @@ bench: test-deps
 	exit $$status
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-floors .venv-latest build .coverage .coverage.* .mypy_cache .ruff_cache .pytest_cache
 
 # The Locust scale run (docs/loadtest.md): redis-server, gateways, Locust master and workers on this
 # machine, all on loopback; e.g. make loadtest LOADTEST_ARGS="--agents 100000 --hold 600".

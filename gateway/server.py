@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 from collections.abc import Iterator
+from typing import Any, cast
 
 import uvicorn
 
@@ -33,7 +34,8 @@ def _config(
     app: object, host: str, port: int, settings: Settings, *, client_certs: bool = False
 ) -> uvicorn.Config:
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        # uvicorn types its app as a private ASGI alias; the caller passes one of our Starlette apps.
+        cast(Any, app),
         host=host,
         port=port,
         lifespan="off",

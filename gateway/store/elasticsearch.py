@@ -20,7 +20,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from elastic_transport import ApiResponse
 from elasticsearch import AsyncElasticsearch
@@ -335,7 +335,7 @@ class ElasticsearchStore:
             self._client.bulk(
                 index=self.agents_alias,
                 # Pre-serialized lines (the client passes bytes through): sized before they are sent.
-                operations=lines,  # type: ignore[arg-type]
+                operations=cast(Any, lines),
                 require_alias=True,
                 refresh=self._refresh,
             ),

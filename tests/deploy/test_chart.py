@@ -24,7 +24,7 @@ from typing import Any
 
 import helm_python
 import jsonschema
-import kubernetes_validate  # type: ignore[import-untyped]
+import kubernetes_validate
 import pytest
 import yaml
 

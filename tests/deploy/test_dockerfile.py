@@ -103,6 +103,17 @@ def test_the_builder_makes_a_wheel_and_installs_it_into_a_virtualenv() -> None:
     assert re.search(r"/opt/venv/bin/pip install .*/dist/\*\.whl", runs)
 
 
+def test_the_builder_installs_only_the_locked_versions() -> None:
+    builder = stages()[0]
+    runs = " ".join(builder.all("RUN"))
+    assert "requirements/runtime.txt requirements/build.txt ./requirements/" in builder.all("COPY")[0]
+    assert re.search(r"/opt/venv/bin/pip install --require-hashes [^&]*-r requirements/runtime\.txt", runs)
+    assert re.search(r"pip install --require-hashes [^&]*-r requirements/build\.txt", runs)
+    # The project wheel itself is the only thing installed without the lock, and without its deps.
+    assert re.search(r"/opt/venv/bin/pip install --no-deps /dist/\*\.whl", runs)
+    assert "--no-build-isolation" in runs
+
+
 def test_the_final_stage_copies_the_virtualenv_and_has_no_build_tools() -> None:
     final = stages()[-1]
     copies = final.all("COPY")
@@ -232,6 +243,8 @@ def test_dockerignore_keeps_out(path: str) -> None:
         "gateway/settings.py",
         "gateway/py.typed",
         "gateway/proto/opamp_pb2.py",
+        "requirements/runtime.txt",
+        "requirements/build.txt",
         "gateway/proto/opamp_pb2.pyi",
     ],
 )

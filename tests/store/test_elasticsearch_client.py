@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import elastic_transport
 import pytest
@@ -22,7 +22,7 @@ def _api_error(status: int, kind: str, **extra: Any) -> ApiError:
         http_version="1.1",
         headers=elastic_transport.HttpHeaders(),
         duration=0.0,
-        node=None,  # type: ignore[arg-type]
+        node=cast(Any, None),
     )
     return ApiError(message=kind, meta=meta, body=body)
 

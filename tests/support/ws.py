@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -20,8 +21,8 @@ def ws_url(opamp_url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def agent_socket(opamp_url: str, **kwargs: object) -> AsyncIterator[ClientConnection]:
-    async with connect(ws_url(opamp_url), max_size=None, compression=None, **kwargs) as ws:  # type: ignore[arg-type]
+async def agent_socket(opamp_url: str, **kwargs: Any) -> AsyncIterator[ClientConnection]:
+    async with connect(ws_url(opamp_url), max_size=None, compression=None, **kwargs) as ws:
         yield ws
 
 

@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 LOCK := requirements/lock.txt
 UV := $(BIN)/uv
 # The lock is for the platform the project is developed and tested on (CPython 3.11, x86_64 glibc
@@ -15,21 +16,31 @@ LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28
 # The suites that exercise the runtime dependencies: unit, store contract, interop, multi-node.
 RUNTIME_TESTS := tests --ignore=tests/deploy --ignore=tests/bench --ignore=tests/loadtest
 
-.PHONY: run test lint proto bench loadtest check-python install test-deps clean lock test-floors test-latest
+.PHONY: venv run test lint proto bench loadtest check-python install test-deps clean lock test-floors test-latest
 
+# Everything the tests and tools need (the whole lock).
 $(STAMP): $(LOCK) pyproject.toml
-	@$(MAKE) --no-print-directory check-python
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(MAKE) --no-print-directory venv
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Just the gateway (`make run`): the runtime packages and the build backend, same versions as the lock.
+$(RUNTIME_STAMP): requirements/runtime.txt requirements/build.txt pyproject.toml
+	@$(MAKE) --no-print-directory venv
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/runtime.txt -r requirements/build.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(RUNTIME_STAMP)
+
+venv: check-python
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "opamp-gateway needs Python >= 3.11; set PYTHON=python3.11")'
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME_STAMP)
 	$(BIN)/opamp-gateway serve
 
 test-deps: $(STAMP)

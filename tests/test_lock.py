@@ -103,9 +103,11 @@ def test_the_runtime_file_holds_no_test_tool() -> None:
 
 def test_make_installs_from_the_lock_with_hashes() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    install = makefile[makefile.index("$(STAMP): ") : makefile.index("check-python:")]
+    install = makefile[makefile.index("$(STAMP): ") : makefile.index("venv: ")]
     assert "pip install --quiet --require-hashes -r $(LOCK)" in install
-    assert "--no-deps --no-build-isolation -e ." in install
+    assert "pip install --quiet --require-hashes -r requirements/runtime.txt -r requirements/build.txt" in install
+    assert install.count("--no-deps --no-build-isolation -e .") == 2
+    assert "run: $(RUNTIME_STAMP)" in makefile
     assert "LOCK := requirements/lock.txt" in makefile
     assert not re.search(r"pip install[^\n]*'\.\[", makefile), "an unpinned extras install is left"
 

@@ -105,7 +105,10 @@ def test_make_installs_from_the_lock_with_hashes() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     install = makefile[makefile.index("$(STAMP): ") : makefile.index("venv: ")]
     assert "pip install --quiet --require-hashes -r $(LOCK)" in install
-    assert "pip install --quiet --require-hashes -r requirements/runtime.txt -r requirements/build.txt" in install
+    assert (
+        "pip install --quiet --require-hashes -r requirements/runtime.txt -r requirements/build.txt"
+        in install
+    )
     assert install.count("--no-deps --no-build-isolation -e .") == 2
     assert "run: $(RUNTIME_STAMP)" in makefile
     assert "LOCK := requirements/lock.txt" in makefile

@@ -18,14 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,17 +30,17 @@ from typing import Any
 import httpx2
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench import fleet
-from bench.targets import HOST, REPO_ROOT, TargetError, free_port
+from bench import fleet, targets
+from bench.targets import HOST, REPO_ROOT, TargetError
 from gateway import settings as settings_mod
 from gateway.migrate import run as migrate
 from gateway.proto import opamp_pb2 as pb
-from tests.support.es_double import EsDouble
+from harness.es_double import EsDouble
+from harness.process import ProcessError
 
 logger = logging.getLogger("bench.es_requests")
 
 AIM = 0.02
-READY_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 200
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -75,51 +71,13 @@ class _Agents:
             self.problems.append("ReportFullState at steady state")
 
 
-def _ready(admin_port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{admin_port}/readyz", timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def _gateways(cfg: EsBenchConfig, es_url: str, workdir: Path) -> Iterator[list[int]]:
     """Start the gateway nodes; yields their OpAMP ports."""
-    exe = Path(sys.executable).with_name("opamp-gateway")
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        ports = []
-        for n in range(cfg.nodes):
-            port, admin_port = free_port(), free_port()
-            log = workdir / f"gateway-{n}.log"
-            with log.open("wb") as out:
-                argv = [str(exe), "serve", f"--port={port}", f"--admin-port={admin_port}"]
-                argv += [f"--node-id=bench-es-{n}", f"--elasticsearch-url={es_url}", "--log-level=warning"]
-                argv += [f"--flush-interval={cfg.flush_interval}"]
-                processes.append(
-                    subprocess.Popen(
-                        argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ)
-                    )
-                )
-            deadline = time.monotonic() + READY_TIMEOUT
-            while not _ready(admin_port):
-                if processes[-1].poll() is not None or time.monotonic() > deadline:
-                    raise TargetError(
-                        f"gateway {n} did not become ready: {log.read_text(errors='replace')[-2000:]}"
-                    )
-                time.sleep(0.1)
-            ports.append(port)
-        yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    flags = {"elasticsearch_url": es_url, "flush_interval": cfg.flush_interval}
+    names = [f"bench-es-{n}" for n in range(cfg.nodes)]
+    with targets.nodes(workdir, names, flags) as started:
+        yield [node.opamp_port for node in started]
 
 
 async def _ws_agent(
@@ -329,7 +287,7 @@ def main(argv: list[str]) -> int:
     )
     try:
         result = run(cfg, lambda line: print(line, flush=True))
-    except TargetError as exc:
+    except (TargetError, ProcessError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     print()

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.fleet import Agent, read_state_file, write_agents_file
-from bench.procstat import children_cpu
 from bench.targets import HOST, Cores
+from harness.procstat import children_cpu
 
 logger = logging.getLogger("bench.wrk")
 

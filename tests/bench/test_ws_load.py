@@ -3,16 +3,16 @@ loop's reply checks, and how a wrong reply is named."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench import targets
 from bench.agents import ReplyError
 from bench.baseline import OPAMP_PATH, heartbeat_reply
 from bench.fleet import heartbeat, make_fleet
-from bench.targets import HOST, Cores, Target, free_port, running
+from bench.targets import HOST, Cores, Target
 from bench.ws_client import WsError, connect
 from bench.ws_load import (
     classify,
@@ -37,9 +37,7 @@ def _framed(reply: pb.ServerToAgent) -> bytes:
 
 
 def _start_baseline(tmp_path: Path, reply: bytes) -> Iterator[Target]:
-    port = free_port()
-    command = [sys.executable, "-m", "bench.baseline", "--port", str(port), "--reply-hex", reply.hex()]
-    with running("baseline", command, port, Cores(None, None), tmp_path) as target:
+    with targets.baseline(reply, "uvloop", Cores(None, None), tmp_path) as target:
         yield target
 
 

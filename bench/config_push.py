@@ -30,6 +30,7 @@ from bench import fleet, targets
 from bench.targets import HOST, REPO_ROOT, TargetError
 from gateway.proto import opamp_pb2 as pb
 from harness.admin import admin
+from harness.agent import SimAgent
 
 logger = logging.getLogger("bench.config_push")
 
@@ -48,7 +49,7 @@ class ConfigPushConfig:
 
 @dataclass
 class _Agent:
-    agent: fleet.Agent
+    agent: SimAgent
     ws: ClientConnection | None = None
     # config hash -> client time the APPLIED report was sent
     applied_at: dict[bytes, float] = field(default_factory=dict)
@@ -80,11 +81,8 @@ async def _serve_agent(agent: _Agent) -> None:
         if not reply.HasField("remote_config"):
             continue
         digest = reply.remote_config.config_hash
-        a = agent.agent
-        a.seq += 1
-        report = pb.AgentToServer(instance_uid=a.uid, sequence_num=a.seq, capabilities=a.capabilities)
-        report.remote_config_status.last_remote_config_hash = digest
-        report.remote_config_status.status = pb.RemoteConfigStatuses_APPLIED
+        # APPLIED alone, without APPLYING first: one report per agent and change to wait for.
+        report = agent.agent.config_status(digest, pb.RemoteConfigStatuses_APPLIED)
         await agent.ws.send(b"\x00" + report.SerializeToString())
         agent.applied_at.setdefault(digest, time.perf_counter())
 
@@ -94,7 +92,7 @@ async def _connect(agent: _Agent, port: int, gate: asyncio.Semaphore) -> None:
         ws = await connect(
             f"ws://{HOST}:{port}/v1/opamp", compression=None, max_size=None, ping_interval=None
         )
-        await ws.send(b"\x00" + fleet.full_report(agent.agent).SerializeToString())
+        await ws.send(b"\x00" + agent.agent.full_report().SerializeToString())
         data = await ws.recv()
         if not isinstance(data, bytes):
             raise TargetError(f"enrollment answered with a text frame: {data[:100]!r}")

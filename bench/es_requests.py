@@ -35,6 +35,7 @@ from bench.targets import HOST, REPO_ROOT, TargetError
 from gateway import settings as settings_mod
 from gateway.migrate import run as migrate
 from gateway.proto import opamp_pb2 as pb
+from harness.agent import SimAgent, reply_problem
 from harness.es_double import EsDouble
 from harness.process import ProcessError
 
@@ -65,10 +66,9 @@ class _Agents:
     problems: list[str] = field(default_factory=list)
 
     def check(self, reply: pb.ServerToAgent) -> None:
-        if reply.HasField("error_response"):
-            self.problems.append(f"error reply: {reply.error_response.error_message}")
-        elif reply.flags & pb.ServerToAgentFlags_ReportFullState:
-            self.problems.append("ReportFullState at steady state")
+        problem = reply_problem(reply, None)
+        if problem is not None:
+            self.problems.append(f"{problem[0]}: {problem[1]}")
 
 
 @contextlib.contextmanager
@@ -81,7 +81,7 @@ def _gateways(cfg: EsBenchConfig, es_url: str, workdir: Path) -> Iterator[list[i
 
 
 async def _ws_agent(
-    agent: fleet.Agent,
+    agent: SimAgent,
     port: int,
     cfg: EsBenchConfig,
     counts: _Agents,
@@ -93,11 +93,10 @@ async def _ws_agent(
             f"ws://{HOST}:{port}/v1/opamp", compression=None, max_size=None, ping_interval=None
         )
     try:
-        await _exchange_ws(ws, fleet.full_report(agent), counts)
+        await _exchange_ws(ws, agent.full_report(), counts)
         await asyncio.sleep(random.uniform(0, cfg.interval))
         while not stop.is_set():
-            agent.seq += 1
-            await _exchange_ws(ws, fleet.heartbeat(agent), counts)
+            await _exchange_ws(ws, agent.heartbeat(), counts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), cfg.interval)
     finally:
@@ -113,18 +112,17 @@ async def _exchange_ws(ws: ClientConnection, msg: pb.AgentToServer, counts: _Age
 
 
 async def _http_agent(
-    agent: fleet.Agent,
+    agent: SimAgent,
     url: str,
     client: httpx2.AsyncClient,
     cfg: EsBenchConfig,
     counts: _Agents,
     stop: asyncio.Event,
 ) -> None:
-    await _exchange_http(client, url, fleet.full_report(agent), counts)
+    await _exchange_http(client, url, agent.full_report(), counts)
     await asyncio.sleep(random.uniform(0, cfg.interval))
     while not stop.is_set():
-        agent.seq += 1
-        await _exchange_http(client, url, fleet.heartbeat(agent), counts)
+        await _exchange_http(client, url, agent.heartbeat(), counts)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), cfg.interval)
 

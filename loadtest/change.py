@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.admin import admin
+from harness.agent import CHANGED_AT_MARKER, SERVICE_NAME
 from harness.gateway import GatewayProcess
-from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
 from loadtest.monitor import gateway_counters
 
 logger = logging.getLogger("loadtest.change")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.agent import CHANGED_AT_MARKER, SERVICE_NAME
 from harness.waiting import wait_until
-from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
 from tests.support.process import GatewayFactory
 
 REPO = Path(__file__).resolve().parents[2]

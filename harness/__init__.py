@@ -9,7 +9,9 @@
 - `procstat`: CPU time and resident memory of processes and cores, from /proc.
 - `machine`: a description of the machine and software a measurement ran on.
 - `es_double`: a wire-level double of the Elasticsearch endpoints the gateway uses.
-- `agent`: the simulated agent's protocol model (what it sends, how it answers a reply).
+- `records`: agent records as the engine stores them, to fill a store without running agents.
+- `agent`: the simulated agent's protocol model (what it sends, how it answers a reply), with
+  `Look` for what it reports about itself.
 
 Nothing in `gateway/` imports it, and it is not part of the shipped wheel.
 """

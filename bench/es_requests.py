@@ -1,7 +1,7 @@
 """Elasticsearch requests per agent message at steady state (`python -m bench es`, part of `make bench`).
 
 N agents (default 2,000) heartbeat against gateway nodes whose store is the Elasticsearch test double
-(tests/support/es_double: a real HTTP server speaking Elasticsearch's REST API, run here on its own
+(harness/es_double: a real HTTP server speaking Elasticsearch's REST API, run here on its own
 thread), which counts every request it serves. Phases: start the double and migrate; start the
 gateway processes (`--elasticsearch-url` set to the double); connect the agents, alternately to each
 node, each sending its full report (enrollment); then every agent sends a heartbeat each `--interval`

@@ -18,6 +18,8 @@ from bench.targets import TargetError
 from bench.wrk import WrkError
 from bench.ws_bench import FileLimitError, WsBenchConfig, run as run_ws
 from bench.ws_client import WsError
+from harness.process import ProcessError
+from harness.redis_server import RedisMissing
 
 logger = logging.getLogger("bench")
 
@@ -27,6 +29,8 @@ _WS_DEFAULTS = WsBenchConfig()
 _KNOWN_FAILURES = (
     WrkError,
     TargetError,
+    ProcessError,
+    RedisMissing,
     ReplyError,
     HttpError,
     ProfileError,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from bench.client import PROTOBUF, Connection, HttpError
-from bench.fleet import Agent, full_report, heartbeat
 from gateway.proto import opamp_pb2 as pb
+from harness.agent import SimAgent, reply_problem
 
 logger = logging.getLogger("bench.agents")
 
@@ -34,7 +34,7 @@ class EnrollResult:
         return self.agents / self.seconds if self.seconds > 0 else 0.0
 
 
-def check_reply(status: int, content_type: str, body: bytes, agent: Agent) -> pb.ServerToAgent:
+def check_reply(status: int, content_type: str, body: bytes, agent: SimAgent) -> pb.ServerToAgent:
     """A valid ServerToAgent for this agent: HTTP 200, protobuf, no error, no ReportFullState."""
     if status != 200:
         raise ReplyError(f"HTTP {status}: {body[:200]!r}")
@@ -43,18 +43,15 @@ def check_reply(status: int, content_type: str, body: bytes, agent: Agent) -> pb
     return check_message(body, agent)
 
 
-def check_message(body: bytes, agent: Agent) -> pb.ServerToAgent:
+def check_message(body: bytes, agent: SimAgent) -> pb.ServerToAgent:
     """A ServerToAgent for this agent, with no error and no ReportFullState (any transport)."""
     try:
         reply = pb.ServerToAgent.FromString(body)
     except DecodeError as exc:
         raise ReplyError(f"reply is not a ServerToAgent: {exc}") from None
-    if reply.instance_uid != agent.uid:
-        raise ReplyError(f"reply for uid {reply.instance_uid.hex()}, sent {agent.uid.hex()}")
-    if reply.HasField("error_response"):
-        raise ReplyError(f"error_response: {reply.error_response.error_message}")
-    if reply.flags & REPORT_FULL_STATE:
-        raise ReplyError(f"ReportFullState requested for agent {agent.index} at seq {agent.seq}")
+    problem = reply_problem(reply, agent.uid)
+    if problem is not None:
+        raise ReplyError(f"agent {agent.index} at seq {agent.seq}: {problem[0]}: {problem[1]}")
     return reply
 
 
@@ -66,9 +63,9 @@ async def _send(conn: Connection, path: str, msg: pb.AgentToServer) -> tuple[int
 async def _each(
     host: str,
     port: int,
-    agents: Sequence[Agent],
+    agents: Sequence[SimAgent],
     connections: int,
-    work: Callable[[Connection, Agent], Awaitable[None]],
+    work: Callable[[Connection, SimAgent], Awaitable[None]],
 ) -> None:
     """Run `work` for every agent over `connections` keep-alive connections."""
     queue = list(reversed(agents))
@@ -81,12 +78,11 @@ async def _each(
     await asyncio.gather(*(worker() for _ in range(max(1, min(connections, len(agents))))))
 
 
-def enroll(host: str, port: int, path: str, agents: Sequence[Agent], connections: int) -> EnrollResult:
+def enroll(host: str, port: int, path: str, agents: Sequence[SimAgent], connections: int) -> EnrollResult:
     """Every agent sends its first full report (sequence_num 0); each must come back enrolled."""
 
-    async def one(conn: Connection, agent: Agent) -> None:
-        agent.seq = 0
-        check_reply(*await _send(conn, path, full_report(agent)), agent)
+    async def one(conn: Connection, agent: SimAgent) -> None:
+        check_reply(*await _send(conn, path, agent.full_report()), agent)
 
     started = time.perf_counter()
     asyncio.run(_each(host, port, agents, connections, one))
@@ -100,37 +96,34 @@ def _asks_full_state(status: int, body: bytes) -> bool:
         return False
 
 
-def resync(host: str, port: int, path: str, agents: Sequence[Agent], connections: int) -> int:
+def resync(host: str, port: int, path: str, agents: Sequence[SimAgent], connections: int) -> int:
     """Agents whose last heartbeat got no reply when wrk stopped: the gateway may not have seen it.
     Each sends its next heartbeat; where that shows a gap it sends a full report, as a real agent
     does. Returns how many needed the full report."""
     repaired = 0
 
-    async def one(conn: Connection, agent: Agent) -> None:
+    async def one(conn: Connection, agent: SimAgent) -> None:
         nonlocal repaired
-        agent.seq += 1
-        status, content_type, body = await _send(conn, path, heartbeat(agent))
+        status, content_type, body = await _send(conn, path, agent.heartbeat())
         try:
             check_reply(status, content_type, body, agent)
             return
         except ReplyError:
             if not _asks_full_state(status, body):
                 raise
-        agent.seq += 1
         repaired += 1
-        check_reply(*await _send(conn, path, full_report(agent)), agent)
+        check_reply(*await _send(conn, path, agent.full_report()), agent)
 
     asyncio.run(_each(host, port, agents, connections, one))
     return repaired
 
 
-def sample_heartbeats(host: str, port: int, path: str, agents: Sequence[Agent]) -> list[bytes]:
+def sample_heartbeats(host: str, port: int, path: str, agents: Sequence[SimAgent]) -> list[bytes]:
     """One correct heartbeat from each agent, every reply checked in full; returns the reply bodies."""
     bodies: list[bytes] = []
 
-    async def one(conn: Connection, agent: Agent) -> None:
-        agent.seq += 1
-        status, content_type, body = await _send(conn, path, heartbeat(agent))
+    async def one(conn: Connection, agent: SimAgent) -> None:
+        status, content_type, body = await _send(conn, path, agent.heartbeat())
         reply = check_reply(status, content_type, body, agent)
         if reply.HasField("agent_identification") or reply.HasField("remote_config"):
             raise ReplyError(f"a heartbeat got more than a plain reply: {reply}")

@@ -15,10 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +26,15 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench import fleet
-from bench.targets import HOST, REPO_ROOT, TargetError, admin, free_port
+from bench import fleet, targets
+from bench.targets import HOST, REPO_ROOT, TargetError
 from gateway.proto import opamp_pb2 as pb
+from harness.admin import admin
+from harness.agent import SimAgent
 
 logger = logging.getLogger("bench.config_push")
 
 CONFIG_NAME = "bench-collectors"
-READY_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 200
 
 
@@ -51,81 +49,23 @@ class ConfigPushConfig:
 
 @dataclass
 class _Agent:
-    agent: fleet.Agent
+    agent: SimAgent
     ws: ClientConnection | None = None
     # config hash -> client time the APPLIED report was sent
     applied_at: dict[bytes, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
-def _wait_ready(name: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise TargetError(
-                f"{name} exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
-            )
-        with contextlib.suppress(OSError):
-            if admin(port, "GET", "/readyz")[0] == 200:
-                return
-        time.sleep(0.1)
-    raise TargetError(
-        f"{name} not ready after {READY_TIMEOUT:.0f} s: {log.read_text(errors='replace')[-2000:]}"
-    )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def _cluster(workdir: Path) -> Iterator[list[tuple[int, int]]]:
     """redis-server and two gateway nodes; yields [(opamp_port, admin_port)] for nodes A and B."""
-    redis = shutil.which("redis-server")
-    if redis is None:
-        raise TargetError("redis-server is not installed (scripts/install-test-deps.sh installs it)")
-    redis_port = free_port()
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        processes.append(
-            subprocess.Popen(
-                [redis, "--port", str(redis_port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        exe = Path(sys.executable).with_name("opamp-gateway")
-        nodes: list[tuple[int, int]] = []
-        for name in ("a", "b"):
-            port, admin_port = free_port(), free_port()
-            log = workdir / f"gateway-{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [
-                        str(exe), "serve", "--port", str(port), "--admin-port", str(admin_port),
-                        "--sqlite-path", str(workdir / "gateway.db"), "--node-id", f"bench-{name}",
-                        "--redis-url", f"redis://{HOST}:{redis_port}/0", "--log-level", "warning",
-                        # The benchmark enrolls its whole fleet at once: no enrollment rate limit.
-                        "--enrollment-rate", "0",
-                    ],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                    cwd=REPO_ROOT,
-                )  # fmt: skip
-            processes.append(process)
-            _wait_ready(f"gateway {name}", process, admin_port, log)
-            nodes.append((port, admin_port))
-        yield nodes
-    finally:
-        for process in reversed(processes):
-            _stop(process)
+    with (
+        targets.redis_server(workdir) as redis,
+        targets.nodes(
+            workdir, ["bench-a", "bench-b"], {}, sqlite_path=workdir / "gateway.db", redis_url=redis.url
+        ) as started,
+    ):
+        yield [(node.opamp_port, node.admin_port) for node in started]
 
 
 async def _serve_agent(agent: _Agent) -> None:
@@ -141,11 +81,8 @@ async def _serve_agent(agent: _Agent) -> None:
         if not reply.HasField("remote_config"):
             continue
         digest = reply.remote_config.config_hash
-        a = agent.agent
-        a.seq += 1
-        report = pb.AgentToServer(instance_uid=a.uid, sequence_num=a.seq, capabilities=a.capabilities)
-        report.remote_config_status.last_remote_config_hash = digest
-        report.remote_config_status.status = pb.RemoteConfigStatuses_APPLIED
+        # APPLIED alone, without APPLYING first: one report per agent and change to wait for.
+        report = agent.agent.config_status(digest, pb.RemoteConfigStatuses_APPLIED)
         await agent.ws.send(b"\x00" + report.SerializeToString())
         agent.applied_at.setdefault(digest, time.perf_counter())
 
@@ -155,8 +92,11 @@ async def _connect(agent: _Agent, port: int, gate: asyncio.Semaphore) -> None:
         ws = await connect(
             f"ws://{HOST}:{port}/v1/opamp", compression=None, max_size=None, ping_interval=None
         )
-        await ws.send(b"\x00" + fleet.full_report(agent.agent).SerializeToString())
-        first = pb.ServerToAgent.FromString((await ws.recv())[1:])  # type: ignore[index]
+        await ws.send(b"\x00" + agent.agent.full_report().SerializeToString())
+        data = await ws.recv()
+        if not isinstance(data, bytes):
+            raise TargetError(f"enrollment answered with a text frame: {data[:100]!r}")
+        first = pb.ServerToAgent.FromString(data[1:])
         if first.HasField("error_response"):
             raise TargetError(f"enrollment refused: {first.error_response.error_message}")
         agent.ws = ws

@@ -1,7 +1,7 @@
 """Elasticsearch requests per agent message at steady state (`python -m bench es`, part of `make bench`).
 
 N agents (default 2,000) heartbeat against gateway nodes whose store is the Elasticsearch test double
-(tests/support/es_double: a real HTTP server speaking Elasticsearch's REST API, run here on its own
+(harness/es_double: a real HTTP server speaking Elasticsearch's REST API, run here on its own
 thread), which counts every request it serves. Phases: start the double and migrate; start the
 gateway processes (`--elasticsearch-url` set to the double); connect the agents, alternately to each
 node, each sending its full report (enrollment); then every agent sends a heartbeat each `--interval`
@@ -18,14 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,17 +30,18 @@ from typing import Any
 import httpx2
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench import fleet
-from bench.targets import HOST, REPO_ROOT, TargetError, free_port
+from bench import fleet, targets
+from bench.targets import HOST, REPO_ROOT, TargetError
 from gateway import settings as settings_mod
 from gateway.migrate import run as migrate
 from gateway.proto import opamp_pb2 as pb
-from tests.support.es_double import EsDouble
+from harness.agent import SimAgent, reply_problem
+from harness.es_double import EsDouble
+from harness.process import ProcessError
 
 logger = logging.getLogger("bench.es_requests")
 
 AIM = 0.02
-READY_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 200
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -69,61 +66,22 @@ class _Agents:
     problems: list[str] = field(default_factory=list)
 
     def check(self, reply: pb.ServerToAgent) -> None:
-        if reply.HasField("error_response"):
-            self.problems.append(f"error reply: {reply.error_response.error_message}")
-        elif reply.flags & pb.ServerToAgentFlags_ReportFullState:
-            self.problems.append("ReportFullState at steady state")
-
-
-def _ready(admin_port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{admin_port}/readyz", timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+        problem = reply_problem(reply, None)
+        if problem is not None:
+            self.problems.append(f"{problem[0]}: {problem[1]}")
 
 
 @contextlib.contextmanager
 def _gateways(cfg: EsBenchConfig, es_url: str, workdir: Path) -> Iterator[list[int]]:
     """Start the gateway nodes; yields their OpAMP ports."""
-    exe = Path(sys.executable).with_name("opamp-gateway")
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        ports = []
-        for n in range(cfg.nodes):
-            port, admin_port = free_port(), free_port()
-            log = workdir / f"gateway-{n}.log"
-            with log.open("wb") as out:
-                argv = [str(exe), "serve", f"--port={port}", f"--admin-port={admin_port}"]
-                argv += [f"--node-id=bench-es-{n}", f"--elasticsearch-url={es_url}", "--log-level=warning"]
-                argv += [f"--flush-interval={cfg.flush_interval}"]
-                processes.append(
-                    subprocess.Popen(
-                        argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=dict(os.environ)
-                    )
-                )
-            deadline = time.monotonic() + READY_TIMEOUT
-            while not _ready(admin_port):
-                if processes[-1].poll() is not None or time.monotonic() > deadline:
-                    raise TargetError(
-                        f"gateway {n} did not become ready: {log.read_text(errors='replace')[-2000:]}"
-                    )
-                time.sleep(0.1)
-            ports.append(port)
-        yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    flags = {"elasticsearch_url": es_url, "flush_interval": cfg.flush_interval}
+    names = [f"bench-es-{n}" for n in range(cfg.nodes)]
+    with targets.nodes(workdir, names, flags) as started:
+        yield [node.opamp_port for node in started]
 
 
 async def _ws_agent(
-    agent: fleet.Agent,
+    agent: SimAgent,
     port: int,
     cfg: EsBenchConfig,
     counts: _Agents,
@@ -135,11 +93,10 @@ async def _ws_agent(
             f"ws://{HOST}:{port}/v1/opamp", compression=None, max_size=None, ping_interval=None
         )
     try:
-        await _exchange_ws(ws, fleet.full_report(agent), counts)
+        await _exchange_ws(ws, agent.full_report(), counts)
         await asyncio.sleep(random.uniform(0, cfg.interval))
         while not stop.is_set():
-            agent.seq += 1
-            await _exchange_ws(ws, fleet.heartbeat(agent), counts)
+            await _exchange_ws(ws, agent.heartbeat(), counts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), cfg.interval)
     finally:
@@ -155,18 +112,17 @@ async def _exchange_ws(ws: ClientConnection, msg: pb.AgentToServer, counts: _Age
 
 
 async def _http_agent(
-    agent: fleet.Agent,
+    agent: SimAgent,
     url: str,
     client: httpx2.AsyncClient,
     cfg: EsBenchConfig,
     counts: _Agents,
     stop: asyncio.Event,
 ) -> None:
-    await _exchange_http(client, url, fleet.full_report(agent), counts)
+    await _exchange_http(client, url, agent.full_report(), counts)
     await asyncio.sleep(random.uniform(0, cfg.interval))
     while not stop.is_set():
-        agent.seq += 1
-        await _exchange_http(client, url, fleet.heartbeat(agent), counts)
+        await _exchange_http(client, url, agent.heartbeat(), counts)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), cfg.interval)
 
@@ -329,7 +285,7 @@ def main(argv: list[str]) -> int:
     )
     try:
         result = run(cfg, lambda line: print(line, flush=True))
-    except TargetError as exc:
+    except (TargetError, ProcessError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     print()

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bench import agents as agent_io, gateway_metrics, machine, procstat, profile as profiling, targets
+from bench import agents as agent_io, gateway_metrics, profile as profiling, targets
 from bench.baseline import FIXED_UID, OPAMP_PATH
-from bench.fleet import Agent, make_fleet
+from bench.fleet import make_fleet
 from bench.targets import HOST, Cores, Target
 from bench.wrk import Mode, PhaseResult, WrkError, find_wrk, run_phase
 from gateway.proto import opamp_pb2 as pb
+from harness import machine, procstat
+from harness.agent import SimAgent
 
 logger = logging.getLogger("bench.http_bench")
 
@@ -54,7 +56,7 @@ class TargetRun:
 
     name: str
     target: Target
-    fleet: list[Agent]
+    fleet: list[SimAgent]
     mode: Mode
     rounds: list[PhaseResult] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -189,9 +191,8 @@ def run(cfg: HttpBenchConfig, progress: Progress, argv: list[str]) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="opamp-bench-") as tmp:
         workdir = Path(tmp)
         bench = HttpBench(cfg, cores, workdir, progress)
-        port, admin_port = targets.free_port(), targets.free_port()
-        command = targets.gateway_command(port, admin_port, workdir)
-        with targets.running("gateway", command, port, cores, workdir, admin_port) as gw:
+        with targets.gateway(cores, workdir) as gw:
+            port = gw.port
             fleet = make_fleet(cfg.agents)
             enrolled = agent_io.enroll(HOST, port, OPAMP_PATH, fleet, cfg.connections)
             progress(
@@ -200,12 +201,15 @@ def run(cfg: HttpBenchConfig, progress: Progress, argv: list[str]) -> dict[str, 
             )
             probe = agent_io.sample_heartbeats(HOST, port, OPAMP_PATH, fleet[: cfg.sample])
             reply = _baseline_reply(probe[0])
-            b_port = targets.free_port()
-            b_command = targets.baseline_command(b_port, reply, cfg.baseline_loop)
-            with targets.running("baseline", b_command, b_port, cores, workdir) as bl:
+            with targets.baseline(reply, cfg.baseline_loop, cores, workdir) as bl:
                 progress(f"started    gateway pid {gw.pid}, baseline pid {bl.pid} ({cfg.baseline_loop} loop)")
                 gateway = TargetRun("gateway", gw, fleet, "track")
-                baseline = TargetRun("baseline", bl, make_fleet(cfg.agents), "fixed")
+                # The baseline enrolls no one: its agents start as if their full report (sequence_num 0)
+                # had been sent, so wrk's heartbeats carry 1, 2, ... as the gateway's do.
+                bl_fleet = make_fleet(cfg.agents)
+                for agent in bl_fleet:
+                    agent.seq = 0
+                baseline = TargetRun("baseline", bl, bl_fleet, "fixed")
                 bench.measure(gateway, baseline)
             final = agent_io.sample_heartbeats(HOST, port, OPAMP_PATH, fleet[-cfg.sample :])
             progress(f"checked    gateway   {len(probe) + len(final)} heartbeat replies decoded: all valid")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import procstat
+from harness import procstat
 
 if TYPE_CHECKING:
     from bench.http_bench import HttpBench, Progress, TargetRun

@@ -22,12 +22,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from gateway import settings as settings_mod
 from gateway.fleet.agent import AgentWrite
+from gateway.migrate import run as migrate
 from gateway.store.base import MAX_PENDING_COMMANDS, Store
+from gateway.store.elasticsearch import ElasticsearchStore
+from gateway.store.elasticsearch_client import make_client
 from gateway.store.sqlite import SQLiteStore
-from tests.store.store_helpers import agent, effective_config, full
-from tests.support.es import EsTarget, new_aliases
-from tests.support.es_double import EsDouble
+from harness.es_double import EsDouble
+from harness.records import agent, effective_config, full
 
 _WAITING = 3
 _CONFIG = "receivers:\n  otlp: {}\n" * 20
@@ -99,9 +102,15 @@ async def _sqlite(agents: int, runs: int) -> str:
 
 async def _elasticsearch(agents: int, runs: int) -> str:
     with EsDouble() as double:
-        aliases = new_aliases(EsTarget(double.url, double))
-        await aliases.migrate()
-        store = aliases.store(refresh="true")
+        settings = settings_mod.load([f"--elasticsearch-url={double.url}"], {})
+        await migrate(settings)
+        # refresh=true: every write is searchable at once, as the sweep expects of a settled store.
+        store = ElasticsearchStore(
+            make_client(settings),
+            agents_alias=settings.elasticsearch_agents_alias,
+            configs_alias=settings.elasticsearch_configs_alias,
+            refresh="true",
+        )
         await store.open()
         try:
             uids = await _fill(store, agents)

@@ -3,47 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bench import client
+from harness.gateway import GatewayProcess, start_gateway
+from harness.ports import LOOPBACK, free_port
+from harness.process import Process, spawn, wait_ready
+from harness.redis_server import RedisServer
 
 logger = logging.getLogger("bench.targets")
 
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 
 
 class TargetError(Exception):
     """A target did not start or become ready."""
-
-
-def admin(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """One JSON request to a gateway's admin API on loopback: (status, parsed body or error text)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://{HOST}:{port}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -73,19 +55,11 @@ def choose_cores() -> Cores:
     return Cores(usable[0], usable[1])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class Target:
     name: str
     port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    process: Process
     admin_port: int | None = None
 
     @property
@@ -93,31 +67,7 @@ class Target:
         return self.process.pid
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def gateway_command(port: int, admin_port: int, workdir: Path) -> list[str]:
-    exe = Path(sys.executable).with_name("opamp-gateway")
-    return [
-        str(exe),
-        "serve",
-        "--port",
-        str(port),
-        "--admin-port",
-        str(admin_port),
-        "--sqlite-path",
-        str(workdir / "bench-gateway.db"),
-        "--node-id",
-        "bench",
-        "--log-level",
-        "warning",
-        # The run enrolls its whole fleet up front; the enrollment bound would shed most of it.
-        "--enrollment-rate",
-        "0",
-    ]
+        return "\n".join(self.process.log_text().splitlines()[-lines:])
 
 
 def baseline_command(port: int, reply: bytes, loop: str) -> list[str]:
@@ -134,58 +84,101 @@ def baseline_command(port: int, reply: bytes, loop: str) -> list[str]:
     ]
 
 
-def _wait_ready(target: Target, path: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if target.process.poll() is not None:
-            raise TargetError(f"{target.name} exited with {target.process.returncode}:\n{target.log_tail()}")
-        try:
-            reply = client.get(HOST, target.port, path, timeout=1.0)
-            if reply.status == 200:
-                return
-            last = f"HTTP {reply.status}: {reply.body[:200]!r}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise TargetError(f"{target.name} not ready after {READY_TIMEOUT:.0f} s ({last}):\n{target.log_tail()}")
-
-
-def _stop(target: Target) -> None:
-    if target.process.poll() is None:
-        target.process.send_signal(signal.SIGTERM)
-        try:
-            target.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s (pid %d) ignored SIGTERM; killing it", target.name, target.pid)
-            target.process.kill()
-            target.process.wait()
+def _answers_readyz(port: int) -> bool:
+    try:
+        return client.get(HOST, port, "/readyz", timeout=1.0).status == 200
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
-def running(
-    name: str, command: Sequence[str], port: int, cores: Cores, workdir: Path, admin_port: int | None = None
-) -> Iterator[Target]:
-    """Start `command` pinned to the server core, wait for GET /readyz, stop it (by its pid) at exit."""
-    log_path = workdir / f"{name}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log_path.open("wb") as log:
-        # taskset execs the command, so the pid is the server's own.
-        process = subprocess.Popen(
-            [*cores.prefix(cores.server), *command],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO_ROOT,
-        )
-    target = Target(name, port, process, log_path, admin_port)
+def _stopped_at_exit(target: Target) -> Iterator[Target]:
     try:
-        _wait_ready(target, "/readyz")
         yield target
     except TargetError:
         raise
     except Exception:
-        logger.error("%s (pid %d) log, last lines:\n%s", name, target.pid, target.log_tail())
+        logger.error("%s (pid %d) log, last lines:\n%s", target.name, target.pid, target.log_tail())
         raise
     finally:
-        _stop(target)
+        target.process.stop()
+        if target.process.killed_after_sigterm:
+            logger.warning("%s (pid %d) ignored SIGTERM; killed it", target.name, target.pid)
+
+
+@contextlib.contextmanager
+def gateway(cores: Cores, workdir: Path) -> Iterator[Target]:
+    """A gateway node pinned to the server core, with its own SQLite file in `workdir`; stopped (by
+    its pid) at exit. ProcessError if it exits or is not ready in time."""
+    node = start_gateway(
+        workdir,
+        "gateway",
+        # The run enrolls its whole fleet up front; the enrollment bound would shed most of it.
+        {"node_id": "bench", "log_level": "warning", "enrollment_rate": 0},
+        sqlite_path=workdir / "bench-gateway.db",
+        ready_timeout=READY_TIMEOUT,
+        # taskset execs the command, so the pid is the server's own.
+        prefix=cores.prefix(cores.server),
+        # OPAMP_GATEWAY_* reach the measured node: diagnostic runs configure it so (docs/performance.md).
+        inherit_settings=True,
+        cwd=REPO_ROOT,
+    )
+    with _stopped_at_exit(Target("gateway", node.opamp_port, node, node.admin_port)) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def baseline(reply: bytes, loop: str, cores: Cores, workdir: Path) -> Iterator[Target]:
+    """The baseline answering every heartbeat with `reply`, pinned to the server core; stopped at exit."""
+    port = free_port()
+    argv = [*cores.prefix(cores.server), *baseline_command(port, reply, loop)]
+    process = spawn(
+        "baseline", argv, workdir / "baseline.log", env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO_ROOT
+    )
+    wait_ready(process, lambda: _answers_readyz(port), READY_TIMEOUT)
+    with _stopped_at_exit(Target("baseline", port, process)) as target:
+        yield target
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    """A redis-server for the nodes' bus; stopped at exit."""
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def nodes(
+    workdir: Path,
+    names: Sequence[str],
+    flags: Mapping[str, object],
+    *,
+    sqlite_path: Path | None = None,
+    redis_url: str | None = None,
+) -> Iterator[list[GatewayProcess]]:
+    """Gateway nodes for a multi-node benchmark, unpinned, each ready before the next starts; all
+    stopped (by pid) at exit. A node that exits or is not ready in time raises ProcessError."""
+    started: list[GatewayProcess] = []
+    try:
+        # The benchmarks enroll their whole fleet at once: no enrollment rate limit.
+        merged = {"log_level": "warning", "enrollment_rate": 0, **flags}
+        for name in names:
+            node = start_gateway(
+                workdir,
+                name,
+                merged,
+                sqlite_path=sqlite_path,
+                redis_url=redis_url,
+                ready_timeout=READY_TIMEOUT,
+                inherit_settings=True,
+                cwd=REPO_ROOT,
+            )
+            started.append(node)
+        yield started
+    finally:
+        for node in reversed(started):
+            node.stop()

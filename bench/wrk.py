@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.fleet import Agent, read_state_file, write_agents_file
-from bench.procstat import children_cpu
+from bench.fleet import read_state_file, write_agents_file
 from bench.targets import HOST, Cores
+from harness.agent import SimAgent
+from harness.procstat import children_cpu
 
 logger = logging.getLogger("bench.wrk")
 
@@ -37,7 +38,7 @@ class PhaseResult:
     socket_errors: dict[str, int]
     checks: dict[str, int]
     # Agents whose last request got no reply before wrk stopped: the server may or may not have seen it.
-    in_flight: list[Agent]
+    in_flight: list[SimAgent]
     # CPU seconds wrk used (its core must not be the bottleneck).
     wrk_cpu: float = 0.0
     # Share of its core the server used during the phase (filled in by the caller).
@@ -67,7 +68,7 @@ def find_wrk() -> str | None:
 
 
 def run_phase(
-    agents: list[Agent],
+    agents: list[SimAgent],
     port: int,
     path: str,
     mode: Mode,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench import gateway_metrics, machine, procstat, targets, ws_memory
+from bench import gateway_metrics, targets, ws_memory
 from bench.agents import ReplyError
 from bench.baseline import FIXED_UID, OPAMP_PATH
 from bench.fleet import make_fleet
@@ -46,6 +46,7 @@ from bench.ws_load import (
 )
 from gateway.opamp import framing
 from gateway.proto import opamp_pb2 as pb
+from harness import machine, procstat
 
 logger = logging.getLogger("bench.ws_bench")
 
@@ -225,13 +226,9 @@ async def _memory(
     mem_cfg = ws_memory.MemoryConfig(cfg.idle_agents, cfg.idle_seconds, cfg.connect_concurrency, OPAMP_PATH)
     memdir = workdir / "memory"
     memdir.mkdir()
-    port, admin_port = targets.free_port(), targets.free_port()
-    command = targets.gateway_command(port, admin_port, memdir)
-    with targets.running("gateway", command, port, cores, memdir, admin_port) as gw:
+    with targets.gateway(cores, memdir) as gw:
         gateway = await ws_memory.measure(gw, mem_cfg, gateway_check, progress)
-    b_port = targets.free_port()
-    b_command = targets.baseline_command(b_port, framing.decode(baseline_reply), cfg.baseline_loop)
-    with targets.running("baseline", b_command, b_port, cores, memdir) as bl:
+    with targets.baseline(framing.decode(baseline_reply), cfg.baseline_loop, cores, memdir) as bl:
         baseline = await ws_memory.measure(bl, mem_cfg, fixed_check(baseline_reply), progress)
     return {"gateway": gateway, "baseline": baseline, "aim_kib": MEMORY_AIM_KIB}
 
@@ -251,9 +248,8 @@ async def _run(cfg: WsBenchConfig, progress: Progress, argv: list[str]) -> dict[
     with tempfile.TemporaryDirectory(prefix="opamp-bench-ws-") as tmp:
         workdir = Path(tmp)
         bench = WsBench(cfg, cores, workdir, progress)
-        port, admin_port = targets.free_port(), targets.free_port()
-        command = targets.gateway_command(port, admin_port, workdir)
-        with targets.running("gateway", command, port, cores, workdir, admin_port) as gw:
+        with targets.gateway(cores, workdir) as gw:
+            port = gw.port
             began = time.perf_counter()
             gw_fleet = await connect_fleet(
                 HOST, port, OPAMP_PATH, make_fleet(cfg.agents), cfg.connect_concurrency, gateway_check
@@ -269,14 +265,12 @@ async def _run(cfg: WsBenchConfig, progress: Progress, argv: list[str]) -> dict[
                 for item in gw_fleet:
                     item.sock.expected = expected_reply(template, item.agent.uid)
                 baseline_reply = _baseline_reply(probe[0])
-                b_port = targets.free_port()
-                b_command = targets.baseline_command(
-                    b_port, framing.decode(baseline_reply), cfg.baseline_loop
-                )
-                with targets.running("baseline", b_command, b_port, cores, workdir) as bl:
+                with targets.baseline(
+                    framing.decode(baseline_reply), cfg.baseline_loop, cores, workdir
+                ) as bl:
                     bl_fleet = await connect_fleet(
                         HOST,
-                        b_port,
+                        bl.port,
                         OPAMP_PATH,
                         make_fleet(cfg.agents, seed=2),
                         cfg.connect_concurrency,

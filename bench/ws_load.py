@@ -21,17 +21,17 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError
 
-from bench.agents import REPORT_FULL_STATE, ReplyError, check_message
-from bench.fleet import Agent, full_report, heartbeat
+from bench.agents import ReplyError, check_message
 from bench.ws_client import CLOSE_NORMAL, AgentSocket, WsError, connect
 from gateway.opamp import framing
 from gateway.proto import opamp_pb2 as pb
+from harness.agent import SimAgent, reply_problem
 
 logger = logging.getLogger("bench.ws_load")
 
 T = TypeVar("T")
 # Raises ReplyError if a reply to an untimed message (a full report) is not what it should be.
-Check = Callable[[bytes, Agent], None]
+Check = Callable[[bytes, SimAgent], None]
 
 REPLY_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 10.0
@@ -53,17 +53,16 @@ CHECK_ERRORS = (
 class WsAgent:
     """A simulated agent and the socket it is connected on."""
 
-    agent: Agent
+    agent: SimAgent
     sock: AgentSocket
 
 
-def heartbeat_message(agent: Agent) -> bytes:
+def heartbeat_message(agent: SimAgent) -> bytes:
     """The next heartbeat of `agent`, framed (moves its sequence number on)."""
-    agent.seq += 1
-    return framing.encode(heartbeat(agent).SerializeToString())
+    return framing.encode(agent.heartbeat().SerializeToString())
 
 
-def heartbeat_parts(agent: Agent) -> tuple[bytes, bytes]:
+def heartbeat_parts(agent: SimAgent) -> tuple[bytes, bytes]:
     """What comes before and after the sequence number in the agent's framed heartbeat: the closed
     loop encodes heartbeats by hand, 4 times faster than protobuf, to keep the generator's core free
     (the bytes are protobuf's: fields in number order, as tests/bench/test_ws_load.py checks)."""
@@ -90,16 +89,13 @@ def classify(message: bytes, uid: bytes | None) -> tuple[str, str]:
         reply = pb.ServerToAgent.FromString(message[1:])
     except DecodeError:
         return "bad_body", f"not a ServerToAgent: {message[:60].hex()}"
-    if reply.HasField("error_response"):
-        return "error_response", reply.error_response.error_message
-    if reply.flags & REPORT_FULL_STATE:
-        return "full_state", "ReportFullState requested"
-    if uid is not None and reply.instance_uid != uid:
-        return "wrong_uid", f"reply for {reply.instance_uid.hex()}, sent {uid.hex()}"
+    problem = reply_problem(reply, uid)
+    if problem is not None:
+        return problem
     return "unexpected", f"not the plain heartbeat reply: {message[:60].hex()}"
 
 
-def check_framed(message: bytes, agent: Agent) -> pb.ServerToAgent:
+def check_framed(message: bytes, agent: SimAgent) -> pb.ServerToAgent:
     """A framed reply decoded and checked in full (header 0, then a correct ServerToAgent)."""
     try:
         body = framing.decode(message)
@@ -122,7 +118,7 @@ async def _bounded(items: Sequence[T], concurrency: int, work: Callable[[T], Awa
 def fixed_check(expected: bytes) -> Check:
     """The check for a target that always answers `expected` (the baseline)."""
 
-    def check(reply: bytes, agent: Agent) -> None:
+    def check(reply: bytes, agent: SimAgent) -> None:
         if reply != expected:
             why, detail = classify(reply, None)
             raise ReplyError(f"agent {agent.index}: {why}: {detail}")
@@ -130,23 +126,22 @@ def fixed_check(expected: bytes) -> Check:
     return check
 
 
-def gateway_check(reply: bytes, agent: Agent) -> None:
+def gateway_check(reply: bytes, agent: SimAgent) -> None:
     check_framed(reply, agent)
 
 
 async def connect_fleet(
-    host: str, port: int, path: str, agents: Sequence[Agent], concurrency: int, check: Check
+    host: str, port: int, path: str, agents: Sequence[SimAgent], concurrency: int, check: Check
 ) -> list[WsAgent]:
     """Open one socket per agent and send its first full report (sequence_num 0) on it, `concurrency`
     handshakes at a time; every reply must pass `check`. On failure the opened sockets are closed."""
     opened: list[WsAgent] = []
 
-    async def one(agent: Agent) -> None:
+    async def one(agent: SimAgent) -> None:
         sock = await connect(host, port, path)
         opened.append(WsAgent(agent, sock))
-        agent.seq = 0
         check(
-            await sock.request(framing.encode(full_report(agent).SerializeToString()), REPLY_TIMEOUT), agent
+            await sock.request(framing.encode(agent.full_report().SerializeToString()), REPLY_TIMEOUT), agent
         )
 
     try:
@@ -245,7 +240,7 @@ class _Loop:
         self.latencies: list[float] = []
         self.checks: Counter[str] = Counter()
         self.examples: list[str] = []
-        self.agents: dict[AgentSocket, Agent] = {}
+        self.agents: dict[AgentSocket, SimAgent] = {}
         self.parts: dict[AgentSocket, tuple[bytes, bytes]] = {}
         self.drained = asyncio.Event()
 

@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import gateway_metrics, procstat
+from bench import gateway_metrics
 from bench.agents import ReplyError
 from bench.fleet import make_fleet
 from bench.targets import HOST, Target
 from bench.ws_client import CLOSE_NORMAL
 from bench.ws_load import Check, WsAgent, close_fleet, connect_fleet
+from harness import procstat
 
 logger = logging.getLogger("bench.ws_memory")
 

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.targets import admin
-from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
-from loadtest.cluster import Gateway
+from harness.admin import admin
+from harness.agent import CHANGED_AT_MARKER, SERVICE_NAME
+from harness.gateway import GatewayProcess
 from loadtest.monitor import gateway_counters
 
 logger = logging.getLogger("loadtest.change")
@@ -38,7 +38,7 @@ class ConfigChange:
     rollout: dict[str, Any] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
-    def start(self, gateways: list[Gateway]) -> None:
+    def start(self, gateways: list[GatewayProcess]) -> None:
         self._thread = threading.Thread(target=self._run, args=(gateways,), name="config-change", daemon=True)
         self._thread.start()
 
@@ -54,7 +54,7 @@ class ConfigChange:
         if self._thread is not None:
             self._thread.join(self.timeout + 30)
 
-    def _run(self, gateways: list[Gateway]) -> None:
+    def _run(self, gateways: list[GatewayProcess]) -> None:
         self.started = time.monotonic()
         try:
             self._change(gateways)
@@ -62,7 +62,7 @@ class ConfigChange:
             # A gateway too busy to answer its admin API within the timeout is a result, not a crash.
             self.status = f"admin API failed: {exc!r}"
 
-    def _change(self, gateways: list[Gateway]) -> None:
+    def _change(self, gateways: list[GatewayProcess]) -> None:
         before = gateway_counters(gateways).applied_reports
         status, stored = admin(
             gateways[0].admin_port, "PUT", f"/api/v1/configs/{CONFIG_NAME}", body(time.time())

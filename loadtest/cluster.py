@@ -4,25 +4,20 @@ started, when the run ends however it ends."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bench.targets import HOST, admin, free_port
+from harness.gateway import GatewayProcess, start_gateway
+from harness.ports import LOOPBACK
+from harness.process import Process, spawn
+from harness.redis_server import RedisMissing, RedisServer
 
 logger = logging.getLogger("loadtest.cluster")
 
+HOST = LOOPBACK
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 60.0
 
@@ -31,36 +26,9 @@ class ClusterError(Exception):
     """A process of the run could not start or died."""
 
 
-@dataclass
-class Proc:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise ClusterError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
-
-
-@dataclass(frozen=True)
-class Gateway:
-    proc: Proc
-    port: int
-    admin_port: int
-
-    @property
-    def target(self) -> str:
-        return f"{HOST}:{self.port}"
+def target(gateway: GatewayProcess) -> str:
+    """The gateway's OpAMP port as Locust's --opamp-targets takes it."""
+    return f"{HOST}:{gateway.opamp_port}"
 
 
 def metrics_text(port: int) -> str:
@@ -70,92 +38,64 @@ def metrics_text(port: int) -> str:
 
 
 class Cluster:
-    """Starts processes and remembers them, so `stop_all` ends exactly what it started."""
+    """Starts processes and remembers them, so `stop_all` (at the end of its `with` block) ends
+    exactly what it started."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.procs: list[Proc] = []
+        self.procs: list[Process] = []
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Proc:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                list(argv),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-                cwd=REPO,
-            )
-        proc = Proc(name, process, log)
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_all()
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> Process:
+        proc = spawn(
+            name,
+            argv,
+            self.workdir / f"{name}.log",
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+            cwd=REPO,
+        )
         self.procs.append(proc)
         return proc
 
-    def redis(self) -> int:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise ClusterError("redis-server is not installed (scripts/install-test-deps.sh installs it)")
-        port = free_port()
-        proc = self.start(
-            "redis", [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        )
-        _wait(proc, lambda: _redis_up(port))
-        return port
+    def redis(self) -> str:
+        """Start redis-server; its URL."""
+        server = RedisServer(self.workdir)
+        try:
+            server.start(READY_TIMEOUT)
+        except RedisMissing as exc:
+            raise ClusterError(str(exc)) from None
+        assert server.process is not None
+        self.procs.append(server.process)
+        return server.url
 
-    def gateway(self, index: int, redis_port: int, db: Path, extra: Sequence[str]) -> Gateway:
-        port, admin_port = free_port(), free_port()
-        exe = Path(sys.executable).with_name("opamp-gateway")
-        argv = [
-            str(exe), "serve", "--host", HOST, "--port", str(port),
-            "--admin-host", HOST, "--admin-port", str(admin_port),
-            "--sqlite-path", str(db), "--node-id", f"load-{index}",
-            "--redis-url", f"redis://{HOST}:{redis_port}/0", "--log-level", "warning",
-            *extra,
-        ]  # fmt: skip
-        proc = self.start(f"gateway-{index}", argv)
-        gateway = Gateway(proc, port, admin_port)
-        _wait(proc, lambda: _ready(admin_port))
+    def gateway(self, index: int, redis_url: str, db: Path, extra: Sequence[str]) -> GatewayProcess:
+        """Start gateway `index` (its own ports, the shared SQLite file `db`); ProcessError if it
+        exits or is not ready in time."""
+        flags = {"host": HOST, "admin_host": HOST, "node_id": f"load-{index}", "log_level": "warning"}
+        name = f"gateway-{index}"
+        gateway = start_gateway(
+            self.workdir,
+            name,
+            flags,
+            sqlite_path=db,
+            redis_url=redis_url,
+            extra_args=extra,
+            ready_timeout=READY_TIMEOUT,
+            # As with `python -m bench`, OPAMP_GATEWAY_* in the runner's environment reach every node.
+            inherit_settings=True,
+            cwd=REPO,
+        )
+        self.procs.append(gateway)
         return gateway
 
-    def stop(self, proc: Proc, timeout: float = 30.0) -> None:
-        if proc.process.poll() is None:
-            proc.process.terminate()
-            try:
-                proc.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.process.kill()
-                proc.process.wait()
+    def stop(self, proc: Process, timeout: float = 30.0) -> None:
+        proc.stop(timeout)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             self.stop(proc)
-
-
-def _wait(proc: Proc, probe: Any) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        proc.check()
-        with contextlib.suppress(OSError):
-            if probe():
-                return
-        time.sleep(0.1)
-    raise ClusterError(f"{proc.name} not ready after {READY_TIMEOUT:.0f} s:\n{proc.tail()}")
-
-
-def _ready(admin_port: int) -> bool:
-    return admin(admin_port, "GET", "/readyz")[0] == 200
-
-
-def _redis_up(port: int) -> bool:
-    with socket.create_connection((HOST, port), timeout=1) as sock:
-        sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
-
-
-@contextlib.contextmanager
-def running(workdir: Path) -> Iterator[Cluster]:
-    cluster = Cluster(workdir)
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()

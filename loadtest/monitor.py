@@ -11,8 +11,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import procstat
-from loadtest.cluster import Gateway, Proc, metrics_text
+from harness import procstat
+from harness.gateway import GatewayProcess
+from harness.process import Process
+from loadtest.cluster import metrics_text
 
 logger = logging.getLogger("loadtest.monitor")
 
@@ -59,7 +61,7 @@ class Sample:
     machine_busy_cores: float
 
 
-def gateway_counters(gateways: Sequence[Gateway]) -> GatewayCounters:
+def gateway_counters(gateways: Sequence[GatewayProcess]) -> GatewayCounters:
     """Sums over every gateway; a gateway that does not answer counts as nothing this time."""
     total = {"connected": 0.0, "messages": 0.0, "shed": 0.0, "pushes": 0.0, "applied_reports": 0.0}
     buckets: dict[float, float] = {}
@@ -67,7 +69,7 @@ def gateway_counters(gateways: Sequence[Gateway]) -> GatewayCounters:
         try:
             text = metrics_text(gateway.admin_port)
         except OSError as exc:
-            logger.warning("could not scrape %s: %s", gateway.proc.name, exc)
+            logger.warning("could not scrape %s: %s", gateway.name, exc)
             continue
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -146,7 +148,7 @@ def locust_latest(history: Path) -> LocustRow:
 class CpuMeter:
     """CPU cores used by a group of processes between two readings."""
 
-    def __init__(self, procs: Sequence[Proc]) -> None:
+    def __init__(self, procs: Sequence[Process]) -> None:
         self.procs = list(procs)
         self.last = self._total()
 
@@ -159,7 +161,7 @@ class CpuMeter:
         return used / seconds if seconds > 0 else 0.0
 
 
-def rss_mib(procs: Sequence[Proc]) -> float:
+def rss_mib(procs: Sequence[Process]) -> float:
     total = 0
     for proc in procs:
         try:

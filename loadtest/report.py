@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import machine
+from harness import machine
 from loadtest.change import ConfigChange
 from loadtest.monitor import Sample, number
 

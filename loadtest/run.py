@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import procstat
-from bench.targets import HOST, admin, free_port
+from harness import procstat
+from harness.admin import admin
+from harness.gateway import GatewayProcess
+from harness.ports import free_port
+from harness.process import Process, ProcessError
 from loadtest import report
 from loadtest.change import CONFIG_NAME, ConfigChange
-from loadtest.cluster import REPO, Cluster, ClusterError, Gateway, Proc, running
+from loadtest.cluster import HOST, REPO, Cluster, ClusterError, target
 from loadtest.monitor import (
     CpuMeter,
     GatewayCounters,
@@ -87,8 +90,8 @@ def _workers(cfg: RunConfig) -> int:
 
 
 def _locust(
-    cluster: Cluster, cfg: RunConfig, gateways: Sequence[Gateway], workdir: Path
-) -> tuple[Proc, list[Proc]]:
+    cluster: Cluster, cfg: RunConfig, gateways: Sequence[GatewayProcess], workdir: Path
+) -> tuple[Process, list[Process]]:
     port = free_port()
     workers = _workers(cfg)
     # Only a bound: the runner ends the test itself (SIGTERM) once the hold and the config change
@@ -97,7 +100,7 @@ def _locust(
     common = [
         sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"),
         USER_CLASS[cfg.transport],
-        "--opamp-targets", ",".join(g.target for g in gateways),
+        "--opamp-targets", ",".join(target(g) for g in gateways),
         "--heartbeat-interval", str(cfg.heartbeat), "--loglevel", "WARNING",
     ]  # fmt: skip
     master = cluster.start(
@@ -135,13 +138,13 @@ def _gateway_args(cfg: RunConfig) -> list[str]:
     ]  # fmt: skip
 
 
-def _profile(cluster: Cluster, gateway: Gateway, seconds: float, workdir: Path) -> Proc | None:
+def _profile(cluster: Cluster, gateway: GatewayProcess, seconds: float, workdir: Path) -> Process | None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         logger.warning("py-spy is not installed; no profile")
         return None
-    out = workdir / f"{gateway.proc.name}-profile"
-    argv = [exe, "record", "--pid", str(gateway.proc.pid), "--duration", str(int(seconds)), "--rate", "50"]
+    out = workdir / f"{gateway.name}-profile"
+    argv = [exe, "record", "--pid", str(gateway.pid), "--duration", str(int(seconds)), "--rate", "50"]
     cluster.start("py-spy-svg", [*argv, "--format", "flamegraph", "--output", f"{out}.svg"])
     return cluster.start("py-spy-raw", [*argv, "--format", "raw", "--output", f"{out}.folded"])
 
@@ -171,16 +174,16 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
     samples: list[Sample] = []
     events: dict[str, float] = {}
     change = ConfigChange(expected=cfg.agents, timeout=cfg.converge_timeout)
-    with tempfile.TemporaryDirectory(prefix="loadtest-") as tmp, running(workdir) as cluster:
-        redis_port = cluster.redis()
+    with tempfile.TemporaryDirectory(prefix="loadtest-") as tmp, Cluster(workdir) as cluster:
+        redis_url = cluster.redis()
         gateways = [
-            cluster.gateway(i, redis_port, Path(tmp) / "gateway.db", _gateway_args(cfg))
+            cluster.gateway(i, redis_url, Path(tmp) / "gateway.db", _gateway_args(cfg))
             for i in range(gateways_n)
         ]
-        idle_rss = rss_mib([g.proc for g in gateways])
+        idle_rss = rss_mib(gateways)
         progress(f"redis-server and {gateways_n} gateways ready ({idle_rss:,.0f} MiB RSS idle)")
         master, workers = _locust(cluster, cfg, gateways, workdir)
-        gw_cpu = CpuMeter([g.proc for g in gateways])
+        gw_cpu = CpuMeter(gateways)
         locust_cpu = CpuMeter([master, *workers])
         redis_cpu = CpuMeter([p for p in cluster.procs if p.name == "redis"])
         start = time.monotonic()
@@ -191,16 +194,16 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
         at_hold = last_counters = GatewayCounters()
         profiled = False
         deadline = start + _bound(cfg) + 60
-        while master.process.poll() is None:
+        while master.returncode is None:
             if time.monotonic() > deadline:
                 raise ClusterError(f"the run overran its bound of {deadline - start:.0f} s")
-            for proc in (*workers, *(g.proc for g in gateways)):
+            for proc in (*workers, *gateways):
                 proc.check()
             time.sleep(cfg.sample_every)
             now = time.monotonic()
             dt = now - last_t
             counters = gateway_counters(gateways)
-            if master.process.poll() is None:
+            if master.returncode is None:
                 # Locust still running: the agents are still connected, so this counts the hold.
                 last_counters = counters
             row = locust_latest(workdir / "locust_stats_history.csv")
@@ -225,7 +228,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
                 heartbeat_p50_ms=row.heartbeat_p50,
                 heartbeat_p99_ms=row.heartbeat_p99,
                 gateway_cpu_cores=round(gw_cpu.cores(dt), 3),
-                gateway_rss_mib=round(rss_mib([g.proc for g in gateways]), 1),
+                gateway_rss_mib=round(rss_mib(gateways), 1),
                 locust_cpu_cores=round(locust_cpu.cores(dt), 3),
                 locust_rss_mib=round(rss_mib([master, *workers]), 1),
                 redis_cpu_cores=round(redis_cpu.cores(dt), 3),
@@ -253,7 +256,7 @@ def execute(cfg: RunConfig, progress: Any = print) -> dict[str, Any]:
         # Locust writes its final statistics when told to stop (SIGTERM), as at the end of -t.
         cluster.stop(master, timeout=60)
         progress(f"Locust finished after {time.monotonic() - start:.0f} s; stopping every process")
-    processes = [{"name": p.name, "pid": p.pid, "returncode": p.process.returncode} for p in cluster.procs]
+    processes = [{"name": p.name, "pid": p.pid, "returncode": p.returncode} for p in cluster.procs]
     requests = report.request_stats(workdir / "locust_stats.csv")
     summary = report.summarize(
         cfg, samples, requests, change, idle_rss, gateways_n, workers_n, hold_started, fleet_summary
@@ -337,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         summary = execute(cfg, progress=lambda line: print(line, flush=True))
-    except ClusterError as exc:
+    except (ClusterError, ProcessError) as exc:
         print(f"scale run failed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from locust import FastHttpUser, User, constant, task
 from locust.env import Environment
 
 from gateway.proto import opamp_pb2 as pb
-from loadtest.agent import Reaction, SimAgent
+from harness.agent import Reaction, SimAgent
 
 logger = logging.getLogger("loadtest.users")
 

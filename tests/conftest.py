@@ -5,9 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.gateway import TLSFiles
+from harness.process import ProcessError, UncleanExit
+from harness.redis_server import RedisServer
 from tests.support.es import es_aliases, es_target
-from tests.support.process import Gateway, GatewayFactory, GatewayStartError, TLSFiles, start_gateway
-from tests.support.redis_server import RedisFactory, RedisServer
+from tests.support.process import Gateway, GatewayFactory, start_gateway
+from tests.support.redis_server import RedisFactory
 
 __all__ = ["es_aliases", "es_target"]  # Elasticsearch (the double, or OPAMP_GATEWAY_TEST_ES_URL)
 
@@ -18,9 +21,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_factory() -> Iterator[RedisFactory]:
+def redis_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisFactory]:
     """Starts real redis-server processes on free loopback ports; all are stopped at session end."""
-    factory = RedisFactory()
+    factory = RedisFactory(tmp_path_factory.mktemp("redis"))
     try:
         yield factory
     finally:
@@ -72,7 +75,7 @@ def gateway_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
                 gateway = start_gateway(
                     tmp_path, name, flags, agent_key=agent_key, admin_token=admin_token, tls=tls
                 )
-            except GatewayStartError as exc:
+            except ProcessError as exc:
                 # A free port can be taken between probing and binding; only then try again.
                 pinned = "port" in flags or "admin_port" in flags
                 if pinned or "address already in use" not in str(exc).lower() or attempt == _PORT_RETRIES - 1:
@@ -87,13 +90,8 @@ def gateway_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
     problems: list[str] = []
     for gateway in reversed(started):
         try:
-            code = gateway.stop()
-        except AssertionError as exc:
-            problems.append(str(exc))
-            continue
-        if code != 0:
-            problems.append(
-                f"gateway {gateway.name} (pid {gateway.pid}) exited with code {code} after SIGTERM"
-            )
+            gateway.stop_cleanly()
+        except UncleanExit as exc:
+            problems.append(f"gateway {exc}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)

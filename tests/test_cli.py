@@ -15,7 +15,7 @@ import pytest
 from gateway import __version__
 from gateway.cli import _refuse_insecure
 from gateway.settings import Settings
-from tests.support.servers import free_port
+from harness.ports import free_port
 
 EXE = [sys.executable, "-m", "gateway.cli"]
 

@@ -222,7 +222,7 @@ def test_migrate_needs_an_elasticsearch_url(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_migrate_reports_an_unreachable_cluster(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.support.servers import free_port
+    from harness.ports import free_port
 
     assert cli.main(["migrate", f"--elasticsearch-url=http://127.0.0.1:{free_port()}"]) == 1
     assert "opamp-gateway: error: Elasticsearch migrate: ConnectionError" in capsys.readouterr().err

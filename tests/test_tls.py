@@ -16,7 +16,8 @@ from websockets.asyncio.client import connect
 
 from gateway import settings as settings_mod, tls
 from gateway.proto import opamp_pb2 as pb
-from tests.support.process import GatewayFactory, TLSFiles
+from harness.gateway import TLSFiles
+from tests.support.process import GatewayFactory
 from tests.support.servers import Node, run_node
 from tests.support.waiting import uid
 from tests.support.ws import exchange, report

@@ -3,16 +3,16 @@ loop's reply checks, and how a wrong reply is named."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench import targets
 from bench.agents import ReplyError
 from bench.baseline import OPAMP_PATH, heartbeat_reply
-from bench.fleet import heartbeat, make_fleet
-from bench.targets import HOST, Cores, Target, free_port, running
+from bench.fleet import make_fleet
+from bench.targets import HOST, Cores, Target
 from bench.ws_client import WsError, connect
 from bench.ws_load import (
     classify,
@@ -37,9 +37,7 @@ def _framed(reply: pb.ServerToAgent) -> bytes:
 
 
 def _start_baseline(tmp_path: Path, reply: bytes) -> Iterator[Target]:
-    port = free_port()
-    command = [sys.executable, "-m", "bench.baseline", "--port", str(port), "--reply-hex", reply.hex()]
-    with running("baseline", command, port, Cores(None, None), tmp_path) as target:
+    with targets.baseline(reply, "uvloop", Cores(None, None), tmp_path) as target:
         yield target
 
 
@@ -83,9 +81,9 @@ def test_hand_encoded_heartbeats_are_protobufs_bytes(capabilities: int) -> None:
     agent.capabilities = capabilities
     before, after = heartbeat_parts(agent)
     for seq in (1, 127, 128, 300, 1 << 35):
-        agent.seq = seq
+        agent.seq = seq - 1  # the last one sent
         by_hand = before + framing.encode_varint(seq) + after
-        assert by_hand == framing.encode(heartbeat(agent).SerializeToString()), seq
+        assert by_hand == framing.encode(agent.heartbeat().SerializeToString()), seq
 
 
 async def test_closed_loop_against_the_baseline_checks_every_reply(baseline: Target) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from gateway.bus.base import AgentCommand, BusUnavailable, ConfigsChanged, Envelope, Owner
 from gateway.bus.redis import BROADCAST_CHANNEL, RedisBus, owner_key
-from tests.support.redis_server import RedisFactory, RedisServer
+from harness.redis_server import RedisServer
+from tests.support.redis_server import RedisFactory
 from tests.support.waiting import eventually as _eventually
 
 pytestmark = pytest.mark.anyio
@@ -118,7 +119,7 @@ async def test_outage_is_reported_fast_and_recovered(redis_factory: RedisFactory
     async with bus(server.url, backoff=(0.05, 0.2)) as (a, inbox):
         assert a.status() == {"kind": "redis", "state": "up"}
         assert inbox.ups == 1
-        server.stop()
+        server.kill()
         await eventually(lambda: not a.up)
         assert a.status()["state"] == "down" and a.status()["error"]
         started = time.monotonic()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
+from harness.process import Process, spawn
 from tests.deploy.rendering import rendered_set
 
 STARTUP_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_status(url: str, method: str = "GET") -> int:
@@ -64,28 +58,21 @@ def pod_environment(tmp_path: Path, opamp_port: int, admin_port: int) -> dict[st
 
 
 @pytest.fixture
-def gateway_pod(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], dict[str, int]]]:
+def gateway_pod(tmp_path: Path) -> Iterator[tuple[Process, dict[str, str], dict[str, int]]]:
     ports = {"opamp": free_port(), "admin": free_port()}
     env = pod_environment(tmp_path, ports["opamp"], ports["admin"])
-    log = (tmp_path / "gateway.log").open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
+    # Configured by its environment alone, as in the pod: not through harness.gateway's flags.
+    process = spawn(
+        "gateway", [sys.executable, "-m", "gateway.cli", "serve"], tmp_path / "gateway.log", env=env
     )
     try:
         yield process, env, ports
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
+        process.kill()
 
 
 def test_probes_prestop_and_sigterm_against_the_real_gateway(
-    gateway_pod: tuple[subprocess.Popen[str], dict[str, str], dict[str, int]], tmp_path: Path
+    gateway_pod: tuple[Process, dict[str, str], dict[str, int]], tmp_path: Path
 ) -> None:
     process, env, ports = gateway_pod
     rendered = rendered_set("minimal-values")
@@ -98,7 +85,7 @@ def test_probes_prestop_and_sigterm_against_the_real_gateway(
 
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
-        assert process.poll() is None, (tmp_path / "gateway.log").read_text(encoding="utf-8")
+        assert process.returncode is None, process.log_text()
         try:
             if http_status(probe_url("startupProbe")) == 200:
                 break
@@ -123,6 +110,6 @@ def test_probes_prestop_and_sigterm_against_the_real_gateway(
     assert http_status(probe_url("readinessProbe")) == 503, "a draining pod must leave the endpoints"
     assert http_status(probe_url("livenessProbe")) == 200, "draining is not dying"
 
-    process.send_signal(signal.SIGTERM)
+    process.signal(signal.SIGTERM)
     grace = rendered.pod["terminationGracePeriodSeconds"] - (time.monotonic() - started)
-    assert process.wait(timeout=grace) == 0, (tmp_path / "gateway.log").read_text(encoding="utf-8")
+    assert process.wait(timeout=grace) == 0, process.log_text()

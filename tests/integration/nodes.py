@@ -3,15 +3,14 @@ admin API and readiness of one node."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
 
-from tests.integration.conftest import GatewayProcess
+from harness.gateway import GatewayProcess
+from harness.waiting import eventually as _eventually
 
 
 def new_uid() -> bytes:
@@ -23,11 +22,8 @@ def text(uid: bytes) -> str:
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
+    # Processes answer over HTTP: a longer deadline and a slower poll than the shared default.
+    await _eventually(check, timeout=timeout, interval=0.05, what=what)
 
 
 async def admin_json(
@@ -52,7 +48,7 @@ async def owned_by(gateway: GatewayProcess, uid: bytes, node: str) -> bool:
 
 
 async def bus_state(gateway: GatewayProcess) -> str:
-    async with httpx2.AsyncClient(base_url=gateway.opamp_url) as http:
+    async with httpx2.AsyncClient(base_url=gateway.opamp_base_url) as http:
         response = await http.get("/readyz")
         # A Redis outage never makes a node unready: it still serves every agent.
         assert response.status_code == 200, response.text
@@ -64,4 +60,4 @@ async def wait_bus(gateway: GatewayProcess, state: str) -> None:
     async def check() -> bool:
         return await bus_state(gateway) == state
 
-    await eventually(check, what=f"{gateway.node_id}'s bus to be {state}")
+    await eventually(check, what=f"{gateway.name}'s bus to be {state}")

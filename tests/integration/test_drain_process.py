@@ -31,7 +31,9 @@ async def _last_words(ws: ClientConnection) -> tuple[pb.ServerToAgent, int, floa
 async def test_sigterm_drains_then_exits(gateways: GatewayFactory) -> None:
     gateway = gateways("node-d", drain_seconds=DRAIN_SECONDS)
     async with contextlib.AsyncExitStack() as stack:
-        sockets = [await stack.enter_async_context(agent_socket(gateway.opamp_url)) for _ in range(SOCKETS)]
+        sockets = [
+            await stack.enter_async_context(agent_socket(gateway.opamp_base_url)) for _ in range(SOCKETS)
+        ]
         for n, ws in enumerate(sockets):
             await exchange(ws, report(uuid.UUID(int=n + 1).bytes))
         waiting = [asyncio.create_task(_last_words(ws)) for ws in sockets]
@@ -41,7 +43,7 @@ async def test_sigterm_drains_then_exits(gateways: GatewayFactory) -> None:
         refused = None
         while refused is None and time.monotonic() - started < DRAIN_SECONDS:
             try:
-                async with agent_socket(gateway.opamp_url):
+                async with agent_socket(gateway.opamp_base_url):
                     await asyncio.sleep(0.02)
             except InvalidStatus as exc:
                 refused = exc.response.status_code
@@ -54,5 +56,5 @@ async def test_sigterm_drains_then_exits(gateways: GatewayFactory) -> None:
     closes = sorted(at for _, _, at in results)
     assert closes[-1] - closes[0] > DRAIN_SECONDS * 0.7
     assert await asyncio.to_thread(gateway.wait, 15) == 0
-    log = gateway.log_tail(20_000)
+    log = gateway.log_text(20_000)
     assert "draining WebSockets" in log and "drained " in log

@@ -3,8 +3,6 @@ stateless nodes, any node answers any agent, and `serve` waits for `migrate`."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +11,10 @@ import httpx2
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
+from harness.gateway import start_gateway
+from harness.waiting import wait_until
 from tests.support.es import EsAliases, new_aliases, run_sync
-from tests.support.process import Gateway, GatewayFactory, free_port, gateway_command, wait_until
+from tests.support.process import Gateway, GatewayFactory
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -82,20 +82,9 @@ def test_any_node_answers_any_agent(gateway_factory: GatewayFactory, es_aliases:
 
 def test_serve_is_unready_until_migrate_has_run(tmp_path: Path, es_aliases: EsAliases) -> None:
     aliases = new_aliases(es_aliases.target)
-    port, admin_port = free_port(), free_port()
-    log_path = tmp_path / "unmigrated.log"
-    argv = [
-        *gateway_command(),
-        "serve",
-        f"--port={port}",
-        f"--admin-port={admin_port}",
-        "--node-id=unmigrated",
-        *(f"--{k.replace('_', '-')}={v}" for k, v in aliases.flags().items()),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    node = start_gateway(tmp_path, "unmigrated", aliases.flags(), ready=None)
     try:
-        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False) as client:
+        with httpx2.Client(base_url=node.opamp_base_url, timeout=5, trust_env=False) as client:
 
             def answered() -> httpx2.Response | None:
                 try:
@@ -106,7 +95,7 @@ def test_serve_is_unready_until_migrate_has_run(tmp_path: Path, es_aliases: EsAl
             response = wait_until(answered, 20, "the node to answer /readyz")
             assert response.status_code == 503
             assert "run `opamp-gateway migrate`" in response.json()["problems"]["store"]
-            assert "run `opamp-gateway migrate`" in log_path.read_text()
+            assert "run `opamp-gateway migrate`" in node.log_text()
             run_sync(aliases.migrate)
 
             def ready() -> bool:
@@ -115,6 +104,5 @@ def test_serve_is_unready_until_migrate_has_run(tmp_path: Path, es_aliases: EsAl
 
             wait_until(ready, 30, "readiness after migrate")
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+        node.stop_cleanly(timeout=20)
         run_sync(aliases.drop)

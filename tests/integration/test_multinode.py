@@ -11,10 +11,12 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from tests.integration.conftest import GatewayFactory, GatewayProcess
+from harness.gateway import GatewayProcess
+from harness.redis_server import RedisServer
+from tests.integration.conftest import GatewayFactory
 from tests.integration.nodes import agent_json, eventually, new_uid, owned_by, text, wait_bus
 from tests.support.opamp_http import poll as http_poll
-from tests.support.redis_server import RedisFactory, RedisServer
+from tests.support.redis_server import RedisFactory
 from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +47,7 @@ async def test_restart_through_another_node_arrives_within_a_second(
     a = gateways("node-a", shared_redis.url)
     b = gateways("node-b", shared_redis.url)
     uid = new_uid()
-    async with agent_socket(a.opamp_url) as ws:
+    async with agent_socket(a.opamp_base_url) as ws:
         await exchange(ws, report(uid))
         await eventually(lambda: owned_by(b, uid, "node-a"), what="node-b to see node-a as the owner")
         latencies = []
@@ -68,7 +70,7 @@ async def test_duplicate_connection_on_two_nodes_closes_the_older(
     a = gateways("node-a", shared_redis.url)
     b = gateways("node-b", shared_redis.url)
     uid = new_uid()
-    async with agent_socket(a.opamp_url) as old, agent_socket(b.opamp_url) as new:
+    async with agent_socket(a.opamp_base_url) as old, agent_socket(b.opamp_base_url) as new:
         await exchange(old, report(uid))
         await eventually(lambda: owned_by(b, uid, "node-a"), what="node-a's claim")
         await exchange(new, report(uid, 1))
@@ -87,7 +89,7 @@ async def test_redis_outage_keeps_serving_and_pushes_resume(
     a = gateways("node-a", redis.url)
     b = gateways("node-b", redis.url)
     ws_uid, http_uid = new_uid(), new_uid()
-    async with agent_socket(a.opamp_url) as ws, httpx2.AsyncClient(base_url=b.opamp_url) as http:
+    async with agent_socket(a.opamp_base_url) as ws, httpx2.AsyncClient(base_url=b.opamp_base_url) as http:
 
         async def poll(msg: pb.AgentToServer) -> pb.ServerToAgent:
             return await http_poll(http, "/v1/opamp", msg)
@@ -96,7 +98,7 @@ async def test_redis_outage_keeps_serving_and_pushes_resume(
         await poll(report(http_uid))
         await eventually(lambda: owned_by(b, ws_uid, "node-a"), what="node-a's claim")
 
-        redis.stop()
+        redis.kill()
         for gateway in (a, b):
             await wait_bus(gateway, "down")
         # Both transports are still answered, in sequence, with no full state asked for.
@@ -122,7 +124,7 @@ async def test_killed_node_agent_reconnects_elsewhere_with_its_record_intact(
     a = gateways("node-a", shared_redis.url)
     b = gateways("node-b", shared_redis.url)
     uid = new_uid()
-    async with agent_socket(a.opamp_url) as ws:
+    async with agent_socket(a.opamp_base_url) as ws:
         await exchange(ws, report(uid))
         for seq in (1, 2, 3):
             await exchange(ws, heartbeat(uid, seq))
@@ -132,7 +134,7 @@ async def test_killed_node_agent_reconnects_elsewhere_with_its_record_intact(
 
         await eventually(flushed, what="node-a's heartbeats to reach the store")
         a.kill()
-    async with agent_socket(b.opamp_url) as ws:
+    async with agent_socket(b.opamp_base_url) as ws:
         # A compressed first message, in sequence: the record is complete, no full state is asked.
         reply = await exchange(ws, heartbeat(uid, 4))
         assert reply.instance_uid == uid and not reply.flags & caps.REPORT_FULL_STATE
@@ -158,7 +160,7 @@ async def test_restart_for_an_http_agent_through_another_node(
     async with httpx2.AsyncClient() as http:
 
         async def poll(gateway: GatewayProcess, msg: pb.AgentToServer) -> pb.ServerToAgent:
-            return await http_poll(http, f"{gateway.opamp_url}/v1/opamp", msg)
+            return await http_poll(http, gateway.opamp_url, msg)
 
         await poll(a, report(uid))
         assert (await restart(b, uid))["delivery"] == "pending"

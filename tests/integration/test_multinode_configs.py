@@ -19,10 +19,12 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from tests.integration.conftest import GatewayFactory, GatewayProcess
+from harness.gateway import GatewayProcess
+from harness.redis_server import RedisServer
+from tests.integration.conftest import GatewayFactory
 from tests.integration.nodes import admin_json, agent_json, eventually, new_uid, text, wait_bus
 from tests.support.opamp_http import poll as http_poll
-from tests.support.redis_server import RedisFactory, RedisServer
+from tests.support.redis_server import RedisFactory
 from tests.support.remote_config import expected_hash
 from tests.support.ws import agent_socket, exchange, heartbeat, recv, report
 
@@ -78,7 +80,7 @@ def ws_agent(ws: ClientConnection, capabilities: int = CONFIG_CAPS) -> Agent:
 
 def http_agent(http: httpx2.AsyncClient, gateway: GatewayProcess) -> Agent:
     async def send(msg: pb.AgentToServer) -> pb.ServerToAgent:
-        return await http_poll(http, f"{gateway.opamp_url}/v1/opamp", msg)
+        return await http_poll(http, gateway.opamp_url, msg)
 
     return Agent(send)
 
@@ -155,7 +157,7 @@ async def test_config_put_on_one_node_reaches_a_websocket_agent_on_another_withi
     b = gateways("node-b", shared_redis.url)
     # One admin client for all the PUTs: a new client per request would time its own set-up too.
     async with (
-        agent_socket(a.opamp_url) as ws,
+        agent_socket(a.opamp_base_url) as ws,
         httpx2.AsyncClient(base_url=b.admin_url, trust_env=False) as admin,
     ):
         agent = ws_agent(ws)
@@ -210,12 +212,12 @@ async def test_with_redis_down_a_config_reaches_agents_on_their_next_message(
     # A long refresh interval: only the agents' own messages can bring the change to node-a.
     a = gateways("node-a", redis.url, config_refresh_interval=3600)
     b = gateways("node-b", redis.url, config_refresh_interval=3600)
-    async with agent_socket(a.opamp_url) as ws, httpx2.AsyncClient(trust_env=False) as http:
+    async with agent_socket(a.opamp_base_url) as ws, httpx2.AsyncClient(trust_env=False) as http:
         agent, polling = ws_agent(ws), http_agent(http, a)
         await agent.enroll()
         await polling.enroll()
 
-        redis.stop()
+        redis.kill()
         for gateway in (a, b):
             await wait_bus(gateway, "down")
         assert not (await agent.heartbeat()).HasField("remote_config")
@@ -253,10 +255,10 @@ async def test_a_change_made_while_redis_was_down_is_pushed_when_it_returns(
     redis = redis_factory()
     a = gateways("node-a", redis.url, config_refresh_interval=3600)
     b = gateways("node-b", redis.url, config_refresh_interval=3600)
-    async with agent_socket(a.opamp_url) as ws:
+    async with agent_socket(a.opamp_base_url) as ws:
         agent = ws_agent(ws)
         await agent.enroll()
-        redis.stop()
+        redis.kill()
         for gateway in (a, b):
             await wait_bus(gateway, "down")
         body = "processors: {batch: {}}\n"
@@ -277,7 +279,7 @@ async def test_a_websocket_agent_sees_each_change_and_deletion_made_on_another_n
 ) -> None:
     a = gateways("node-a", shared_redis.url)
     b = gateways("node-b", shared_redis.url)
-    async with agent_socket(a.opamp_url) as ws:
+    async with agent_socket(a.opamp_base_url) as ws:
         agent = ws_agent(ws)
         await agent.enroll()
 
@@ -333,7 +335,10 @@ async def test_a_websocket_agent_sees_each_change_and_deletion_made_on_another_n
 async def test_a_config_reported_failed_is_not_sent_again(gateways: GatewayFactory) -> None:
     # Offers unanswered for a second are sent again: the control agent shows that time has passed.
     gateway = gateways("node-a", config_resend_after=1)
-    async with agent_socket(gateway.opamp_url) as failing_ws, agent_socket(gateway.opamp_url) as silent_ws:
+    async with (
+        agent_socket(gateway.opamp_base_url) as failing_ws,
+        agent_socket(gateway.opamp_base_url) as silent_ws,
+    ):
         failing, silent = ws_agent(failing_ws), ws_agent(silent_ws)
         await failing.enroll()
         await silent.enroll()
@@ -363,7 +368,7 @@ async def test_a_config_reported_failed_is_not_sent_again(gateways: GatewayFacto
         assert await listed(gateway, "collector", "failed") == {text(failing.uid)}
 
     # Nor on a new connection, which does not wait for an unanswered offer's timeout.
-    async with agent_socket(gateway.opamp_url) as ws:
+    async with agent_socket(gateway.opamp_base_url) as ws:
         failing.send = ws_agent(ws).send
         assert not (await failing.heartbeat()).HasField("remote_config")
         # A changed config is a new offer, failure or not.
@@ -384,7 +389,7 @@ async def test_rollout_counts_on_every_node_after_agents_apply(
 ) -> None:
     a = gateways("node-a", shared_redis.url)
     b = gateways("node-b", shared_redis.url)
-    sockets = [agent_socket(a.opamp_url) for _ in range(4)] + [agent_socket(b.opamp_url)]
+    sockets = [agent_socket(a.opamp_base_url) for _ in range(4)] + [agent_socket(b.opamp_base_url)]
     async with (
         sockets[0] as ws_applies,
         sockets[1] as ws_fails,
@@ -430,7 +435,7 @@ async def test_rollout_counts_on_every_node_after_agents_apply(
                 # The offer to the silent agent is not a durable write: it reaches the store on a flush.
                 return await rollout(node, "fleet") == expected
 
-            await eventually(counted, what=f"{node.node_id}'s rollout counts to be {expected}")
+            await eventually(counted, what=f"{node.name}'s rollout counts to be {expected}")
             for status, uids in by_status.items():
                 assert await listed(node, "fleet", status) == uids, status
             assert await listed(node, "fleet") == set().union(*by_status.values())

@@ -10,7 +10,8 @@ import httpx2
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
-from tests.support.process import Gateway, GatewayFactory, wait_until
+from harness.waiting import wait_until
+from tests.support.process import Gateway, GatewayFactory
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 

@@ -41,7 +41,8 @@ from opentelemetry._opamp.proto import opamp_pb2 as pb
 from opentelemetry._opamp.transport.requests import RequestsTransport
 
 from gateway.opamp import capabilities as caps
-from tests.support.process import Gateway, GatewayFactory, wait_until
+from harness.waiting import wait_until
+from tests.support.process import Gateway, GatewayFactory
 from tests.support.remote_config import applied_config, config_spec, expected_hash, service_in
 
 pytestmark = pytest.mark.interop

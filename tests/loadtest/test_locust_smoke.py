@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.agent import CHANGED_AT_MARKER, SERVICE_NAME
-from tests.support.process import GatewayFactory, wait_until
+from harness.agent import CHANGED_AT_MARKER, SERVICE_NAME
+from harness.waiting import wait_until
+from tests.support.process import GatewayFactory
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 To add an adapter, add its id to `BACKENDS` and a branch to `store_factory` that returns a fresh
 client on one shared, empty backing store (so several clients act like several gateway nodes).
 
-"elasticsearch" runs on the wire-level double (tests/support/es_double), or on a real cluster when
+"elasticsearch" runs on the wire-level double (harness/es_double), or on a real cluster when
 OPAMP_GATEWAY_TEST_ES_URL is set. Its clients write with `refresh=true`, so the inventory searches
 see every write at once, as SQLite's queries do.
 """

@@ -19,7 +19,7 @@ from gateway.store.elasticsearch_documents import (
     moved_document,
 )
 from gateway.store.elasticsearch_schema import agents_index
-from tests.support.es_double import mapping
+from harness.es_double import mapping
 from tests.support.messages import UINT64, descriptions, healths
 
 MAPPINGS = agents_index("opamp-agents", "5s").mappings()

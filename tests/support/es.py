@@ -19,7 +19,7 @@ from gateway.migrate import index_specs, migrate
 from gateway.settings import Settings
 from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import make_client
-from tests.support.es_double import EsDouble
+from harness.es_double import EsDouble
 
 REAL_CLUSTER_ENV = "OPAMP_GATEWAY_TEST_ES_URL"
 T = TypeVar("T")

@@ -1,74 +1,20 @@
-"""A real `opamp-gateway serve` process for tests, and a small admin API client.
+"""A real `opamp-gateway serve` process for tests (started by harness.gateway) with a small admin API
+client and the credentials it was given.
 
-Used by the `gateway_factory` fixture (tests/interop/conftest.py). Nothing here is interop-specific,
-so integration tests can use it as well.
+Used by the `gateway_factory` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import httpx2
 
-T = TypeVar("T")
-
-LOOPBACK = "127.0.0.1"
-READY_TIMEOUT = 20.0
-STOP_TIMEOUT = 15.0
-# Bounds how much of a gateway log goes into a failure report.
-LOG_TAIL_CHARS = 20_000
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something other than None/False; fail naming `what`.
-
-    The last value seen and the last exception raised by `check` (an AssertionError, say) go into
-    the failure message, so a timeout says what was observed, not just that it timed out.
-    """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = check()
-        except AssertionError as exc:
-            value, last_error = None, exc
-        else:
-            if value is not None and value is not False:
-                return value
-            last = value
-        if time.monotonic() >= deadline:
-            detail = f"; last error: {last_error}" if last_error is not None else f"; last value: {last!r}"
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{detail}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def gateway_command() -> list[str]:
-    """The installed console script if there is one (it is what users run), else `python -m`."""
-    script = Path(sys.executable).with_name("opamp-gateway")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("opamp-gateway")
-    return [found] if found else [sys.executable, "-m", "gateway.cli"]
+from harness.gateway import READY_TIMEOUT, GatewayProcess, TLSFiles, start_gateway as launch
+from harness.waiting import wait_until
 
 
 class AdminError(AssertionError):
@@ -151,93 +97,23 @@ class AdminClient:
         return found[0] if found else None
 
 
-class GatewayStartError(RuntimeError):
-    pass
+class Gateway(GatewayProcess):
+    """One running gateway node, its admin API client, and the agent key it accepts (None: agents
+    are anonymous)."""
 
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for a node serving TLS: its certificate chain and key, the CA that signed them (for
-    clients), and optionally a CA whose client certificates it requires (mutual TLS)."""
-
-    cert: Path
-    key: Path
-    ca: Path
-    client_ca: Path | None = None
-
-    def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca))
-
-
-@dataclass
-class Gateway:
-    """One running gateway node."""
-
-    name: str
-    opamp_port: int
-    admin_port: int
-    sqlite_path: Path
-    log_path: Path
-    argv: list[str]
-    process: subprocess.Popen[bytes]
-    admin: AdminClient
-    _log_file: Any = field(repr=False)
-    # The agent key the node accepts (None: agents are anonymous) and its TLS files (None: plain HTTP).
-    agent_key: str | None = None
-    tls: TLSFiles | None = None
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.tls else "http"
-
-    @property
-    def opamp_url(self) -> str:
-        return f"{self.scheme}://{LOOPBACK}:{self.opamp_port}/v1/opamp"
-
-    @property
-    def opamp_base_url(self) -> str:
-        return f"{self.scheme}://{LOOPBACK}:{self.opamp_port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"{self.scheme}://{LOOPBACK}:{self.admin_port}"
+    def __init__(self, process: GatewayProcess, admin: AdminClient, agent_key: str | None) -> None:
+        super().__init__(process, process.opamp_port, process.admin_port, process.sqlite_path, process.tls)
+        self.admin = admin
+        self.agent_key = agent_key
 
     @property
     def agent_headers(self) -> dict[str, str]:
         """What an agent of this node must send: the Authorization header, if the node has keys."""
         return {"Authorization": f"Bearer {self.agent_key}"} if self.agent_key else {}
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_text(self, limit: int = LOG_TAIL_CHARS) -> str:
-        """The node's stdout+stderr so far (the tail, if long)."""
-        with contextlib.suppress(FileNotFoundError):
-            text = self.log_path.read_text(errors="replace")
-            if len(text) > limit:
-                return f"[... {len(text) - limit} characters cut ...]\n{text[-limit:]}"
-            return text
-        return ""
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code. Fails if the node had to be
-        killed, since a node that ignores SIGTERM is a bug worth seeing."""
+    def stop(self, timeout: float = 15.0) -> int:
         self.admin.close()
-        try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    return self.process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=10)
-                    raise AssertionError(
-                        f"gateway {self.name} (pid {self.pid}) ignored SIGTERM for {timeout}s; killed it"
-                    ) from None
-            return self.process.returncode
-        finally:
-            self._log_file.close()
+        return super().stop(timeout)
 
 
 class GatewayFactory(Protocol):
@@ -251,38 +127,10 @@ class GatewayFactory(Protocol):
     ) -> Gateway: ...
 
 
-def _flag_args(flags: dict[str, object]) -> list[str]:
-    """`offline_after=2` -> `--offline-after 2`; True -> bare flag; False/None -> left out."""
-    args: list[str] = []
-    for name, value in flags.items():
-        if value is None or value is False:
-            continue
-        args.append("--" + name.replace("_", "-"))
-        if value is not True:
-            args.append(str(value))
-    return args
-
-
-def _clean_env() -> dict[str, str]:
-    """The test's environment minus OPAMP_GATEWAY_* (flags must be the only configuration)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPAMP_GATEWAY_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    # A gateway started by a test must not pick up coverage's or pytest's warning filters.
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
-
-def _ready(client: httpx2.Client, url: str) -> bool:
-    try:
-        return client.get(url).status_code == 200
-    except httpx2.TransportError:
-        return False
-
-
 def _auth_flags(
-    workdir: Path, name: str, agent_key: str | None, admin_token: str | None, tls: TLSFiles | None
+    workdir: Path, name: str, agent_key: str | None, admin_token: str | None
 ) -> dict[str, object]:
-    """Flags for the credentials and TLS files, written into `workdir` as the gateway reads them."""
+    """Flags for the credentials, written into `workdir` as files the gateway re-reads."""
     flags: dict[str, object] = {}
     if agent_key is not None:
         keys = workdir / f"{name}-agent-keys"
@@ -292,8 +140,6 @@ def _auth_flags(
         token = workdir / f"{name}-admin-token"
         token.write_text(f"{admin_token}\n")
         flags["admin_token_file"] = token
-    if tls is not None:
-        flags.update(tls_cert=tls.cert, tls_key=tls.key, tls_client_ca=tls.client_ca)
     return flags
 
 
@@ -309,67 +155,18 @@ def start_gateway(
 ) -> Gateway:
     """Start a node on free loopback ports with a fresh SQLite file in `workdir`; wait for /readyz.
 
-    Defaults: --log-level debug, --node-id <name>, --offline-after 300, --flush-interval 0.1. Any
-    of them (and --port/--admin-port/--sqlite-path) can be overridden through `flags`. With
-    `agent_key` / `admin_token` the node requires them (written to files it re-reads); its AdminClient
-    sends the token. With `tls` both ports serve TLS and every URL is https.
+    Defaults: --log-level debug, --node-id <name>, --flush-interval 0.1. Any of them (and
+    --port/--admin-port/--sqlite-path) can be overridden through `flags`. With `agent_key` /
+    `admin_token` the node requires them (written to files it re-reads); its AdminClient sends the
+    token. With `tls` both ports serve TLS and every URL is https.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    merged: dict[str, object] = {
-        "port": free_port(),
-        "admin_port": free_port(),
-        "sqlite_path": workdir / f"{name}.db",
-        "node_id": name,
+    merged = {
         "log_level": "debug",
         "flush_interval": 0.1,
-        **_auth_flags(workdir, name, agent_key, admin_token, tls),
+        **_auth_flags(workdir, name, agent_key, admin_token),
         **flags,
     }
-    argv = [*gateway_command(), "serve", *_flag_args(merged)]
-    log_path = workdir / f"{name}.log"
-    log_file = log_path.open("ab")
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=_clean_env()
-    )
-    gateway = Gateway(
-        name=name,
-        opamp_port=int(str(merged["port"])),
-        admin_port=int(str(merged["admin_port"])),
-        sqlite_path=Path(str(merged["sqlite_path"])),
-        log_path=log_path,
-        argv=argv,
-        process=process,
-        admin=AdminClient(
-            f"{'https' if tls else 'http'}://{LOOPBACK}:{merged['admin_port']}",
-            admin_token,
-            tls.client_context() if tls else True,
-        ),
-        _log_file=log_file,
-        agent_key=agent_key,
-        tls=tls,
-    )
-    deadline = time.monotonic() + ready_timeout
-    # /readyz on the OpAMP port needs no key, but a client certificate under mutual TLS: probe the
-    # admin port alone then.
-    probes = [f"{gateway.admin_url}/readyz"]
-    if tls is None or tls.client_ca is None:
-        probes.append(f"{gateway.opamp_base_url}/readyz")
+    process = launch(workdir, name, merged, tls=tls, ready_timeout=ready_timeout)
     verify: ssl.SSLContext | bool = tls.client_context() if tls else True
-    with httpx2.Client(timeout=2.0, trust_env=False, verify=verify) as probe:
-        while True:
-            if process.poll() is not None:
-                gateway.stop()
-                raise GatewayStartError(
-                    f"gateway {name} exited with code {process.returncode} before it was ready\n"
-                    f"command: {' '.join(argv)}\n--- its output ---\n{gateway.log_text()}"
-                )
-            if all(_ready(probe, url) for url in probes):
-                return gateway
-            if time.monotonic() >= deadline:
-                with contextlib.suppress(AssertionError):
-                    gateway.stop()
-                raise GatewayStartError(
-                    f"gateway {name} was not ready within {ready_timeout}s\n"
-                    f"command: {' '.join(argv)}\n--- its output ---\n{gateway.log_text()}"
-                )
-            time.sleep(0.05)
+    return Gateway(process, AdminClient(process.admin_url, admin_token, verify), agent_key)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,13 +18,7 @@ from gateway.bus.base import Bus
 from gateway.server import build_servers
 from gateway.services import Services, running
 from gateway.store.base import Store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from harness.ports import free_port
 
 
 @dataclass

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from gateway.proto import opamp_pb2 as pb
-from loadtest.agent import CAPABILITIES, CHANGED_AT_MARKER, SERVICE_NAME, SimAgent, changed_at, new_uid
+from harness.agent import (
+    CAPABILITIES,
+    CHANGED_AT_MARKER,
+    COLLECTOR_CAPABILITIES,
+    SERVICE_NAME,
+    Look,
+    SimAgent,
+    changed_at,
+    new_uid,
+    reply_problem,
+)
 
 
 def _config(body: bytes, config_hash: bytes = b"h1") -> pb.AgentRemoteConfig:
@@ -123,3 +133,39 @@ def test_goodbye_is_an_agent_disconnect() -> None:
     agent.next_message()
     goodbye = agent.goodbye()
     assert goodbye.HasField("agent_disconnect") and goodbye.sequence_num == 1
+
+
+def test_a_look_sets_the_host_name_the_config_and_the_pipelines_health() -> None:
+    look = Look(host_name="host-{index:03d}", config=b"x: 1\n", pipelines=("traces", "logs"))
+    report = SimAgent(index=7, look=look, capabilities=COLLECTOR_CAPABILITIES).full_report()
+    attributes = {kv.key: kv.value.string_value for kv in report.agent_description.non_identifying_attributes}
+    assert attributes["host.name"] == "host-007"
+    assert report.effective_config.config_map.config_map[""].body == b"x: 1\n"
+    assert set(report.health.component_health_map) == {"pipeline:traces", "pipeline:logs"}
+    assert report.capabilities == COLLECTOR_CAPABILITIES
+
+
+def test_a_config_status_is_the_next_message_carrying_it() -> None:
+    agent = SimAgent(index=0)
+    agent.next_message()
+    status = agent.config_status(b"h1", pb.RemoteConfigStatuses_FAILED)
+    assert status.sequence_num == 1 and not status.HasField("agent_description")
+    assert status.remote_config_status.last_remote_config_hash == b"h1"
+    assert status.remote_config_status.status == pb.RemoteConfigStatuses_FAILED
+
+
+def test_reply_problem_names_what_a_settled_agent_must_not_get() -> None:
+    uid = new_uid()
+    assert reply_problem(pb.ServerToAgent(instance_uid=uid), uid) is None
+    error = pb.ServerToAgent(instance_uid=uid)
+    error.error_response.error_message = "store down"
+    assert reply_problem(error, uid) == ("error_response", "store down")
+    full_state = pb.ServerToAgent(instance_uid=uid, flags=pb.ServerToAgentFlags_ReportFullState)
+    assert reply_problem(full_state, uid) == ("full_state", "ReportFullState requested")
+    assert reply_problem(pb.ServerToAgent(instance_uid=b"\x01" * 16), uid)[0] == "wrong_uid"  # type: ignore[index]
+    assert reply_problem(pb.ServerToAgent(instance_uid=b"\x01" * 16), None) is None
+
+
+def test_reproducible_uids_differ_only_in_their_timestamp() -> None:
+    first, second = new_uid(bytes(10)), new_uid(bytes(10))
+    assert first[6:] == second[6:] == bytes([0x70, 0, 0x80]) + bytes(7)

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.es_double import errors
+from harness.es_double import errors
 
 DEFAULT_REFRESH = "1s"
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")

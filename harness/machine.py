@@ -11,7 +11,7 @@ from pathlib import Path
 
 from google.protobuf.internal import api_implementation
 
-logger = logging.getLogger("bench.machine")
+logger = logging.getLogger("harness.machine")
 
 _PACKAGES = ("opamp-gateway", "starlette", "uvicorn", "uvloop", "httptools", "websockets", "protobuf")
 

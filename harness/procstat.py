@@ -9,7 +9,7 @@ import os
 import resource
 from pathlib import Path
 
-logger = logging.getLogger("bench.procstat")
+logger = logging.getLogger("harness.procstat")
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -43,7 +43,7 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 def children_cpu() -> float:
-    """User + system seconds of this process's waited-for children (wrk runs) so far."""
+    """User + system seconds of this process's waited-for children (such as wrk runs) so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from types import TracebackType
@@ -30,21 +29,15 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from tests.support.es_double.cluster import Cluster
-from tests.support.es_double.faults import Faults, Stats
-from tests.support.es_double.server import Handler
+from harness.es_double.cluster import Cluster
+from harness.es_double.faults import Faults, Stats
+from harness.es_double.server import Handler
+from harness.ports import free_port
 
 __all__ = ["EsDouble", "Faults", "Stats"]
 
 _METHODS = ["GET", "POST", "PUT", "DELETE", "HEAD"]
 _TICK = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Server(uvicorn.Server):
@@ -57,7 +50,7 @@ class EsDouble:
     def __init__(self) -> None:
         self.cluster = Cluster()
         self.handler = Handler(self.cluster)
-        self.port = _free_port()
+        self.port = free_port()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

@@ -19,9 +19,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.support.es_double import documents, errors
-from tests.support.es_double.cluster import Cluster, nested_settings
-from tests.support.es_double.faults import Faults, Stats
+from harness.es_double import documents, errors
+from harness.es_double.cluster import Cluster, nested_settings
+from harness.es_double.faults import Faults, Stats
 
 VERSION = "9.1.5"
 _COMPAT = re.compile(r"compatible-with=(\d+)")

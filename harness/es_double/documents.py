@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.es_double import errors, mapping, search
-from tests.support.es_double.cluster import Cluster, Index, Stored
+from harness.es_double import errors, mapping, search
+from harness.es_double.cluster import Cluster, Index, Stored
 
 SHARDS_OK = {"total": 2, "successful": 1, "failed": 0}
 _BULK_META = frozenset(

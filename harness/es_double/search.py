@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.support.es_double import errors, mapping
+from harness.es_double import errors, mapping
 
 Predicate = Callable[["Doc"], bool]
 MAX_RESULT_WINDOW = 10_000

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.support.es_double import errors
+from harness.es_double import errors
 
 _TEXT_TYPES = frozenset({"keyword", "wildcard", "text", "constant_keyword"})
 _INT_RANGES = {

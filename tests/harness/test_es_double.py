@@ -15,7 +15,7 @@ import elasticsearch
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from tests.support.es_double import EsDouble
+from harness.es_double import EsDouble
 
 pytestmark = pytest.mark.anyio
 

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api.context import node_of
 from gateway.api.errors import error
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes, uid_str
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
-from gateway.transport import routing
-from gateway.transport.drain import start_drain
-
-if TYPE_CHECKING:
-    from gateway.services import Services
 
 
 def _unavailable(message: str) -> Response:
@@ -29,7 +23,7 @@ def _unavailable(message: str) -> Response:
 async def restart_agent(request: Request) -> Response:
     """202 once the restart is on its way: pushed over the agent's socket (this node or the node that
     holds it), or pending for the agent's next poll."""
-    services: Services = request.app.state.services
+    services = node_of(request)
     text = request.path_params["instance_uid"]
     try:
         uid = uid_bytes(text)
@@ -49,7 +43,7 @@ async def restart_agent(request: Request) -> Response:
             "AcceptsRestartCommand capability",
         )
     try:
-        delivery = await routing.deliver_command(services, state.instance_uid, command)
+        delivery = await services.router.deliver_command(state.instance_uid, command)
     except (StoreError, WriterFull, WriterStopped) as exc:
         return _unavailable(f"could not keep the command for the agent's next message: {exc}")
     return JSONResponse(
@@ -66,8 +60,8 @@ async def restart_agent(request: Request) -> Response:
 async def drain(request: Request) -> Response:
     """Start draining this node (idempotent). The process keeps running: Kubernetes' SIGTERM, which
     follows a preStop hook that calls this, joins the running drain and then exits."""
-    services: Services = request.app.state.services
-    start_drain(services)
+    services = node_of(request)
+    services.drain.start()
     return JSONResponse(
         {
             "status": "draining",

@@ -85,6 +85,7 @@ class Services:
             refresh_interval=s.config_refresh_interval,
             push_rate=s.config_push_rate,
             resend_after=s.config_resend_after,
+            clock=self.clock,
         )
         self.router = Router(
             s.node_id,
@@ -95,7 +96,7 @@ class Services:
             self.metrics,
             offline_after=s.offline_after,
         )
-        self.command_sweep = CommandSweep(self.store, self.registry, self.metrics)
+        self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
         self.drain = Drain(
             self.registry,
             self.presence,

@@ -20,6 +20,8 @@ import logging
 
 from gateway.fleet.agent import uid_str
 from gateway.metrics import Metrics
+from gateway.node.config_cache import ConfigCache
+from gateway.node.push import push_command
 from gateway.node.registry import Registry
 from gateway.periodic import Periodic
 from gateway.store.base import MAX_PENDING_COMMANDS, Store, StoreError
@@ -33,10 +35,16 @@ SWEEP_LIMIT = MAX_PENDING_COMMANDS
 
 class CommandSweep:
     def __init__(
-        self, store: Store, registry: Registry, metrics: Metrics, interval: float = RELOAD_AFTER_SECONDS
+        self,
+        store: Store,
+        registry: Registry,
+        config_cache: ConfigCache,
+        metrics: Metrics,
+        interval: float = RELOAD_AFTER_SECONDS,
     ) -> None:
         self._store = store
         self._registry = registry
+        self._config_cache = config_cache
         self._metrics = metrics
         self._timer = Periodic("command-sweep", interval, self._on_timer)
         # uid -> command this node pushed, for as long as the store still lists it (see above).
@@ -76,7 +84,7 @@ class CommandSweep:
             if self._delivered.get(uid) == command and not await self._still_pending(uid, command):
                 delivered[uid] = command
                 continue
-            if await conn.push_command(uid, command):
+            if await push_command(conn, uid, command, self._config_cache.fleet):
                 delivered[uid] = command
                 pushed += 1
                 self._metrics.pushes.labels(kind="command", delivery="pushed").inc()

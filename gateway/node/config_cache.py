@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -27,8 +28,10 @@ from gateway.bus.base import Bus, BusUnavailable, ConfigsChanged
 from gateway.fleet.configs import Config
 from gateway.fleet.desired import ConfigSet
 from gateway.metrics import Metrics
-from gateway.node.registry import Registry
+from gateway.node.push import push_config
+from gateway.node.registry import Holder, Registry
 from gateway.opamp.engine import FleetView
+from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
 from gateway.store.base import StoreError
 
@@ -58,12 +61,14 @@ class ConfigCache:
         refresh_interval: float,
         push_rate: float,
         resend_after: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._configs = configs
         self._bus = bus
         self._registry = registry
         self._metrics = metrics
         self._push_rate = push_rate
+        self._clock = clock
         self._fleet = FleetView(config_resend_after=resend_after)
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
@@ -161,13 +166,14 @@ class ConfigCache:
         pushed = 0
         started = time.monotonic()
         for start in range(0, len(registrations), _PUSH_CONCURRENCY):
+            fleet, now = self._fleet, self._clock()
             chunk = [
                 (uid, conn)
                 for uid, conn in registrations[start : start + _PUSH_CONCURRENCY]
-                if conn.config_due(uid)
+                if (state := conn.state(uid)) is not None and config_due(state, fleet, now)
             ]
             if chunk:
-                results = await asyncio.gather(*(conn.push_config(uid) for uid, conn in chunk))
+                results = await asyncio.gather(*(self._push(uid, conn) for uid, conn in chunk))
                 pushed += sum(results)
             # --config-push-rate: a fleet-wide change must not bring every agent's APPLYING and
             # APPLIED reports back at once (the sockets' pings and heartbeats queue behind them).
@@ -176,6 +182,13 @@ class ConfigCache:
         if pushed:
             logger.info("pushed remote config to %d WebSocket agents", pushed)
         return pushed
+
+    async def _push(self, uid: bytes, conn: Holder) -> bool:
+        # Decided again when the send starts: the agent's own message may have changed its record.
+        if not await push_config(conn, uid, self._fleet, self._clock()):
+            return False
+        self._metrics.pushes.labels(kind="config", delivery="pushed").inc()
+        return True
 
     async def changed(self, reason: str) -> None:
         """After a change made on this node: re-read here, tell every other node, then push to this

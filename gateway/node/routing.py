@@ -25,6 +25,7 @@ from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.render import ConnectionInfo
 from gateway.metrics import Metrics
 from gateway.node.config_cache import ConfigCache
+from gateway.node.push import push_command
 from gateway.node.registry import Registry
 from gateway.store.base import StoreError
 from gateway.store.writer import Writer
@@ -67,7 +68,7 @@ class Router:
         Raises StoreError (and writer errors) if the command has to be stored and cannot be.
         """
         conn = self._registry.get(uid)
-        if conn is not None and await conn.push_command(uid, command):
+        if conn is not None and await push_command(conn, uid, command, self._config_cache.fleet):
             self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
             return Delivery("pushed", self._node_id)
         if not from_bus:

@@ -103,13 +103,24 @@ def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response
     if len(body) > limit:
         # Spec: never send a message over the limit; say why instead of silently dropping it.
         logger.error("dropped a %d-byte reply over the %d-byte limit", len(body), limit)
-        # Unknown, not BadRequest (reserved for malformed agent messages) nor Unavailable (would retry).
-        body = engine.server_error(reply.instance_uid, "reply exceeded the server's message size limit")
+        body = engine.reply_too_large(reply.instance_uid)
     headers = {"Content-Type": PROTOBUF}
     if accepts_gzip(request.headers.get("accept-encoding", "")):
         body = gzip.compress(body, compresslevel=5, mtime=0)
         headers["Content-Encoding"] = "gzip"
     return Response(body, status_code=200, headers=headers)
+
+
+def _saw(node: OpampNode, outcome: engine.Outcome) -> None:
+    """Remember when each HTTP agent last polled this node (its "connected agents" gauge)."""
+    new = outcome.state
+    if new is None:
+        return
+    if outcome.write is not None and outcome.write.previous_uid is not None:
+        # A moved agent is one agent: the uid it leaves must not count as a second one.
+        node.registry.saw_http(outcome.write.previous_uid, None)
+    # The engine stamps every record it returns with the message's time.
+    node.registry.saw_http(new.instance_uid, None if new.disconnected else new.last_seen)
 
 
 async def opamp_http(request: Request) -> Response:
@@ -155,7 +166,7 @@ async def _handle(request: Request, node: OpampNode) -> Response:
 
     try:
         state = await pipeline.load_state(node, msg)
-        outcome = await pipeline.process(node, state, msg)
+        outcome = await pipeline.process(node, state, msg, "http", _saw)
     except pipeline.Shed as exc:
         return _unavailable(node, exc.reason)
     return _protobuf(outcome.reply, request, limit)

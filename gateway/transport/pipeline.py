@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, Transport, uid_str
@@ -63,20 +64,24 @@ def _stamped(outcome: engine.Outcome, node: str, transport: Transport) -> engine
 
 
 async def process(
-    node: OpampNode, state: AgentState | None, msg: pb.AgentToServer, transport: Transport = "http"
+    node: OpampNode,
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    transport: Transport = "http",
+    decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
 ) -> engine.Outcome:
-    """Run the engine and hand its write to the writer (awaiting the commit when it matters)."""
+    """Run the engine and hand its write to the writer (awaiting the commit when it matters).
+
+    `decided`: the transport's own bookkeeping of the outcome, before the write (which may shed it).
+    """
     if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
     await node.config_cache.refresh_if_stale()
     now = node.clock()
     outcome = engine.handle(state, msg, node.config_cache.fleet, now, node.mint_uid)
     outcome = _stamped(outcome, node.settings.node_id, transport)
-    if transport == "http" and outcome.state is not None:
-        if outcome.write is not None and outcome.write.previous_uid is not None:
-            # A moved agent is one agent: the uid it leaves must not count as a second one.
-            node.registry.saw_http(outcome.write.previous_uid, None)
-        node.registry.saw_http(outcome.state.instance_uid, None if outcome.state.disconnected else now)
+    if decided is not None:
+        decided(node, outcome)
     if outcome.write is not None:
         try:
             if outcome.durable:

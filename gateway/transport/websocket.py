@@ -38,9 +38,10 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import limits
-from gateway.fleet.agent import AgentState, AgentWrite, uid_str
+from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.opamp import engine, framing
+from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
@@ -293,9 +294,7 @@ class Connection:
         if len(body) > self._limit:
             # Spec: never send a message over the limit; say why instead of silently dropping it.
             logger.error("dropped a %d-byte message over the %d-byte limit", len(body), self._limit)
-            body = engine.bad_request(
-                reply.instance_uid, "reply exceeded the server's message size limit"
-            ).SerializeToString()
+            body = engine.reply_too_large(reply.instance_uid)
         # A send waits only while the peer does not read (flow control). The timeout is a bare timer
         # that cancels this task, not wait_for (a Task per send) nor asyncio.timeout (twice this
         # cost): it is armed once per message.
@@ -327,57 +326,21 @@ class Connection:
         self._expired_sends.add(task)
         task.cancel()
 
-    async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
+    def state(self, uid: bytes) -> AgentState | None:
+        return None if self._closed else self._states.get(uid)
+
+    async def send(self, push: Push) -> bool:
+        uid = push.state.instance_uid
         if self._closed or uid not in self._states:
             return False
-        return await self._send(reply)
-
-    async def push_command(self, uid: bytes, command: int) -> bool:
-        state = self._states.get(uid)
-        if state is None or not engine.accepts_command(state, command):
+        if not await self._send(push.reply):
             return False
-        if not await self.push(uid, engine.command_message(uid, command, self._node.config_cache.fleet)):
-            return False
-        # A copy stored while this node was unreachable is now satisfied: one pending message per
-        # kind (spec 6.2), not a second restart when the record is next reloaded.
-        cleared = replace(state, pending_command=None)
-        self._states[uid] = cleared
+        self._states[uid] = push.state
         with contextlib.suppress(WriterFull, WriterStopped, StoreError):
-            # Durable, so a reload of the record never finds the command this push satisfied.
-            await self._node.writer.submit_durable(
-                AgentWrite(state=cleared, changed=frozenset({"pending_command"}))
-            )
-        return True
-
-    def config_due(self, uid: bytes) -> bool:
-        """Would push_config send `uid` a config now? Cheap and synchronous: a config change checks
-        every agent on the node, and most may need nothing."""
-        state = self._states.get(uid)
-        if state is None or self._closed:
-            return False
-        node = self._node
-        return engine.config_to_offer(state, node.config_cache.fleet, node.clock()) is not None
-
-    async def push_config(self, uid: bytes) -> bool:
-        state = self._states.get(uid)
-        if state is None or self._closed:
-            return False
-        node = self._node
-        now = node.clock()
-        if engine.config_to_offer(state, node.config_cache.fleet, now) is None:
-            return False
-        changed: set[str] = set()
-        reply = pb.ServerToAgent(instance_uid=uid, capabilities=node.config_cache.fleet.server_capabilities)
-        offered = engine.offer_config(state, node.config_cache.fleet, now, reply, changed)
-        if not changed:
-            return False
-        if not await self._send(reply):
-            return False
-        self._states[uid] = offered
-        node.metrics.pushes.labels(kind="config", delivery="pushed").inc()
-        with contextlib.suppress(WriterFull, WriterStopped):
-            # Not durable: a lost offer record only means the config may be sent once more.
-            node.writer.submit(AgentWrite(state=offered, changed=frozenset(changed)))
+            if push.durable:
+                await self._node.writer.submit_durable(push.write)
+            else:
+                self._node.writer.submit(push.write)
         return True
 
     async def taken_over(self, uid: bytes, where: str) -> None:
@@ -396,8 +359,11 @@ class Connection:
 
     async def drain(self, retry_after: float) -> None:
         for uid in list(self._states):
-            await self.push(
-                uid, engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after)
+            # Its other agents may have left (or the socket closed) while an earlier send waited.
+            if self._closed or uid not in self._states:
+                continue
+            await self._send(
+                engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after)
             )
         await self.close(CLOSE_GOING_AWAY, "gateway node draining: reconnect to another node")
 

@@ -19,11 +19,13 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.bus.base import Handler, OnUp
 from gateway.bus.local import LocalBus
+from gateway.fleet.agent import AgentState
 from gateway.fleet.configs import Config, parse_request
 from gateway.metrics import Metrics
 from gateway.node import config_cache
 from gateway.node.registry import Registry
 from gateway.opamp import capabilities as caps
+from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from tests.support.memory_store import MemoryStore
@@ -186,25 +188,29 @@ async def test_a_failed_read_when_the_bus_comes_back_keeps_the_node_serving(
 
 
 class _Socket:
-    """Stands in for a WebSocket connection: every agent is due a config, each push is recorded."""
+    """Stands in for a WebSocket connection whose every agent is due the config; records each send."""
 
     epoch = "socket"
 
     def __init__(self) -> None:
         self.pushed_at: list[float] = []
 
-    def config_due(self, uid: bytes) -> bool:
-        return True
+    def state(self, uid: bytes) -> AgentState:
+        description = pb.AgentDescription()
+        name = description.identifying_attributes.add()
+        name.key, name.value.string_value = "service.name", "otelcol-contrib"
+        return AgentState(
+            instance_uid=uid,
+            enrolled_at=0.0,
+            last_seen=0.0,
+            capabilities=CONFIG_CAPS,
+            description=description.SerializeToString(),
+        )
 
-    async def push_config(self, uid: bytes) -> bool:
+    async def send(self, push: Push) -> bool:
+        assert push.reply.HasField("remote_config")
         self.pushed_at.append(time.monotonic())
         return True
-
-    async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
-        raise AssertionError("only configs are pushed here")
-
-    async def push_command(self, uid: bytes, command: int) -> bool:
-        raise AssertionError("only configs are pushed here")
 
     async def taken_over(self, uid: bytes, where: str) -> None:
         raise AssertionError("nothing is taken over here")
@@ -213,13 +219,15 @@ class _Socket:
         raise AssertionError("nothing is drained here")
 
 
-def _cache_with_sockets(count: int, rate: float) -> tuple[config_cache.ConfigCache, _Socket]:
+async def _cache_with_sockets(count: int, rate: float) -> tuple[config_cache.ConfigCache, _Socket]:
     socket = _Socket()
     registry = Registry()
     for i in range(count):
         registry.register(i.to_bytes(16, "big"), socket)
+    store = ConfigStore()
+    await changed_elsewhere(store, "receivers: {}")
     cache = config_cache.ConfigCache(
-        MemoryStore(),
+        store,
         LocalBus("test-node"),
         registry,
         Metrics(),
@@ -227,11 +235,12 @@ def _cache_with_sockets(count: int, rate: float) -> tuple[config_cache.ConfigCac
         push_rate=rate,
         resend_after=60.0,
     )
+    assert await cache._read("test")
     return cache, socket
 
 
 async def test_pushes_after_a_change_are_paced_by_the_push_rate() -> None:
-    cache, socket = _cache_with_sockets(600, rate=1000.0)
+    cache, socket = await _cache_with_sockets(600, rate=1000.0)
     started = time.monotonic()
     assert await cache._push_all() == 600
     # 256 sends go out at once, the next 256 not before 0.256 s, the last 88 not before 0.512 s.
@@ -240,6 +249,6 @@ async def test_pushes_after_a_change_are_paced_by_the_push_rate() -> None:
 
 
 async def test_a_push_rate_of_zero_does_not_pace() -> None:
-    cache, socket = _cache_with_sockets(600, rate=0.0)
+    cache, socket = await _cache_with_sockets(600, rate=0.0)
     assert await cache._push_all() == 600
     assert len(socket.pushed_at) == 600

@@ -36,6 +36,8 @@ from gateway.store.base import (
     FleetSummary,
     StoreError,
     StoreUnavailable,
+    decode_cursor,
+    encode_cursor,
 )
 from gateway.store.elasticsearch_client import (
     CLIENT_ERRORS,
@@ -49,7 +51,6 @@ from gateway.store.elasticsearch_configs import ConfigsIndex
 from gateway.store.elasticsearch_documents import Moved, UnreadableDocument, agent_from_source
 from gateway.store.elasticsearch_schema import agents_index, configs_index, mapping_version
 from gateway.store.elasticsearch_writes import Action, Known, KnownDocuments, plan, rounds
-from gateway.store.sqlite import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     from gateway.settings import Settings

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import node_of
-from gateway.api.errors import error
+from gateway.api.errors import error, store_down
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
 from gateway.fleet.render import agent_json
 from gateway.fleet.rollout import CONFIG_STATUSES, config_sync
@@ -56,12 +56,6 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     )
 
 
-def _store_down(exc: StoreError) -> Response:
-    response = error(503, f"the store is unavailable: {exc}", "store_unavailable")
-    response.headers["Retry-After"] = "5"
-    return response
-
-
 async def list_agents(request: Request) -> Response:
     """With `config_status`, the filter runs on each store page: a page may hold fewer agents than
     `limit` (even none) while `next_cursor` says there are more."""
@@ -82,7 +76,7 @@ async def list_agents(request: Request) -> Response:
     except InvalidCursor as exc:
         return error(400, f"cursor: {exc}")
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     configs = services.config_cache.fleet.configs
     syncs = [(state, config_sync(state, configs)) for state in page.agents]
     wanted = params.get("config_status")
@@ -110,7 +104,7 @@ async def get_agent(request: Request) -> Response:
     try:
         state = await services.writer.get(uid)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     if state is None:
         return error(404, f"no agent {text}")
     now = services.clock()
@@ -133,5 +127,5 @@ async def fleet_summary(request: Request) -> Response:
     try:
         summary = await services.store.summary(services.clock(), services.settings.offline_after)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     return JSONResponse(dataclasses.asdict(summary))

@@ -6,18 +6,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import node_of
-from gateway.api.errors import error
+from gateway.api.errors import error, store_down, store_unavailable
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes, uid_str
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
-
-
-def _unavailable(message: str) -> Response:
-    response = error(503, message, "store_unavailable")
-    response.headers["Retry-After"] = "5"
-    return response
 
 
 async def restart_agent(request: Request) -> Response:
@@ -32,7 +26,7 @@ async def restart_agent(request: Request) -> Response:
     try:
         state = await services.writer.get(uid)
     except StoreError as exc:
-        return _unavailable(f"the store is unavailable: {exc}")
+        return store_down(exc)
     if state is None:
         return error(404, f"no agent {text}")
     command = pb.CommandType_Restart
@@ -45,7 +39,7 @@ async def restart_agent(request: Request) -> Response:
     try:
         delivery = await services.router.deliver_command(state.instance_uid, command)
     except (StoreError, WriterFull, WriterStopped) as exc:
-        return _unavailable(f"could not keep the command for the agent's next message: {exc}")
+        return store_unavailable(f"could not keep the command for the agent's next message: {exc}")
     return JSONResponse(
         {
             "instance_uid": uid_str(state.instance_uid),

@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import AdminNode, node_of
-from gateway.api.errors import error
+from gateway.api.errors import error, store_down
 from gateway.fleet.configs import Config, InvalidConfig, check_name, parse_request, spec_json
 from gateway.fleet.render import timestamp
 from gateway.fleet.rollout import RolloutCounts, config_sync
@@ -25,12 +25,6 @@ _REPLY_OVERHEAD = 64 * 1024
 
 class BodyTooLarge(Exception):
     """A PUT body over the limit; read no further."""
-
-
-def _store_down(exc: StoreError) -> Response:
-    response = error(503, f"the store is unavailable: {exc}", "store_unavailable")
-    response.headers["Retry-After"] = "5"
-    return response
 
 
 def max_config_bytes(services: AdminNode) -> int:
@@ -96,7 +90,7 @@ async def list_configs(request: Request) -> Response:
     try:
         configs = await services.store.list_configs()
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     return JSONResponse({"configs": [config_json(c) for c in configs]})
 
 
@@ -109,7 +103,7 @@ async def get_config(request: Request) -> Response:
             return error(404, f"no config {name!r}")
         counts = await rollout(services, config)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     return JSONResponse({**config_json(config), "rollout": counts.to_json()})
 
 
@@ -141,7 +135,7 @@ async def put_config(request: Request) -> Response:
     except VersionConflict as exc:
         return error(409, str(exc))
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     if changed:
         logger.info("config %s is now version %d (%s)", name, config.version, config.hash[:12])
         await services.config_cache.changed(f"config {name} v{config.version}")
@@ -162,7 +156,7 @@ async def delete_config(request: Request) -> Response:
     except VersionConflict as exc:
         return error(409, str(exc))
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     if not deleted:
         return error(404, f"no config {name!r}")
     logger.info("config %s deleted", name)

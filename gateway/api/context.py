@@ -7,53 +7,26 @@ which is where mypy checks that the node offers all of this.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from gateway.bus.base import Bus
-from gateway.metrics import Metrics
-from gateway.node.config_cache import ConfigCache
-from gateway.node.drain import Drain
-from gateway.node.registry import Registry
+from gateway.node.parts import NodeParts
 from gateway.node.routing import Router
-from gateway.settings import Settings
 from gateway.store.base import Store
-from gateway.store.writer import Writer
 
 
-class AdminNode(Protocol):
-    @property
-    def settings(self) -> Settings: ...
-
+class AdminNode(NodeParts, Protocol):
     @property
     def store(self) -> Store: ...
-
-    @property
-    def writer(self) -> Writer: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
 
     @property
     def bus(self) -> Bus: ...
 
     @property
-    def registry(self) -> Registry: ...
-
-    @property
-    def config_cache(self) -> ConfigCache: ...
-
-    @property
     def router(self) -> Router: ...
-
-    @property
-    def drain(self) -> Drain: ...
-
-    @property
-    def clock(self) -> Callable[[], float]: ...
 
 
 def attach(app: Starlette, node: AdminNode) -> None:

@@ -13,42 +13,16 @@ from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
 from gateway.limits import Limits
-from gateway.metrics import Metrics
-from gateway.node.config_cache import ConfigCache
-from gateway.node.drain import Drain
+from gateway.node.parts import NodeParts
 from gateway.node.presence import Presence
-from gateway.node.registry import Registry
-from gateway.settings import Settings
-from gateway.store.writer import Writer
 
 
-class OpampNode(Protocol):
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def metrics(self) -> Metrics: ...
-
+class OpampNode(NodeParts, Protocol):
     @property
     def limits(self) -> Limits: ...
 
     @property
-    def writer(self) -> Writer: ...
-
-    @property
-    def registry(self) -> Registry: ...
-
-    @property
     def presence(self) -> Presence: ...
-
-    @property
-    def config_cache(self) -> ConfigCache: ...
-
-    @property
-    def drain(self) -> Drain: ...
-
-    @property
-    def clock(self) -> Callable[[], float]: ...
 
     @property
     def mint_uid(self) -> Callable[[], bytes]: ...

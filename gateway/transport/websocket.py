@@ -106,6 +106,9 @@ async def opamp_websocket(websocket: WebSocket) -> None:
 
 
 class Connection:
+    """One socket: its timers, the records of the agents it carries, their registration. To the node
+    it is a `Holder` (gateway/node/registry.py): what to push is decided there, this only sends."""
+
     def __init__(self, websocket: WebSocket, node: OpampNode) -> None:
         self._ws = websocket
         self._node = node

@@ -1,4 +1,8 @@
-"""Everything a running gateway node holds, built once from Settings and shared by both ports."""
+"""Everything a running gateway node holds, built once from Settings and shared by both ports.
+
+The composition root: every part is built here from narrow arguments, and only app.py, server.py and
+cli.py import this module (tests/test_architecture.py); the layers below read the node through the
+protocols in transport/context.py and api/context.py."""
 
 from __future__ import annotations
 

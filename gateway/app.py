@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.api import admin, commands, configs, health, openapi
+from gateway.api import admin, commands, configs, context as api_context, health, openapi
 from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
+from gateway.transport import context as transport_context
 from gateway.transport.http import opamp_http
 from gateway.transport.websocket import opamp_websocket
 
@@ -42,13 +43,15 @@ def opamp_app(services: Services) -> Starlette:
             )
         ],
     )
-    app.state.services = services
+    transport_context.attach(app, services)
+    # /healthz and /readyz
+    api_context.attach(app, services)
     return app
 
 
 async def _metrics(request: Request) -> Response:
-    services: Services = request.app.state.services
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    node = api_context.node_of(request)
+    return Response(generate_latest(node.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def admin_app(services: Services) -> Starlette:
@@ -73,5 +76,5 @@ def admin_app(services: Services) -> Starlette:
             )
         ],
     )
-    app.state.services = services
+    api_context.attach(app, services)
     return app

@@ -29,6 +29,7 @@ SHED_REASONS = (
     "enrollment_rate",
     "writer_queue_full",
     "store",
+    "circuit_open",
     "shutting_down",
     "draining",
 )

@@ -13,10 +13,8 @@ from gateway.opamp.engine import Event
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gateway.bus.base import Bus
     from gateway.limits import Limits
     from gateway.opamp.engine import Outcome
-    from gateway.transport.registry import Registry
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -241,15 +239,18 @@ class Metrics:
         self.es_rejected.inc()
 
     def watch_node(
-        self, registry: Registry, bus: Bus, clock: Callable[[], float], offline_after: float
+        self,
+        *,
+        websocket_agents: Callable[[], float],
+        http_agents: Callable[[], float],
+        websocket_connections: Callable[[], float],
+        bus_up: Callable[[], float],
     ) -> None:
-        """Gauges read from the node's live objects at scrape time."""
-        self.connected_agents.labels(transport="websocket").set_function(lambda: registry.websocket_agents)
-        self.connected_agents.labels(transport="http").set_function(
-            lambda: registry.http_agents(clock(), offline_after)
-        )
-        self.websocket_connections.set_function(lambda: registry.socket_count)
-        self.bus_up.set_function(lambda: 1 if bus.up else 0)
+        """Gauges read at scrape time from the node's live objects, through these functions."""
+        self.connected_agents.labels(transport="websocket").set_function(websocket_agents)
+        self.connected_agents.labels(transport="http").set_function(http_agents)
+        self.websocket_connections.set_function(websocket_connections)
+        self.bus_up.set_function(bus_up)
 
     def watch_limits(self, limits: Limits) -> None:
         self.inflight.set_function(lambda: limits.inflight)

@@ -17,7 +17,6 @@ from gateway.app import admin_app, opamp_app
 from gateway.opamp import framing
 from gateway.services import Services, running
 from gateway.settings import Settings
-from gateway.transport.drain import start_drain
 
 logger = logging.getLogger("gateway.server")
 
@@ -142,7 +141,7 @@ async def serve(settings: Settings) -> None:
             if sig == signal.SIGTERM and not sigterm_seen:
                 sigterm_seen = True
                 logger.info("received SIGTERM: draining WebSockets, then shutting down")
-                start_drain(services).add_done_callback(_exit_now)
+                services.drain.start().add_done_callback(_exit_now)
                 return
             logger.info("received %s, shutting down", sig.name)
             _exit_now()

@@ -1,14 +1,17 @@
-"""Everything a running gateway node holds, built once from Settings and shared by both ports."""
+"""Everything a running gateway node holds, built once from Settings and shared by both ports.
+
+The composition root: every part is built here from narrow arguments, and only app.py, server.py and
+cli.py import this module (tests/test_architecture.py); the layers below read the node through the
+protocols in transport/context.py and api/context.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import uuid6
 from google.protobuf.internal import api_implementation
@@ -18,16 +21,16 @@ from gateway.bus.base import Bus
 from gateway.bus.local import LocalBus
 from gateway.limits import Limits
 from gateway.metrics import Metrics
-from gateway.opamp.engine import FleetView
+from gateway.node.command_sweep import CommandSweep
+from gateway.node.config_cache import ConfigCache
+from gateway.node.drain import Drain
+from gateway.node.presence import Presence
+from gateway.node.registry import Registry
+from gateway.node.routing import Router
 from gateway.settings import Settings
 from gateway.store.base import Store
 from gateway.store.breaker import CircuitBreaker
 from gateway.store.writer import Writer
-from gateway.transport import routing
-from gateway.transport.command_sweep import CommandSweep
-from gateway.transport.config_push import ConfigCache
-from gateway.transport.presence import Presence
-from gateway.transport.registry import Registry
 
 logger = logging.getLogger("gateway.services")
 
@@ -50,36 +53,72 @@ def protobuf_backend() -> str:
 
 @dataclass
 class Services:
+    """Every part of one node, each built here from its narrow arguments; the apps read them from here."""
+
     settings: Settings
     store: Store
     writer: Writer
     metrics: Metrics
-    fleet: FleetView = field(default_factory=FleetView)
     clock: Callable[[], float] = time.time
     mint_uid: Callable[[], bytes] = mint_uid
-    draining: bool = False
     registry: Registry = field(default_factory=Registry)
     # None: a bus for this node alone (running() always passes the configured one).
     bus: Bus = field(default=None)  # type: ignore[assignment]
-    presence: Presence = field(init=False)
-    config_cache: ConfigCache = field(init=False)
-    command_sweep: CommandSweep = field(init=False)
-    drain_task: asyncio.Task[int] | None = None
     # None: no credentials (running() always passes the configured ones).
     auth: Auth = field(default=None)  # type: ignore[assignment]
     limits: Limits = field(init=False)
+    presence: Presence = field(init=False)
+    config_cache: ConfigCache = field(init=False)
+    router: Router = field(init=False)
+    command_sweep: CommandSweep = field(init=False)
+    drain: Drain = field(init=False)
 
     def __post_init__(self) -> None:
+        s = self.settings
         if self.bus is None:
-            self.bus = LocalBus(self.settings.node_id)
+            self.bus = LocalBus(s.node_id)
         if self.auth is None:
             self.auth = Auth(Credentials("agent keys"), Credentials("admin tokens"))
-        self.limits = Limits(self.settings)
-        self.presence = Presence(self.settings.node_id, self.registry, self.bus, self.settings.owner_ttl)
-        self.config_cache = ConfigCache(self)
-        self.command_sweep = CommandSweep(self)
-        if self.fleet.config_resend_after != self.settings.config_resend_after:
-            self.fleet = replace(self.fleet, config_resend_after=self.settings.config_resend_after)
+        self.limits = Limits(s)
+        self.presence = Presence(s.node_id, self.registry, self.bus, s.owner_ttl)
+        self.config_cache = ConfigCache(
+            self.store,
+            self.bus,
+            self.registry,
+            self.metrics,
+            refresh_interval=s.config_refresh_interval,
+            push_rate=s.config_push_rate,
+            resend_after=s.config_resend_after,
+            clock=self.clock,
+        )
+        self.router = Router(
+            s.node_id,
+            self.registry,
+            self.bus,
+            self.writer,
+            self.config_cache,
+            self.metrics,
+            offline_after=s.offline_after,
+        )
+        self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
+        self.drain = Drain(
+            self.registry,
+            self.presence,
+            self.metrics,
+            seconds=s.drain_seconds,
+            retry_window=s.drain_retry_window,
+        )
+
+    def watch(self) -> None:
+        """Point the scrape-time gauges at this node's live objects."""
+        registry, bus, offline_after = self.registry, self.bus, self.settings.offline_after
+        self.metrics.watch_node(
+            websocket_agents=lambda: registry.websocket_agents,
+            http_agents=lambda: registry.http_agents(self.clock(), offline_after),
+            websocket_connections=lambda: registry.socket_count,
+            bus_up=lambda: 1 if bus.up else 0,
+        )
+        self.metrics.watch_limits(self.limits)
 
 
 def open_bus(settings: Settings) -> Bus:
@@ -90,12 +129,17 @@ def open_bus(settings: Settings) -> Bus:
     return RedisBus(settings.redis_url, settings.node_id, owner_ttl=settings.owner_ttl)
 
 
-def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+def open_store(settings: Settings, metrics: Metrics) -> Store:
     """Elasticsearch when --elasticsearch-url is set, else the SQLite file."""
     if settings.elasticsearch_url:
         from gateway.store.elasticsearch import ElasticsearchStore
 
-        return ElasticsearchStore.from_settings(settings, metrics)
+        return ElasticsearchStore.from_settings(
+            settings,
+            on_request=metrics.observe_es_request,
+            on_bulk=metrics.observe_es_bulk,
+            on_rejected=metrics.observe_es_rejected,
+        )
     from gateway.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.sqlite_path)
@@ -144,13 +188,10 @@ async def running(
         bus=bus or open_bus(settings),
         auth=auth,
     )
-    metrics.watch_node(services.registry, services.bus, services.clock, settings.offline_after)
-    metrics.watch_limits(services.limits)
+    services.watch()
     try:
         await auth.start()
-        await services.bus.start(
-            functools.partial(routing.on_event, services), functools.partial(_bus_up, services)
-        )
+        await services.bus.start(services.router.on_event, functools.partial(_bus_up, services))
         await services.presence.start()
         await services.config_cache.start()
         await services.command_sweep.start()

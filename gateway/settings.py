@@ -300,15 +300,6 @@ class Settings:
     def tls(self) -> bool:
         return bool(self.tls_cert)
 
-    def insecure_bindings(self) -> list[str]:
-        """Ports bound beyond loopback without authentication: those need explicit consent."""
-        found = []
-        if not is_loopback(self.host) and not self.agent_auth:
-            found.append(f"OpAMP port {self.host}:{self.port}")
-        if not is_loopback(self.admin_host) and not self.admin_auth:
-            found.append(f"admin port {self.admin_host}:{self.admin_port}")
-        return found
-
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":

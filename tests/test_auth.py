@@ -285,7 +285,7 @@ async def test_admin_api_needs_the_token(node: Node, headers: dict[str, str], re
             assert response.json()["error"]["code"] == "unauthorized"
             assert response.headers["www-authenticate"].startswith("Bearer")
     assert _failures(node, "admin", reason) == before + 6
-    assert not node.services.draining
+    assert not node.services.drain.draining
 
 
 async def test_admin_api_with_the_token(node: Node) -> None:

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import logs
+from gateway.metrics import Metrics
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from tests.support.servers import run_node
@@ -157,3 +158,10 @@ async def test_json_logs_carry_the_instance_uid(tmp_path: Path, capsys: pytest.C
             "instance_uid": "00000000-0000-0000-0000-000000000007",
         }
     ]
+
+
+def test_every_shed_reason_the_transports_use_is_shown_from_the_start() -> None:
+    # A store behind an open circuit sheds with "circuit_open" (transport/pipeline.py).
+    registry = Metrics().registry
+    for reason in ("store", "circuit_open", "writer_queue_full", "enrollment_rate", "draining"):
+        assert registry.get_sample_value("opamp_gateway_shed_requests_total", {"reason": reason}) == 0.0

@@ -14,7 +14,7 @@ def test_defaults_are_a_loopback_single_node() -> None:
         4321,
     )
     assert loaded.sqlite_path == "./opamp-gateway.db" and loaded.offline_after == 300
-    assert loaded.insecure_bindings() == []
+    assert s.is_loopback(loaded.host) and s.is_loopback(loaded.admin_host)
 
 
 def test_flag_beats_environment_beats_default() -> None:

@@ -6,21 +6,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, get_args
+from typing import get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.errors import error
+from gateway.api.context import node_of
+from gateway.api.errors import error, store_down
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
 from gateway.fleet.render import agent_json
 from gateway.fleet.rollout import CONFIG_STATUSES, config_sync
 from gateway.fleet.status import Status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
-from gateway.transport import routing
-
-if TYPE_CHECKING:
-    from gateway.services import Services
 
 _STATUSES = get_args(Status)
 _KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status"})
@@ -59,21 +56,10 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     )
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-def _store_down(exc: StoreError) -> Response:
-    response = error(503, f"the store is unavailable: {exc}", "store_unavailable")
-    response.headers["Retry-After"] = "5"
-    return response
-
-
 async def list_agents(request: Request) -> Response:
     """With `config_status`, the filter runs on each store page: a page may hold fewer agents than
     `limit` (even none) while `next_cursor` says there are more."""
-    services = _services(request)
+    services = node_of(request)
     params = dict(request.query_params)
     try:
         query = parse_query(params)
@@ -90,13 +76,13 @@ async def list_agents(request: Request) -> Response:
     except InvalidCursor as exc:
         return error(400, f"cursor: {exc}")
     except StoreError as exc:
-        return _store_down(exc)
-    configs = services.fleet.configs
+        return store_down(exc)
+    configs = services.config_cache.fleet.configs
     syncs = [(state, config_sync(state, configs)) for state in page.agents]
     wanted = params.get("config_status")
     if wanted is not None:
         syncs = [(state, sync) for state, sync in syncs if sync.status == wanted]
-    where = await routing.connection_info(services, [state for state, _ in syncs])
+    where = await services.router.connection_info([state for state, _ in syncs], now)
     return JSONResponse(
         {
             "agents": [
@@ -109,7 +95,7 @@ async def list_agents(request: Request) -> Response:
 
 
 async def get_agent(request: Request) -> Response:
-    services = _services(request)
+    services = node_of(request)
     text = request.path_params["instance_uid"]
     try:
         uid = uid_bytes(text)
@@ -118,16 +104,17 @@ async def get_agent(request: Request) -> Response:
     try:
         state = await services.writer.get(uid)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     if state is None:
         return error(404, f"no agent {text}")
-    where = await routing.connection_info(services, [state])
+    now = services.clock()
+    where = await services.router.connection_info([state], now)
     body = agent_json(
         state,
-        services.clock(),
+        now,
         services.settings.offline_after,
         where.get(state.instance_uid),
-        config_sync(state, services.fleet.configs),
+        config_sync(state, services.config_cache.fleet.configs),
     )
     if state.instance_uid != uid:
         # The uid was moved: say where to, so scripts holding the old uid can follow.
@@ -136,9 +123,9 @@ async def get_agent(request: Request) -> Response:
 
 
 async def fleet_summary(request: Request) -> Response:
-    services = _services(request)
+    services = node_of(request)
     try:
         summary = await services.store.summary(services.clock(), services.settings.offline_after)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     return JSONResponse(dataclasses.asdict(summary))

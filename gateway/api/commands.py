@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.errors import error
+from gateway.api.context import node_of
+from gateway.api.errors import error, store_down, store_unavailable
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes, uid_str
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
-from gateway.transport import routing
-from gateway.transport.drain import start_drain
-
-if TYPE_CHECKING:
-    from gateway.services import Services
-
-
-def _unavailable(message: str) -> Response:
-    response = error(503, message, "store_unavailable")
-    response.headers["Retry-After"] = "5"
-    return response
 
 
 async def restart_agent(request: Request) -> Response:
     """202 once the restart is on its way: pushed over the agent's socket (this node or the node that
     holds it), or pending for the agent's next poll."""
-    services: Services = request.app.state.services
+    services = node_of(request)
     text = request.path_params["instance_uid"]
     try:
         uid = uid_bytes(text)
@@ -38,7 +26,7 @@ async def restart_agent(request: Request) -> Response:
     try:
         state = await services.writer.get(uid)
     except StoreError as exc:
-        return _unavailable(f"the store is unavailable: {exc}")
+        return store_down(exc)
     if state is None:
         return error(404, f"no agent {text}")
     command = pb.CommandType_Restart
@@ -49,9 +37,9 @@ async def restart_agent(request: Request) -> Response:
             "AcceptsRestartCommand capability",
         )
     try:
-        delivery = await routing.deliver_command(services, state.instance_uid, command)
+        delivery = await services.router.deliver_command(state.instance_uid, command)
     except (StoreError, WriterFull, WriterStopped) as exc:
-        return _unavailable(f"could not keep the command for the agent's next message: {exc}")
+        return store_unavailable(f"could not keep the command for the agent's next message: {exc}")
     return JSONResponse(
         {
             "instance_uid": uid_str(state.instance_uid),
@@ -66,8 +54,8 @@ async def restart_agent(request: Request) -> Response:
 async def drain(request: Request) -> Response:
     """Start draining this node (idempotent). The process keeps running: Kubernetes' SIGTERM, which
     follows a preStop hook that calls this, joins the running drain and then exits."""
-    services: Services = request.app.state.services
-    start_drain(services)
+    services = node_of(request)
+    services.drain.start()
     return JSONResponse(
         {
             "status": "draining",

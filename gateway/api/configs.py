@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.errors import error
+from gateway.api.context import AdminNode, node_of
+from gateway.api.errors import error, store_down
 from gateway.fleet.configs import Config, InvalidConfig, check_name, parse_request, spec_json
 from gateway.fleet.render import timestamp
 from gateway.fleet.rollout import RolloutCounts, config_sync
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, StoreError, VersionConflict
-
-if TYPE_CHECKING:
-    from gateway.services import Services
 
 logger = logging.getLogger("gateway.api.configs")
 
@@ -29,18 +27,7 @@ class BodyTooLarge(Exception):
     """A PUT body over the limit; read no further."""
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-def _store_down(exc: StoreError) -> Response:
-    response = error(503, f"the store is unavailable: {exc}", "store_unavailable")
-    response.headers["Retry-After"] = "5"
-    return response
-
-
-def max_config_bytes(services: Services) -> int:
+def max_config_bytes(services: AdminNode) -> int:
     s = services.settings
     return max(1, min(s.max_config_bytes, s.max_message_bytes - _REPLY_OVERHEAD))
 
@@ -56,14 +43,14 @@ def config_json(config: Config) -> dict[str, Any]:
     }
 
 
-async def rollout(services: Services, config: Config) -> RolloutCounts:
+async def rollout(services: AdminNode, config: Config) -> RolloutCounts:
     """Count the config's agents by config status, paging through every agent it matches."""
     counts = RolloutCounts()
-    configs = services.fleet.configs
+    configs = services.config_cache.fleet.configs
     if configs.by_name(config.name) != config:
         # This node has not caught up with the stored config yet (an event is on its way).
         await services.config_cache.refresh("rollout read")
-        configs = services.fleet.configs
+        configs = services.config_cache.fleet.configs
     query = AgentQuery(selector=config.selector, limit=MAX_PAGE_SIZE)
     now, offline_after = services.clock(), services.settings.offline_after
     while True:
@@ -99,16 +86,16 @@ def _expected_version(request: Request) -> int | None:
 
 
 async def list_configs(request: Request) -> Response:
-    services = _services(request)
+    services = node_of(request)
     try:
         configs = await services.store.list_configs()
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     return JSONResponse({"configs": [config_json(c) for c in configs]})
 
 
 async def get_config(request: Request) -> Response:
-    services = _services(request)
+    services = node_of(request)
     name = request.path_params["name"]
     try:
         config = await services.store.get_config(name)
@@ -116,12 +103,12 @@ async def get_config(request: Request) -> Response:
             return error(404, f"no config {name!r}")
         counts = await rollout(services, config)
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     return JSONResponse({**config_json(config), "rollout": counts.to_json()})
 
 
 async def put_config(request: Request) -> Response:
-    services = _services(request)
+    services = node_of(request)
     name = request.path_params["name"]
     limit = max_config_bytes(services)
     try:
@@ -148,7 +135,7 @@ async def put_config(request: Request) -> Response:
     except VersionConflict as exc:
         return error(409, str(exc))
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     if changed:
         logger.info("config %s is now version %d (%s)", name, config.version, config.hash[:12])
         await services.config_cache.changed(f"config {name} v{config.version}")
@@ -157,7 +144,7 @@ async def put_config(request: Request) -> Response:
 
 
 async def delete_config(request: Request) -> Response:
-    services = _services(request)
+    services = node_of(request)
     name = request.path_params["name"]
     try:
         check_name(name)
@@ -169,7 +156,7 @@ async def delete_config(request: Request) -> Response:
     except VersionConflict as exc:
         return error(409, str(exc))
     except StoreError as exc:
-        return _store_down(exc)
+        return store_down(exc)
     if not deleted:
         return error(404, f"no config {name!r}")
     logger.info("config %s deleted", name)

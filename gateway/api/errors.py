@@ -1,4 +1,5 @@
-"""JSON errors for the admin API: {"error": {"code", "message"}}."""
+"""JSON errors for the admin API: {"error": {"code", "message"}}. Every handler answers its errors
+with these."""
 
 from __future__ import annotations
 
@@ -13,12 +14,26 @@ _CODES = {
     405: "method_not_allowed",
     409: "conflict",
 }
+# Seconds an admin client waits before asking again after a store failure.
+_STORE_RETRY_AFTER = "5"
 
 
 def error(status: int, message: str, code: str | None = None) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code or _CODES.get(status, "error"), "message": message}}, status_code=status
     )
+
+
+def store_unavailable(message: str) -> JSONResponse:
+    """503 + Retry-After: the store failed (or the command could not be kept); retrying later may help."""
+    response = error(503, message, "store_unavailable")
+    response.headers["Retry-After"] = _STORE_RETRY_AFTER
+    return response
+
+
+def store_down(exc: Exception) -> JSONResponse:
+    """`store_unavailable` for a store error, saying what failed."""
+    return store_unavailable(f"the store is unavailable: {exc}")
 
 
 async def http_exception(_request: Request, exc: Exception) -> Response:

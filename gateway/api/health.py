@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.api.context import node_of
 from gateway.store.base import StoreError
 from gateway.store.breaker import CircuitBreaker
-
-if TYPE_CHECKING:
-    from gateway.services import Services
 
 
 async def healthz(_request: Request) -> JSONResponse:
@@ -21,9 +17,9 @@ async def healthz(_request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+    services = node_of(request)
     problems: dict[str, str] = {}
-    if services.draining:
+    if services.drain.draining:
         problems["drain"] = "draining: not accepting new agents"
     try:
         await services.store.ping()

@@ -84,11 +84,14 @@ def bad_request(instance_uid: bytes, message: str) -> pb.ServerToAgent:
     return reply
 
 
-def server_error(instance_uid: bytes, message: str) -> bytes:
-    """A serialized ServerErrorResponse{Unknown}: the server failed, and retrying will not help."""
+def reply_too_large(instance_uid: bytes) -> bytes:
+    """What both transports send instead of a reply over the message size limit (spec: never send
+    it, record it): a serialized ServerErrorResponse{Unknown}. Not BadRequest, which the spec keeps
+    for a malformed AgentToServer (the agent's message was fine), nor Unavailable (a retry would get
+    the same reply)."""
     reply = pb.ServerToAgent(instance_uid=instance_uid)
     reply.error_response.type = pb.ServerErrorResponseType_Unknown
-    reply.error_response.error_message = message
+    reply.error_response.error_message = "reply exceeded the server's message size limit"
     data: bytes = reply.SerializeToString()
     return data
 

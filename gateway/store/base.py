@@ -1,16 +1,20 @@
-"""The storage port: what the gateway needs from a place that keeps agent records.
+"""The storage port: what the gateway needs from a place that keeps agent records and configs.
 
-Adapters (sqlite.py now, elasticsearch.py later) implement `Store`; tests/store/test_contract.py
-runs one suite over every adapter.
+Adapters (sqlite.py for one node or a shared file, elasticsearch.py for any number of nodes)
+implement `Store`; tests/store/test_contract.py runs one suite over every adapter. The pagination
+cursor both issue is encoded here, so a cursor means the same whichever store answers.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
@@ -20,6 +24,8 @@ MAX_PAGE_SIZE = 1000
 # The most pending commands one pending_commands() call returns (also Elasticsearch's default
 # `index.max_result_window`, the largest page one search may return).
 MAX_PENDING_COMMANDS = 10_000
+# Bytes of an instance_uid, the only thing a cursor carries.
+_UID_LENGTH = 16
 
 
 class StoreError(Exception):
@@ -42,6 +48,25 @@ class VersionConflict(Exception):
 
 class InvalidCursor(ValueError):
     """A pagination cursor that this store did not issue."""
+
+
+def encode_cursor(uid_text: str) -> str:
+    """The opaque cursor after `uid_text`: its 16 uid bytes in unpadded url-safe base64."""
+    return base64.urlsafe_b64encode(uuid.UUID(uid_text).bytes).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The uid_text a cursor from `encode_cursor` stands for; InvalidCursor for anything else."""
+    try:
+        raw = base64.b64decode(cursor + "==", altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidCursor(f"invalid cursor: {cursor!r}") from None
+    if len(raw) != _UID_LENGTH:
+        raise InvalidCursor(f"invalid cursor: {cursor!r}")
+    text = uid_str(raw)
+    if encode_cursor(text) != cursor:
+        raise InvalidCursor(f"invalid cursor: {cursor!r}")
+    return text
 
 
 @dataclass(frozen=True)

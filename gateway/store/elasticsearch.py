@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from elastic_transport import ApiResponse
@@ -36,6 +36,8 @@ from gateway.store.base import (
     FleetSummary,
     StoreError,
     StoreUnavailable,
+    decode_cursor,
+    encode_cursor,
 )
 from gateway.store.elasticsearch_client import (
     CLIENT_ERRORS,
@@ -49,10 +51,8 @@ from gateway.store.elasticsearch_configs import ConfigsIndex
 from gateway.store.elasticsearch_documents import Moved, UnreadableDocument, agent_from_source
 from gateway.store.elasticsearch_schema import agents_index, configs_index, mapping_version
 from gateway.store.elasticsearch_writes import Action, Known, KnownDocuments, plan, rounds
-from gateway.store.sqlite import decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
-    from gateway.metrics import Metrics
     from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.store.elasticsearch")
@@ -88,7 +88,9 @@ class ElasticsearchStore:
         agents_alias: str = "opamp-agents",
         configs_alias: str = "opamp-configs",
         refresh: str | None = None,
-        metrics: Metrics | None = None,
+        on_request: Callable[[str], None] | None = None,
+        on_bulk: Callable[[int], None] | None = None,
+        on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self.agents_alias = agents_alias
@@ -96,19 +98,32 @@ class ElasticsearchStore:
         # "wait_for" makes every write visible to searches before write() returns: for tests only,
         # since it ties each flush to the index's refresh cycle.
         self._refresh = refresh
-        self._metrics = metrics
+        # Counting callbacks (metrics): each request by operation, each _bulk's size, each document
+        # refused for good.
+        self._on_request = on_request
+        self._on_bulk = on_bulk
+        self._on_rejected = on_rejected
         self._known = KnownDocuments()
         self._configs = ConfigsIndex(client, configs_alias, self._request)
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
         self._get_batches: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> ElasticsearchStore:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        on_request: Callable[[str], None] | None = None,
+        on_bulk: Callable[[int], None] | None = None,
+        on_rejected: Callable[[], None] | None = None,
+    ) -> ElasticsearchStore:
         return cls(
             make_client(settings),
             agents_alias=settings.elasticsearch_agents_alias,
             configs_alias=settings.elasticsearch_configs_alias,
-            metrics=metrics,
+            on_request=on_request,
+            on_bulk=on_bulk,
+            on_rejected=on_rejected,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -151,8 +166,8 @@ class ElasticsearchStore:
     async def _request(self, operation: str, call: Awaitable[ApiResponse[Any]]) -> Any:
         """Await one client call; count it; turn its failure into StoreError/StoreUnavailable.
         Returns the response (statuses passed as `ignore_status` come back instead of raising)."""
-        if self._metrics is not None:
-            self._metrics.observe_es_request(operation)
+        if self._on_request is not None:
+            self._on_request(operation)
         try:
             return await call
         except CLIENT_ERRORS as exc:
@@ -328,8 +343,8 @@ class ElasticsearchStore:
         return items
 
     async def _bulk_request(self, lines: list[bytes], count: int) -> list[Mapping[str, Any]]:
-        if self._metrics is not None:
-            self._metrics.observe_es_bulk(count)
+        if self._on_bulk is not None:
+            self._on_bulk(count)
         response = await self._request(
             "bulk",
             self._client.bulk(
@@ -376,8 +391,8 @@ class ElasticsearchStore:
             error,
             extra={"instance_uid": uid_str(action.uid)},
         )
-        if self._metrics is not None:
-            self._metrics.observe_es_rejected()
+        if self._on_rejected is not None:
+            self._on_rejected()
         return None
 
     # -- configs -----------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from gateway.store.base import (
     FleetSummary,
     StoreError,
     StoreUnavailable,
+    decode_cursor,
+    encode_cursor,
 )
 from gateway.store.sqlite_schema import (
     MIGRATIONS,
@@ -45,15 +47,13 @@ from gateway.store.sqlite_schema import (
     STATUS_SQL,
     TOUCH,
     UPSERT,
-    decode_cursor,
-    encode_cursor,
     row_of,
     selector_sql,
     state_of,
     to_int64,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore", "decode_cursor", "encode_cursor"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 logger = logging.getLogger("gateway.store.sqlite")
 

@@ -8,17 +8,13 @@ signed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.fleet.agent import AgentState, facts, uid_str
+from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
-from gateway.store.base import InvalidCursor
 
 SCHEMA_VERSION = 3
 UID_LENGTH = 16
@@ -166,25 +162,6 @@ def to_int64(value: int) -> int:
 
 def from_int64(value: int) -> int:
     return value + _UINT64 if value < 0 else value
-
-
-def encode_cursor(uid_text: str) -> str:
-    """The opaque cursor after `uid_text`: its 16 uid bytes in unpadded url-safe base64."""
-    return base64.urlsafe_b64encode(uuid.UUID(uid_text).bytes).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The uid_text a cursor from `encode_cursor` stands for; InvalidCursor for anything else."""
-    try:
-        raw = base64.b64decode(cursor + "==", altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidCursor(f"invalid cursor: {cursor!r}") from None
-    if len(raw) != UID_LENGTH:
-        raise InvalidCursor(f"invalid cursor: {cursor!r}")
-    text = uid_str(raw)
-    if encode_cursor(text) != cursor:
-        raise InvalidCursor(f"invalid cursor: {cursor!r}")
-    return text
 
 
 def _join_uids(uids: Sequence[bytes]) -> bytes:

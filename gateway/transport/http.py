@@ -7,7 +7,6 @@ import gzip
 import logging
 import time
 import zlib
-from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 from starlette.requests import ClientDisconnect, Request
@@ -17,9 +16,7 @@ from gateway import limits
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.transport import pipeline
-
-if TYPE_CHECKING:
-    from gateway.services import Services
+from gateway.transport.context import OpampNode, node_of
 
 logger = logging.getLogger("gateway.transport.http")
 
@@ -93,9 +90,9 @@ def _text(status: int, message: str, headers: dict[str, str] | None = None) -> R
     return PlainTextResponse(message + "\n", status_code=status, headers=headers)
 
 
-def _unavailable(services: Services, reason: str) -> Response:
+def _unavailable(node: OpampNode, reason: str) -> Response:
     """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
-    services.metrics.shed.labels(reason=reason).inc()
+    node.metrics.shed.labels(reason=reason).inc()
     if reason in limits.RATE_LIMITED:
         return _text(429, f"too many requests: {reason}", {"Retry-After": str(limits.retry_after())})
     return _text(503, f"service unavailable: {reason}", {"Retry-After": str(limits.retry_after())})
@@ -106,8 +103,7 @@ def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response
     if len(body) > limit:
         # Spec: never send a message over the limit; say why instead of silently dropping it.
         logger.error("dropped a %d-byte reply over the %d-byte limit", len(body), limit)
-        # Unknown, not BadRequest (reserved for malformed agent messages) nor Unavailable (would retry).
-        body = engine.server_error(reply.instance_uid, "reply exceeded the server's message size limit")
+        body = engine.reply_too_large(reply.instance_uid)
     headers = {"Content-Type": PROTOBUF}
     if accepts_gzip(request.headers.get("accept-encoding", "")):
         body = gzip.compress(body, compresslevel=5, mtime=0)
@@ -115,22 +111,34 @@ def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response
     return Response(body, status_code=200, headers=headers)
 
 
+def _saw(node: OpampNode, outcome: engine.Outcome) -> None:
+    """Remember when each HTTP agent last polled this node (its "connected agents" gauge)."""
+    new = outcome.state
+    if new is None:
+        return
+    if outcome.write is not None and outcome.write.previous_uid is not None:
+        # A moved agent is one agent: the uid it leaves must not count as a second one.
+        node.registry.saw_http(outcome.write.previous_uid, None)
+    # The engine stamps every record it returns with the message's time.
+    node.registry.saw_http(new.instance_uid, None if new.disconnected else new.last_seen)
+
+
 async def opamp_http(request: Request) -> Response:
-    services: Services = request.app.state.services
+    node = node_of(request)
     started = time.perf_counter()
-    if not services.limits.begin_message():
-        result = _unavailable(services, "max_inflight")
+    if not node.limits.begin_message():
+        result = _unavailable(node, "max_inflight")
     else:
         try:
-            result = await _handle(request, services)
+            result = await _handle(request, node)
         finally:
-            services.limits.end_message()
-    services.metrics.handled("http", str(result.status_code), time.perf_counter() - started)
+            node.limits.end_message()
+    node.metrics.handled("http", str(result.status_code), time.perf_counter() - started)
     return result
 
 
-async def _handle(request: Request, services: Services) -> Response:
-    settings = services.settings
+async def _handle(request: Request, node: OpampNode) -> Response:
+    settings = node.settings
     limit = settings.max_message_bytes
     if _media_type(request.headers.get("content-type", "")) != PROTOBUF:
         return _text(415, f"Content-Type must be {PROTOBUF}")
@@ -143,7 +151,7 @@ async def _handle(request: Request, services: Services) -> Response:
         if encoding != "identity":
             body = gunzip(body, limit)
     except TimeoutError:
-        services.metrics.client_timeouts.labels(kind="read").inc()
+        node.metrics.client_timeouts.labels(kind="read").inc()
         return _text(408, f"request body not received within {settings.read_timeout:g}s")
     except BodyTooLarge as exc:
         return _text(413, str(exc))
@@ -157,8 +165,8 @@ async def _handle(request: Request, services: Services) -> Response:
         return _text(400, f"body is not a valid AgentToServer: {exc}")
 
     try:
-        state = await pipeline.load_state(services, msg)
-        outcome = await pipeline.process(services, state, msg)
+        state = await pipeline.load_state(node, msg)
+        outcome = await pipeline.process(node, state, msg, "http", _saw)
     except pipeline.Shed as exc:
-        return _unavailable(services, exc.reason)
+        return _unavailable(node, exc.reason)
     return _protobuf(outcome.reply, request, limit)

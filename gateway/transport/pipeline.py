@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from gateway.fleet.agent import AgentState, Transport, uid_str
 from gateway.limits import enrolls
@@ -13,9 +13,7 @@ from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.breaker import CircuitOpen
 from gateway.store.writer import WriterFull, WriterStopped
-
-if TYPE_CHECKING:
-    from gateway.services import Services
+from gateway.transport.context import OpampNode
 
 logger = logging.getLogger("gateway.transport.pipeline")
 
@@ -34,12 +32,12 @@ class Shed(Exception):
         self.reason = reason
 
 
-async def load_state(services: Services, msg: pb.AgentToServer) -> AgentState | None:
+async def load_state(node: OpampNode, msg: pb.AgentToServer) -> AgentState | None:
     """The stored record for the message's uid (None for bad uids: the engine rejects those)."""
     if len(msg.instance_uid) != engine.UID_LENGTH:
         return None
     try:
-        return await services.writer.get(msg.instance_uid)
+        return await node.writer.get(msg.instance_uid)
     except StoreError as exc:
         reason = _store_reason(exc)
         if reason == "store":
@@ -66,26 +64,30 @@ def _stamped(outcome: engine.Outcome, node: str, transport: Transport) -> engine
 
 
 async def process(
-    services: Services, state: AgentState | None, msg: pb.AgentToServer, transport: Transport = "http"
+    node: OpampNode,
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    transport: Transport = "http",
+    decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
 ) -> engine.Outcome:
-    """Run the engine and hand its write to the writer (awaiting the commit when it matters)."""
-    if enrolls(state, msg) and not services.limits.admit_enrollment():
+    """Run the engine and hand its write to the writer (awaiting the commit when it matters).
+
+    `decided`: the transport's own bookkeeping of the outcome, before the write (which may shed it).
+    """
+    if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
-    await services.config_cache.refresh_if_stale()
-    now = services.clock()
-    outcome = engine.handle(state, msg, services.fleet, now, services.mint_uid)
-    outcome = _stamped(outcome, services.settings.node_id, transport)
-    if transport == "http" and outcome.state is not None:
-        if outcome.write is not None and outcome.write.previous_uid is not None:
-            # A moved agent is one agent: the uid it leaves must not count as a second one.
-            services.registry.saw_http(outcome.write.previous_uid, None)
-        services.registry.saw_http(outcome.state.instance_uid, None if outcome.state.disconnected else now)
+    await node.config_cache.refresh_if_stale()
+    now = node.clock()
+    outcome = engine.handle(state, msg, node.config_cache.fleet, now, node.mint_uid)
+    outcome = _stamped(outcome, node.settings.node_id, transport)
+    if decided is not None:
+        decided(node, outcome)
     if outcome.write is not None:
         try:
             if outcome.durable:
-                await services.writer.submit_durable(outcome.write)
+                await node.writer.submit_durable(outcome.write)
             else:
-                services.writer.submit(outcome.write)
+                node.writer.submit(outcome.write)
         except WriterFull as exc:
             raise Shed("writer_queue_full") from exc
         except WriterStopped as exc:
@@ -95,12 +97,12 @@ async def process(
             if reason == "store":
                 logger.warning("store write failed: %s", exc)
             raise Shed(reason) from exc
-    services.metrics.observe_outcome(outcome)
+    node.metrics.observe_outcome(outcome)
     if outcome.write is not None and "remote_config_status" in outcome.write.changed:
         value = msg.remote_config_status.status
         # An open enum: a newer agent may send a value this gateway does not know.
         name = _CONFIG_STATUS_NAMES.get(value, str(value))
-        services.metrics.config_reported(name)
+        node.metrics.config_reported(name)
     if outcome.rejected:
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
     elif outcome.event in ("enrolled", "moved") and outcome.state is not None:

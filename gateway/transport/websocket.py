@@ -29,7 +29,7 @@ import random
 import time
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uuid6
 from google.protobuf.message import DecodeError
@@ -38,16 +38,15 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway import limits
-from gateway.fleet.agent import AgentState, AgentWrite, uid_str
+from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.opamp import engine, framing
+from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
 from gateway.transport import pipeline
-
-if TYPE_CHECKING:
-    from gateway.services import Services
+from gateway.transport.context import OpampNode, node_of
 
 logger = logging.getLogger("gateway.transport.websocket")
 
@@ -81,40 +80,41 @@ def _reason(text: str) -> str:
     return data[: _REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
-async def _refuse(websocket: WebSocket, services: Services, reason: str, text: str, retry: int) -> None:
+async def _refuse(websocket: WebSocket, node: OpampNode, reason: str, text: str, retry: int) -> None:
     """Refuse the upgrade with 503 + Retry-After (spec: a server too loaded to upgrade)."""
-    services.metrics.shed.labels(reason=reason).inc()
+    node.metrics.shed.labels(reason=reason).inc()
     await websocket.send_denial_response(
         PlainTextResponse(text + "\n", status_code=503, headers={"Retry-After": str(retry)})
     )
 
 
 async def opamp_websocket(websocket: WebSocket) -> None:
-    services: Services = websocket.app.state.services
-    if services.draining:
-        retry = random.randint(1, int(services.settings.drain_retry_window))
-        await _refuse(
-            websocket, services, "draining", "this node is draining: connect to another node", retry
-        )
+    node = node_of(websocket)
+    if node.drain.draining:
+        retry = random.randint(1, int(node.settings.drain_retry_window))
+        await _refuse(websocket, node, "draining", "this node is draining: connect to another node", retry)
         return
-    if not services.limits.open_connection():
-        text = f"this node holds its maximum of {services.limits.max_connections} WebSockets"
-        await _refuse(websocket, services, "max_connections", text, limits.retry_after())
+    if not node.limits.open_connection():
+        text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
+        await _refuse(websocket, node, "max_connections", text, limits.retry_after())
         return
     try:
         await websocket.accept()
-        await Connection(websocket, services).serve()
+        await Connection(websocket, node).serve()
     finally:
-        services.limits.close_connection()
+        node.limits.close_connection()
 
 
 class Connection:
-    def __init__(self, websocket: WebSocket, services: Services) -> None:
+    """One socket: its timers, the records of the agents it carries, their registration. To the node
+    it is a `Holder` (gateway/node/registry.py): what to push is decided there, this only sends."""
+
+    def __init__(self, websocket: WebSocket, node: OpampNode) -> None:
         self._ws = websocket
-        self._services = services
-        self._limit = services.settings.max_message_bytes
-        self._idle_timeout = services.settings.idle_timeout or None
-        self._send_timeout = services.settings.send_timeout
+        self._node = node
+        self._limit = node.settings.max_message_bytes
+        self._idle_timeout = node.settings.idle_timeout or None
+        self._send_timeout = node.settings.send_timeout
         # Identifies this connection in owner records: a node never closes a newer connection.
         self.epoch = uuid6.uuid7().hex
         # The agents on this socket, by the uid each record lives under.
@@ -137,7 +137,7 @@ class Connection:
         return list(self._states)
 
     async def serve(self) -> None:
-        registry = self._services.registry
+        registry = self._node.registry
         registry.attach(self)
         self._task = asyncio.current_task()
         if self._idle_timeout is not None:
@@ -147,7 +147,7 @@ class Connection:
                 try:
                     message = await self._receive()
                 except _IdleTimeout:
-                    self._services.metrics.client_timeouts.labels(kind="idle").inc()
+                    self._node.metrics.client_timeouts.labels(kind="idle").inc()
                     await self.close(CLOSE_NORMAL, f"idle: no message for {self._idle_timeout:g}s")
                     break
                 if message["type"] == "websocket.disconnect":
@@ -209,8 +209,8 @@ class Connection:
         except DecodeError:
             await self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
             return False
-        metrics = self._services.metrics
-        self._services.limits.track_message()
+        metrics = self._node.metrics
+        self._node.limits.track_message()
         try:
             outcome = await self._process(msg)
             reply, result = outcome.reply, "rejected" if outcome.rejected else "ok"
@@ -220,7 +220,7 @@ class Connection:
             reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
             result = "unavailable"
         finally:
-            self._services.limits.end_message()
+            self._node.limits.end_message()
         sent = await self._send(reply)
         metrics.handled("websocket", result, time.perf_counter() - started)
         return sent
@@ -232,12 +232,12 @@ class Connection:
         # A cached record is never re-read per message: commands another node stored for it arrive
         # through the bus or the node's periodic sweep (command_sweep.py).
         if state is None:
-            state = await pipeline.load_state(self._services, msg)
+            state = await pipeline.load_state(self._node, msg)
             if state is not None and state.offered_config_hash is not None:
                 # An offer made before this connection may never have arrived: a new connection
                 # does not wait for its timeout (engine.config_to_offer).
                 state = replace(state, offered_config_hash=None, offered_at=0.0)
-        outcome = await pipeline.process(self._services, state, msg, "websocket")
+        outcome = await pipeline.process(self._node, state, msg, "websocket")
         self._track(msg, key, outcome)
         return outcome
 
@@ -277,18 +277,18 @@ class Connection:
             self._register(current)
 
     def _register(self, uid: bytes) -> None:
-        services = self._services
-        displaced = services.registry.register(uid, self)
+        node = self._node
+        displaced = node.registry.register(uid, self)
         if displaced is not None:
-            services.metrics.takeovers.labels(scope="local").inc()
+            node.metrics.takeovers.labels(scope="local").inc()
             _spawn(displaced.taken_over(uid, "a newer connection to this node"))
-        services.presence.claim(uid, self)
+        node.presence.claim(uid, self)
 
     def _forget(self, uid: bytes) -> None:
         if self._states.pop(uid, None) is None:
             return
-        if self._services.registry.unregister(uid, self):
-            self._services.presence.release(uid, self)
+        if self._node.registry.unregister(uid, self):
+            self._node.presence.release(uid, self)
 
     # -- outgoing ---------------------------------------------------------------------------------
 
@@ -297,9 +297,7 @@ class Connection:
         if len(body) > self._limit:
             # Spec: never send a message over the limit; say why instead of silently dropping it.
             logger.error("dropped a %d-byte message over the %d-byte limit", len(body), self._limit)
-            body = engine.bad_request(
-                reply.instance_uid, "reply exceeded the server's message size limit"
-            ).SerializeToString()
+            body = engine.reply_too_large(reply.instance_uid)
         # A send waits only while the peer does not read (flow control). The timeout is a bare timer
         # that cancels this task, not wait_for (a Task per send) nor asyncio.timeout (twice this
         # cost): it is armed once per message.
@@ -320,7 +318,7 @@ class Connection:
                 raise
             # The peer stopped reading: a close frame would wait behind the same full buffer.
             self._closed = True
-            self._services.metrics.client_timeouts.labels(kind="send").inc()
+            self._node.metrics.client_timeouts.labels(kind="send").inc()
             logger.info("dropped a WebSocket whose client read nothing for %gs", self._send_timeout)
             return False
         finally:
@@ -331,57 +329,21 @@ class Connection:
         self._expired_sends.add(task)
         task.cancel()
 
-    async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
+    def state(self, uid: bytes) -> AgentState | None:
+        return None if self._closed else self._states.get(uid)
+
+    async def send(self, push: Push) -> bool:
+        uid = push.state.instance_uid
         if self._closed or uid not in self._states:
             return False
-        return await self._send(reply)
-
-    async def push_command(self, uid: bytes, command: int) -> bool:
-        state = self._states.get(uid)
-        if state is None or not engine.accepts_command(state, command):
+        if not await self._send(push.reply):
             return False
-        if not await self.push(uid, engine.command_message(uid, command, self._services.fleet)):
-            return False
-        # A copy stored while this node was unreachable is now satisfied: one pending message per
-        # kind (spec 6.2), not a second restart when the record is next reloaded.
-        cleared = replace(state, pending_command=None)
-        self._states[uid] = cleared
+        self._states[uid] = push.state
         with contextlib.suppress(WriterFull, WriterStopped, StoreError):
-            # Durable, so a reload of the record never finds the command this push satisfied.
-            await self._services.writer.submit_durable(
-                AgentWrite(state=cleared, changed=frozenset({"pending_command"}))
-            )
-        return True
-
-    def config_due(self, uid: bytes) -> bool:
-        """Would push_config send `uid` a config now? Cheap and synchronous: a config change checks
-        every agent on the node, and most may need nothing."""
-        state = self._states.get(uid)
-        if state is None or self._closed:
-            return False
-        services = self._services
-        return engine.config_to_offer(state, services.fleet, services.clock()) is not None
-
-    async def push_config(self, uid: bytes) -> bool:
-        state = self._states.get(uid)
-        if state is None or self._closed:
-            return False
-        services = self._services
-        now = services.clock()
-        if engine.config_to_offer(state, services.fleet, now) is None:
-            return False
-        changed: set[str] = set()
-        reply = pb.ServerToAgent(instance_uid=uid, capabilities=services.fleet.server_capabilities)
-        offered = engine.offer_config(state, services.fleet, now, reply, changed)
-        if not changed:
-            return False
-        if not await self._send(reply):
-            return False
-        self._states[uid] = offered
-        services.metrics.pushes.labels(kind="config", delivery="pushed").inc()
-        with contextlib.suppress(WriterFull, WriterStopped):
-            # Not durable: a lost offer record only means the config may be sent once more.
-            services.writer.submit(AgentWrite(state=offered, changed=frozenset(changed)))
+            if push.durable:
+                await self._node.writer.submit_durable(push.write)
+            else:
+                self._node.writer.submit(push.write)
         return True
 
     async def taken_over(self, uid: bytes, where: str) -> None:
@@ -400,8 +362,11 @@ class Connection:
 
     async def drain(self, retry_after: float) -> None:
         for uid in list(self._states):
-            await self.push(
-                uid, engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after)
+            # Its other agents may have left (or the socket closed) while an earlier send waited.
+            if self._closed or uid not in self._states:
+                continue
+            await self._send(
+                engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after)
             )
         await self.close(CLOSE_GOING_AWAY, "gateway node draining: reconnect to another node")
 
@@ -409,7 +374,7 @@ class Connection:
         if self._closed:
             return
         self._closed = True
-        self._services.metrics.websocket_closes.labels(code=str(code)).inc()
+        self._node.metrics.websocket_closes.labels(code=str(code)).inc()
         try:
             await self._ws.close(code, _reason(reason))
         except (WebSocketDisconnect, RuntimeError):

@@ -32,7 +32,7 @@ import gateway
 from gateway import server as gateway_server, settings as gateway_settings
 from gateway.auth import parse_credentials
 from gateway.cli import _refuse_insecure
-from gateway.transport import drain as gateway_drain
+from gateway.node import drain as gateway_drain
 from tests.deploy.rendering import (
     CHART_DIR,
     CI_FILES,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gateway.fleet.agent import AgentState, AgentWrite
-from gateway.store.base import AgentQuery, StoreError, StoreUnavailable
-from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore, decode_cursor, encode_cursor
+from gateway.store.base import AgentQuery, StoreError, StoreUnavailable, decode_cursor, encode_cursor
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from gateway.store.sqlite_schema import SELECT_PENDING_COMMANDS
 from tests.store.store_helpers import (
     agent,

@@ -12,7 +12,6 @@ import pytest
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from gateway.transport.command_sweep import sweep
 from tests.support.memory_store import MemoryStore
 from tests.support.opamp_http import poll as http_poll
 from tests.support.servers import Node, run_node
@@ -111,14 +110,14 @@ async def test_command_stored_elsewhere_reaches_a_cached_socket_on_the_sweep(
         assert store.reads == reads
         # The node's periodic sweep asks the store once for pending commands, reads no record, and
         # pushes the command.
-        assert await sweep(services) == 1
+        assert await services.command_sweep.run() == 1
         assert store.reads == reads and store.pending_queries == 1
         pushed = await recv(ws)
         assert pushed.HasField("command") and pushed.command.type == pb.CommandType_Restart
         await eventually(
             lambda: services.writer.depth == 0 and store.records[uid(90)].pending_command is None
         )
-        assert await sweep(services) == 0
+        assert await services.command_sweep.run() == 0
         assert not (await exchange(ws, heartbeat(uid(90), 2))).HasField("command")
 
 

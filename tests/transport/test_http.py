@@ -196,7 +196,7 @@ async def test_health_endpoints(client: httpx2.AsyncClient, node: Node) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    node.services.draining = True
+    node.services.drain.draining = True
     assert (await client.get("/readyz")).status_code == 503
 
 

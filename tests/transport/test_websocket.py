@@ -96,6 +96,16 @@ async def test_empty_payload_is_answered_with_bad_request(node: Node) -> None:
         assert (await exchange(ws, report(uid(4)))).instance_uid == uid(4)
 
 
+async def test_reply_over_the_limit_is_replaced_by_the_same_error_as_over_http(tmp_path: Path) -> None:
+    async with run_node(tmp_path, max_message_bytes=32) as small, agent_socket(small.opamp_url) as ws:
+        msg = pb.AgentToServer(instance_uid=uid(7), flags=caps.REQUEST_INSTANCE_UID)
+        assert len(msg.SerializeToString()) <= 32
+        reply = await exchange(ws, msg)
+    assert reply.error_response.type == pb.ServerErrorResponseType_Unknown
+    assert "size limit" in reply.error_response.error_message
+    assert not reply.HasField("agent_identification")
+
+
 @pytest.mark.parametrize(
     ("frame", "code", "reason"),
     [

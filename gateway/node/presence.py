@@ -16,9 +16,9 @@ from typing import Literal
 
 from gateway.bus.base import Bus, BusUnavailable, ConnectionTakenOver, Owner
 from gateway.fleet.agent import uid_str
-from gateway.transport.registry import Holder, Registry
+from gateway.node.registry import Holder, Registry
 
-logger = logging.getLogger("gateway.transport.presence")
+logger = logging.getLogger("gateway.node.presence")
 
 BATCH = 500
 _STOP_TIMEOUT = 2.0

@@ -13,13 +13,12 @@ import httpx2
 import pytest
 
 from gateway.fleet.agent import AgentState
+from gateway.node import command_sweep
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreUnavailable
 from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import make_client
 from gateway.store.sqlite import SQLiteStore
-from gateway.transport import command_sweep
-from gateway.transport.command_sweep import sweep
 from tests.support.es import EsAliases
 from tests.support.memory_store import MemoryStore
 from tests.support.opamp_http import poll as http_poll
@@ -100,7 +99,7 @@ async def test_a_command_another_node_stored_is_pushed_without_reading_a_record(
             response = await admin_b.post(f"/api/v1/agents/{uuid.UUID(int=n)}/restart")
             assert response.json()["delivery"] == "pending"
         gets = a_store.gets
-        assert await sweep(a.services) == 1
+        assert await a.services.command_sweep.run() == 1
         assert a_store.gets == gets
         pushed = await recv(ws)
         assert pushed.instance_uid == uid(1) and pushed.command.type == RESTART
@@ -109,7 +108,7 @@ async def test_a_command_another_node_stored_is_pushed_without_reading_a_record(
         assert first is not None and first.pending_command is None
         polling = await b.services.store.get(uid(3))
         assert polling is not None and polling.pending_command == RESTART
-        assert await sweep(a.services) == 0
+        assert await a.services.command_sweep.run() == 0
         assert a_store.gets == gets
         assert not (await exchange(ws, heartbeat(uid(1), 1))).HasField("command")
         assert not (await exchange(other, heartbeat(uid(2), 1))).HasField("command")
@@ -134,12 +133,12 @@ async def test_on_elasticsearch_the_sweep_is_one_search(tmp_path: Path, es_alias
         assert response.json()["delivery"] == "pending"
         double.refresh()
         gets, searches = a_store.gets, double.stats.requests["search"]
-        assert await sweep(a.services) == 1
+        assert await a.services.command_sweep.run() == 1
         assert (a_store.gets, double.stats.requests["search"]) == (gets, searches + 1)
         pushed = await recv(ws)
         assert pushed.instance_uid == uid(55) and pushed.command.type == RESTART
         double.refresh()
-        assert await sweep(a.services) == 0
+        assert await a.services.command_sweep.run() == 0
         assert (a_store.gets, double.stats.requests["search"]) == (gets, searches + 2)
 
 
@@ -152,25 +151,25 @@ async def test_a_listing_older_than_the_push_does_not_restart_the_agent_twice(
         await eventually(lambda: services.writer.depth == 0 and uid(10) in store.records)
         store_command(store, 10)
         store.frozen = {uid(10): RESTART}
-        assert await sweep(services) == 1
+        assert await services.command_sweep.run() == 1
         assert (await recv(ws)).command.type == RESTART
         assert store.records[uid(10)].pending_command is None
         # The listing still shows it (not refreshed since): one realtime read finds it delivered.
         reads = store.reads
-        assert await sweep(services) == 0
-        assert await sweep(services) == 0
+        assert await services.command_sweep.run() == 0
+        assert await services.command_sweep.run() == 0
         assert store.reads == reads + 2
         assert not (await exchange(ws, heartbeat(uid(10), 1))).HasField("command")
         # Requested again: the read finds it pending, so it goes out.
         store_command(store, 10)
-        assert await sweep(services) == 1
+        assert await services.command_sweep.run() == 1
         assert (await recv(ws)).command.type == RESTART
         # Once the listing no longer shows it, the next request costs no read at all.
         store.frozen = None
-        assert await sweep(services) == 0
+        assert await services.command_sweep.run() == 0
         store_command(store, 10)
         reads = store.reads
-        assert await sweep(services) == 1
+        assert await services.command_sweep.run() == 1
         assert store.reads == reads
         assert (await recv(ws)).command.type == RESTART
 
@@ -186,13 +185,13 @@ async def test_past_the_limit_the_agents_seen_last_come_first(
         await eventually(lambda: services.writer.depth == 0 and len(store.records) == 3)
         for n, last_seen in ((20, 5.0), (21, 7.0), (22, 6.0)):
             store_command(store, n, last_seen=last_seen)
-        with caplog.at_level(logging.WARNING, logger="gateway.transport.command_sweep"):
-            assert await sweep(services) == 2
+        with caplog.at_level(logging.WARNING, logger="gateway.node.command_sweep"):
+            assert await services.command_sweep.run() == 2
         assert "2 agents have a command waiting, the most one sweep reads" in caplog.text
         assert {(await recv(ws)).instance_uid for _ in range(2)} == {uid(21), uid(22)}
         assert store.records[uid(20)].pending_command == RESTART
         # The next sweep gets to it.
-        assert await sweep(services) == 1
+        assert await services.command_sweep.run() == 1
         assert (await recv(ws)).instance_uid == uid(20)
 
 
@@ -203,9 +202,9 @@ async def test_a_failing_store_skips_one_sweep(node: Node, store: SweepStore) ->
         await eventually(lambda: services.writer.depth == 0 and uid(30) in store.records)
         store_command(store, 30)
         store.failing = True
-        assert await sweep(services) == 0
+        assert await services.command_sweep.run() == 0
         store.failing = False
-        assert await sweep(services) == 1
+        assert await services.command_sweep.run() == 1
         assert (await recv(ws)).command.type == RESTART
 
 
@@ -214,6 +213,6 @@ async def test_a_node_without_websocket_agents_asks_nothing(node: Node, store: S
         await http_poll(http, "/v1/opamp", report(uid(40)))
     await eventually(lambda: node.services.writer.depth == 0 and uid(40) in store.records)
     store_command(store, 40)
-    assert await sweep(node.services) == 0
+    assert await node.services.command_sweep.run() == 0
     assert store.pending_queries == 0
     assert store.records[uid(40)].pending_command == RESTART

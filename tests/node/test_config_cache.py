@@ -19,11 +19,15 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.bus.base import Handler, OnUp
 from gateway.bus.local import LocalBus
+from gateway.fleet.agent import AgentState
 from gateway.fleet.configs import Config, parse_request
+from gateway.metrics import Metrics
+from gateway.node import config_cache
+from gateway.node.registry import Registry
 from gateway.opamp import capabilities as caps
+from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
-from gateway.transport import config_push
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import uid
@@ -107,7 +111,7 @@ async def enroll(ws: ClientConnection, n: int) -> pb.ServerToAgent:
 async def test_with_the_bus_down_a_message_rereads_configs_once_they_are_stale(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 3600.0)
+    monkeypatch.setattr(config_cache, "STALE_WITHOUT_BUS", 3600.0)
     setup.bus.down = True
     async with agent_socket(setup.node.opamp_url) as ws:
         await enroll(ws, 1)
@@ -118,13 +122,13 @@ async def test_with_the_bus_down_a_message_rereads_configs_once_they_are_stale(
             assert not (await exchange(ws, heartbeat(uid(1), seq, CONFIG_CAPS))).HasField("remote_config")
         assert setup.store.config_reads == reads
 
-        monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 0.0)
+        monkeypatch.setattr(config_cache, "STALE_WITHOUT_BUS", 0.0)
         assert files(await exchange(ws, heartbeat(uid(1), 4, CONFIG_CAPS))) == {"c.yaml": b"v: 1\n"}
         assert setup.store.config_reads == reads + 1
 
 
 async def test_with_the_bus_up_messages_rely_on_events(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 0.0)
+    monkeypatch.setattr(config_cache, "STALE_WITHOUT_BUS", 0.0)
     async with agent_socket(setup.node.opamp_url) as ws:
         await enroll(ws, 2)
         reads = setup.store.config_reads
@@ -136,7 +140,7 @@ async def test_with_the_bus_up_messages_rely_on_events(setup: Setup, monkeypatch
 async def test_a_failed_read_before_a_message_answers_with_the_configs_known(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 3600.0)
+    monkeypatch.setattr(config_cache, "STALE_WITHOUT_BUS", 3600.0)
     await changed_elsewhere(setup.store, "v: 1\n")
     await setup.node.services.config_cache.refresh("test")
     # As if that read were long ago: the next message finds the configs stale.
@@ -156,7 +160,7 @@ async def test_a_failed_read_before_a_message_answers_with_the_configs_known(
 async def test_coming_back_pushes_what_changed_to_agents_not_yet_sent_it(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(config_push, "STALE_WITHOUT_BUS", 0.0)
+    monkeypatch.setattr(config_cache, "STALE_WITHOUT_BUS", 0.0)
     async with agent_socket(setup.node.opamp_url) as talking, agent_socket(setup.node.opamp_url) as silent:
         await enroll(talking, 4)
         await enroll(silent, 5)
@@ -175,7 +179,7 @@ async def test_a_failed_read_when_the_bus_comes_back_keeps_the_node_serving(
     setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
     setup.bus.down, setup.store.fail_configs = True, True
-    with caplog.at_level(logging.WARNING, logger="gateway.transport.config_push"):
+    with caplog.at_level(logging.WARNING, logger="gateway.node.config_cache"):
         await setup.bus.come_back()
     assert "config refresh after the bus connected failed" in caplog.text
     setup.store.fail_configs = False
@@ -184,35 +188,59 @@ async def test_a_failed_read_when_the_bus_comes_back_keeps_the_node_serving(
 
 
 class _Socket:
-    """Stands in for a WebSocket connection: every agent is due a config, each push is recorded."""
+    """Stands in for a WebSocket connection whose every agent is due the config; records each send."""
+
+    epoch = "socket"
 
     def __init__(self) -> None:
         self.pushed_at: list[float] = []
 
-    def config_due(self, uid: bytes) -> bool:
-        return True
+    def state(self, uid: bytes) -> AgentState:
+        description = pb.AgentDescription()
+        name = description.identifying_attributes.add()
+        name.key, name.value.string_value = "service.name", "otelcol-contrib"
+        return AgentState(
+            instance_uid=uid,
+            enrolled_at=0.0,
+            last_seen=0.0,
+            capabilities=CONFIG_CAPS,
+            description=description.SerializeToString(),
+        )
 
-    async def push_config(self, uid: bytes) -> bool:
+    async def send(self, push: Push) -> bool:
+        assert push.reply.HasField("remote_config")
         self.pushed_at.append(time.monotonic())
         return True
 
+    async def taken_over(self, uid: bytes, where: str) -> None:
+        raise AssertionError("nothing is taken over here")
 
-def _cache_with_sockets(count: int, rate: float) -> tuple[config_push.ConfigCache, _Socket]:
+    async def drain(self, retry_after: float) -> None:
+        raise AssertionError("nothing is drained here")
+
+
+async def _cache_with_sockets(count: int, rate: float) -> tuple[config_cache.ConfigCache, _Socket]:
     socket = _Socket()
-    registrations = [(i.to_bytes(16, "big"), socket) for i in range(count)]
-    services = type(
-        "Services",
-        (),
-        {
-            "registry": type("Registry", (), {"registrations": staticmethod(lambda: registrations)})(),
-            "settings": type("Settings", (), {"config_push_rate": rate, "config_refresh_interval": 30.0})(),
-        },
-    )()
-    return config_push.ConfigCache(services), socket
+    registry = Registry()
+    for i in range(count):
+        registry.register(i.to_bytes(16, "big"), socket)
+    store = ConfigStore()
+    await changed_elsewhere(store, "receivers: {}")
+    cache = config_cache.ConfigCache(
+        store,
+        LocalBus("test-node"),
+        registry,
+        Metrics(),
+        refresh_interval=30.0,
+        push_rate=rate,
+        resend_after=60.0,
+    )
+    assert await cache._read("test")
+    return cache, socket
 
 
 async def test_pushes_after_a_change_are_paced_by_the_push_rate() -> None:
-    cache, socket = _cache_with_sockets(600, rate=1000.0)
+    cache, socket = await _cache_with_sockets(600, rate=1000.0)
     started = time.monotonic()
     assert await cache._push_all() == 600
     # 256 sends go out at once, the next 256 not before 0.256 s, the last 88 not before 0.512 s.
@@ -221,6 +249,6 @@ async def test_pushes_after_a_change_are_paced_by_the_push_rate() -> None:
 
 
 async def test_a_push_rate_of_zero_does_not_pace() -> None:
-    cache, socket = _cache_with_sockets(600, rate=0.0)
+    cache, socket = await _cache_with_sockets(600, rate=0.0)
     assert await cache._push_all() == 600
     assert len(socket.pushed_at) == 600

@@ -17,30 +17,35 @@ again, so one request never restarts an agent twice.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from gateway.fleet.agent import uid_str
+from gateway.metrics import Metrics
+from gateway.node.config_cache import ConfigCache
+from gateway.node.push import push_command
+from gateway.node.registry import Registry
 from gateway.periodic import Periodic
-from gateway.store.base import MAX_PENDING_COMMANDS, StoreError
+from gateway.store.base import MAX_PENDING_COMMANDS, Store, StoreError
 
-if TYPE_CHECKING:
-    from gateway.services import Services
-
-logger = logging.getLogger("gateway.transport.command_sweep")
+logger = logging.getLogger("gateway.node.command_sweep")
 
 RELOAD_AFTER_SECONDS = 60.0
 # Pending commands one sweep reads at most; past it, those of the agents seen longest ago wait.
 SWEEP_LIMIT = MAX_PENDING_COMMANDS
 
 
-async def sweep(services: Services) -> int:
-    """Run this node's command sweep now; how many commands were pushed."""
-    return await services.command_sweep.run()
-
-
 class CommandSweep:
-    def __init__(self, services: Services, interval: float = RELOAD_AFTER_SECONDS) -> None:
-        self._services = services
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        config_cache: ConfigCache,
+        metrics: Metrics,
+        interval: float = RELOAD_AFTER_SECONDS,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._config_cache = config_cache
+        self._metrics = metrics
         self._timer = Periodic("command-sweep", interval, self._on_timer)
         # uid -> command this node pushed, for as long as the store still lists it (see above).
         self._delivered: dict[bytes, int] = {}
@@ -56,12 +61,11 @@ class CommandSweep:
 
     async def run(self) -> int:
         """Push every command stored for an agent on this node's sockets; how many were pushed."""
-        services = self._services
-        if not services.registry.websocket_agents:
+        if not self._registry.websocket_agents:
             self._delivered = {}
             return 0
         try:
-            pending = await services.store.pending_commands(SWEEP_LIMIT)
+            pending = await self._store.pending_commands(SWEEP_LIMIT)
         except StoreError as exc:
             logger.debug("command sweep: pending commands could not be listed: %s", exc)
             return 0
@@ -74,16 +78,16 @@ class CommandSweep:
         delivered: dict[bytes, int] = {}
         pushed = 0
         for uid, command in pending.items():
-            conn = services.registry.get(uid)
+            conn = self._registry.get(uid)
             if conn is None:
                 continue
             if self._delivered.get(uid) == command and not await self._still_pending(uid, command):
                 delivered[uid] = command
                 continue
-            if await conn.push_command(uid, command):
+            if await push_command(conn, uid, command, self._config_cache.fleet):
                 delivered[uid] = command
                 pushed += 1
-                services.metrics.pushes.labels(kind="command", delivery="pushed").inc()
+                self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
                 logger.info("pushed a command stored by another node", extra={"instance_uid": uid_str(uid)})
         self._delivered = delivered
         return pushed
@@ -92,7 +96,7 @@ class CommandSweep:
         """Whether the record still holds a command this node already pushed: requested again, or a
         listing that predates the push's write."""
         try:
-            stored = await self._services.store.get(uid)
+            stored = await self._store.get(uid)
         except StoreError as exc:
             logger.debug("command sweep: %s", exc, extra={"instance_uid": uid_str(uid)})
             return False

@@ -9,25 +9,23 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.proto import opamp_pb2 as pb
+from gateway.fleet.agent import AgentState
+from gateway.opamp.push import Push
 
 
 class Holder(Protocol):
-    """What the registry and the bus handlers need from a WebSocket connection."""
+    """What a connection holding agents offers the node (like opamp-go's Connection: Send, Disconnect).
+    The node decides what to push (gateway/opamp/push.py); the connection only sends it."""
 
     # This connection's id; owner records carry it so a node never closes a newer connection.
     epoch: str
 
-    async def push(self, uid: bytes, reply: pb.ServerToAgent) -> bool:
-        """Send a server-initiated message for `uid`; False if the socket is gone or not `uid`'s."""
+    def state(self, uid: bytes) -> AgentState | None:
+        """`uid`'s record as this connection holds it; None if it does not serve `uid` (any more)."""
 
-    async def push_command(self, uid: bytes, command: int) -> bool: ...
-
-    def config_due(self, uid: bytes) -> bool:
-        """Whether push_config would send `uid` a config now (no I/O)."""
-
-    async def push_config(self, uid: bytes) -> bool:
-        """Send `uid` its desired remote config if the engine rules say it should get it now."""
+    async def send(self, push: Push) -> bool:
+        """Send a server-initiated message to the push's agent and keep its record (here and in the
+        store); False if the socket is gone or no longer serves that agent."""
 
     async def taken_over(self, uid: bytes, where: str) -> None:
         """`uid` connected again elsewhere: stop serving it here (closing the socket if it was the

@@ -1,6 +1,7 @@
 """Keeping a node's view of the configs current, and pushing changed configs to the sockets it holds.
 
-Each node keeps every config in memory (a `ConfigSet` in `services.fleet`): the engine resolves an
+Each node keeps every config in memory (a `ConfigSet` in the cache's `fleet`, which every message
+reads and only this module replaces): the engine resolves an
 agent's desired config on every message without a store read. The set is re-read when a
 ConfigsChanged event arrives on the bus (any node's admin API publishes one after a change), and on a
 timer (`--config-refresh-interval`), so a lost event leaves a node stale for at most that long. When
@@ -19,18 +20,22 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from gateway.bus.base import BusUnavailable, ConfigsChanged
+from gateway.bus.base import Bus, BusUnavailable, ConfigsChanged
+from gateway.fleet.configs import Config
 from gateway.fleet.desired import ConfigSet
+from gateway.metrics import Metrics
+from gateway.node.push import push_config
+from gateway.node.registry import Holder, Registry
+from gateway.opamp.engine import FleetView
+from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
 from gateway.store.base import StoreError
 
-if TYPE_CHECKING:
-    from gateway.services import Services
-
-logger = logging.getLogger("gateway.transport.config_push")
+logger = logging.getLogger("gateway.node.config_cache")
 
 # Sends in flight at once while pushing to every socket after a change.
 _PUSH_CONCURRENCY = 256
@@ -39,11 +44,34 @@ _PUSH_CONCURRENCY = 256
 STALE_WITHOUT_BUS = 1.0
 
 
+class ConfigSource(Protocol):
+    """Where the configs are read from (the store)."""
+
+    async def list_configs(self) -> list[Config]: ...
+
+
 class ConfigCache:
-    def __init__(self, services: Services) -> None:
-        self._services = services
+    def __init__(
+        self,
+        configs: ConfigSource,
+        bus: Bus,
+        registry: Registry,
+        metrics: Metrics,
+        *,
+        refresh_interval: float,
+        push_rate: float,
+        resend_after: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._configs = configs
+        self._bus = bus
+        self._registry = registry
+        self._metrics = metrics
+        self._push_rate = push_rate
+        self._clock = clock
+        self._fleet = FleetView(config_resend_after=resend_after)
         self._lock = asyncio.Lock()
-        self._timer = Periodic("config-refresh", services.settings.config_refresh_interval, self._on_timer)
+        self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
         # time.monotonic() of the last read, or of a message's failed attempt at one (a failing
         # store is not asked again by every message).
         self._read_at = -math.inf
@@ -51,6 +79,11 @@ class ConfigCache:
         self.loaded = False
         # The push after a change made through this node's admin API (see `changed`).
         self._pushes: set[asyncio.Task[int]] = set()
+
+    @property
+    def fleet(self) -> FleetView:
+        """What the fleet wants now, as the engine sees it; replaced (never changed) on each read."""
+        return self._fleet
 
     async def start(self) -> None:
         try:
@@ -88,7 +121,7 @@ class ConfigCache:
         No push from here: the agent whose message this is gets the change in its reply (a push
         as well would send it twice), every other agent with its own next message.
         """
-        if self._services.bus.up or self._lock.locked():
+        if self._bus.up or self._lock.locked():
             # With the bus up, events keep the set current; a read under way is as fresh as ours.
             return
         if time.monotonic() - self._read_at < STALE_WITHOUT_BUS:
@@ -112,15 +145,14 @@ class ConfigCache:
             logger.warning("config refresh after the bus connected failed (retrying on the timer): %s", exc)
 
     async def _read(self, reason: str) -> bool:
-        """Read the configs into `services.fleet` (the caller holds the lock); True if they changed."""
-        services = self._services
-        configs = ConfigSet(tuple(await services.store.list_configs()))
+        """Read the configs into `fleet` (the caller holds the lock); True if they changed."""
+        configs = ConfigSet(tuple(await self._configs.list_configs()))
         self._read_at = time.monotonic()
         self.loaded = True
-        if configs.generation == services.fleet.configs.generation:
+        if configs.generation == self._fleet.configs.generation:
             return False
-        services.fleet = replace(services.fleet, configs=configs)
-        services.metrics.configs.set(len(configs.configs))
+        self._fleet = replace(self._fleet, configs=configs)
+        self._metrics.configs.set(len(configs.configs))
         logger.info("configs changed (%s): %d known", reason, len(configs.configs))
         return True
 
@@ -129,18 +161,19 @@ class ConfigCache:
         this must not hold the event loop: the decision is made synchronously (no Task for an agent
         that needs nothing), _PUSH_CONCURRENCY agents at a time, and the loop serves other sockets
         between two chunks."""
-        registrations = self._services.registry.registrations()
-        rate = self._services.settings.config_push_rate
+        registrations = self._registry.registrations()
+        rate = self._push_rate
         pushed = 0
         started = time.monotonic()
         for start in range(0, len(registrations), _PUSH_CONCURRENCY):
+            fleet, now = self._fleet, self._clock()
             chunk = [
                 (uid, conn)
                 for uid, conn in registrations[start : start + _PUSH_CONCURRENCY]
-                if conn.config_due(uid)
+                if (state := conn.state(uid)) is not None and config_due(state, fleet, now)
             ]
             if chunk:
-                results = await asyncio.gather(*(conn.push_config(uid) for uid, conn in chunk))
+                results = await asyncio.gather(*(self._push(uid, conn) for uid, conn in chunk))
                 pushed += sum(results)
             # --config-push-rate: a fleet-wide change must not bring every agent's APPLYING and
             # APPLIED reports back at once (the sockets' pings and heartbeats queue behind them).
@@ -149,6 +182,13 @@ class ConfigCache:
         if pushed:
             logger.info("pushed remote config to %d WebSocket agents", pushed)
         return pushed
+
+    async def _push(self, uid: bytes, conn: Holder) -> bool:
+        # Decided again when the send starts: the agent's own message may have changed its record.
+        if not await push_config(conn, uid, self._fleet, self._clock()):
+            return False
+        self._metrics.pushes.labels(kind="config", delivery="pushed").inc()
+        return True
 
     async def changed(self, reason: str) -> None:
         """After a change made on this node: re-read here, tell every other node, then push to this
@@ -161,8 +201,8 @@ class ConfigCache:
             logger.warning("config refresh after %s failed: %s", reason, exc)
             fresh = False
         try:
-            await self._services.bus.broadcast(ConfigsChanged(reason=reason))
-            self._services.metrics.bus_events.labels(direction="sent", event="ConfigsChanged").inc()
+            await self._bus.broadcast(ConfigsChanged(reason=reason))
+            self._metrics.bus_events.labels(direction="sent", event="ConfigsChanged").inc()
         except BusUnavailable as exc:
             # Other nodes catch up on their timer, and their agents on their next message.
             logger.warning("bus unavailable, other nodes will see the change on their next refresh: %s", exc)

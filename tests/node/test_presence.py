@@ -10,8 +10,8 @@ from typing import Any, cast
 import pytest
 
 from gateway.bus.base import Owner
-from gateway.transport.presence import Presence
-from gateway.transport.registry import Registry
+from gateway.node.presence import Presence
+from gateway.node.registry import Registry
 
 pytestmark = pytest.mark.anyio
 

@@ -73,8 +73,8 @@ async def test_drain_closes_sockets_gradually_after_a_jittered_unavailable(node:
     # Reconnect delays are jittered across the retry window too.
     assert min(retries) >= 1.0 and max(retries) <= RETRY_WINDOW
     assert statistics.pstdev(retries) > 1.5
-    assert node.services.drain_task is not None
-    assert await node.services.drain_task == SOCKETS
+    assert node.services.drain.task is not None
+    assert await node.services.drain.task == SOCKETS
     assert node.services.registry.socket_count == 0
 
 
@@ -82,8 +82,8 @@ async def test_drain_with_nothing_to_close_finishes_at_once(node: Node) -> None:
     async with httpx2.AsyncClient(base_url=node.admin_url) as admin:
         started = time.monotonic()
         await admin.post("/api/v1/drain")
-        assert node.services.drain_task is not None
-        assert await node.services.drain_task == 0
+        assert node.services.drain.task is not None
+        assert await node.services.drain.task == 0
         assert time.monotonic() - started < 1.0
         text = (await admin.get("/metrics")).text
         assert "opamp_gateway_draining 1.0" in text

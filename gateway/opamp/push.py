@@ -1,0 +1,59 @@
+"""Push decisions: what the server sends on its own to an agent held on a socket, and the record after.
+
+Pure, like the engine whose rules they reuse: the node's config cache, router and command sweep
+ask these for each socket's agent, and the connection only sends the reply and submits the write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.opamp.engine import FleetView, accepts_command, command_message, config_to_offer, offer_config
+from gateway.proto import opamp_pb2 as pb
+
+_PENDING_COMMAND = frozenset({"pending_command"})
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A server-initiated message for a held agent, and the agent's record once it is sent."""
+
+    reply: pb.ServerToAgent
+    write: AgentWrite
+    # Committed once sent (a cleared command must never come back from the store), or submitted.
+    durable: bool
+
+    @property
+    def state(self) -> AgentState:
+        return self.write.state
+
+
+def config_due(state: AgentState, fleet: FleetView, now: float) -> bool:
+    """Whether `config_push` would push now. Cheap and allocation-free: a config change asks this for
+    every agent on the node, and most need nothing."""
+    return config_to_offer(state, fleet, now) is not None
+
+
+def config_push(state: AgentState, fleet: FleetView, now: float) -> Push | None:
+    """The agent's remote config if the engine's rules say it should get it now, else None. Not
+    durable: a lost offer record only means the config may be sent once more."""
+    if not config_due(state, fleet, now):
+        return None
+    changed: set[str] = set()
+    reply = pb.ServerToAgent(instance_uid=state.instance_uid, capabilities=fleet.server_capabilities)
+    offered = offer_config(state, fleet, now, reply, changed)
+    if not changed:
+        return None
+    return Push(reply, AgentWrite(state=offered, changed=frozenset(changed)), durable=False)
+
+
+def command_push(state: AgentState, command: int, fleet: FleetView) -> Push | None:
+    """`command` for the agent, or None if it does not accept it. Once sent, the record holds no
+    pending command: a copy stored while the agent's node was unreachable is satisfied (one pending
+    message per kind, spec 6.2), not a second restart when the record is next loaded."""
+    if not accepts_command(state, command):
+        return None
+    cleared = replace(state, pending_command=None)
+    reply = command_message(state.instance_uid, command, fleet)
+    return Push(reply, AgentWrite(state=cleared, changed=_PENDING_COMMAND), durable=True)

@@ -34,8 +34,9 @@ def test_es_bench_counts_requests_per_message(tmp_path: Path, transport: str, re
     assert "per message" in done.stdout
     result = json.loads(output.read_text())
     assert result["valid"] is True and result["problems"] == []
-    # 30 agents, one heartbeat each per 0.5 s, for 3 s
-    assert 120 <= result["messages"] <= 240
+    # 30 agents, one heartbeat each per 0.5 s, for 3 s: at most 180 (+ slack for the window's edges);
+    # on a busy machine fewer, but every agent gets at least one in (speed is not what this checks).
+    assert 30 <= result["messages"] <= 240
     by_endpoint = result["es_requests_by_endpoint"]
     assert by_endpoint["bulk"] == result["bulk_requests"] > 0
     assert result["es_requests"] == sum(by_endpoint.values())

@@ -7,7 +7,6 @@ WebSocket upgrade, health, other methods on the path) still goes through Starlet
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from gateway.transport.http_wire import (
     send_reply,
     send_text,
 )
+from gateway.transport.read_deadlines import ReadDeadlines
 
 __all__ = ["BadEncoding", "BodyTooLarge", "OpampHttp", "accepts_gzip", "gunzip"]
 
@@ -65,6 +65,8 @@ class OpampHttp:
         self._node = node
         self._credentials = credentials
         self._on_auth_failure = on_auth_failure
+        # A client that trickles its body (slowloris) must not hold a slot in flight for ever.
+        self._deadlines = ReadDeadlines(node.settings.read_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope["headers"])
@@ -116,9 +118,7 @@ class OpampHttp:
                 send, 415, f"unsupported Content-Encoding {encoding!r}; use gzip or none"
             )
         try:
-            # A client that trickles its body (slowloris) must not hold a slot in flight for ever.
-            async with asyncio.timeout(settings.read_timeout):
-                body = await read_body(receive, headers.content_length, limit)
+            body = await self._deadlines.run(read_body(receive, headers.content_length, limit))
             if encoding != "identity":
                 body = gunzip(body, limit)
         except TimeoutError:

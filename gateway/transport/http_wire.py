@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from starlette.types import Receive, Send
 
@@ -36,8 +36,7 @@ class ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHeaders:
+class RequestHeaders(NamedTuple):
     """The headers of a request the transport looks at, decoded as latin-1 (as HTTP headers are)."""
 
     content_type: str = ""
@@ -45,6 +44,9 @@ class RequestHeaders:
     content_length: str | None = None
     accept_encoding: str = ""
     authorization: str | None = None
+
+
+_NO_HEADERS = RequestHeaders()
 
 
 def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
@@ -55,15 +57,15 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
         if name in _WANTED and name not in found:
             found[name] = value
     if not found:
-        return RequestHeaders()
+        return _NO_HEADERS
     length = found.get(b"content-length")
     auth = found.get(b"authorization")
     return RequestHeaders(
-        content_type=found.get(b"content-type", b"").decode("latin-1"),
-        content_encoding=found.get(b"content-encoding", b"identity").decode("latin-1"),
-        content_length=None if length is None else length.decode("latin-1"),
-        accept_encoding=found.get(b"accept-encoding", b"").decode("latin-1"),
-        authorization=None if auth is None else auth.decode("latin-1"),
+        found.get(b"content-type", b"").decode("latin-1"),
+        found.get(b"content-encoding", b"identity").decode("latin-1"),
+        None if length is None else length.decode("latin-1"),
+        found.get(b"accept-encoding", b"").decode("latin-1"),
+        None if auth is None else auth.decode("latin-1"),
     )
 
 

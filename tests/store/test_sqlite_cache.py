@@ -44,6 +44,14 @@ async def fresh(path: str, uid: bytes) -> AgentState | None:
         await store.close()
 
 
+async def cached_on(store: SQLiteStore) -> AgentState:
+    """An HTTP agent `store` wrote and read back: its row is in the store's cache."""
+    state = http_agent(last_seen=10.0)
+    await store.write([full(state)])
+    assert await store.get(state.instance_uid) == state
+    return state
+
+
 def polled(state: AgentState, last_seen: float, node: str = "a") -> AgentWrite:
     """A heartbeat's write as the pipeline makes it: the heartbeat fields and the node that took it."""
     new = replace(state, last_seen=last_seen, sequence_num=state.sequence_num + 1, node=node)
@@ -65,9 +73,7 @@ async def test_a_write_by_another_node_is_read_not_the_cached_copy(
     pair: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     a, b = pair
-    state = http_agent(last_seen=10.0)
-    await a.write([full(state)])
-    assert await a.get(state.instance_uid) == state
+    state = await cached_on(a)
     await a.write([polled(state, 11.0)])  # A's copy is now its own touch, without a read
     on_b = await b.get(state.instance_uid)
     assert on_b is not None
@@ -80,9 +86,7 @@ async def test_a_command_set_elsewhere_reaches_the_node_that_cached_the_agent(
     pair: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     a, b = pair
-    state = http_agent(last_seen=10.0)
-    await a.write([full(state)])
-    await a.get(state.instance_uid)
+    state = await cached_on(a)
     await a.write([polled(state, 11.0)])
     # Another node's admin API asks for a restart from the record it read before that heartbeat:
     # only pending_command lands (the rest of its record is older than the stored one).
@@ -95,9 +99,7 @@ async def test_a_touch_after_another_nodes_write_keeps_that_write(
     pair: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     a, b = pair
-    state = http_agent(last_seen=10.0)
-    await a.write([full(state)])
-    await a.get(state.instance_uid)
+    state = await cached_on(a)
     changed = replace(state, last_seen=11.0, health=health(False), node="b")
     await b.write([AgentWrite(changed, frozenset({"last_seen", "health", "node"}))])
     # A heartbeat A decided from its stale copy: the touch must not bring back the old health.
@@ -108,9 +110,7 @@ async def test_a_touch_after_another_nodes_write_keeps_that_write(
 
 async def test_a_row_deleted_and_created_again_is_read_again(pair: tuple[SQLiteStore, SQLiteStore]) -> None:
     a, b = pair
-    state = http_agent(last_seen=10.0)
-    await a.write([full(state)])
-    assert await a.get(state.instance_uid) == state
+    state = await cached_on(a)
     # B moves the agent away (its row goes), then a new record is made under the old uid.
     await b.write([moved(state, new_uid(), 11.0)])
     again = http_agent(uid=state.instance_uid, last_seen=12.0, host_name="host-2", node="b")

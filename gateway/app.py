@@ -11,12 +11,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, commands, configs, context as api_context, health, openapi
 from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport import context as transport_context
-from gateway.transport.http import opamp_http
+from gateway.transport.http import OpampHttp
 from gateway.transport.websocket import opamp_websocket
 
 if TYPE_CHECKING:
@@ -25,10 +26,29 @@ if TYPE_CHECKING:
 OPAMP_PATH = "/v1/opamp"
 
 
-def opamp_app(services: Services) -> Starlette:
+class _OpampPort:
+    """The OpAMP port: POST /v1/opamp, every HTTP agent's hot path, goes straight to the transport's
+    bare ASGI handler (no Starlette middleware, router, Request or Response); anything else on the
+    port (the WebSocket upgrade, health, other methods) to the Starlette app."""
+
+    def __init__(self, post: ASGIApp, app: Starlette) -> None:
+        self._post = post
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == OPAMP_PATH:
+            await self._post(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def opamp_app(services: Services) -> ASGIApp:
+    on_auth_failure = services.metrics.auth_failed("opamp")
+    post = OpampHttp(services, services.auth.agents, on_auth_failure)
     app = Starlette(
         routes=[
-            Route(OPAMP_PATH, opamp_http, methods=["POST"]),
+            # _OpampPort answers POST before the app; the route gives other methods their 405.
+            Route(OPAMP_PATH, post, methods=["POST"]),
             # Same path: Route matches only HTTP requests, WebSocketRoute only upgrades.
             WebSocketRoute(OPAMP_PATH, opamp_websocket),
             Route("/healthz", health.healthz, methods=["GET"]),
@@ -36,17 +56,14 @@ def opamp_app(services: Services) -> Starlette:
         ],
         middleware=[
             Middleware(
-                AgentGuard,
-                credentials=services.auth.agents,
-                path=OPAMP_PATH,
-                on_failure=services.metrics.auth_failed("opamp"),
+                AgentGuard, credentials=services.auth.agents, path=OPAMP_PATH, on_failure=on_auth_failure
             )
         ],
     )
     transport_context.attach(app, services)
     # /healthz and /readyz
     api_context.attach(app, services)
-    return app
+    return _OpampPort(post, app)
 
 
 async def _metrics(request: Request) -> Response:

@@ -154,7 +154,12 @@ class Credentials:
 
 def presented_key(headers: Headers, schemes: Iterable[str]) -> str | None:
     """The credential in `Authorization: <scheme> <credential>`, if the scheme is one of `schemes`."""
-    value = headers.get("authorization")
+    return key_in(headers.get("authorization"), schemes)
+
+
+def key_in(authorization: str | None, schemes: Iterable[str]) -> str | None:
+    """The credential in an Authorization header's value, if its scheme is one of `schemes`."""
+    value = authorization
     if not value:
         return None
     scheme, _, credential = value.strip().partition(" ")
@@ -211,6 +216,11 @@ def _reason(headers: Headers, schemes: Iterable[str]) -> tuple[str | None, str]:
     return key, "missing" if key is None else "invalid"
 
 
+# What an agent without a valid key is told (401), here and in the raw POST /v1/opamp handler.
+AGENT_DENIAL = "unauthorized: send Authorization: Bearer <agent key> (or ApiKey <agent key>)"
+AGENT_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="opamp", ApiKey realm="opamp"'}
+
+
 class AgentGuard:
     """Agents must present a key on the OpAMP path, for POST and before any WebSocket upgrade (spec:
     401 on failure, decided on the HTTP request). Health endpoints stay open."""
@@ -233,11 +243,7 @@ class AgentGuard:
             await self.app(scope, receive, send)
             return
         self._on_failure(reason)
-        response = PlainTextResponse(
-            "unauthorized: send Authorization: Bearer <agent key> (or ApiKey <agent key>)\n",
-            status_code=401,
-            headers={"WWW-Authenticate": 'Bearer realm="opamp", ApiKey realm="opamp"'},
-        )
+        response = PlainTextResponse(AGENT_DENIAL + "\n", status_code=401, headers=AGENT_CHALLENGE)
         if scope["type"] == "websocket":
             await WebSocket(scope, receive, send).send_denial_response(response)
         else:

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from gateway.fleet.agent import AgentState, AgentWrite
@@ -36,17 +37,22 @@ from gateway.store.base import (
     decode_cursor,
     encode_cursor,
 )
+from gateway.store.sqlite_cache import Cached, RowCache
 from gateway.store.sqlite_schema import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_PENDING_COMMANDS,
     SELECT_STATE,
+    SELECT_STATE_REV,
+    SET_PENDING_COMMAND,
     STATE_COLUMNS,
     STATUS_CASE,
     STATUS_SQL,
     TOUCH,
+    TOUCH_CACHED,
     UPSERT,
+    new_rev,
     row_of,
     selector_sql,
     state_of,
@@ -97,6 +103,8 @@ class SQLiteStore:
         # get() calls waiting for the next batched read, and the batches in flight.
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
         self._get_batches: set[asyncio.Task[None]] = set()
+        # This node's copies of HTTP agents' rows (sqlite_cache.py explains why that is safe).
+        self._cache = RowCache()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -152,8 +160,11 @@ class SQLiteStore:
     async def _get_batch(self) -> None:
         await asyncio.sleep(0)  # let the rest of this turn's callers join the batch
         batch, self._pending_gets = self._pending_gets, {}
+        # What the cache held when the batch started: a rev the file still has vouches for these.
+        cached = {uid: entry for uid in batch if (entry := self._cache.get(uid)) is not None}
+        revs = {uid: entry.rev for uid, entry in cached.items()}
         try:
-            found = await self._on_reader(self._get_many_sync, list(batch))
+            current, found = await self._on_reader(self._read_sync, list(batch), revs)
         except BaseException as exc:
             for futures in batch.values():
                 for future in futures:
@@ -162,10 +173,15 @@ class SQLiteStore:
             if not isinstance(exc, Exception):
                 raise
         else:
+            results: dict[bytes, AgentState | None] = {uid: cached[uid].state for uid in current}
+            for uid, (state, rev) in found.items():
+                results[uid] = state
+                if rev is not None:
+                    self._cache.put(state, rev)
             for uid, futures in batch.items():
                 for future in futures:
                     if not future.done():
-                        future.set_result(found.get(uid))
+                        future.set_result(results.get(uid))
         finally:
             task = asyncio.current_task()
             if task is not None:
@@ -174,7 +190,24 @@ class SQLiteStore:
     async def write(self, writes: Sequence[AgentWrite]) -> None:
         if not writes:
             return
-        await self._on_writer(self._write_sync, list(writes))
+        batch = list(writes)
+        cache = self._cache
+        # The cached rows these touches apply to, as they are now (the cache may change meanwhile).
+        before = {
+            uid: entry
+            for write in batch
+            if write.is_touch and (entry := cache.get(uid := write.state.instance_uid)) is not None
+        }
+        touched = await self._on_writer(self._write_sync, batch, {uid: e.rev for uid, e in before.items()})
+        for write in batch:
+            uid = write.state.instance_uid
+            if write.previous_uid is not None:
+                cache.drop(write.previous_uid)
+            rev = touched.get(uid)
+            if rev is not None:
+                # The touch applied to the very row cached: the row now is known without a read.
+                # Any other entry stays as it is: its rev no longer matches, so it gets read again.
+                cache.put(_touched_row(before[uid], write.state), rev)
 
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
         after = decode_cursor(query.cursor) if query.cursor is not None else None
@@ -339,21 +372,34 @@ class SQLiteStore:
 
     # -- reads -------------------------------------------------------------------------------------
 
-    def _get_many_sync(self, conn: sqlite3.Connection, uids: list[bytes]) -> dict[bytes, AgentState]:
-        found: dict[bytes, AgentState] = {}
+    def _read_sync(
+        self, conn: sqlite3.Connection, uids: list[bytes], revs: dict[bytes, int]
+    ) -> tuple[set[bytes], dict[bytes, tuple[AgentState, int | None]]]:
+        """(the uids whose cached rev is still the stored one, {uid: (record, its row's rev, or None
+        for a record found through an alias)} for the others that exist), in one read transaction."""
+        current: set[bytes] = set()
+        found: dict[bytes, tuple[AgentState, int | None]] = {}
         conn.execute("BEGIN")
         try:
-            for start in range(0, len(uids), _GET_CHUNK):
-                chunk = uids[start : start + _GET_CHUNK]
+            checked = list(revs)
+            for start in range(0, len(checked), _GET_CHUNK):
+                chunk = checked[start : start + _GET_CHUNK]
                 marks = ", ".join("?" for _ in chunk)
-                for row in conn.execute(f"{SELECT_STATE} WHERE uid IN ({marks})", chunk):
-                    found[bytes(row[0])] = state_of(row)
-            for uid in uids:
+                for uid, rev in conn.execute(f"SELECT uid, rev FROM agents WHERE uid IN ({marks})", chunk):
+                    if revs.get(bytes(uid)) == rev:
+                        current.add(bytes(uid))
+            rest = [uid for uid in uids if uid not in current]
+            for start in range(0, len(rest), _GET_CHUNK):
+                chunk = rest[start : start + _GET_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                for row in conn.execute(f"{SELECT_STATE_REV} WHERE uid IN ({marks})", chunk):
+                    found[bytes(row[0])] = (state_of(row), row[-1])
+            for uid in rest:
                 if uid not in found:
                     moved = self._follow_aliases(conn, uid)
                     if moved is not None:
-                        found[uid] = moved
-            return found
+                        found[uid] = (moved, None)
+            return current, found
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -397,48 +443,75 @@ class SQLiteStore:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def _write_sync(self, writes: list[AgentWrite]) -> None:
+    def _write_sync(self, writes: list[AgentWrite], expected: dict[bytes, int]) -> dict[bytes, int]:
+        """Apply the batch in one transaction; {uid: new rev} for the touches applied to the row at
+        the rev in `expected` (the node's cached copy)."""
         conn = self._write_conn
         if conn is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         # Decode descriptions before taking the write lock; touches rarely need a full row.
         rows = [None if w.is_touch else row_of(w.state) for w in writes]
+        touched: dict[bytes, int] = {}
         conn.execute("BEGIN IMMEDIATE")
         try:
             for write, row in zip(writes, rows, strict=True):
-                self._apply(conn, write, row)
+                uid = write.state.instance_uid
+                rev = self._apply(conn, write, row, expected.get(uid) if row is None else None)
+                if rev is not None:
+                    touched[uid] = rev
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return touched
 
     @staticmethod
-    def _apply(conn: sqlite3.Connection, write: AgentWrite, row: tuple[Any, ...] | None) -> None:
+    def _apply(
+        conn: sqlite3.Connection, write: AgentWrite, row: tuple[Any, ...] | None, cached_rev: int | None
+    ) -> int | None:
+        """Apply one write; the row's new rev if it was a touch of the row at `cached_rev`."""
         state = write.state
         uid = state.instance_uid
         old = write.previous_uid if write.previous_uid != uid else None
         if row is None:
             last_seen = float(state.last_seen)
-            touched = conn.execute(
-                TOUCH,
-                (last_seen, to_int64(state.sequence_num), state.node, state.transport, uid, last_seen),
+            rev = new_rev()
+            values = (
+                last_seen,
+                to_int64(state.sequence_num),
+                state.node,
+                state.transport,
+                rev,
+                uid,
+                last_seen,
             )
-            if touched.rowcount:
-                return
+            if cached_rev is not None and conn.execute(TOUCH_CACHED, (*values, cached_rev)).rowcount:
+                return rev
+            if conn.execute(TOUCH, values).rowcount:
+                return None
         if old is not None:
             # The uid is (again) the live one: it must not stay an alias of anything.
             conn.execute("DELETE FROM uid_aliases WHERE old_uid = ?", (uid,))
         elif conn.execute("SELECT 1 FROM uid_aliases WHERE old_uid = ?", (uid,)).fetchone() is not None:
             # A write for a uid that has since moved (raced with the move on another node): the
             # record lives on under the new uid; recreating the old row would resurrect a ghost.
-            return
-        conn.execute(UPSERT, row if row is not None else row_of(state))
+            return None
+        conn.execute(UPSERT, (*(row if row is not None else row_of(state)), new_rev()))
         if "pending_command" in write.changed:
             # Whatever its last_seen: a restart requested on one node must not be undone by a status
             # write flushed later by the node holding the agent, nor survive its own delivery.
-            conn.execute("UPDATE agents SET pending_command = ? WHERE uid = ?", (state.pending_command, uid))
+            conn.execute(SET_PENDING_COMMAND, (state.pending_command, new_rev(), uid))
         if old is not None:
             conn.execute("DELETE FROM agents WHERE uid = ?", (old,))
             conn.execute("UPDATE uid_aliases SET new_uid = ? WHERE new_uid = ?", (uid, old))
             conn.execute("INSERT OR REPLACE INTO uid_aliases (old_uid, new_uid) VALUES (?, ?)", (old, uid))
+        return None
+
+
+def _touched_row(entry: Cached, write: AgentState) -> AgentState:
+    """The cached row after TOUCH applied `write`'s heartbeat fields to it (sqlite_schema.TOUCH)."""
+    state = entry.state.touched(float(write.last_seen), write.sequence_num)
+    if (state.node, state.transport) == (write.node, write.transport):
+        return state
+    return replace(state, node=write.node, transport=write.transport)

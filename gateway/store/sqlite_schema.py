@@ -9,6 +9,7 @@ signed.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -53,7 +54,8 @@ SCHEMA = (
         agent_version TEXT NOT NULL,
         os_type TEXT NOT NULL,
         attrs TEXT NOT NULL,
-        search TEXT NOT NULL
+        search TEXT NOT NULL,
+        rev INTEGER NOT NULL DEFAULT 0
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -86,6 +88,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE agents ADD COLUMN failed_config_hash BLOB",
     ),
     3: (_PENDING_COMMAND_INDEX,),
+    4: ("ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -115,17 +118,24 @@ COLUMNS = (
     "attrs",
     "search",
 )
+# Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
+# cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
+# read. Random rather than counted, so a row deleted and created again never repeats an old rev.
 UPSERT = (
-    f"INSERT INTO agents ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+    f"INSERT INTO agents ({', '.join(COLUMNS)}, rev) VALUES ({', '.join('?' for _ in COLUMNS)}, ?) "
     "ON CONFLICT (uid) DO UPDATE SET "
     # pending_command is left out: only a write that names it may change it (see _apply).
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", "pending_command"))
-    + " WHERE excluded.last_seen >= agents.last_seen"
+    + ", rev = excluded.rev WHERE excluded.last_seen >= agents.last_seen"
 )
 TOUCH = (
-    "UPDATE agents SET last_seen = ?, sequence_num = ?, node = ?, transport = ? "
+    "UPDATE agents SET last_seen = ?, sequence_num = ?, node = ?, transport = ?, rev = ? "
     "WHERE uid = ? AND last_seen <= ?"
 )
+# TOUCH of the row a node has cached, at the rev it cached: when it applies, the node knows the
+# whole row after it without reading it back.
+TOUCH_CACHED = TOUCH + " AND rev = ?"
+SET_PENDING_COMMAND = "UPDATE agents SET pending_command = ?, rev = ? WHERE uid = ?"
 # The columns an AgentState is read back from, in `state_of()` order.
 STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
@@ -133,6 +143,8 @@ STATE_COLUMNS = (
     "offered_config_hash, offered_at, failed_config_hash"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
+# The same with the row's rev last, for the node's record cache.
+SELECT_STATE_REV = f"SELECT {STATE_COLUMNS}, rev FROM agents"
 # Answered from agents_pending_command alone (a covering index): no row of the table is read.
 SELECT_PENDING_COMMANDS = (
     "SELECT uid, pending_command FROM agents WHERE pending_command IS NOT NULL "
@@ -154,6 +166,11 @@ STATUS_CASE = (
     "WHEN (:now - last_seen) > :offline_after THEN 'offline' "
     "WHEN healthy = 0 THEN 'unhealthy' ELSE 'online' END"
 )
+
+
+def new_rev() -> int:
+    """A fresh row revision (see UPSERT)."""
+    return random.getrandbits(63)
 
 
 def to_int64(value: int) -> int:

@@ -1,114 +1,47 @@
-"""Plain-HTTP OpAMP transport: POST /v1/opamp with a protobuf body, one ServerToAgent back."""
+"""Plain-HTTP OpAMP transport: POST /v1/opamp with a protobuf body, one ServerToAgent back.
+
+`OpampHttp` is a bare ASGI app (http_wire.py moves the bytes): app.py routes POST /v1/opamp to it
+ahead of Starlette, so it checks the agent key itself. Every other request on the port (the
+WebSocket upgrade, health, other methods on the path) still goes through Starlette.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import gzip
 import logging
 import time
-import zlib
+from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import limits
+from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, key_in
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.transport import pipeline
-from gateway.transport.context import OpampNode, node_of
+from gateway.transport.context import OpampNode
+from gateway.transport.http_wire import (
+    BadEncoding,
+    BodyTooLarge,
+    ClientGone,
+    RequestHeaders,
+    accepts_gzip,
+    gunzip,
+    media_type,
+    protobuf_body,
+    read_body,
+    request_headers,
+    send_reply,
+    send_text,
+)
+from gateway.transport.read_deadlines import ReadDeadlines
+
+__all__ = ["BadEncoding", "BodyTooLarge", "OpampHttp", "accepts_gzip", "gunzip"]
 
 logger = logging.getLogger("gateway.transport.http")
 
 PROTOBUF = "application/x-protobuf"
-
-
-class BodyTooLarge(Exception):
-    """The request body exceeds the message size limit (after decompression)."""
-
-
-class BadEncoding(Exception):
-    """The request body could not be decompressed."""
-
-
-def _media_type(value: str) -> str:
-    return value.split(";", 1)[0].strip().lower()
-
-
-def accepts_gzip(header: str) -> bool:
-    """True if Accept-Encoding admits gzip (an explicit q=0 refuses it; `*` admits it)."""
-    star: bool | None = None
-    for part in header.split(","):
-        token, _, params = part.strip().partition(";")
-        name = token.strip().lower()
-        if name not in ("gzip", "x-gzip", "*"):
-            continue
-        q = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if name == "*":
-            star = q > 0
-        else:
-            return q > 0
-    return bool(star)
-
-
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress a gzip body, never producing more than `limit` bytes (no zip bombs)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise BadEncoding(f"invalid gzip body: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
-    if not inflater.eof:
-        raise BadEncoding("truncated gzip body")
-    return out
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body of {declared} bytes exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _text(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
-
-
-def _unavailable(node: OpampNode, reason: str) -> Response:
-    """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
-    node.metrics.shed.labels(reason=reason).inc()
-    if reason in limits.RATE_LIMITED:
-        return _text(429, f"too many requests: {reason}", {"Retry-After": str(limits.retry_after())})
-    return _text(503, f"service unavailable: {reason}", {"Retry-After": str(limits.retry_after())})
-
-
-def _protobuf(reply: pb.ServerToAgent, request: Request, limit: int) -> Response:
-    body = reply.SerializeToString()
-    if len(body) > limit:
-        # Spec: never send a message over the limit; say why instead of silently dropping it.
-        logger.error("dropped a %d-byte reply over the %d-byte limit", len(body), limit)
-        body = engine.reply_too_large(reply.instance_uid)
-    headers = {"Content-Type": PROTOBUF}
-    if accepts_gzip(request.headers.get("accept-encoding", "")):
-        body = gzip.compress(body, compresslevel=5, mtime=0)
-        headers["Content-Encoding"] = "gzip"
-    return Response(body, status_code=200, headers=headers)
+_ENCODINGS = ("identity", "gzip", "x-gzip")
 
 
 def _saw(node: OpampNode, outcome: engine.Outcome) -> None:
@@ -123,50 +56,95 @@ def _saw(node: OpampNode, outcome: engine.Outcome) -> None:
     node.registry.saw_http(new.instance_uid, None if new.disconnected else new.last_seen)
 
 
-async def opamp_http(request: Request) -> Response:
-    node = node_of(request)
-    started = time.perf_counter()
-    if not node.limits.begin_message():
-        result = _unavailable(node, "max_inflight")
-    else:
-        try:
-            result = await _handle(request, node)
-        finally:
-            node.limits.end_message()
-    node.metrics.handled("http", str(result.status_code), time.perf_counter() - started)
-    return result
+class OpampHttp:
+    """The ASGI app for POST /v1/opamp on one node."""
 
-
-async def _handle(request: Request, node: OpampNode) -> Response:
-    settings = node.settings
-    limit = settings.max_message_bytes
-    if _media_type(request.headers.get("content-type", "")) != PROTOBUF:
-        return _text(415, f"Content-Type must be {PROTOBUF}")
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip"):
-        return _text(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
-    try:
+    def __init__(
+        self, node: OpampNode, credentials: Credentials, on_auth_failure: Callable[[str], None]
+    ) -> None:
+        self._node = node
+        self._credentials = credentials
+        self._on_auth_failure = on_auth_failure
         # A client that trickles its body (slowloris) must not hold a slot in flight for ever.
-        body = await asyncio.wait_for(_read_body(request, limit), settings.read_timeout)
-        if encoding != "identity":
-            body = gunzip(body, limit)
-    except TimeoutError:
-        node.metrics.client_timeouts.labels(kind="read").inc()
-        return _text(408, f"request body not received within {settings.read_timeout:g}s")
-    except BodyTooLarge as exc:
-        return _text(413, str(exc))
-    except BadEncoding as exc:
-        return _text(400, str(exc))
-    except ClientDisconnect:
-        return _text(400, "client disconnected before the body was complete")
-    try:
-        msg = pb.AgentToServer.FromString(body)
-    except DecodeError as exc:
-        return _text(400, f"body is not a valid AgentToServer: {exc}")
+        self._deadlines = ReadDeadlines(node.settings.read_timeout)
 
-    try:
-        state = await pipeline.load_state(node, msg)
-        outcome = await pipeline.process(node, state, msg, "http", _saw)
-    except pipeline.Shed as exc:
-        return _unavailable(node, exc.reason)
-    return _protobuf(outcome.reply, request, limit)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = request_headers(scope["headers"])
+        if self._credentials.enabled and not self._authorized(headers):
+            await send_text(send, 401, AGENT_DENIAL, AGENT_CHALLENGE)
+            return
+        node = self._node
+        started = time.perf_counter()
+        if not node.limits.begin_message():
+            status = await self._unavailable(send, "max_inflight")
+        else:
+            try:
+                status = await self._handle(headers, receive, send)
+            finally:
+                node.limits.end_message()
+        node.metrics.handled("http", str(status), time.perf_counter() - started)
+
+    def _authorized(self, headers: RequestHeaders) -> bool:
+        # Spec: 401 decided on the HTTP request, before the body is read.
+        key = key_in(headers.authorization, AGENT_SCHEMES)
+        if self._credentials.check(key):
+            return True
+        self._on_auth_failure("missing" if key is None else "invalid")
+        return False
+
+    async def _unavailable(self, send: Send, reason: str) -> int:
+        """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
+        self._node.metrics.shed.labels(reason=reason).inc()
+        retry = {"Retry-After": str(limits.retry_after())}
+        if reason in limits.RATE_LIMITED:
+            await send_text(send, 429, f"too many requests: {reason}", retry)
+            return 429
+        await send_text(send, 503, f"service unavailable: {reason}", retry)
+        return 503
+
+    async def _refuse(self, send: Send, status: int, message: str) -> int:
+        await send_text(send, status, message)
+        return status
+
+    async def _handle(self, headers: RequestHeaders, receive: Receive, send: Send) -> int:
+        node = self._node
+        settings = node.settings
+        limit = settings.max_message_bytes
+        if media_type(headers.content_type) != PROTOBUF:
+            return await self._refuse(send, 415, f"Content-Type must be {PROTOBUF}")
+        encoding = headers.content_encoding.strip().lower()
+        if encoding not in _ENCODINGS:
+            return await self._refuse(
+                send, 415, f"unsupported Content-Encoding {encoding!r}; use gzip or none"
+            )
+        try:
+            body = await self._deadlines.run(read_body(receive, headers.content_length, limit))
+            if encoding != "identity":
+                body = gunzip(body, limit)
+        except TimeoutError:
+            node.metrics.client_timeouts.labels(kind="read").inc()
+            return await self._refuse(
+                send, 408, f"request body not received within {settings.read_timeout:g}s"
+            )
+        except BodyTooLarge as exc:
+            return await self._refuse(send, 413, str(exc))
+        except (BadEncoding, ClientGone) as exc:
+            return await self._refuse(send, 400, str(exc))
+        try:
+            msg = pb.AgentToServer.FromString(body)
+        except DecodeError as exc:
+            return await self._refuse(send, 400, f"body is not a valid AgentToServer: {exc}")
+
+        try:
+            state = await pipeline.load_state(node, msg)
+            outcome = await pipeline.process(node, state, msg, "http", _saw)
+        except pipeline.Shed as exc:
+            return await self._unavailable(send, exc.reason)
+        reply = outcome.reply.SerializeToString()
+        if len(reply) > limit:
+            # Spec: never send a message over the limit; say why instead of silently dropping it.
+            logger.error("dropped a %d-byte reply over the %d-byte limit", len(reply), limit)
+            reply = engine.reply_too_large(outcome.reply.instance_uid)
+        reply, reply_headers = protobuf_body(reply, headers.accept_encoding)
+        await send_reply(send, 200, reply, reply_headers)
+        return 200

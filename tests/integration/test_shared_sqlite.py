@@ -60,3 +60,61 @@ def _on_disk(node: Gateway, uid: bytes, seq: int) -> Callable[[], bool | None]:
         return (bool(agents) and agents[0]["sequence_num"] == seq) or None
 
     return check
+
+
+def _report(uid: bytes, seq: int, caps_: int) -> pb.AgentToServer:
+    msg = pb.AgentToServer(instance_uid=uid, sequence_num=seq, capabilities=caps_)
+    msg.agent_description.identifying_attributes.add(
+        key="service.name", value=av.AnyValue(string_value="otelcol-contrib")
+    )
+    msg.health.healthy = True
+    return msg
+
+
+def test_what_one_node_stores_reaches_the_node_that_cached_the_agent(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    # Node A keeps the rows of the HTTP agents it serves and reads only their rev on each poll; a
+    # command requested on node B and a health change reported through B must not be hidden by, or
+    # overwritten from, A's copy.
+    shared = tmp_path / "shared.db"
+    a = gateway_factory(sqlite_path=shared, flush_interval=0.1)
+    b = gateway_factory(sqlite_path=shared, flush_interval=0.1)
+    uid = uuid.uuid4().bytes
+    text = str(uuid.UUID(bytes=uid))
+    agent_caps = caps.REPORTS_STATUS | caps.REPORTS_HEALTH | caps.ACCEPTS_RESTART_COMMAND
+    with httpx2.Client(timeout=5) as client:
+        assert _post(client, a.opamp_url, _report(uid, 0, agent_caps)).flags == 0
+        seq = 0
+        # A few heartbeats on A, each flushed: A's copy is now its own touches, never re-read.
+        for _ in range(3):
+            seq += 1
+            _post(client, a.opamp_url, pb.AgentToServer(instance_uid=uid, sequence_num=seq))
+            wait_until(_on_disk(b, uid, seq), 5, f"sequence_num {seq} on disk")
+
+        restart = client.post(f"{b.admin_url}/api/v1/agents/{text}/restart")
+        assert restart.status_code in (200, 202), restart.text
+        seq += 1
+        reply = _post(client, a.opamp_url, pb.AgentToServer(instance_uid=uid, sequence_num=seq))
+        assert reply.command.type == pb.CommandType_Restart, "A answered from a copy without the command"
+
+        seq += 1
+        sick = pb.AgentToServer(instance_uid=uid, sequence_num=seq)
+        sick.health.healthy = False
+        sick.health.last_error = "exporter down"
+        assert _post(client, b.opamp_url, sick).flags == 0
+        # A heartbeat, then a report of something else, both through A: neither may bring back the
+        # health A's copy had.
+        seq += 1
+        assert _post(client, a.opamp_url, pb.AgentToServer(instance_uid=uid, sequence_num=seq)).flags == 0
+        seq += 1
+        effective = pb.AgentToServer(instance_uid=uid, sequence_num=seq)
+        effective.effective_config.config_map.config_map["c.yaml"].body = b"receivers: {}\n"
+        assert _post(client, a.opamp_url, effective).flags == 0
+        wait_until(_on_disk(b, uid, seq), 5, f"sequence_num {seq} on disk")
+    for node in (a, b):
+        agent = node.admin.agent(text)
+        assert agent is not None
+        assert agent["health"] is not None and agent["health"]["healthy"] is False, node.admin_url
+        assert agent["status"] == "unhealthy"
+        assert agent["effective_config"] is not None

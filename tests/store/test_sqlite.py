@@ -373,7 +373,7 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -427,3 +427,33 @@ async def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
+
+
+@pytest.mark.anyio
+async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "v3.db")
+    uid = uuid.uuid4()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(_V1_AGENTS)
+        for statement in _V2_COLUMNS:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO agents VALUES (?, ?, 1.0, 2.0, 3, 4, NULL, NULL, NULL, NULL, 0, x'', NULL, 'n', "
+            "'http', NULL, '', '', '', '{}', '', NULL, 0, NULL)",
+            (uid.bytes, str(uid)),
+        )
+        conn.execute("PRAGMA user_version = 3")
+        conn.commit()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        state = await store.get(uid.bytes)
+        assert state is not None and state.sequence_num == 3
+        await store.write([touch(AgentState(uid.bytes, 1.0, 5.0, 4, 4, node="n", transport="http"))])
+        again = await store.get(uid.bytes)
+        assert again is not None and (again.last_seen, again.sequence_num) == (5.0, 4)
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0

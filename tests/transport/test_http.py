@@ -12,6 +12,7 @@ from gateway.opamp import capabilities as caps
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
 from gateway.store.writer import WriterFull
 from gateway.transport.http import accepts_gzip
+from gateway.transport.http_wire import GZIP_MIN_BYTES
 from tests.support.servers import Node, run_node
 
 pytestmark = pytest.mark.anyio
@@ -72,11 +73,39 @@ async def test_gzip_request_body(client: httpx2.AsyncClient) -> None:
     assert reply.instance_uid == UID and not reply.HasField("error_response")
 
 
-async def test_gzip_reply_when_accepted(node: Node) -> None:
-    # A raw client that does not decompress, to see the wire bytes.
+def _yaml_receivers(count: int) -> str:
+    return "receivers:\n" + "".join(f"  otlp/{i}: {{}}\n" for i in range(count))
+
+
+async def test_gzip_reply_when_accepted(tmp_path: Path) -> None:
+    # A reply worth compressing: it carries a remote config of a few KB.
+    config = {
+        "selector": {"match": {"service.name": "otelcol-contrib"}},
+        "files": {"collector.yaml": {"content_type": "text/yaml", "body": _yaml_receivers(200)}},
+    }
+    msg = report()
+    msg.capabilities |= caps.ACCEPTS_REMOTE_CONFIG
+    async with (
+        run_node(tmp_path, max_config_bytes=16 * 1024) as node,
+        httpx2.AsyncClient(base_url=node.admin_url) as admin,
+        httpx2.AsyncClient(base_url=node.opamp_url, headers={"Accept-Encoding": "gzip"}) as c,
+    ):
+        put = await admin.put("/api/v1/configs/big", json=config)
+        assert put.status_code in (200, 201), put.text
+        response = await c.post("/v1/opamp", content=msg.SerializeToString(), headers=PROTOBUF)
+    assert response.headers.get("content-encoding") == "gzip"
+    # The client inflated the body; Content-Length counts the bytes on the wire.
+    reply = pb.ServerToAgent.FromString(response.content)
+    assert reply.instance_uid == UID and reply.HasField("remote_config")
+    assert int(response.headers["content-length"]) < len(response.content)
+
+
+async def test_small_reply_is_not_gzipped(node: Node) -> None:
+    # gzip would make a 20-byte reply longer; it goes out plain even if gzip is accepted.
     async with httpx2.AsyncClient(base_url=node.opamp_url, headers={"Accept-Encoding": "gzip"}) as c:
         response = await c.post("/v1/opamp", content=report().SerializeToString(), headers=PROTOBUF)
-    assert response.headers.get("content-encoding") == "gzip"
+    assert "content-encoding" not in response.headers
+    assert len(response.content) < GZIP_MIN_BYTES
     assert pb.ServerToAgent.FromString(response.content).instance_uid == UID
 
 

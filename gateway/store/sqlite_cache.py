@@ -1,0 +1,63 @@
+"""A node's copies of the HTTP agents' rows of the SQLite file, each with the row's `rev`.
+
+Every HTTP poll reads the agent's record, since its previous poll may have reached another node.
+Decoding that row is most of the read's cost, so the node keeps what it last read or wrote, and a
+read only asks the file for the row's rev: if it is still the cached one, the cached record is the
+stored one. Every statement that changes a row gives it a new random rev (sqlite_schema.py), so:
+
+- an entry is always the exact row the file held while it had that rev;
+- a write by any node (or process) changes the rev, so the next read fetches the whole row;
+- a stale entry can only cost a read, never a lost or overwritten field.
+
+Only records last handled over HTTP are kept: a WebSocket agent's record lives on its connection.
+Used from the event loop only; the store's threads get copies of what they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.fleet.agent import AgentState
+
+# Entries kept; the least recently stored goes first. An evicted agent costs one full read.
+DEFAULT_LIMIT = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    state: AgentState
+    rev: int
+
+
+def worth_caching(state: AgentState) -> bool:
+    return state.transport == "http"
+
+
+class RowCache:
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self._limit = limit
+        self._rows: dict[bytes, Cached] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, uid: bytes) -> Cached | None:
+        return self._rows.get(uid)
+
+    def put(self, state: AgentState, rev: int) -> None:
+        """Keep `state`, the row stored under its uid while the row's rev was `rev`."""
+        uid = state.instance_uid
+        rows = self._rows
+        # Re-inserting moves the entry to the end: eviction takes the least recently stored.
+        rows.pop(uid, None)
+        if not worth_caching(state):
+            return
+        rows[uid] = Cached(state, rev)
+        if len(rows) > self._limit:
+            del rows[next(iter(rows))]
+
+    def drop(self, uid: bytes) -> None:
+        self._rows.pop(uid, None)
+
+    def clear(self) -> None:
+        self._rows.clear()

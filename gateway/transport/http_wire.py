@@ -1,0 +1,161 @@
+"""Bytes in and out of one plain-HTTP OpAMP request, on the bare ASGI interface.
+
+POST /v1/opamp is the hot path of every HTTP agent: Starlette's Request, Response, router and
+middleware stack cost more per heartbeat than the engine (docs/performance.md), so the transport
+reads the few headers it needs, the body and sends its reply itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from starlette.types import Receive, Send
+
+# The request headers the transport reads; every other header is skipped without decoding.
+_WANTED = frozenset(
+    {b"content-type", b"content-encoding", b"content-length", b"accept-encoding", b"authorization"}
+)
+# Replies shorter than this go out plain even to clients that accept gzip: gzip's own header and
+# trailer (18 bytes) make a heartbeat reply (about 20 bytes) twice as long, for ~8 us of CPU.
+GZIP_MIN_BYTES = 512
+_TEXT = b"text/plain; charset=utf-8"
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the message size limit (after decompression)."""
+
+
+class BadEncoding(Exception):
+    """The request body could not be decompressed."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class RequestHeaders(NamedTuple):
+    """The headers of a request the transport looks at, decoded as latin-1 (as HTTP headers are)."""
+
+    content_type: str = ""
+    content_encoding: str = "identity"
+    content_length: str | None = None
+    accept_encoding: str = ""
+    authorization: str | None = None
+
+
+_NO_HEADERS = RequestHeaders()
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
+    """The headers the transport reads from an ASGI scope's `headers` (names are lower case there);
+    the first of repeated headers wins, as in Starlette's `Headers.get`."""
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in _WANTED and name not in found:
+            found[name] = value
+    if not found:
+        return _NO_HEADERS
+    length = found.get(b"content-length")
+    auth = found.get(b"authorization")
+    return RequestHeaders(
+        found.get(b"content-type", b"").decode("latin-1"),
+        found.get(b"content-encoding", b"identity").decode("latin-1"),
+        None if length is None else length.decode("latin-1"),
+        found.get(b"accept-encoding", b"").decode("latin-1"),
+        None if auth is None else auth.decode("latin-1"),
+    )
+
+
+def media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def accepts_gzip(header: str) -> bool:
+    """True if Accept-Encoding admits gzip (an explicit q=0 refuses it; `*` admits it)."""
+    star: bool | None = None
+    for part in header.split(","):
+        token, _, params = part.strip().partition(";")
+        name = token.strip().lower()
+        if name not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if name == "*":
+            star = q > 0
+        else:
+            return q > 0
+    return bool(star)
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, never producing more than `limit` bytes (no zip bombs)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BadEncoding(f"invalid gzip body: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyTooLarge(f"decompressed body exceeds {limit} bytes")
+    if not inflater.eof:
+        raise BadEncoding("truncated gzip body")
+    return out
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The request body, refused with BodyTooLarge as soon as it passes `limit` bytes (never buffered
+    whole first); ClientGone if the client leaves before the end."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes exceeds {limit} bytes")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        # The usual case: the whole body came in one piece.
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        return body
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if message["type"] != "http.request":
+            raise ClientGone("client disconnected before the body was complete")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
+
+
+async def send_reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """One complete response: `headers` plus its Content-Length, then the body."""
+    headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_text(send: Send, status: int, message: str, extra: Mapping[str, str] | None = None) -> None:
+    """A plain-text answer (errors and refusals), as Starlette's PlainTextResponse would send it."""
+    headers = [(b"content-type", _TEXT)]
+    if extra:
+        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
+    await send_reply(send, status, (message + "\n").encode(), headers)
+
+
+def protobuf_body(body: bytes, accept_encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A protobuf reply's bytes and headers: gzipped when the client accepts it and it is worth it."""
+    headers = [(b"content-type", b"application/x-protobuf")]
+    if len(body) >= GZIP_MIN_BYTES and accept_encoding and accepts_gzip(accept_encoding):
+        body = gzip.compress(body, compresslevel=5, mtime=0)
+        headers.append((b"content-encoding", b"gzip"))
+    return body, headers

@@ -165,9 +165,14 @@ class WsSession:
         self._backlog = bytes(answer[end + len(END_OF_HEAD) :])
 
     def _send(self, name: str, frame: bytes) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        assert sock is not None
         self.pending.append((name, time.perf_counter()))
-        self._sock.sendall(frame)
+        # Not sendall: gevent's asks the kernel for the send buffer size (getsockopt) on every call,
+        # and a frame of a few bytes goes out in one send() but when the buffer is full.
+        sent = sock.send(frame)
+        if sent < len(frame):
+            sock.sendall(frame[sent:])
 
     def step(self) -> float:
         """Wait for frames or the next heartbeat, whichever comes first; the back-off to use if the

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import random
+import select
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.proto import opamp_pb2 as pb
@@ -61,6 +63,15 @@ class ConnectionClosed(Exception):
     """The server closed the WebSocket (close frame) or the TCP connection."""
 
 
+# Waits until a socket has bytes to read (True) or `timeout` seconds passed (False).
+Readable = Callable[[socket.socket, float], bool]
+
+
+def select_readable(sock: socket.socket, timeout: float) -> bool:
+    """The portable wait (standard library, or gevent's patched select)."""
+    return bool(select.select([sock], [], [], max(0.0, timeout))[0])
+
+
 # What ends a connection's life (and is reported as a failure); anything else is a bug.
 FAILURES = (OSError, ProtocolError, HandshakeError, NoReply, ServerRefused, ConnectionClosed)
 
@@ -77,9 +88,16 @@ class WsSession:
     """One simulated agent on one WebSocket at a time."""
 
     def __init__(
-        self, agent: SimAgent, options: Options, reporter: Reporter, targets: Targets, source: str | None
+        self,
+        agent: SimAgent,
+        options: Options,
+        reporter: Reporter,
+        targets: Targets,
+        source: str | None,
+        readable: Readable = select_readable,
     ) -> None:
         self.agent = agent
+        self._readable = readable
         self.options = options
         self.targets = targets
         self._reporter = reporter
@@ -190,11 +208,10 @@ class WsSession:
         if not data:
             sock = self._sock
             assert sock is not None
-            sock.settimeout(min(self.next_heartbeat - now, self.options.reply_timeout))
-            try:
-                data = sock.recv(_RECV_BYTES)
-            except TimeoutError:
+            # Wait first, then read: a read that finds nothing raises (EAGAIN) inside gevent.
+            if not self._readable(sock, min(self.next_heartbeat - now, self.options.reply_timeout)):
                 return 1.0
+            data = sock.recv(_RECV_BYTES)
             if not data:
                 raise ConnectionClosed("the gateway closed the connection without a close frame")
         backoff = 1.0

@@ -84,7 +84,9 @@ def bound(cfg: RunConfig) -> float:
 
 
 def gateway_args(cfg: RunConfig) -> list[str]:
-    per_gateway = math.ceil(cfg.agents / gateways(cfg))
+    # With a gateway to be killed, the others must take its agents too.
+    survivors = gateways(cfg) - (1 if cfg.kill_gateway_after is not None else 0)
+    per_gateway = math.ceil(cfg.agents / max(1, survivors))
     return [
         # A scale run enrolls its fleet as fast as Locust spawns it.
         "--enrollment-rate", "0",

@@ -48,12 +48,14 @@ class Watch:
         self._redis_cpu = CpuMeter([p for p in cluster.procs if p.name == "redis"])
         self._profiled = False
         self._peak_users = 0
+        # The gateways' message counter at the last sample (re-read after the kill: one fewer gateway).
+        self._last_messages = 0.0
         self.start = time.monotonic()
 
     def run(self) -> None:
         """Sample until the hold, the config change and the kill's watch are over."""
         busy_before = procstat.core_busy(None)
-        last_t, last_messages = self.start, gateway_counters(self.gateways).messages
+        last_t, self._last_messages = self.start, gateway_counters(self.gateways).messages
         deadline = self.start + bound(self.cfg) + 60
         while self.master.returncode is None:
             if time.monotonic() > deadline:
@@ -65,17 +67,18 @@ class Watch:
             counters = gateway_counters(self.gateways)
             busy = procstat.core_busy(None)
             dt = now - last_t
-            sample = self._sample(now - self.start, dt, counters, counters.messages - last_messages)
+            sample = self._sample(now - self.start, dt, counters, counters.messages - self._last_messages)
             sample = Sample(**{**sample.__dict__, "machine_busy_cores": round((busy - busy_before) / dt, 3)})
-            busy_before, last_t, last_messages = busy, now, counters.messages
+            busy_before, last_t, self._last_messages = busy, now, counters.messages
             self.samples.append(sample)
             self.progress(_progress(sample, self.cfg.agents, self.change, self.kill))
             if self._act(now - self.start):
                 break
 
     def _sample(self, t: float, dt: float, counters: GatewayCounters, messages: float) -> Sample:
-        if self.master.returncode is None:
-            # Locust still running: the agents are still connected, so this counts the hold.
+        if self.master.returncode is None and not self.kill.started:
+            # Locust still running: the agents are still connected, so this counts the hold (up to a
+            # gateway kill: the killed gateway's counters are gone after it).
             self.last_counters = counters
         row = locust_latest(self.workdir / "locust_stats_history.csv")
         self._peak_users = max(self._peak_users, row.users)
@@ -149,6 +152,7 @@ class Watch:
         # From now on only the survivors are checked, scraped and measured.
         self.gateways = survivors
         self._gw_cpu = CpuMeter(survivors)
+        self._last_messages = gateway_counters(survivors).messages
 
     def _end_cost_window(self) -> None:
         if self._cost_start is not None and not self.costs:

@@ -63,6 +63,11 @@ class ConnectionClosed(Exception):
     """The server closed the WebSocket (close frame) or the TCP connection."""
 
 
+def refusal(reply: pb.ServerToAgent) -> ServerRefused | None:
+    """The failure a reply reports for the message it answers: its error_response, if any."""
+    return ServerRefused(reply.error_response.error_message) if reply.HasField("error_response") else None
+
+
 # Waits until a socket has bytes to read (True) or `timeout` seconds passed (False).
 Readable = Callable[[socket.socket, float], bool]
 
@@ -240,12 +245,7 @@ class WsSession:
         reply = pb.ServerToAgent.FromString(payload[1:])
         if self.pending:
             name, started = self.pending.popleft()
-            refused = (
-                ServerRefused(reply.error_response.error_message)
-                if reply.HasField("error_response")
-                else None
-            )
-            self._reporter.request(name, started, len(payload), refused)
+            self._reporter.request(name, started, len(payload), refusal(reply))
         reaction = self.agent.react(reply)
         self._reporter.reacted(reaction)
         if reaction.retry_after is not None:

@@ -17,7 +17,7 @@ from locust.env import Environment
 
 from gateway.proto import opamp_pb2 as pb
 from loadtest.options import OPAMP_PATH, source_address
-from loadtest.session import NoReply, ServerRefused
+from loadtest.session import NoReply, ServerRefused, refusal
 from loadtest.users import AgentUser
 
 # See loadtest/session.py.
@@ -120,12 +120,7 @@ class WebSocketClientAgent(AgentUser, User):
         reply = pb.ServerToAgent.FromString(data[1:])
         if self.pending:
             name, started = self.pending.popleft()
-            refused = (
-                ServerRefused(reply.error_response.error_message)
-                if reply.HasField("error_response")
-                else None
-            )
-            self.request(name, started, len(data), refused)
+            self.request(name, started, len(data), refusal(reply))
         reaction = self.agent.react(reply)
         self.reacted(reaction)
         if reaction.retry_after is not None:

@@ -13,8 +13,9 @@ from typing import Any
 from locust import events, runners
 
 from loadtest.users import AGENTS, HttpAgent, Phase, WebSocketAgent
+from loadtest.websocket_client_user import WebSocketClientAgent
 
-__all__ = ["HttpAgent", "WebSocketAgent"]
+__all__ = ["HttpAgent", "WebSocketAgent", "WebSocketClientAgent"]
 
 # A worker holding ten thousand sockets on a busy machine can miss its 1-s heartbeats to the master
 # for several seconds while it connects agents. With Locust's default (3 missed heartbeats) the

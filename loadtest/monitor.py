@@ -59,6 +59,9 @@ class Sample:
     locust_rss_mib: float
     redis_cpu_cores: float
     machine_busy_cores: float
+    # Gateways still running (one fewer after --kill-gateway-after), and seconds since that kill.
+    gateways_up: int = 0
+    since_kill_s: float | None = None
 
 
 def gateway_counters(gateways: Sequence[GatewayProcess]) -> GatewayCounters:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import machine
-from loadtest.change import ConfigChange
+from loadtest import cost
 from loadtest.monitor import Sample, number
 
 if TYPE_CHECKING:
-    from loadtest.run import RunConfig
+    from loadtest.config import RunConfig
+    from loadtest.watch import Watch
 
 logger = logging.getLogger("loadtest.report")
 
@@ -58,8 +59,15 @@ def write_summary(summary: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def write_chart(samples: Sequence[Sample], events: dict[str, float], path: Path, title: str) -> bool:
-    """Agents, messages/s and heartbeat latency over time; False when matplotlib is not installed."""
+def write_chart(
+    samples: Sequence[Sample],
+    events: dict[str, float],
+    path: Path,
+    title: str,
+    reconnect: Sequence[tuple[float, int]] = (),
+) -> bool:
+    """Agents, messages/s and heartbeat latency over time, and the reconnect curve after a gateway
+    kill (seconds since the kill, agents connected); False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -72,6 +80,14 @@ def write_chart(samples: Sequence[Sample], events: dict[str, float], path: Path,
     figure, (agents, rate, latency) = plt.subplots(3, 1, sharex=True, figsize=(10, 8))
     agents.plot(t, [s.connected for s in samples], label="connected (gateways)")
     agents.plot(t, [s.users for s in samples], label="Locust users", linestyle="--")
+    if reconnect and "gateway killed" in events:
+        killed = events["gateway killed"]
+        agents.plot(
+            [killed + since for since, _ in reconnect],
+            [connected for _, connected in reconnect],
+            marker=".",
+            label="connected to the other gateways, after the kill",
+        )
     agents.set_ylabel("agents")
     rate.plot(t, [s.gateway_messages_per_s for s in samples], label="gateway messages/s")
     rate.plot(t, [s.locust_requests_per_s for s in samples], label="Locust requests/s", linestyle="--")
@@ -122,6 +138,8 @@ def table(summary: dict[str, Any]) -> str:
         f" = {hold['gateway_kib_per_agent']:.1f} KiB per agent",
         f"Locust          {hold['locust_cpu_cores']:.2f} cores, {hold['locust_rss_mib']:,.0f} MiB RSS;"
         f" machine busy {hold['machine_busy_cores']:.2f} of {summary['machine']['cpus']} cores",
+        f"per agent       {cost.line(summary['cost']) if summary.get('cost') else 'no hold measured'}",
+        *([f"gateway kill    {summary['gateway_kill']['verdict']}"] if "gateway_kill" in summary else []),
         f"verdict         {'PASS' if summary['passed'] else 'FAIL'}"
         + ("" if summary["passed"] else f": {'; '.join(summary['problems'])}"),
     ]
@@ -130,24 +148,30 @@ def table(summary: dict[str, Any]) -> str:
 
 def summarize(
     cfg: RunConfig,
-    samples: Sequence[Sample],
+    watch: Watch,
     requests: dict[str, dict[str, Any]],
-    change: ConfigChange,
     idle_rss: float,
     gateways: int,
     workers: int,
-    hold_started: float | None,
     fleet_summary: tuple[int, Any],
 ) -> dict[str, Any]:
+    samples, change, kill, hold_started = watch.samples, watch.change, watch.kill, watch.hold_started
     hold = [s for s in samples if s.phase == "hold"] or list(samples[-3:])
     peak = max((s.connected for s in samples), default=0)
     total = requests.get("Aggregated", {})
     convergence = requests.get("CONFIG convergence", {})
-    heartbeat = requests.get(f"{'WS' if cfg.transport == 'websocket' else 'POST'} heartbeat", {})
+    heartbeat = requests.get(f"{cfg.request_type} heartbeat", {})
     rss = statistics.fmean(s.gateway_rss_mib for s in hold) if hold else 0.0
     windows = [s.heartbeat_p99_ms for s in hold if s.heartbeat_p99_ms is not None]
     problems = []
-    if total.get("failures", 1):
+    if kill.started:
+        # A killed gateway's agents fail their waiting messages and their first reconnects: what
+        # counts after the kill is the reconnect curve and the agent records.
+        if kill.failures_before:
+            problems.append(f"{kill.failures_before} failed requests before the gateway kill")
+        if not kill.passed:
+            problems.append(f"gateway kill: {kill.verdict()}")
+    elif total.get("failures", 1):
         problems.append(f"{total.get('failures', 'unknown')} failed requests")
     if peak < cfg.agents:
         problems.append(f"only {peak:,} of {cfg.agents:,} agents connected")
@@ -196,6 +220,8 @@ def summarize(
             "agent_p99_s": _seconds(convergence.get("p99_ms")),
             "agent_max_s": _seconds(convergence.get("p100_ms")),
         },
+        "cost": watch.costs,
+        **({"gateway_kill": {**kill.summary(), "verdict": kill.verdict()}} if kill.started else {}),
         "aims": {"heartbeat_p99_ms": AIM_P99_MS, "convergence_s": AIM_CONVERGENCE_S},
         "problems": problems,
         "passed": not problems,

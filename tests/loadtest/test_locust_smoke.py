@@ -49,7 +49,15 @@ def test_a_few_hundred_agents_heartbeat_apply_a_config_and_appear_in_the_admin_a
 ) -> None:
     gateway = gateway_factory(enrollment_rate=0)
     target = f"127.0.0.1:{gateway.opamp_port}"
-    locust = _locust("WebSocketAgent HttpAgent", 300, 20, target, tmp_path, "--request-uid-ratio", "0.1")
+    locust = _locust(
+        "WebSocketAgent WebSocketClientAgent HttpAgent",
+        300,
+        20,
+        target,
+        tmp_path,
+        "--request-uid-ratio",
+        "0.1",
+    )
     try:
         wait_until(lambda: gateway.admin.summary()["total"] >= 300 or None, 30, "300 agents enrolled")
         body = f"{CHANGED_AT_MARKER.decode()}{time.time():.6f}\nreceivers: {{}}\n"

@@ -213,9 +213,7 @@ def run(cfg: HttpBenchConfig, progress: Progress, argv: list[str]) -> dict[str, 
                 bench.measure(gateway, baseline)
             final = agent_io.sample_heartbeats(HOST, port, OPAMP_PATH, fleet[-cfg.sample :])
             progress(f"checked    gateway   {len(probe) + len(final)} heartbeat replies decoded: all valid")
-            hot_spots = (
-                profiling.profile_gateway(bench, gateway, RESULTS_DIR, progress) if cfg.profile else None
-            )
+            hot_spots = _profile_gateway(bench, gateway, RESULTS_DIR, progress) if cfg.profile else None
     gw_summary, bl_summary = _summary(gateway), _summary(baseline)
     gw_rps = float(gw_summary["requests_per_second"])  # type: ignore[arg-type]
     bl_rps = float(bl_summary["requests_per_second"])  # type: ignore[arg-type]
@@ -245,3 +243,16 @@ def run(cfg: HttpBenchConfig, progress: Progress, argv: list[str]) -> dict[str, 
         "valid": not problems,
         "python_executable": sys.executable,
     }
+
+
+def _profile_gateway(
+    bench: HttpBench, run: TargetRun, results_dir: Path, progress: Progress
+) -> dict[str, object]:
+    recording = profiling.Recording(run.target.pid, bench.cfg.duration, bench.cores, bench.workdir)
+    result = bench.phase(run, "profile", bench.cfg.duration, measured=False)
+    saved = results_dir / "latest-http-profile.folded"
+    summary = recording.finish(result.seconds, saved)
+    progress(
+        f"profile    gateway   {summary['samples']} samples under load (py-spy, untimed); stacks in {saved}"
+    )
+    return summary

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from harness import procstat
 
 if TYPE_CHECKING:
-    from bench.http_bench import HttpBench, Progress, TargetRun
     from bench.targets import Cores
 
 logger = logging.getLogger("bench.profile")
@@ -147,16 +146,3 @@ class Recording:
             f"{len(used)} other threads (store, executor)": sum(used.values()) / measured_seconds,
         }
         return summary
-
-
-def profile_gateway(
-    bench: HttpBench, run: TargetRun, results_dir: Path, progress: Progress
-) -> dict[str, object]:
-    recording = Recording(run.target.pid, bench.cfg.duration, bench.cores, bench.workdir)
-    result = bench.phase(run, "profile", bench.cfg.duration, measured=False)
-    saved = results_dir / "latest-http-profile.folded"
-    summary = recording.finish(result.seconds, saved)
-    progress(
-        f"profile    gateway   {summary['samples']} samples under load (py-spy, untimed); stacks in {saved}"
-    )
-    return summary

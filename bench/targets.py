@@ -107,15 +107,19 @@ def _stopped_at_exit(target: Target) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def gateway(cores: Cores, workdir: Path) -> Iterator[Target]:
-    """A gateway node pinned to the server core, with its own SQLite file in `workdir`; stopped (by
-    its pid) at exit. ProcessError if it exits or is not ready in time."""
+def gateway(
+    cores: Cores, workdir: Path, flags: Mapping[str, object] | None = None, redis_url: str | None = None
+) -> Iterator[Target]:
+    """A gateway node pinned to the server core, with its own SQLite file in `workdir` (and `flags`
+    beyond the defaults, a bus at `redis_url`); stopped (by its pid) at exit. ProcessError if it
+    exits or is not ready in time."""
     node = start_gateway(
         workdir,
         "gateway",
         # The run enrolls its whole fleet up front; the enrollment bound would shed most of it.
-        {"node_id": "bench", "log_level": "warning", "enrollment_rate": 0},
+        {"node_id": "bench", "log_level": "warning", "enrollment_rate": 0, **(flags or {})},
         sqlite_path=workdir / "bench-gateway.db",
+        redis_url=redis_url,
         ready_timeout=READY_TIMEOUT,
         # taskset execs the command, so the pid is the server's own.
         prefix=cores.prefix(cores.server),

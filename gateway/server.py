@@ -66,12 +66,14 @@ def _config(
 _GC_THRESHOLDS = (50_000, 20, 10)
 
 
-def _tune_gc() -> None:
+def _tune_gc(services: Services) -> None:
     """Startup objects (modules, settings, the app) live as long as the process: freeze them out of
-    every collection, and size the generations for many long-lived sockets (see above)."""
+    every collection, and size the generations for many long-lived sockets (see above). Each
+    collection's pause is counted in opamp_gateway_gc_seconds_total (`python -m bench fleet`)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+    gc.callbacks.append(services.metrics.gc_callback())
 
 
 class StartupFailed(Exception):
@@ -123,7 +125,7 @@ async def serve(settings: Settings) -> None:
     tls.check(settings)
     async with running(settings) as services:
         servers = build_servers(services)
-        _tune_gc()
+        _tune_gc(services)
         loop = asyncio.get_running_loop()
 
         def _exit_now(_drained: object = None) -> None:

@@ -1,0 +1,473 @@
+"""`python -m bench fleet`: what each connected, idle WebSocket agent costs the gateway, all-in.
+
+The unit is an agent held for one heartbeat interval (design principle 7): its heartbeat, the
+server's pings, presence refreshes, timers, store writes, garbage collection. N agents connect (each
+enrolls with a full report) and then heartbeat every `interval` seconds at their own phase
+(bench.fleet_load); after a settle time (10 s at most) the gateway's CPU (user + system, every
+thread) is read over a window, and divided by N x window / interval. Resident memory per agent is
+(RSS with the fleet connected - RSS before) / N, after a warm-up as in bench.ws_memory.
+
+The reference, in the same run: the bare uvicorn + Starlette WebSocket echo endpoint (bench.baseline,
+the gateway's uvicorn settings and ping settings) holding the same number of sockets with the same
+load. The gateway runs as in production: a Redis bus (its presence refreshes) and the SQLite store,
+default settings otherwise. Both targets are pinned to the server core, this process (the load) to
+the other; the targets run one after the other, each fresh.
+
+`--profile` runs one more window on the gateway under py-spy and splits its cost by component
+(bench.breakdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import uvloop
+
+from bench import breakdown, gateway_metrics, report, targets
+from bench.agents import ReplyError
+from bench.baseline import OPAMP_PATH, heartbeat_reply
+from bench.fleet import make_fleet
+from bench.fleet_load import Heartbeats
+from bench.profile import ProfileError, Recording
+from bench.targets import HOST, Cores, Target
+from bench.ws_client import WsError
+from bench.ws_load import (
+    Check,
+    WsAgent,
+    close_fleet,
+    connect_fleet,
+    expected_reply,
+    fixed_check,
+    gateway_check,
+)
+from gateway.opamp import framing
+from gateway.proto import opamp_pb2 as pb
+from harness import machine, procstat
+from harness.process import ProcessError
+from harness.redis_server import RedisMissing
+
+logger = logging.getLogger("bench.fleet_cost")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+AIM_US = 120.0
+AIM_KIB = 25.0
+WARM_AGENTS = 100
+WARM_SEED, FLEET_SEED = 21, 22
+_SPARE_FILES = 200
+_SETTLE_TIMEOUT = 60.0
+_SETTLE_SECONDS = 10.0
+
+Progress = Callable[[str], None]
+
+
+class FleetFileLimitError(Exception):
+    """More sockets asked for than the open-files limit allows."""
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    agents: int = 5000
+    interval: float = 30.0
+    window: float = 60.0
+    connect_concurrency: int = 50
+    redis: bool = True
+    profile: bool = False
+    output: Path = RESULTS_DIR / "latest-fleet.json"
+
+    @property
+    def agent_intervals(self) -> float:
+        return self.agents * self.window / self.interval
+
+
+@dataclass
+class Side:
+    """One target's measurement."""
+
+    name: str
+    cpu_seconds: float = 0.0
+    core_busy: float = 0.0
+    generator_cpu: float = 0.0
+    redis_cpu: float = 0.0
+    gc_seconds: float = 0.0
+    rss_before_kib: int = 0
+    rss_after_kib: int = 0
+    sent: int = 0
+    replies: int = 0
+    pings: int = 0
+    connect_seconds: float = 0.0
+    problems: list[str] | None = None
+    profile: dict[str, object] | None = None
+
+    def us_per_agent_interval(self, cfg: FleetConfig) -> float:
+        return 1e6 * self.cpu_seconds / cfg.agent_intervals
+
+    def kib_per_agent(self, cfg: FleetConfig) -> float:
+        return (self.rss_after_kib - self.rss_before_kib) / cfg.agents
+
+
+def _raise_file_limit(cfg: FleetConfig) -> None:
+    needed = cfg.agents + WARM_AGENTS + _SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed > hard:
+        raise FleetFileLimitError(f"{needed} open files needed, the hard limit is {hard}: lower --agents")
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def _gc_seconds(admin_port: int | None) -> float:
+    if admin_port is None:
+        return 0.0
+    return gateway_metrics.scrape(HOST, admin_port, "websocket").gc_seconds
+
+
+async def _settled(target: Target, seconds: float) -> None:
+    """Wait `seconds`; for the gateway also until its writer has flushed every enrollment."""
+    await asyncio.sleep(seconds)
+    if target.admin_port is None:
+        return
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    while gateway_metrics.scrape(HOST, target.admin_port, "websocket").writer_queue_depth > 0:
+        if time.monotonic() > deadline:
+            raise ReplyError(f"the gateway's writer did not flush within {_SETTLE_TIMEOUT:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def _fleet(target: Target, cfg: FleetConfig, gateway: bool) -> AsyncIterator[list[WsAgent]]:
+    """The fleet connected and enrolled on `target`, every socket's expected heartbeat reply set."""
+    check: Check
+    if gateway:
+        check = gateway_check
+        template = pb.ServerToAgent.FromString(heartbeat_reply())
+    else:
+        fixed = framing.encode(heartbeat_reply())
+        check = fixed_check(fixed)
+    fleet = await connect_fleet(
+        HOST, target.port, OPAMP_PATH, make_fleet(cfg.agents, FLEET_SEED), cfg.connect_concurrency, check
+    )
+    try:
+        for item in fleet:
+            item.sock.expected = expected_reply(template, item.agent.uid) if gateway else fixed
+        yield fleet
+    finally:
+        await close_fleet(fleet)
+
+
+async def _measure(
+    target: Target, cfg: FleetConfig, cores: Cores, workdir: Path, redis_pid: int | None, progress: Progress
+) -> Side:
+    gateway = target.admin_port is not None
+    side = Side(target.name, problems=[])
+    warm_check = gateway_check if gateway else fixed_check(framing.encode(heartbeat_reply()))
+    warm = await connect_fleet(
+        HOST, target.port, OPAMP_PATH, make_fleet(WARM_AGENTS, WARM_SEED), 50, warm_check
+    )
+    await close_fleet(warm)
+    await _settled(target, 1.0)
+    side.rss_before_kib = procstat.memory_kib(target.pid)["rss"]
+    started = time.perf_counter()
+    async with _fleet(target, cfg, gateway) as fleet:
+        side.connect_seconds = time.perf_counter() - started
+        progress(f"connected  {target.name:<9} {cfg.agents:,} agents in {side.connect_seconds:.1f} s")
+        load = Heartbeats(fleet, cfg.interval, track_uid=gateway)
+        load.start()
+        try:
+            # Long enough for the writer to flush the enrollments; the window then sees heartbeats only.
+            await _settled(target, min(cfg.interval, _SETTLE_SECONDS))
+            side.rss_after_kib = await _window(target, cfg, cores, redis_pid, load, side)
+            progress(_line(side, cfg))
+            if cfg.profile and gateway:
+                side.profile = await _profiled_window(target, cfg, cores, workdir, load, progress)
+        finally:
+            load.stop()
+        side.problems = _problems(target, cfg, load, side)
+    return side
+
+
+async def _window(
+    target: Target, cfg: FleetConfig, cores: Cores, redis_pid: int | None, load: Heartbeats, side: Side
+) -> int:
+    """Measure one window into `side`; the target's RSS at its end (KiB)."""
+    admin = target.admin_port
+    before = gateway_metrics.scrape(HOST, admin, "websocket") if admin else None
+    cpu = procstat.process_cpu(target.pid)
+    core = procstat.core_busy(cores.server)
+    mine = procstat.process_cpu(os.getpid())
+    redis = procstat.process_cpu(redis_pid) if redis_pid else 0.0
+    pings = load.pings()
+    load.window()
+    wall = time.monotonic()
+    await asyncio.sleep(cfg.window)
+    wall = time.monotonic() - wall
+    side.cpu_seconds = procstat.process_cpu(target.pid) - cpu
+    side.core_busy = (procstat.core_busy(cores.server) - core) / wall
+    side.generator_cpu = (procstat.process_cpu(os.getpid()) - mine) / wall
+    side.redis_cpu = procstat.process_cpu(redis_pid) - redis if redis_pid else 0.0
+    side.sent, side.replies, side.pings = load.sent, load.replies, load.pings() - pings
+    if before is not None and admin:
+        after = gateway_metrics.scrape(HOST, admin, "websocket")
+        delta = after - before
+        side.gc_seconds = delta.gc_seconds
+        assert side.problems is not None
+        side.problems += _counter_problems(delta, after, load.sent, cfg)
+    return procstat.memory_kib(target.pid)["rss"]
+
+
+def _counter_problems(
+    delta: gateway_metrics.Counters, now: gateway_metrics.Counters, sent: int, cfg: FleetConfig
+) -> list[str]:
+    found = []
+    if delta.full_state_requests or delta.shed or delta.failed or delta.other_events:
+        found.append(
+            f"gateway: {delta.full_state_requests:.0f} full-state requests, {delta.shed:.0f} shed, "
+            f"{delta.failed:.0f} not ok, {delta.other_events:.0f} messages that were not heartbeats"
+        )
+    # Heartbeats sent just before the window may be counted in it, and the reverse at its end.
+    slack = max(5, sent // 50)
+    if abs(delta.heartbeats - sent) > slack:
+        found.append(f"gateway counted {delta.heartbeats:.0f} heartbeats in the window, the load sent {sent}")
+    if (now.websocket_connections, now.websocket_agents) != (cfg.agents, cfg.agents):
+        found.append(
+            f"gateway holds {now.websocket_connections:.0f} sockets and {now.websocket_agents:.0f} agents, "
+            f"expected {cfg.agents}"
+        )
+    return found
+
+
+def _problems(target: Target, cfg: FleetConfig, load: Heartbeats, side: Side) -> list[str]:
+    found = list(side.problems or [])
+    bad = {k: v for k, v in load.checks.items() if k != "ok"}
+    if bad:
+        found.append(f"{target.name}: bad replies {bad}; e.g. {load.examples[:2]}")
+    closed = load.closed()
+    if closed:
+        sock = closed[0].sock
+        found.append(
+            f"{target.name}: closed {len(closed)} sockets (first: {sock.close_code} {sock.close_reason})"
+        )
+    expected = cfg.agent_intervals
+    if side.sent < 0.9 * expected:
+        found.append(
+            f"{target.name}: the load sent {side.sent} heartbeats in the window, expected ~{expected:.0f}"
+        )
+    return found
+
+
+async def _profiled_window(
+    target: Target, cfg: FleetConfig, cores: Cores, workdir: Path, load: Heartbeats, progress: Progress
+) -> dict[str, object]:
+    """One more window under py-spy (its pauses would skew the measured one), split by component."""
+    recording = Recording(target.pid, cfg.window, cores, workdir)
+    side = Side("profile", problems=[])
+    await _window(target, cfg, cores, None, load, side)
+    saved = RESULTS_DIR / "latest-fleet-profile.folded"
+    summary = recording.finish(cfg.window, saved)
+    cost = breakdown.per_agent_interval(
+        saved.read_text(), side.us_per_agent_interval(cfg), 1e6 * side.gc_seconds / cfg.agent_intervals
+    )
+    progress(f"profile    gateway   {cost['samples']} samples (py-spy); stacks in {saved}")
+    return {"summary": summary, "breakdown": cost, "us_per_agent_interval": side.us_per_agent_interval(cfg)}
+
+
+def _line(side: Side, cfg: FleetConfig) -> str:
+    return (
+        f"window     {side.name:<9} {side.us_per_agent_interval(cfg):7.1f} µs CPU per agent-interval, "
+        f"{side.kib_per_agent(cfg):5.1f} KiB per agent; {side.sent:,} heartbeats, {side.pings:,} pings; "
+        f"its core {side.core_busy:.0%} busy, load generator {side.generator_cpu:.0%}"
+    )
+
+
+@contextlib.contextmanager
+def _redis(cfg: FleetConfig, workdir: Path) -> Iterator[tuple[str | None, int | None]]:
+    if not cfg.redis:
+        yield None, None
+        return
+    with targets.redis_server(workdir) as server:
+        yield server.url, server.pid
+
+
+async def _run(cfg: FleetConfig, progress: Progress, argv: list[str]) -> dict[str, object]:
+    _raise_file_limit(cfg)
+    cores = targets.choose_cores()
+    if cores.load is not None:
+        os.sched_setaffinity(0, {cores.load})
+    progress(f"pinning    {cores.describe()}")
+    busy_before = procstat.core_busy(None)
+    await asyncio.sleep(1.0)
+    machine_busy = (procstat.core_busy(None) - busy_before) / (os.cpu_count() or 1)
+    progress(f"machine    {machine_busy:.0%} of all CPUs busy before the run (should be near 0%)")
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with tempfile.TemporaryDirectory(prefix="opamp-bench-fleet-") as tmp:
+        workdir = Path(tmp)
+        with _redis(cfg, workdir) as (redis_url, redis_pid):
+            flags = {"max_connections": cfg.agents + WARM_AGENTS + 100}
+            with targets.gateway(cores, workdir, flags, redis_url) as gw:
+                gateway = await _measure(gw, cfg, cores, workdir, redis_pid, progress)
+        with targets.baseline(heartbeat_reply(), "uvloop", cores, workdir) as bl:
+            baseline = await _measure(bl, cfg, cores, workdir, None, progress)
+    return _result(cfg, gateway, baseline, machine_busy, started_at, cores, argv)
+
+
+def _result(
+    cfg: FleetConfig,
+    gateway: Side,
+    baseline: Side,
+    machine_busy: float,
+    started_at: str,
+    cores: Cores,
+    argv: list[str],
+) -> dict[str, object]:
+    def side(s: Side) -> dict[str, object]:
+        out = asdict(s)
+        out["us_per_agent_interval"] = s.us_per_agent_interval(cfg)
+        out["kib_per_agent"] = s.kib_per_agent(cfg)
+        out["gc_us_per_agent_interval"] = 1e6 * s.gc_seconds / cfg.agent_intervals
+        out["redis_us_per_agent_interval"] = 1e6 * s.redis_cpu / cfg.agent_intervals
+        return out
+
+    gw_us, bl_us = gateway.us_per_agent_interval(cfg), baseline.us_per_agent_interval(cfg)
+    problems = (gateway.problems or []) + (baseline.problems or [])
+    described = machine.describe(None)
+    del described["wrk"]
+    return {
+        "benchmark": "websocket-fleet-cost",
+        "started_at": started_at,
+        "command": shlex.join(["python", "-m", "bench", *argv]),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "pinning": cores.describe(),
+        "machine_busy_before": machine_busy,
+        "machine": described,
+        "targets": {"gateway": side(gateway), "baseline": side(baseline)},
+        "cpu_ratio": gw_us / bl_us if bl_us else 0.0,
+        "memory_ratio": gateway.kib_per_agent(cfg) / baseline.kib_per_agent(cfg)
+        if baseline.kib_per_agent(cfg)
+        else 0.0,
+        "aim": {"us_per_agent_interval": AIM_US * cfg.interval / 30.0, "kib_per_agent": AIM_KIB},
+        "problems": problems,
+        "valid": not problems,
+        "python_executable": sys.executable,
+    }
+
+
+def table(result: dict[str, object]) -> str:
+    """The summary printed at the end of a run."""
+    cfg = result["config"]
+    sides = result["targets"]
+    assert isinstance(cfg, dict) and isinstance(sides, dict)
+    lines = [
+        f"{cfg['agents']:,} idle WebSocket agents, heartbeat every {cfg['interval']:g} s, "
+        f"{cfg['window']:g} s window; {result['pinning']}",
+        "",
+        "| target   | µs CPU per agent-interval | KiB per agent | heartbeats | pings | GC µs | Redis µs |",
+        "| -------- | ------------------------: | ------------: | ---------: | ----: | ----: | -------: |",
+    ]
+    for name in ("gateway", "baseline"):
+        s = sides[name]
+        lines.append(
+            f"| {name:<8} | {s['us_per_agent_interval']:25.1f} | {s['kib_per_agent']:13.1f} | "
+            f"{s['sent']:10,} | {s['pings']:5,} | {s['gc_us_per_agent_interval']:5.1f} | "
+            f"{s['redis_us_per_agent_interval']:8.1f} |"
+        )
+    aim = result["aim"]
+    assert isinstance(aim, dict)
+    lines += [
+        "",
+        f"ratio gateway/baseline: CPU {result['cpu_ratio']:.2f}, memory {result['memory_ratio']:.2f}; "
+        f"aim: gateway <= {aim['us_per_agent_interval']:.0f} µs per agent-interval, "
+        f"<= {aim['kib_per_agent']:.0f} KiB per agent",
+    ]
+    profile = sides["gateway"].get("profile")
+    if isinstance(profile, dict):
+        cost = profile["breakdown"]["us_per_agent_interval"]
+        lines += ["", f"gateway by component (profiled window, {profile['us_per_agent_interval']:.1f} µs):"]
+        lines += [f"  {name:<20} {us:7.1f} µs" for name, us in cost.items()]
+    problems = result["problems"]
+    assert isinstance(problems, list)
+    if problems:
+        lines += ["", "INVALID:", *(f"  - {p}" for p in problems)]
+    return "\n".join(lines)
+
+
+def run(cfg: FleetConfig, progress: Progress, argv: list[str]) -> dict[str, object]:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run(cfg, progress, argv))
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = FleetConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench fleet",
+        description="CPU and memory per idle connected WebSocket agent, gateway against the bare "
+        "uvicorn + Starlette echo endpoint holding the same sockets; loopback only.",
+    )
+    add = parser.add_argument
+    add("--agents", type=int, default=defaults.agents, help="agents, one socket each (default %(default)s)")
+    add(
+        "--interval",
+        type=float,
+        default=defaults.interval,
+        help="seconds between an agent's heartbeats (default %(default)s)",
+    )
+    add("--window", type=float, default=defaults.window, help="measured seconds (default %(default)s)")
+    add(
+        "--connect-concurrency",
+        type=int,
+        default=defaults.connect_concurrency,
+        help="handshakes and first reports in flight while agents connect (default %(default)s)",
+    )
+    add("--no-redis", action="store_true", help="run the gateway without a Redis bus (no presence)")
+    add("--profile", action="store_true", help="one more gateway window under py-spy, split by component")
+    add("--output", type=Path, default=defaults.output, help="results JSON (default %(default)s)")
+    add("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.agents < 1 or args.interval <= 0 or args.window <= 0 or args.connect_concurrency < 1:
+        parser.error("--agents, --interval, --window and --connect-concurrency must be positive")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    cfg = FleetConfig(
+        agents=args.agents,
+        interval=args.interval,
+        window=args.window,
+        connect_concurrency=args.connect_concurrency,
+        redis=not args.no_redis,
+        profile=args.profile,
+        output=args.output,
+    )
+    try:
+        result = run(cfg, lambda line: print(line, flush=True), ["fleet", *argv])
+    except (
+        ReplyError,
+        WsError,
+        ProcessError,
+        ProfileError,
+        RedisMissing,
+        FleetFileLimitError,
+        OSError,
+    ) as exc:
+        if args.verbose:
+            raise
+        print(f"bench fleet: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(table(result))
+    report.write_json(result, cfg.output)
+    print(f"\nresults written to {cfg.output}")
+    return 0 if result["valid"] else 1

@@ -121,6 +121,8 @@ class Connection:
         self._states: dict[bytes, AgentState] = {}
         # uid an agent still sends -> uid its record moved to (until the agent adopts it).
         self._aliases: dict[bytes, bytes] = {}
+        # Agents another node took over: their newer record is written there, not from here.
+        self._displaced: set[bytes] = set()
         self._closed = False
         # The idle timeout without a timer per message (asyncio.wait_for made a Task per receive,
         # ~10 µs): one timer per connection, re-armed when it fires early (see _check_idle).
@@ -160,7 +162,7 @@ class Connection:
             registry.detach(self)
             # Spec 3.4: when the stream closes, forget every agent it carried.
             for uid in list(self._states):
-                self._forget(uid)
+                self._forget(uid, displaced=uid in self._displaced)
 
     async def _receive(self) -> Message:
         """The next message; _IdleTimeout once the wait for it has lasted --idle-timeout."""
@@ -232,12 +234,12 @@ class Connection:
         # A cached record is never re-read per message: commands another node stored for it arrive
         # through the bus or the node's periodic sweep (command_sweep.py).
         if state is None:
-            state = await pipeline.load_state(self._node, msg)
+            state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
             if state is not None and state.offered_config_hash is not None:
                 # An offer made before this connection may never have arrived: a new connection
                 # does not wait for its timeout (engine.config_to_offer).
                 state = replace(state, offered_config_hash=None, offered_at=0.0)
-        outcome = await pipeline.process(self._node, state, msg, "websocket")
+        outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
         self._track(msg, key, outcome)
         return outcome
 
@@ -284,11 +286,13 @@ class Connection:
             _spawn(displaced.taken_over(uid, "a newer connection to this node"))
         node.presence.claim(uid, self)
 
-    def _forget(self, uid: bytes) -> None:
-        if self._states.pop(uid, None) is None:
+    def _forget(self, uid: bytes, *, displaced: bool = False) -> None:
+        state = self._states.pop(uid, None)
+        if state is None:
             return
         if self._node.registry.unregister(uid, self):
             self._node.presence.release(uid, self)
+            self._node.liveness.release(state, write=not displaced)
 
     # -- outgoing ---------------------------------------------------------------------------------
 
@@ -339,6 +343,8 @@ class Connection:
         if not await self._send(push.reply):
             return False
         self._states[uid] = push.state
+        if not self._node.liveness.admit(push.write):
+            return True
         with contextlib.suppress(WriterFull, WriterStopped, StoreError):
             if push.durable:
                 await self._node.writer.submit_durable(push.write)
@@ -356,8 +362,9 @@ class Connection:
         )
         if len(self._states) > 1:
             # A multiplexing proxy: the socket's other agents stay.
-            self._forget(uid)
+            self._forget(uid, displaced=True)
             return
+        self._displaced.add(uid)
         await self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
 
     async def drain(self, retry_after: float) -> None:

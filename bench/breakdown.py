@@ -1,7 +1,8 @@
 """Where an idle fleet's CPU goes in the gateway, by component, from py-spy's folded stacks.
 
 Each sampled stack is put in the first component one of its frames belongs to, in the order of
-COMPONENTS (a ping answered inside `data_received` is a ping, not a heartbeat). The cyclic garbage
+COMPONENTS (a pong handled inside `data_received` is a ping, not a heartbeat; the frame parsing
+before it cannot be told apart and counts as heartbeat handling). The cyclic garbage
 collector is no frame of its own: its time comes from the gateway's opamp_gateway_gc_seconds_total,
 and the sampled shares divide what is left.
 """
@@ -25,7 +26,8 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "handle_ping",
             "keepalive_timeout",
             "schedule_ping",
-            "transport/keepalive.py)",
+            "Keepalive.sweep",
+            "_Protocol.ping",
         ),
     ),
     ("presence", ("node/presence.py)", "bus/redis.py)", "bus/local.py)", "redis/")),

@@ -82,6 +82,8 @@ class FleetConfig:
     window: float = 60.0
     connect_concurrency: int = 50
     redis: bool = True
+    # Both targets' --ws-ping-interval (None: the gateway's default).
+    ping_interval: float | None = None
     profile: bool = False
     output: Path = RESULTS_DIR / "latest-fleet.json"
 
@@ -300,10 +302,12 @@ async def _run(cfg: FleetConfig, progress: Progress, argv: list[str]) -> dict[st
     with tempfile.TemporaryDirectory(prefix="opamp-bench-fleet-") as tmp:
         workdir = Path(tmp)
         with _redis(cfg, workdir) as (redis_url, redis_pid):
-            flags = {"max_connections": cfg.agents + WARM_AGENTS + 100}
+            flags: dict[str, object] = {"max_connections": cfg.agents + WARM_AGENTS + 100}
+            if cfg.ping_interval is not None:
+                flags["ws_ping_interval"] = cfg.ping_interval
             with targets.gateway(cores, workdir, flags, redis_url) as gw:
                 gateway = await _measure(gw, cfg, cores, workdir, redis_pid, progress)
-        with targets.baseline(heartbeat_reply(), "uvloop", cores, workdir) as bl:
+        with targets.baseline(heartbeat_reply(), "uvloop", cores, workdir, cfg.ping_interval) as bl:
             baseline = await _measure(bl, cfg, cores, workdir, None, progress)
     return _result(cfg, gateway, baseline, machine_busy, started_at, cores, argv)
 
@@ -415,6 +419,12 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.connect_concurrency,
         help="handshakes and first reports in flight while agents connect (default %(default)s)",
     )
+    add(
+        "--ws-ping-interval",
+        type=float,
+        default=None,
+        help="seconds between server pings on both targets (default: the gateway's default)",
+    )
     add("--no-redis", action="store_true", help="run the gateway without a Redis bus (no presence)")
     add("--profile", action="store_true", help="one more gateway window under py-spy, split by component")
     add("--output", type=Path, default=defaults.output, help="results JSON (default %(default)s)")
@@ -436,6 +446,7 @@ def main(argv: list[str]) -> int:
         window=args.window,
         connect_concurrency=args.connect_concurrency,
         redis=not args.no_redis,
+        ping_interval=args.ws_ping_interval,
         profile=args.profile,
         output=args.output,
     )

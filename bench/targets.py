@@ -70,7 +70,8 @@ class Target:
         return "\n".join(self.process.log_text().splitlines()[-lines:])
 
 
-def baseline_command(port: int, reply: bytes, loop: str) -> list[str]:
+def baseline_command(port: int, reply: bytes, loop: str, ping_interval: float | None = None) -> list[str]:
+    pings = [] if ping_interval is None else ["--ping-interval", str(ping_interval)]
     return [
         sys.executable,
         "-m",
@@ -81,6 +82,7 @@ def baseline_command(port: int, reply: bytes, loop: str) -> list[str]:
         reply.hex(),
         "--loop",
         loop,
+        *pings,
     ]
 
 
@@ -132,10 +134,13 @@ def gateway(
 
 
 @contextlib.contextmanager
-def baseline(reply: bytes, loop: str, cores: Cores, workdir: Path) -> Iterator[Target]:
-    """The baseline answering every heartbeat with `reply`, pinned to the server core; stopped at exit."""
+def baseline(
+    reply: bytes, loop: str, cores: Cores, workdir: Path, ping_interval: float | None = None
+) -> Iterator[Target]:
+    """The baseline answering every heartbeat with `reply`, pinned to the server core (pinging every
+    `ping_interval` seconds, default the gateway's default); stopped at exit."""
     port = free_port()
-    argv = [*cores.prefix(cores.server), *baseline_command(port, reply, loop)]
+    argv = [*cores.prefix(cores.server), *baseline_command(port, reply, loop, ping_interval)]
     process = spawn(
         "baseline", argv, workdir / "baseline.log", env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO_ROOT
     )

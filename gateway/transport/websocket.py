@@ -109,6 +109,27 @@ class Connection:
     """One socket: its timers, the records of the agents it carries, their registration. To the node
     it is a `Holder` (gateway/node/registry.py): what to push is decided there, this only sends."""
 
+    # A node holds one per socket, thousands of them: no instance dict, and the sets that are
+    # almost always empty are created when first needed.
+    __slots__ = (
+        "_ws",
+        "_node",
+        "_limit",
+        "_idle_timeout",
+        "_send_timeout",
+        "epoch",
+        "_states",
+        "_aliases",
+        "_displaced",
+        "_closed",
+        "_loop",
+        "_task",
+        "_waiting_since",
+        "_idle_expired",
+        "_idle_timer",
+        "_expired_sends",
+    )
+
     def __init__(self, websocket: WebSocket, node: OpampNode) -> None:
         self._ws = websocket
         self._node = node
@@ -122,7 +143,7 @@ class Connection:
         # uid an agent still sends -> uid its record moved to (until the agent adopts it).
         self._aliases: dict[bytes, bytes] = {}
         # Agents another node took over: their newer record is written there, not from here.
-        self._displaced: set[bytes] = set()
+        self._displaced: set[bytes] | None = None
         self._closed = False
         # The idle timeout without a timer per message (asyncio.wait_for made a Task per receive,
         # ~10 µs): one timer per connection, re-armed when it fires early (see _check_idle).
@@ -132,7 +153,7 @@ class Connection:
         self._idle_expired = False
         self._idle_timer: asyncio.TimerHandle | None = None
         # Tasks whose send the send timeout cancelled (see _send).
-        self._expired_sends: set[asyncio.Task[Any]] = set()
+        self._expired_sends: set[asyncio.Task[Any]] | None = None
 
     @property
     def uids(self) -> list[bytes]:
@@ -162,7 +183,7 @@ class Connection:
             registry.detach(self)
             # Spec 3.4: when the stream closes, forget every agent it carried.
             for uid in list(self._states):
-                self._forget(uid, displaced=uid in self._displaced)
+                self._forget(uid, displaced=self._displaced is not None and uid in self._displaced)
 
     async def _receive(self) -> Message:
         """The next message; _IdleTimeout once the wait for it has lasted --idle-timeout."""
@@ -314,7 +335,7 @@ class Connection:
             # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
             return False
         except asyncio.CancelledError:
-            if task not in self._expired_sends:
+            if self._expired_sends is None or task not in self._expired_sends:
                 raise
             self._expired_sends.discard(task)
             if task.uncancel() > 0:
@@ -330,6 +351,8 @@ class Connection:
         return True
 
     def _send_expired(self, task: asyncio.Task[Any]) -> None:
+        if self._expired_sends is None:
+            self._expired_sends = set()
         self._expired_sends.add(task)
         task.cancel()
 
@@ -364,6 +387,8 @@ class Connection:
             # A multiplexing proxy: the socket's other agents stay.
             self._forget(uid, displaced=True)
             return
+        if self._displaced is None:
+            self._displaced = set()
         self._displaced.add(uid)
         await self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
 

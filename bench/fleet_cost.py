@@ -10,8 +10,9 @@ thread) is read over a window, and divided by N x window / interval. Resident me
 The reference, in the same run: the bare uvicorn + Starlette WebSocket echo endpoint (bench.baseline,
 the gateway's uvicorn settings and ping settings) holding the same number of sockets with the same
 load. The gateway runs as in production: a Redis bus (its presence refreshes) and the SQLite store,
-default settings otherwise. Both targets are pinned to the server core, this process (the load) to
-the other; the targets run one after the other, each fresh.
+default settings otherwise. Both targets run at the same time, pinned to the server core and
+measured over the same window, so whatever else takes that core takes it from both alike; this
+process (the load for both) is pinned to the other core.
 
 `--profile` runs one more window on the gateway under py-spy and splits its cost by component
 (bench.breakdown).
@@ -119,7 +120,8 @@ class Side:
 
 
 def _raise_file_limit(cfg: FleetConfig) -> None:
-    needed = cfg.agents + WARM_AGENTS + _SPARE_FILES
+    # Both fleets are open at once.
+    needed = 2 * (cfg.agents + WARM_AGENTS) + _SPARE_FILES
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if needed > hard:
         raise FleetFileLimitError(f"{needed} open files needed, the hard limit is {hard}: lower --agents")
@@ -154,9 +156,12 @@ async def _fleet(target: Target, cfg: FleetConfig, gateway: bool) -> AsyncIterat
         await close_fleet(fleet)
 
 
-async def _measure(
-    target: Target, cfg: FleetConfig, cores: Cores, workdir: Path, redis_pid: int | None, progress: Progress
-) -> Side:
+@contextlib.asynccontextmanager
+async def _held(
+    target: Target, cfg: FleetConfig, progress: Progress
+) -> AsyncIterator[tuple[Side, Heartbeats]]:
+    """`target` warmed up, its RSS read, the fleet connected and heartbeating; on exit the load is
+    stopped, the sockets closed and what went wrong written into the side's problems."""
     gateway = target.admin_port is not None
     side = Side(target.name, problems=[])
     warm_check = gateway_check if gateway else fixed_check(framing.encode(heartbeat_reply()))
@@ -173,46 +178,42 @@ async def _measure(
         load = Heartbeats(fleet, cfg.interval, track_uid=gateway)
         load.start()
         try:
-            # Enrollments are committed before their replies: this only lets the first heartbeats
-            # and the writer's first flushes pass before the window.
-            await asyncio.sleep(min(cfg.interval, _SETTLE_SECONDS))
-            side.rss_after_kib = await _window(target, cfg, cores, redis_pid, load, side)
-            progress(_line(side, cfg))
-            if cfg.profile and gateway:
-                side.profile = await _profiled_window(target, cfg, cores, workdir, load, progress)
+            yield side, load
         finally:
             load.stop()
         side.problems = _problems(target, cfg, load, side)
-    return side
 
 
-async def _window(
-    target: Target, cfg: FleetConfig, cores: Cores, redis_pid: int | None, load: Heartbeats, side: Side
-) -> int:
-    """Measure one window into `side`; the target's RSS at its end (KiB)."""
-    admin = target.admin_port
-    before = gateway_metrics.scrape(HOST, admin, "websocket") if admin else None
-    cpu = procstat.process_cpu(target.pid)
-    core = procstat.core_busy(cores.server)
-    mine = procstat.process_cpu(os.getpid())
-    redis = procstat.process_cpu(redis_pid) if redis_pid else 0.0
-    pings = load.pings()
-    load.window()
-    wall = time.monotonic()
-    await asyncio.sleep(cfg.window)
-    wall = time.monotonic() - wall
-    side.cpu_seconds = procstat.process_cpu(target.pid) - cpu
-    side.core_busy = (procstat.core_busy(cores.server) - core) / wall
-    side.generator_cpu = (procstat.process_cpu(os.getpid()) - mine) / wall
-    side.redis_cpu = procstat.process_cpu(redis_pid) - redis if redis_pid else 0.0
-    side.sent, side.replies, side.pings = load.sent, load.replies, load.pings() - pings
-    if before is not None and admin:
-        after = gateway_metrics.scrape(HOST, admin, "websocket")
-        delta = after - before
-        side.gc_seconds = delta.gc_seconds
-        assert side.problems is not None
-        side.problems += _counter_problems(delta, after, load.sent, cfg)
-    return procstat.memory_kib(target.pid)["rss"]
+class _Window:
+    """One target's counters at the start of a window; `finish` fills its side."""
+
+    def __init__(self, target: Target, cores: Cores, redis_pid: int | None, load: Heartbeats) -> None:
+        self.target, self.cores, self.redis_pid, self.load = target, cores, redis_pid, load
+        admin = target.admin_port
+        self.metrics = gateway_metrics.scrape(HOST, admin, "websocket") if admin else None
+        self.cpu = procstat.process_cpu(target.pid)
+        self.core = procstat.core_busy(cores.server)
+        self.mine = procstat.process_cpu(os.getpid())
+        self.redis = procstat.process_cpu(redis_pid) if redis_pid else 0.0
+        self.pings = load.pings()
+        self.wall = time.monotonic()
+        load.window()
+
+    def finish(self, cfg: FleetConfig, side: Side) -> None:
+        target, load = self.target, self.load
+        wall = time.monotonic() - self.wall
+        side.cpu_seconds = procstat.process_cpu(target.pid) - self.cpu
+        side.core_busy = (procstat.core_busy(self.cores.server) - self.core) / wall
+        side.generator_cpu = (procstat.process_cpu(os.getpid()) - self.mine) / wall
+        side.redis_cpu = procstat.process_cpu(self.redis_pid) - self.redis if self.redis_pid else 0.0
+        side.sent, side.replies, side.pings = load.sent, load.replies, load.pings() - self.pings
+        side.rss_after_kib = procstat.memory_kib(target.pid)["rss"]
+        if self.metrics is not None and target.admin_port:
+            after = gateway_metrics.scrape(HOST, target.admin_port, "websocket")
+            delta = after - self.metrics
+            side.gc_seconds = delta.gc_seconds
+            assert side.problems is not None
+            side.problems += _counter_problems(delta, after, load.sent, cfg)
 
 
 def _counter_problems(
@@ -261,7 +262,9 @@ async def _profiled_window(
     """One more window under py-spy (its pauses would skew the measured one), split by component."""
     recording = Recording(target.pid, cfg.window, cores, workdir)
     side = Side("profile", problems=[])
-    await _window(target, cfg, cores, None, load, side)
+    window = _Window(target, cores, None, load)
+    await asyncio.sleep(cfg.window)
+    window.finish(cfg, side)
     saved = RESULTS_DIR / "latest-fleet-profile.folded"
     summary = recording.finish(cfg.window, saved)
     cost = breakdown.per_agent_interval(
@@ -301,14 +304,33 @@ async def _run(cfg: FleetConfig, progress: Progress, argv: list[str]) -> dict[st
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="opamp-bench-fleet-") as tmp:
         workdir = Path(tmp)
-        with _redis(cfg, workdir) as (redis_url, redis_pid):
-            flags: dict[str, object] = {"max_connections": cfg.agents + WARM_AGENTS + 100}
-            if cfg.ping_interval is not None:
-                flags["ws_ping_interval"] = cfg.ping_interval
-            with targets.gateway(cores, workdir, flags, redis_url) as gw:
-                gateway = await _measure(gw, cfg, cores, workdir, redis_pid, progress)
-        with targets.baseline(heartbeat_reply(), "uvloop", cores, workdir, cfg.ping_interval) as bl:
-            baseline = await _measure(bl, cfg, cores, workdir, None, progress)
+        flags: dict[str, object] = {"max_connections": cfg.agents + WARM_AGENTS + 100}
+        if cfg.ping_interval is not None:
+            flags["ws_ping_interval"] = cfg.ping_interval
+        with (
+            _redis(cfg, workdir) as (redis_url, redis_pid),
+            targets.gateway(cores, workdir, flags, redis_url) as gw,
+            targets.baseline(heartbeat_reply(), "uvloop", cores, workdir, cfg.ping_interval) as bl,
+        ):
+            async with (
+                _held(gw, cfg, progress) as (gateway, gw_load),
+                _held(bl, cfg, progress) as (
+                    baseline,
+                    bl_load,
+                ),
+            ):
+                # Enrollments are committed before their replies: this only lets the first
+                # heartbeats and the writer's first flushes pass before the window.
+                await asyncio.sleep(min(cfg.interval, _SETTLE_SECONDS))
+                # Both targets in the same window on the same core: whatever else takes the core
+                # takes it from both alike.
+                windows = [_Window(gw, cores, redis_pid, gw_load), _Window(bl, cores, None, bl_load)]
+                await asyncio.sleep(cfg.window)
+                for window, side in zip(windows, (gateway, baseline), strict=True):
+                    window.finish(cfg, side)
+                    progress(_line(side, cfg))
+                if cfg.profile:
+                    gateway.profile = await _profiled_window(gw, cfg, cores, workdir, gw_load, progress)
     return _result(cfg, gateway, baseline, machine_busy, started_at, cores, argv)
 
 

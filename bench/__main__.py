@@ -224,9 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "config":
         return config_push.main(argv[1:])
     if argv and argv[0] == "fleet":
-        from bench import fleet_cost
+        from bench import fleet_cli
 
-        return fleet_cost.main(argv[1:])
+        return fleet_cli.main(argv[1:])
     websocket = bool(argv) and argv[0] == "ws"
     parser = _ws_parser() if websocket else _parser()
     args = parser.parse_args(argv)

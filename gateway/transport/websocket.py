@@ -112,21 +112,8 @@ class Connection:
     # A node holds one per socket, thousands of them: no instance dict, and the sets that are
     # almost always empty are created when first needed.
     __slots__ = (
-        "_ws",
-        "_node",
-        "_limit",
-        "_idle_timeout",
-        "_send_timeout",
-        "epoch",
-        "_states",
-        "_aliases",
-        "_displaced",
-        "_closed",
-        "_loop",
-        "_task",
-        "_waiting_since",
-        "_idle_expired",
-        "_idle_timer",
+        *("_ws", "_node", "_limit", "_idle_timeout", "_send_timeout", "epoch", "_states", "_aliases"),
+        *("_displaced", "_closed", "_loop", "_task", "_waiting_since", "_idle_expired", "_idle_timer"),
         "_expired_sends",
     )
 

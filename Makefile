@@ -93,13 +93,14 @@ test-latest: test-deps
 	.venv-latest/bin/ruff format --check . && .venv-latest/bin/ruff check . && .venv-latest/bin/mypy
 	.venv-latest/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-# Every suite: HTTP, WebSocket, config convergence; each runs even if one before it is INVALID, and
+# Every suite: HTTP, WebSocket, per-agent cost of an idle fleet, config convergence, ES requests; each runs even if one before it is INVALID, and
 # the target fails if any does.
 bench: test-deps
 	bash scripts/install-bench-deps.sh
 	status=0; \
 	$(BIN)/python -m bench http || status=1; \
 	$(BIN)/python -m bench ws || status=1; \
+	$(BIN)/python -m bench fleet || status=1; \
 	$(BIN)/python -m bench config || status=1; \
 	$(BIN)/python -m bench es || status=1; \
 	exit $$status

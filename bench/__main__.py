@@ -1,5 +1,6 @@
-"""`python -m bench [http]`: the HTTP heartbeat benchmark; `python -m bench ws`: the WebSocket one.
-`make bench` runs both, HTTP first."""
+"""`python -m bench [http]`: the HTTP heartbeat benchmark; `python -m bench ws`: the WebSocket one;
+`python -m bench fleet`: the cost of each idle connected agent; `es`, `config`: see their modules.
+`make bench` runs them all, HTTP first."""
 
 from __future__ import annotations
 
@@ -222,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return es_requests.main(argv[1:])
     if argv and argv[0] == "config":
         return config_push.main(argv[1:])
+    if argv and argv[0] == "fleet":
+        from bench import fleet_cli
+
+        return fleet_cli.main(argv[1:])
     websocket = bool(argv) and argv[0] == "ws"
     parser = _ws_parser() if websocket else _parser()
     args = parser.parse_args(argv)

@@ -69,9 +69,11 @@ def build_app(reply: bytes) -> Starlette:
     )
 
 
-def config(app: Starlette, host: str, port: int, loop: str) -> uvicorn.Config:
-    """gateway.server's uvicorn settings (WebSocket ones at the gateway's defaults), with the HTTP
-    parser and event loop named explicitly."""
+def config(
+    app: Starlette, host: str, port: int, loop: str, ping_interval: float | None = None
+) -> uvicorn.Config:
+    """gateway.server's uvicorn settings (WebSocket ones at the gateway's defaults, or pings every
+    `ping_interval` seconds), with the HTTP parser and event loop named explicitly."""
     defaults = Settings()
     return uvicorn.Config(
         app,
@@ -87,7 +89,7 @@ def config(app: Starlette, host: str, port: int, loop: str) -> uvicorn.Config:
         ws="auto",
         ws_per_message_deflate=False,
         ws_max_size=defaults.max_message_bytes + framing.MAX_HEADER_BYTES,
-        ws_ping_interval=defaults.ws_ping_interval,
+        ws_ping_interval=defaults.ws_ping_interval if ping_interval is None else ping_interval,
         ws_ping_timeout=defaults.ws_ping_timeout,
         timeout_graceful_shutdown=10,
         server_header=False,
@@ -102,10 +104,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reply-hex", default=None, help="the reply body (default: heartbeat_reply())")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--ping-interval", type=float, default=None, help="default: the gateway's")
     args = parser.parse_args(argv)
     reply = bytes.fromhex(args.reply_hex) if args.reply_hex else heartbeat_reply()
     logging.basicConfig(level=logging.WARNING)
-    uvicorn.Server(config(build_app(reply), args.host, args.port, args.loop)).run()
+    uvicorn.Server(config(build_app(reply), args.host, args.port, args.loop, args.ping_interval)).run()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ class Counters:
     websocket_connections: float = 0.0
     websocket_agents: float = 0.0
     writer_queue_depth: float = 0.0
+    # Seconds the garbage collector stopped the node (all generations).
+    gc_seconds: float = 0.0
 
     def __sub__(self, earlier: Counters) -> Counters:
         return Counters(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
@@ -50,6 +52,8 @@ def _add(values: dict[str, float], transport: str, name: str, labels: dict[str, 
         values["websocket_agents"] = value
     elif name == "opamp_gateway_writer_queue_depth":
         values["writer_queue_depth"] = value
+    elif name == "opamp_gateway_gc_seconds_total":
+        values["gc_seconds"] += value
 
 
 def scrape(host: str, admin_port: int, transport: str = "http") -> Counters:

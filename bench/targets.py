@@ -70,7 +70,8 @@ class Target:
         return "\n".join(self.process.log_text().splitlines()[-lines:])
 
 
-def baseline_command(port: int, reply: bytes, loop: str) -> list[str]:
+def baseline_command(port: int, reply: bytes, loop: str, ping_interval: float | None = None) -> list[str]:
+    pings = [] if ping_interval is None else ["--ping-interval", str(ping_interval)]
     return [
         sys.executable,
         "-m",
@@ -81,6 +82,7 @@ def baseline_command(port: int, reply: bytes, loop: str) -> list[str]:
         reply.hex(),
         "--loop",
         loop,
+        *pings,
     ]
 
 
@@ -107,15 +109,19 @@ def _stopped_at_exit(target: Target) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def gateway(cores: Cores, workdir: Path) -> Iterator[Target]:
-    """A gateway node pinned to the server core, with its own SQLite file in `workdir`; stopped (by
-    its pid) at exit. ProcessError if it exits or is not ready in time."""
+def gateway(
+    cores: Cores, workdir: Path, flags: Mapping[str, object] | None = None, redis_url: str | None = None
+) -> Iterator[Target]:
+    """A gateway node pinned to the server core, with its own SQLite file in `workdir` (and `flags`
+    beyond the defaults, a bus at `redis_url`); stopped (by its pid) at exit. ProcessError if it
+    exits or is not ready in time."""
     node = start_gateway(
         workdir,
         "gateway",
         # The run enrolls its whole fleet up front; the enrollment bound would shed most of it.
-        {"node_id": "bench", "log_level": "warning", "enrollment_rate": 0},
+        {"node_id": "bench", "log_level": "warning", "enrollment_rate": 0, **(flags or {})},
         sqlite_path=workdir / "bench-gateway.db",
+        redis_url=redis_url,
         ready_timeout=READY_TIMEOUT,
         # taskset execs the command, so the pid is the server's own.
         prefix=cores.prefix(cores.server),
@@ -128,10 +134,13 @@ def gateway(cores: Cores, workdir: Path) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def baseline(reply: bytes, loop: str, cores: Cores, workdir: Path) -> Iterator[Target]:
-    """The baseline answering every heartbeat with `reply`, pinned to the server core; stopped at exit."""
+def baseline(
+    reply: bytes, loop: str, cores: Cores, workdir: Path, ping_interval: float | None = None
+) -> Iterator[Target]:
+    """The baseline answering every heartbeat with `reply`, pinned to the server core (pinging every
+    `ping_interval` seconds, default the gateway's default); stopped at exit."""
     port = free_port()
-    argv = [*cores.prefix(cores.server), *baseline_command(port, reply, loop)]
+    argv = [*cores.prefix(cores.server), *baseline_command(port, reply, loop, ping_interval)]
     process = spawn(
         "baseline", argv, workdir / "baseline.log", env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO_ROOT
     )

@@ -17,6 +17,7 @@ from gateway.app import admin_app, opamp_app
 from gateway.opamp import framing
 from gateway.services import Services, running
 from gateway.settings import Settings
+from gateway.transport.keepalive import Keepalive
 
 logger = logging.getLogger("gateway.server")
 
@@ -30,7 +31,13 @@ class _Server(uvicorn.Server):
 
 
 def _config(
-    app: object, host: str, port: int, settings: Settings, *, client_certs: bool = False
+    app: object,
+    host: str,
+    port: int,
+    settings: Settings,
+    *,
+    client_certs: bool = False,
+    keepalive: Keepalive | None = None,
 ) -> uvicorn.Config:
     return uvicorn.Config(
         # uvicorn types its app as a private ASGI alias; the caller passes one of our Starlette apps.
@@ -45,7 +52,9 @@ def _config(
         # uvicorn enforces the limit while reading (closing with 1009, spec 2.2) before a byte of an
         # oversized message is buffered; the header may take up to 10 bytes of it.
         ws_max_size=settings.max_message_bytes + framing.MAX_HEADER_BYTES,
-        # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent).
+        # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent); the
+        # OpAMP port's are sent by the node's keepalive sweep, only to silent sockets.
+        ws="auto" if keepalive is None else keepalive.protocol(),
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         timeout_graceful_shutdown=10,
@@ -66,12 +75,14 @@ def _config(
 _GC_THRESHOLDS = (50_000, 20, 10)
 
 
-def _tune_gc() -> None:
+def _tune_gc(services: Services) -> None:
     """Startup objects (modules, settings, the app) live as long as the process: freeze them out of
-    every collection, and size the generations for many long-lived sockets (see above)."""
+    every collection, and size the generations for many long-lived sockets (see above). Each
+    collection's pause is counted in opamp_gateway_gc_seconds_total (`python -m bench fleet`)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
+    gc.callbacks.append(services.metrics.gc_callback())
 
 
 class StartupFailed(Exception):
@@ -111,8 +122,9 @@ async def _announce_when_started(servers: list[uvicorn.Server], settings: Settin
 
 def build_servers(services: Services) -> list[uvicorn.Server]:
     s = services.settings
+    keepalive = Keepalive(s.ws_ping_interval, s.ws_ping_timeout)
     return [
-        _Server(_config(opamp_app(services), s.host, s.port, s, client_certs=True)),
+        _Server(_config(opamp_app(services), s.host, s.port, s, client_certs=True, keepalive=keepalive)),
         _Server(_config(admin_app(services), s.admin_host, s.admin_port, s)),
     ]
 
@@ -123,7 +135,7 @@ async def serve(settings: Settings) -> None:
     tls.check(settings)
     async with running(settings) as services:
         servers = build_servers(services)
-        _tune_gc()
+        _tune_gc(services)
         loop = asyncio.get_running_loop()
 
         def _exit_now(_drained: object = None) -> None:

@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.node.command_sweep import CommandSweep
 from gateway.node.config_cache import ConfigCache
 from gateway.node.drain import Drain
+from gateway.node.liveness import Liveness
 from gateway.node.presence import Presence
 from gateway.node.registry import Registry
 from gateway.node.routing import Router
@@ -68,6 +69,7 @@ class Services:
     auth: Auth = field(default=None)  # type: ignore[assignment]
     limits: Limits = field(init=False)
     presence: Presence = field(init=False)
+    liveness: Liveness = field(init=False)
     config_cache: ConfigCache = field(init=False)
     router: Router = field(init=False)
     command_sweep: CommandSweep = field(init=False)
@@ -81,6 +83,7 @@ class Services:
             self.auth = Auth(Credentials("agent keys"), Credentials("admin tokens"))
         self.limits = Limits(s)
         self.presence = Presence(s.node_id, self.registry, self.bus, s.owner_ttl)
+        self.liveness = Liveness(self.registry, self.writer, offline_after=s.offline_after, clock=self.clock)
         self.config_cache = ConfigCache(
             self.store,
             self.bus,
@@ -193,6 +196,7 @@ async def running(
         await auth.start()
         await services.bus.start(services.router.on_event, functools.partial(_bus_up, services))
         await services.presence.start()
+        await services.liveness.start()
         await services.config_cache.start()
         await services.command_sweep.start()
         yield services
@@ -202,5 +206,7 @@ async def running(
         await auth.stop()
         await services.presence.stop()
         await services.bus.stop()
+        # After the sockets closed (each handed its liveness over), before the writer's last flush.
+        await services.liveness.stop()
         await writer.stop()
         await store.close()

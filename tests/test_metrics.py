@@ -3,6 +3,7 @@ name follows Prometheus conventions."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Iterator
@@ -165,3 +166,16 @@ def test_every_shed_reason_the_transports_use_is_shown_from_the_start() -> None:
     registry = Metrics().registry
     for reason in ("store", "circuit_open", "writer_queue_full", "enrollment_rate", "draining"):
         assert registry.get_sample_value("opamp_gateway_shed_requests_total", {"reason": reason}) == 0.0
+
+
+def test_gc_pauses_are_counted_by_generation() -> None:
+    metrics = Metrics()
+    on_gc = metrics.gc_callback()
+    gc.callbacks.append(on_gc)
+    try:
+        gc.collect(1)
+    finally:
+        gc.callbacks.remove(on_gc)
+    seconds = metrics.registry.get_sample_value("opamp_gateway_gc_seconds_total", {"generation": "1"})
+    assert seconds is not None and seconds > 0
+    assert metrics.registry.get_sample_value("opamp_gateway_gc_seconds_total", {"generation": "2"}) == 0

@@ -78,7 +78,10 @@ async def list_agents(request: Request) -> Response:
     except StoreError as exc:
         return store_down(exc)
     configs = services.config_cache.fleet.configs
-    syncs = [(state, config_sync(state, configs)) for state in page.agents]
+    # Agents on this node's sockets: their liveness as of their last message, not as last stored.
+    fresher = services.liveness.fresher
+    states = [fresher(state) or state for state in page.agents]
+    syncs = [(state, config_sync(state, configs)) for state in states]
     wanted = params.get("config_status")
     if wanted is not None:
         syncs = [(state, sync) for state, sync in syncs if sync.status == wanted]
@@ -102,7 +105,7 @@ async def get_agent(request: Request) -> Response:
     except InvalidInstanceUid:
         return error(404, f"no agent {text!r}: instance_uid must be a canonical UUID string")
     try:
-        state = await services.writer.get(uid)
+        state = services.liveness.fresher(await services.writer.get(uid))
     except StoreError as exc:
         return store_down(exc)
     if state is None:

@@ -29,6 +29,9 @@ class BadEvent(ValueError):
     """A bus message that is not an event this node understands (other version, or garbage)."""
 
 
+_json_string = json.encoder.encode_basestring_ascii
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigsChanged:
     """Desired configuration changed somewhere in the fleet: every node re-checks its own sockets."""
@@ -75,7 +78,9 @@ class Owner:
     epoch: str
 
     def encode(self) -> str:
-        return json.dumps({"node": self.node, "epoch": self.epoch}, separators=(",", ":"), sort_keys=True)
+        """Compact JSON, keys sorted: what json.dumps(..., sort_keys=True) gives, at a tenth of its
+        cost (every held agent's owner record is re-asserted every third of --owner-ttl)."""
+        return '{"epoch":' + _json_string(self.epoch) + ',"node":' + _json_string(self.node) + "}"
 
     @classmethod
     def decode(cls, data: str | bytes) -> Owner:

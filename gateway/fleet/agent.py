@@ -30,7 +30,12 @@ class InvalidInstanceUid(ValueError):
 
 
 def uid_str(uid: bytes) -> str:
-    return str(uuid.UUID(bytes=uid))
+    """The canonical UUID string, as str(uuid.UUID(bytes=uid)) at a quarter of its cost (presence
+    names every held agent's owner key by it, every third of --owner-ttl)."""
+    if len(uid) != 16:
+        raise ValueError("bytes is not a 16-char string")
+    h = uid.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def uid_bytes(text: str) -> bytes:

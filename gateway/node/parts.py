@@ -9,6 +9,7 @@ from typing import Protocol
 from gateway.metrics import Metrics
 from gateway.node.config_cache import ConfigCache
 from gateway.node.drain import Drain
+from gateway.node.liveness import Liveness
 from gateway.node.registry import Registry
 from gateway.settings import Settings
 from gateway.store.writer import Writer
@@ -32,6 +33,9 @@ class NodeParts(Protocol):
 
     @property
     def drain(self) -> Drain: ...
+
+    @property
+    def liveness(self) -> Liveness: ...
 
     @property
     def clock(self) -> Callable[[], float]: ...

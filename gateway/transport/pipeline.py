@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.fleet.agent import AgentState, Transport, uid_str
+from gateway.fleet.agent import AgentState, AgentWrite, Transport, uid_str
 from gateway.limits import enrolls
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
@@ -69,10 +69,13 @@ async def process(
     msg: pb.AgentToServer,
     transport: Transport = "http",
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
+    admit: Callable[[AgentWrite], bool] | None = None,
 ) -> engine.Outcome:
     """Run the engine and hand its write to the writer (awaiting the commit when it matters).
 
     `decided`: the transport's own bookkeeping of the outcome, before the write (which may shed it).
+    `admit`: asked before the write goes to the writer; False keeps it back (a WebSocket heartbeat
+    whose liveness the node persists later, gateway/node/liveness.py).
     """
     if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
@@ -82,7 +85,7 @@ async def process(
     outcome = _stamped(outcome, node.settings.node_id, transport)
     if decided is not None:
         decided(node, outcome)
-    if outcome.write is not None:
+    if outcome.write is not None and (admit is None or admit(outcome.write)):
         try:
             if outcome.durable:
                 await node.writer.submit_durable(outcome.write)

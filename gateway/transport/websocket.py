@@ -109,6 +109,14 @@ class Connection:
     """One socket: its timers, the records of the agents it carries, their registration. To the node
     it is a `Holder` (gateway/node/registry.py): what to push is decided there, this only sends."""
 
+    # A node holds one per socket, thousands of them: no instance dict, and the sets that are
+    # almost always empty are created when first needed.
+    __slots__ = (
+        *("_ws", "_node", "_limit", "_idle_timeout", "_send_timeout", "epoch", "_states", "_aliases"),
+        *("_displaced", "_closed", "_loop", "_task", "_waiting_since", "_idle_expired", "_idle_timer"),
+        "_expired_sends",
+    )
+
     def __init__(self, websocket: WebSocket, node: OpampNode) -> None:
         self._ws = websocket
         self._node = node
@@ -121,6 +129,8 @@ class Connection:
         self._states: dict[bytes, AgentState] = {}
         # uid an agent still sends -> uid its record moved to (until the agent adopts it).
         self._aliases: dict[bytes, bytes] = {}
+        # Agents another node took over: their newer record is written there, not from here.
+        self._displaced: set[bytes] | None = None
         self._closed = False
         # The idle timeout without a timer per message (asyncio.wait_for made a Task per receive,
         # ~10 µs): one timer per connection, re-armed when it fires early (see _check_idle).
@@ -130,7 +140,7 @@ class Connection:
         self._idle_expired = False
         self._idle_timer: asyncio.TimerHandle | None = None
         # Tasks whose send the send timeout cancelled (see _send).
-        self._expired_sends: set[asyncio.Task[Any]] = set()
+        self._expired_sends: set[asyncio.Task[Any]] | None = None
 
     @property
     def uids(self) -> list[bytes]:
@@ -160,7 +170,7 @@ class Connection:
             registry.detach(self)
             # Spec 3.4: when the stream closes, forget every agent it carried.
             for uid in list(self._states):
-                self._forget(uid)
+                self._forget(uid, displaced=self._displaced is not None and uid in self._displaced)
 
     async def _receive(self) -> Message:
         """The next message; _IdleTimeout once the wait for it has lasted --idle-timeout."""
@@ -232,12 +242,12 @@ class Connection:
         # A cached record is never re-read per message: commands another node stored for it arrive
         # through the bus or the node's periodic sweep (command_sweep.py).
         if state is None:
-            state = await pipeline.load_state(self._node, msg)
+            state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
             if state is not None and state.offered_config_hash is not None:
                 # An offer made before this connection may never have arrived: a new connection
                 # does not wait for its timeout (engine.config_to_offer).
                 state = replace(state, offered_config_hash=None, offered_at=0.0)
-        outcome = await pipeline.process(self._node, state, msg, "websocket")
+        outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
         self._track(msg, key, outcome)
         return outcome
 
@@ -284,11 +294,13 @@ class Connection:
             _spawn(displaced.taken_over(uid, "a newer connection to this node"))
         node.presence.claim(uid, self)
 
-    def _forget(self, uid: bytes) -> None:
-        if self._states.pop(uid, None) is None:
+    def _forget(self, uid: bytes, *, displaced: bool = False) -> None:
+        state = self._states.pop(uid, None)
+        if state is None:
             return
         if self._node.registry.unregister(uid, self):
             self._node.presence.release(uid, self)
+            self._node.liveness.release(state, write=not displaced)
 
     # -- outgoing ---------------------------------------------------------------------------------
 
@@ -310,7 +322,7 @@ class Connection:
             # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
             return False
         except asyncio.CancelledError:
-            if task not in self._expired_sends:
+            if self._expired_sends is None or task not in self._expired_sends:
                 raise
             self._expired_sends.discard(task)
             if task.uncancel() > 0:
@@ -326,6 +338,8 @@ class Connection:
         return True
 
     def _send_expired(self, task: asyncio.Task[Any]) -> None:
+        if self._expired_sends is None:
+            self._expired_sends = set()
         self._expired_sends.add(task)
         task.cancel()
 
@@ -339,6 +353,8 @@ class Connection:
         if not await self._send(push.reply):
             return False
         self._states[uid] = push.state
+        if not self._node.liveness.admit(push.write):
+            return True
         with contextlib.suppress(WriterFull, WriterStopped, StoreError):
             if push.durable:
                 await self._node.writer.submit_durable(push.write)
@@ -356,8 +372,11 @@ class Connection:
         )
         if len(self._states) > 1:
             # A multiplexing proxy: the socket's other agents stay.
-            self._forget(uid)
+            self._forget(uid, displaced=True)
             return
+        if self._displaced is None:
+            self._displaced = set()
+        self._displaced.add(uid)
         await self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
 
     async def drain(self, retry_after: float) -> None:

@@ -38,11 +38,17 @@ def test_es_bench_counts_requests_per_message(tmp_path: Path, transport: str, re
     # on a busy machine fewer, but every agent gets at least one in (speed is not what this checks).
     assert 30 <= result["messages"] <= 240
     by_endpoint = result["es_requests_by_endpoint"]
-    assert by_endpoint["bulk"] == result["bulk_requests"] > 0
     assert result["es_requests"] == sum(by_endpoint.values())
     assert result["requests_per_message"] == pytest.approx(
         result["es_requests"] / result["messages"], abs=1e-5
     )
     # A WebSocket agent's heartbeat reads nothing; an HTTP poll reads the record (batched per turn).
     assert ("mget" in by_endpoint) is reads
-    assert 0 < result["bulk_actions"]["p50"] <= result["bulk_actions"]["max"] <= 30
+    if reads:
+        # HTTP heartbeats are written, batched per flush.
+        assert by_endpoint["bulk"] == result["bulk_requests"] > 0
+        assert 0 < result["bulk_actions"]["p50"] <= result["bulk_actions"]["max"] <= 30
+    else:
+        # A WebSocket agent's heartbeats stay in memory while its socket is open (3 s here, far less
+        # than the --offline-after / 2 after which the node writes them).
+        assert by_endpoint.get("bulk", 0) == result["bulk_requests"] == 0

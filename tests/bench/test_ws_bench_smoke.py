@@ -61,24 +61,19 @@ def test_ws_bench_measures_both_targets_and_idle_memory(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ws_bench_is_invalid_when_the_gateway_answers_errors(tmp_path: Path) -> None:
+def test_ws_bench_heartbeats_need_no_writer_room(tmp_path: Path) -> None:
     # A writer queue of 10 agents and no flush within the phase: enrollment (2 at a time, committed
-    # before the reply) passes, but 40 agents heartbeating overflow it and the gateway sheds, answering
-    # error_response Unavailable. The harness must notice in the replies and in the gateway's counters.
+    # before the reply) passes, and 40 agents heartbeating are answered in full, because a WebSocket
+    # heartbeat's liveness stays in memory (gateway/node/liveness.py). Before, the queue overflowed
+    # and the gateway shed them; tests/bench/test_ws_load.py shows the harness counting error replies.
     output = tmp_path / "latest-ws.json"
     env = dict(os.environ, OPAMP_GATEWAY_WRITER_QUEUE_SIZE="10", OPAMP_GATEWAY_FLUSH_INTERVAL="30")
     done = _bench(output, "--agents=40", "--connect-concurrency=2", "--idle-agents=0", env=env)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "INVALID: " in done.stdout
-
+    assert done.returncode == 0, done.stdout + done.stderr
     result: dict[str, Any] = json.loads(output.read_text())
-    assert result["valid"] is False
-    assert result["memory"] is None
-    problems = "\n".join(result["checks"]["problems"])
-    assert "error_response: service unavailable: writer_queue_full" in problems
-    assert "gateway shed" in problems
-    assert result["targets"]["gateway"]["errors"] > 0
-    assert result["targets"]["baseline"]["errors"] == 0
+    assert result["valid"] is True and result["checks"]["problems"] == []
+    assert result["targets"]["gateway"]["errors"] == 0
+    assert result["targets"]["gateway"]["messages"] > 40
 
 
 def test_ws_bench_refuses_more_sockets_than_files_allow(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -60,3 +61,12 @@ def test_owner_record_round_trip() -> None:
     assert owner.encode() == '{"epoch":"abc","node":"node-a"}'
     with pytest.raises(BadEvent):
         Owner.decode(b"{}")
+
+
+@pytest.mark.parametrize("node", ["node-a", 'n\u0153ud "x"\\', "pod-7f9c\t"])
+def test_owner_encoding_is_sorted_compact_json(node: str) -> None:
+    owner = Owner(node=node, epoch="0192f0c4e1d27c3a")
+    assert owner.encode() == json.dumps(
+        {"node": node, "epoch": owner.epoch}, separators=(",", ":"), sort_keys=True
+    )
+    assert Owner.decode(owner.encode()) == owner

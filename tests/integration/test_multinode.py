@@ -121,8 +121,10 @@ async def test_redis_outage_keeps_serving_and_pushes_resume(
 async def test_killed_node_agent_reconnects_elsewhere_with_its_record_intact(
     gateways: GatewayFactory, shared_redis: RedisServer
 ) -> None:
-    a = gateways("node-a", shared_redis.url)
-    b = gateways("node-b", shared_redis.url)
+    # A WebSocket agent's heartbeats reach the store from node-a's liveness sweep: with
+    # --offline-after 2, within a second (gateway/node/liveness.py).
+    a = gateways("node-a", shared_redis.url, offline_after=2)
+    b = gateways("node-b", shared_redis.url, offline_after=2)
     uid = new_uid()
     async with agent_socket(a.opamp_base_url) as ws:
         await exchange(ws, report(uid))
@@ -149,6 +151,30 @@ async def test_killed_node_agent_reconnects_elsewhere_with_its_record_intact(
         # node-b owns it now despite node-a's stale record: a restart is pushed here.
         assert (await restart(b, uid))["delivery"] == "pushed"
         await expect_restart(ws, uid)
+
+
+async def test_killed_node_before_its_liveness_was_written_costs_one_full_report(
+    gateways: GatewayFactory, shared_redis: RedisServer
+) -> None:
+    # Default --offline-after: node-a keeps the heartbeats in memory and dies with them.
+    a = gateways("node-a", shared_redis.url)
+    b = gateways("node-b", shared_redis.url)
+    uid = new_uid()
+    async with agent_socket(a.opamp_base_url) as ws:
+        await exchange(ws, report(uid))
+        for seq in (1, 2, 3):
+            await exchange(ws, heartbeat(uid, seq))
+        assert (await agent_json(b, uid))["sequence_num"] == 0
+        a.kill()
+    async with agent_socket(b.opamp_base_url) as ws:
+        # The store's sequence number is behind: OpAMP's repair, once (design principle 2) ...
+        assert (await exchange(ws, heartbeat(uid, 4))).flags & caps.REPORT_FULL_STATE
+        assert not (await exchange(ws, report(uid, 5))).flags & caps.REPORT_FULL_STATE
+        # ... and then in step, with the record whole.
+        assert (await exchange(ws, heartbeat(uid, 6))).flags == 0
+        agent = await agent_json(b, uid)
+        assert agent["sequence_num"] == 6 and (agent["connected"], agent["node"]) == (True, "node-b")
+        assert agent["description"]["identifying_attributes"] == {"service.name": "otelcol-contrib"}
 
 
 async def test_restart_for_an_http_agent_through_another_node(

@@ -139,7 +139,13 @@ async def test_a_full_write_queue_sheds_instead_of_growing(tmp_path: Path, es_al
 
             # The writer may be between two rounds of retries, holding its batch outside the queue.
             await _until(full)
+            # A WebSocket heartbeat needs no write (its liveness stays in memory): answered as usual.
             reply = await exchange(ws, heartbeat(ws_uid, 1))
+            assert not reply.HasField("error_response")
+            # A message that changes the record needs the writer: shed.
+            unhealthy = report(ws_uid, 2, name="otelcol-contrib")
+            unhealthy.health.healthy = False
+            reply = await exchange(ws, unhealthy)
             assert reply.error_response.type == pb.ServerErrorResponseType_Unavailable
             assert "writer_queue_full" in reply.error_response.error_message
             assert reply.error_response.retry_info.retry_after_nanoseconds > 0

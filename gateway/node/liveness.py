@@ -1,0 +1,125 @@
+"""When a WebSocket agent's liveness (`last_seen`, `sequence_num`) reaches the store.
+
+A heartbeat changes nothing but those two fields, and the connection that received it already keeps
+the new record. Writing it through on every heartbeat was most of the store's work for a connected
+fleet, and a `_bulk` per flush interval on Elasticsearch. So a plain heartbeat of an agent on this
+node's sockets stays in memory, and reaches the store:
+
+- with any write that matters (every other write carries the whole record, liveness included);
+- from the node's sweep, every `offline_after / 10` seconds, for every held agent whose stored
+  `last_seen` is `offline_after / 2` old or more: the whole node's due heartbeats in one batch, so
+  the store's `last_seen` of a connected agent is never more than about 0.6 x `offline_after` old and
+  it never shows offline;
+- when its socket closes (goodbye, idle, drain, a dead peer), so the next node to get the agent reads
+  its last sequence number and sees no gap; not when another connection took the agent over, which
+  has written a newer record already (the stores also drop a write older than what they hold);
+- when the node stops, before the writer's last flush.
+
+What a crash of the node loses is at most that much liveness: the agent reconnects elsewhere, its
+sequence number does not follow the stored one, and the engine asks once for its full state, which is
+how OpAMP repairs lost state (design principle 2).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite, uid_str
+from gateway.node.registry import Registry
+from gateway.periodic import Periodic
+from gateway.store.writer import Writer, WriterFull, WriterStopped
+
+logger = logging.getLogger("gateway.node.liveness")
+
+# A held agent's stored last_seen is written again once it is this share of --offline-after old ...
+PERSIST_AFTER = 0.5
+# ... checked by a sweep this often (a share of --offline-after).
+SWEEP_EVERY = 0.1
+
+
+class Liveness:
+    def __init__(
+        self, registry: Registry, writer: Writer, *, offline_after: float, clock: Callable[[], float]
+    ) -> None:
+        self._registry = registry
+        self._writer = writer
+        self._clock = clock
+        self._persist_after = offline_after * PERSIST_AFTER
+        self._timer = Periodic("liveness-sweep", offline_after * SWEEP_EVERY, self._on_timer)
+        # uid -> last_seen of the last record of that agent handed to the writer by this node.
+        self._stored: dict[bytes, float] = {}
+
+    async def start(self) -> None:
+        self._timer.start()
+
+    async def stop(self) -> None:
+        """Hand every held agent's liveness to the writer (which flushes it as it stops)."""
+        await self._timer.stop()
+        self.sweep(persist_after=0.0)
+
+    def admit(self, write: AgentWrite) -> bool:
+        """Whether `write` goes to the writer now (True, and it is noted as stored), or is a plain
+        heartbeat whose liveness stays in memory until the sweep or the socket's close."""
+        state = write.state
+        uid = state.instance_uid
+        if write.changed is TOUCHED or write.changed == TOUCHED:
+            stored = self._stored.get(uid)
+            if stored is not None and write.previous_uid is None:
+                return False
+        self._stored[uid] = state.last_seen
+        if write.previous_uid is not None:
+            self._stored.pop(write.previous_uid, None)
+        return True
+
+    def fresher(self, state: AgentState | None) -> AgentState | None:
+        """`state` as read from the store, with the newer liveness of a connection on this node that
+        still holds the agent (it reconnected before that socket closed): no false sequence gap."""
+        if state is None:
+            return None
+        holder = self._registry.get(state.instance_uid)
+        held = holder.state(state.instance_uid) if holder is not None else None
+        if held is None or held.last_seen <= state.last_seen:
+            return state
+        return state.touched(held.last_seen, held.sequence_num)
+
+    def release(self, state: AgentState, *, write: bool) -> None:
+        """The agent's socket closed (`write`: hand its liveness to the writer if the store lacks it)."""
+        stored = self._stored.pop(state.instance_uid, None)
+        if write and stored is not None and state.last_seen > stored:
+            self._submit(state, keep=False)
+
+    def sweep(self, persist_after: float | None = None) -> int:
+        """Hand the writer every held agent whose stored liveness is `persist_after` seconds old (the
+        configured share of --offline-after by default); how many."""
+        threshold = self._persist_after if persist_after is None else persist_after
+        now = self._clock()
+        stored = self._stored
+        due = 0
+        for uid, holder in self._registry.registrations():
+            last = stored.get(uid)
+            if last is None or now - last < threshold:
+                continue
+            state = holder.state(uid)
+            if state is None or state.last_seen <= last or state.instance_uid != uid:
+                continue
+            if not self._submit(state):
+                break
+            due += 1
+        return due
+
+    async def _on_timer(self) -> None:
+        due = self.sweep()
+        if due:
+            logger.debug("liveness of %d agents handed to the writer", due)
+
+    def _submit(self, state: AgentState, *, keep: bool = True) -> bool:
+        try:
+            self._writer.submit(AgentWrite(state, TOUCHED))
+        except (WriterFull, WriterStopped) as exc:
+            # The next sweep (or the close) tries again; a full writer sheds messages anyway.
+            logger.debug("liveness not written: %s", exc, extra={"instance_uid": uid_str(state.instance_uid)})
+            return False
+        if keep:
+            self._stored[state.instance_uid] = state.last_seen
+        return True

@@ -97,12 +97,12 @@ class FrameReader:
             header = 6
             if length == 126:
                 header = 8
-                if end - offset < header:
+                if end - offset < 4:
                     break
                 (length,) = struct.unpack_from("!H", buffer, offset + 2)
             elif length == 127:
                 header = 14
-                if end - offset < header:
+                if end - offset < 10:
                     break
                 (length,) = struct.unpack_from("!Q", buffer, offset + 2)
                 if length >> 63:

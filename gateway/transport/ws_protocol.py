@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from gateway.transport import ws_frames as frames
 from gateway.transport.ws_handshake import (
@@ -124,8 +124,8 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but offer its methods.
+        self.transport = cast(asyncio.Transport, transport)
         self._server_state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -14,7 +14,6 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from gateway.server import build_servers
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid

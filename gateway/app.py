@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import admin, commands, configs, context as api_context, health, openapi
@@ -18,7 +18,6 @@ from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport import context as transport_context
 from gateway.transport.http import OpampHttp
-from gateway.transport.websocket import opamp_websocket
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -29,7 +28,8 @@ OPAMP_PATH = "/v1/opamp"
 class _OpampPort:
     """The OpAMP port: POST /v1/opamp, every HTTP agent's hot path, goes straight to the transport's
     bare ASGI handler (no Starlette middleware, router, Request or Response); anything else on the
-    port (the WebSocket upgrade, health, other methods) to the Starlette app."""
+    port (health, other methods) to the Starlette app. WebSocket upgrades never reach an ASGI app:
+    uvicorn hands them to the port's own protocol (gateway/server.py, transport/ws_protocol.py)."""
 
     def __init__(self, post: ASGIApp, app: Starlette) -> None:
         self._post = post
@@ -49,8 +49,6 @@ def opamp_app(services: Services) -> ASGIApp:
         routes=[
             # _OpampPort answers POST before the app; the route gives other methods their 405.
             Route(OPAMP_PATH, post, methods=["POST"]),
-            # Same path: Route matches only HTTP requests, WebSocketRoute only upgrades.
-            WebSocketRoute(OPAMP_PATH, opamp_websocket),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
         ],

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from gateway.periodic import Periodic
 
@@ -222,8 +221,9 @@ AGENT_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="opamp", ApiKey realm="opam
 
 
 class AgentGuard:
-    """Agents must present a key on the OpAMP path, for POST and before any WebSocket upgrade (spec:
-    401 on failure, decided on the HTTP request). Health endpoints stay open."""
+    """Agents must present a key for POST on the OpAMP path (spec: 401 on failure). WebSocket upgrades
+    never reach the ASGI app: transport/websocket.py's OpampEndpoint checks the same keys. Health
+    endpoints stay open."""
 
     def __init__(self, app: ASGIApp, credentials: Credentials, path: str, on_failure: OnFailure) -> None:
         self.app = app
@@ -232,7 +232,7 @@ class AgentGuard:
         self._on_failure = on_failure
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] != self._path:
+        if scope["type"] != "http" or scope["path"] != self._path:
             await self.app(scope, receive, send)
             return
         if not self._credentials.enabled:
@@ -244,10 +244,7 @@ class AgentGuard:
             return
         self._on_failure(reason)
         response = PlainTextResponse(AGENT_DENIAL + "\n", status_code=401, headers=AGENT_CHALLENGE)
-        if scope["type"] == "websocket":
-            await WebSocket(scope, receive, send).send_denial_response(response)
-        else:
-            await response(scope, receive, send)
+        await response(scope, receive, send)
 
 
 class AdminGuard:

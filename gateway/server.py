@@ -18,6 +18,8 @@ from gateway.opamp import framing
 from gateway.services import Services, running
 from gateway.settings import Settings
 from gateway.transport.keepalive import Keepalive
+from gateway.transport.websocket import OpampEndpoint
+from gateway.transport.ws_protocol import WebSocketProtocol, protocol_class
 
 logger = logging.getLogger("gateway.server")
 
@@ -37,7 +39,7 @@ def _config(
     settings: Settings,
     *,
     client_certs: bool = False,
-    keepalive: Keepalive | None = None,
+    websocket: type[WebSocketProtocol] | None = None,
 ) -> uvicorn.Config:
     return uvicorn.Config(
         # uvicorn types its app as a private ASGI alias; the caller passes one of our Starlette apps.
@@ -47,19 +49,25 @@ def _config(
         lifespan="off",
         log_config=None,
         access_log=False,
-        # OpAMP messages are compact protobuf; deflate would cost ~2.5x memory per socket.
-        ws_per_message_deflate=False,
-        # uvicorn enforces the limit while reading (closing with 1009, spec 2.2) before a byte of an
-        # oversized message is buffered; the header may take up to 10 bytes of it.
-        ws_max_size=settings.max_message_bytes + framing.MAX_HEADER_BYTES,
-        # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent); the
-        # OpAMP port's are sent by the node's keepalive sweep, only to silent sockets.
-        ws="auto" if keepalive is None else keepalive.protocol(),
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_timeout,
+        # The OpAMP port's upgrades go to its own protocol (no compression: OpAMP messages are
+        # compact protobuf, and deflate would cost ~2.5x memory per socket); the admin port has no
+        # WebSocket route.
+        ws="none" if websocket is None else websocket,
         timeout_graceful_shutdown=10,
         server_header=False,
         **tls.uvicorn_options(settings, client_certs=client_certs),
+    )
+
+
+def _websocket(services: Services) -> type[WebSocketProtocol]:
+    s = services.settings
+    endpoint = OpampEndpoint(services, services.auth.agents, services.metrics.auth_failed("opamp"))
+    sweep = Keepalive(s.ws_ping_interval, s.ws_ping_timeout, s.idle_timeout)
+    # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent). The
+    # limit is enforced from each frame's header, closing with 1009 (spec 2.2) before a byte of an
+    # oversized message is buffered; the OpAMP header may take up to 10 bytes of it.
+    return protocol_class(
+        endpoint, sweep, limit=s.max_message_bytes + framing.MAX_HEADER_BYTES, send_timeout=s.send_timeout
     )
 
 
@@ -122,9 +130,10 @@ async def _announce_when_started(servers: list[uvicorn.Server], settings: Settin
 
 def build_servers(services: Services) -> list[uvicorn.Server]:
     s = services.settings
-    keepalive = Keepalive(s.ws_ping_interval, s.ws_ping_timeout)
     return [
-        _Server(_config(opamp_app(services), s.host, s.port, s, client_certs=True, keepalive=keepalive)),
+        _Server(
+            _config(opamp_app(services), s.host, s.port, s, client_certs=True, websocket=_websocket(services))
+        ),
         _Server(_config(admin_app(services), s.admin_host, s.admin_port, s)),
     ]
 

@@ -114,6 +114,14 @@ class ConfigCache:
                 return 0
             return await self._push_all()
 
+    def stale(self) -> bool:
+        """Whether `refresh_if_stale` would read the store now (a WebSocket heartbeat that need not
+        wait for anything is answered without a task; one that would goes the awaited way)."""
+        return (
+            not (self._bus.up or self._lock.locked())
+            and time.monotonic() - self._read_at >= STALE_WITHOUT_BUS
+        )
+
     async def refresh_if_stale(self) -> None:
         """Before a message is handled: while the bus is down, re-read configs older than
         STALE_WITHOUT_BUS, so the message is answered with what the store holds now.

@@ -1,20 +1,14 @@
-"""Server pings: one sweep per node instead of uvicorn's two timers per socket.
+"""Server pings and the idle timeout: one sweep per node instead of timers per socket.
 
-uvicorn's WebSocket protocol pings every socket every --ws-ping-interval seconds whether or not the
-peer just spoke, with a timer per socket for the next ping and another for the pong's deadline. With
-agents heartbeating every 30 s and pings every 20 s that is more pings than heartbeats, each costing
-as much as a heartbeat's transport work (docs/performance.md, "Per-agent cost").
+A socket is pinged only when the peer sent nothing for --ws-ping-interval seconds (anything it sends
+proves it alive, and keeps balancers' idle timers open as a ping would), and is dropped with 1011 when
+that ping's pong has not come within --ws-ping-timeout. A socket whose peer sent no message (pongs do
+not count) for --idle-timeout is handed to its session, which closes it with 1000. One timer per node
+sweeps the open sockets every quarter of the shortest of those settings, so a ping goes out at most
+that much later, and a dead peer is dropped at most interval + timeout + two sweeps after it last
+spoke. The sweep runs only while the node holds sockets.
 
-Here a socket is pinged only when the peer sent nothing for --ws-ping-interval seconds (anything it
-sends proves it alive, and keeps balancers' idle timers open as a ping would), and is dropped with
-1011 when that ping's pong has not come within --ws-ping-timeout, as uvicorn does. One timer per
-node sweeps the open sockets every quarter of the shorter of the two settings, so a ping goes out
-at most that much later, and a dead peer is dropped at most interval + timeout + two sweeps after it
-last spoke. The sweep runs only while the node holds sockets.
-
-This subclasses uvicorn's websockets sans-I/O protocol (`ws="auto"` with the locked versions) and
-uses its keepalive state (`pending_ping_payload`, `ping_sent_at`, `handle_pong`,
-`keepalive_timeout`); tests/transport/test_keepalive.py checks that it still behaves.
+A socket costs the sweep one dict entry; no timer, task or future per socket.
 """
 
 from __future__ import annotations
@@ -23,93 +17,63 @@ import asyncio
 import logging
 import random
 import struct
-from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from gateway.transport import ws_frames
+from gateway.transport.ws_protocol import WebSocketProtocol
 
 logger = logging.getLogger("gateway.transport.keepalive")
 # Its own generator: the module-level one is global state other code must not see move per ping.
 _payloads = random.Random()
 
-# Sweeps per ping interval (or timeout, whichever is shorter).
+# Sweeps per ping interval (or timeout, or idle timeout, whichever is shortest).
 SWEEPS_PER_INTERVAL = 4
 
 
 class Keepalive:
-    """The node's open WebSockets and the one timer that pings and drops them."""
+    """The node's open WebSockets and the one timer that pings, drops and idles them out."""
 
-    def __init__(self, interval: float, timeout: float) -> None:
+    def __init__(self, interval: float, timeout: float, idle_timeout: float = 0.0) -> None:
         self.interval = interval
         self.timeout = timeout
-        self._every = min(interval, timeout) / SWEEPS_PER_INTERVAL
-        self._sockets: dict[_Protocol, None] = {}
+        self.idle_timeout = idle_timeout
+        periods = [p for p in (interval, timeout if interval > 0 else 0.0, idle_timeout) if p > 0]
+        self._every = min(periods) / SWEEPS_PER_INTERVAL if periods else 0.0
+        self._sockets: dict[WebSocketProtocol, None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.pings_sent = 0
-
-    def protocol(self) -> type[asyncio.Protocol]:
-        """The uvicorn WebSocket protocol class (Config's `ws`) whose sockets this keepalive serves."""
-        keepalive = self
-
-        class Protocol(_Protocol):
-            _keepalive = keepalive
-
-        return Protocol
 
     @property
     def sockets(self) -> int:
         return len(self._sockets)
 
-    def _add(self, proto: _Protocol) -> None:
-        if self.interval <= 0:
+    def add(self, socket: WebSocketProtocol) -> None:
+        if self._every <= 0:
             return
-        self._sockets[proto] = None
+        self._sockets[socket] = None
         if self._timer is None:
-            self._timer = proto.loop.call_later(self._every, self.sweep, proto.loop)
+            self._timer = socket.loop.call_later(self._every, self.sweep, socket.loop)
 
-    def _discard(self, proto: _Protocol) -> None:
-        self._sockets.pop(proto, None)
+    def discard(self, socket: WebSocketProtocol) -> None:
+        self._sockets.pop(socket, None)
 
     def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Ping the sockets silent for the interval, drop those whose pong is overdue; re-arm."""
+        """Ping the sockets silent for the interval, drop those whose pong is overdue, idle out
+        those without a message for the idle timeout; re-arm."""
         now = loop.time()
-        interval, timeout = self.interval, self.timeout
-        for proto in list(self._sockets):
-            if proto.pending_ping_payload is not None:
-                if now - proto.ping_sent_at >= timeout:
-                    self._sockets.pop(proto, None)
-                    proto.keepalive_timeout()
-            elif now - proto.last_received >= interval:
-                proto.ping(now)
+        interval, timeout, idle = self.interval, self.timeout, self.idle_timeout
+        for socket in list(self._sockets):
+            if not socket.open:
+                continue
+            if idle > 0 and now - socket.last_message >= idle:
+                socket.idle()
+                continue
+            if interval <= 0:
+                continue
+            if socket.ping_payload is not None:
+                if now - socket.ping_sent_at >= timeout:
+                    self._sockets.pop(socket, None)
+                    socket.fail(ws_frames.CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+            elif now - socket.last_received >= interval:
+                socket.ping(struct.pack("!I", _payloads.getrandbits(32)), now)
                 self.pings_sent += 1
         self._timer = loop.call_later(self._every, self.sweep, loop) if self._sockets else None
-
-
-class _Protocol(WebSocketsSansIOProtocol):
-    _keepalive: Keepalive
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_received = self.loop.time()
-
-    def data_received(self, data: bytes) -> None:
-        self.last_received = self.loop.time()
-        super().data_received(data)
-
-    def start_keepalive(self) -> None:
-        # Called once the handshake is accepted: the node's sweep takes the socket from here.
-        self.last_received = self.loop.time()
-        self._keepalive._add(self)
-
-    def stop_keepalive(self) -> None:
-        self._keepalive._discard(self)
-        super().stop_keepalive()
-
-    def ping(self, now: float) -> None:
-        """Send a ping whose pong `handle_pong` recognises by its payload (uvicorn's own scheme)."""
-        if self.close_sent or self.transport.is_closing():
-            self._keepalive._discard(self)
-            return
-        self.pending_ping_payload = struct.pack("!I", _payloads.getrandbits(32))
-        self.ping_sent_at = now
-        self.conn.send_ping(self.pending_ping_payload)
-        self.transport.write(b"".join(self.conn.data_to_send()))

@@ -63,43 +63,55 @@ def _stamped(outcome: engine.Outcome, node: str, transport: Transport) -> engine
     return replace(outcome, state=new, write=write)
 
 
-async def process(
+def decide(
     node: OpampNode,
     state: AgentState | None,
     msg: pb.AgentToServer,
     transport: Transport = "http",
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
-    admit: Callable[[AgentWrite], bool] | None = None,
 ) -> engine.Outcome:
-    """Run the engine and hand its write to the writer (awaiting the commit when it matters).
+    """Run the engine (Shed when the message would enroll an agent over the enrollment rate).
 
     `decided`: the transport's own bookkeeping of the outcome, before the write (which may shed it).
-    `admit`: asked before the write goes to the writer; False keeps it back (a WebSocket heartbeat
-    whose liveness the node persists later, gateway/node/liveness.py).
     """
     if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
-    await node.config_cache.refresh_if_stale()
-    now = node.clock()
-    outcome = engine.handle(state, msg, node.config_cache.fleet, now, node.mint_uid)
+    outcome = engine.handle(state, msg, node.config_cache.fleet, node.clock(), node.mint_uid)
     outcome = _stamped(outcome, node.settings.node_id, transport)
     if decided is not None:
         decided(node, outcome)
-    if outcome.write is not None and (admit is None or admit(outcome.write)):
-        try:
-            if outcome.durable:
-                await node.writer.submit_durable(outcome.write)
-            else:
-                node.writer.submit(outcome.write)
-        except WriterFull as exc:
-            raise Shed("writer_queue_full") from exc
-        except WriterStopped as exc:
-            raise Shed("shutting_down") from exc
-        except StoreError as exc:
-            reason = _store_reason(exc)
-            if reason == "store":
-                logger.warning("store write failed: %s", exc)
-            raise Shed(reason) from exc
+    return outcome
+
+
+def store(node: OpampNode, outcome: engine.Outcome) -> None:
+    """Hand a write that need not be awaited to the writer (Shed if it cannot take it)."""
+    assert outcome.write is not None
+    try:
+        node.writer.submit(outcome.write)
+    except WriterFull as exc:
+        raise Shed("writer_queue_full") from exc
+    except WriterStopped as exc:
+        raise Shed("shutting_down") from exc
+
+
+async def store_durable(node: OpampNode, outcome: engine.Outcome) -> None:
+    """Hand a write to the writer and wait for its commit (Shed if it fails)."""
+    assert outcome.write is not None
+    try:
+        await node.writer.submit_durable(outcome.write)
+    except WriterFull as exc:
+        raise Shed("writer_queue_full") from exc
+    except WriterStopped as exc:
+        raise Shed("shutting_down") from exc
+    except StoreError as exc:
+        reason = _store_reason(exc)
+        if reason == "store":
+            logger.warning("store write failed: %s", exc)
+        raise Shed(reason) from exc
+
+
+def observe(node: OpampNode, outcome: engine.Outcome, msg: pb.AgentToServer) -> None:
+    """Metrics and log lines for a handled message."""
     node.metrics.observe_outcome(outcome)
     if outcome.write is not None and "remote_config_status" in outcome.write.changed:
         value = msg.remote_config_status.status
@@ -110,4 +122,27 @@ async def process(
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
     elif outcome.event in ("enrolled", "moved") and outcome.state is not None:
         logger.info("agent %s", outcome.event, extra={"instance_uid": uid_str(outcome.state.instance_uid)})
+
+
+async def process(
+    node: OpampNode,
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    transport: Transport = "http",
+    decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
+    admit: Callable[[AgentWrite], bool] | None = None,
+) -> engine.Outcome:
+    """Run the engine and hand its write to the writer (awaiting the commit when it matters).
+
+    `admit`: asked before the write goes to the writer; False keeps it back (a WebSocket heartbeat
+    whose liveness the node persists later, gateway/node/liveness.py).
+    """
+    await node.config_cache.refresh_if_stale()
+    outcome = decide(node, state, msg, transport, decided)
+    if outcome.write is not None and (admit is None or admit(outcome.write)):
+        if outcome.durable:
+            await store_durable(node, outcome)
+        else:
+            store(node, outcome)
+    observe(node, outcome, msg)
     return outcome

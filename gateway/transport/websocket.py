@@ -1,43 +1,52 @@
 """WebSocket OpAMP transport: GET /v1/opamp upgraded, binary messages `varint 0 || protobuf`.
 
-One `Connection` per socket. It caches each agent's record after the first message (kept current from
-every outcome), so a heartbeat costs no store read. A socket may carry several agents (a
-concentrating proxy): state and registration are per instance_uid. Close codes the gateway sends:
+The socket itself (frames, pings, closing handshake, flow control) is gateway/transport/
+ws_protocol.py; this is what an agent's socket means to the node. `OpampEndpoint` decides whether an
+upgrade is accepted, and a `Connection` serves the agents on one socket. It caches each agent's record
+after the first message (kept current from every outcome), so a heartbeat costs no store read; and a
+message that needs to wait for nothing (a heartbeat of a known agent, most replies) is handled and
+answered inside the socket's `data_received`, with no task. A message that must wait (the first one,
+which reads the store, or a write that must be committed before the reply) is handled by a task, and
+the socket reads nothing more until it is done, so each socket has at most one message in flight. A
+socket may carry several agents (a concentrating proxy): state and registration are per
+instance_uid. Close codes the gateway sends:
 
 - 1000 normal closure: the agent sent nothing for --idle-timeout seconds.
 - 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
-- 1002 protocol error: the OpAMP header is missing or not 0.
+- 1002 protocol error: the OpAMP header is missing or not 0, or the client broke RFC 6455.
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: the bytes after the header are not an AgentToServer.
-- 1009 message too big: over --max-message-bytes (spec: SHOULD close with 1009).
+- 1009 message too big: over --max-message-bytes (spec: SHOULD close with 1009), refused from the
+  frame header before its payload is read.
+- 1011 internal error: a server ping got no pong within --ws-ping-timeout.
+- 1012 service restart: the node stops without a drain.
 - 4000 taken over: the same instance_uid connected again, here or on another node; the newer
   connection wins. A private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a
   policy violation of this connection (1008), and a distinct code lets clients and operators tell a
   duplicate agent from a failing one.
 
-Upgrades are refused before accept with 401 (no or a wrong agent key; gateway/auth.py) or 503 +
-Retry-After (draining, or --max-connections open). A client that stops reading for --send-timeout
-is dropped without a close frame: it would not read that either.
+Upgrades are refused with 401 (no or a wrong agent key; gateway/auth.py) or 503 + Retry-After
+(draining, or --max-connections open). A client that stops reading for --send-timeout is dropped
+without a close frame: it would not read that either.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
 import uuid6
 from google.protobuf.message import DecodeError
-from starlette.responses import PlainTextResponse
-from starlette.types import Message
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.datastructures import Headers
 
 from gateway import limits
+from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, presented_key
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.opamp import engine, framing
@@ -45,84 +54,80 @@ from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
-from gateway.transport import pipeline
-from gateway.transport.context import OpampNode, node_of
+from gateway.transport import pipeline, ws_frames
+from gateway.transport.context import OpampNode
+from gateway.transport.ws_handshake import Refusal, Request
+from gateway.transport.ws_protocol import WebSocketProtocol
 
 logger = logging.getLogger("gateway.transport.websocket")
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_TOO_BIG = 1009
+CLOSE_NORMAL = ws_frames.CLOSE_NORMAL
+CLOSE_GOING_AWAY = ws_frames.CLOSE_GOING_AWAY
+CLOSE_PROTOCOL_ERROR = ws_frames.CLOSE_PROTOCOL_ERROR
+CLOSE_UNSUPPORTED_DATA = ws_frames.CLOSE_UNSUPPORTED_DATA
+CLOSE_INVALID_PAYLOAD = ws_frames.CLOSE_INVALID_PAYLOAD
+CLOSE_TOO_BIG = ws_frames.CLOSE_TOO_BIG
 CLOSE_TAKEN_OVER = 4000
-# RFC 6455: a close reason is at most 123 bytes of UTF-8.
-_REASON_BYTES = 123
-# Fire-and-forget tasks (closing a displaced socket) must be referenced until they finish.
+# Fire-and-forget tasks must be referenced until they finish.
 _background: set[asyncio.Task[None]] = set()
 
 
-class _IdleTimeout(Exception):
-    """The client sent nothing for --idle-timeout seconds."""
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.create_task(coro)
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.get_running_loop().create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
 
 
-def _reason(text: str) -> str:
-    data = text.encode()
-    if len(data) <= _REASON_BYTES:
-        return text
-    return data[: _REASON_BYTES - 3].decode(errors="ignore") + "..."
+class OpampEndpoint:
+    """Accepts or refuses an upgrade on the OpAMP path, and makes the connection that serves it."""
 
+    def __init__(
+        self, node: OpampNode, credentials: Credentials, on_auth_failure: Callable[[str], None]
+    ) -> None:
+        self.path = "/v1/opamp"
+        self._node = node
+        self._credentials = credentials
+        self._on_auth_failure = on_auth_failure
 
-async def _refuse(websocket: WebSocket, node: OpampNode, reason: str, text: str, retry: int) -> None:
-    """Refuse the upgrade with 503 + Retry-After (spec: a server too loaded to upgrade)."""
-    node.metrics.shed.labels(reason=reason).inc()
-    await websocket.send_denial_response(
-        PlainTextResponse(text + "\n", status_code=503, headers={"Retry-After": str(retry)})
-    )
+    def open(self, request: Request, socket: WebSocketProtocol) -> Connection:
+        node = self._node
+        if self._credentials.enabled:
+            # Spec: 401 on failure, decided on the HTTP request, before the upgrade.
+            key = presented_key(Headers(raw=request.headers), AGENT_SCHEMES)
+            if not self._credentials.check(key):
+                self._on_auth_failure("missing" if key is None else "invalid")
+                raise Refusal(401, AGENT_DENIAL, dict(AGENT_CHALLENGE))
+        if node.drain.draining:
+            retry = random.randint(1, int(node.settings.drain_retry_window))
+            raise self._shed("draining", "this node is draining: connect to another node", retry)
+        if not node.limits.open_connection():
+            text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
+            raise self._shed("max_connections", text, limits.retry_after())
+        return Connection(socket, node)
 
-
-async def opamp_websocket(websocket: WebSocket) -> None:
-    node = node_of(websocket)
-    if node.drain.draining:
-        retry = random.randint(1, int(node.settings.drain_retry_window))
-        await _refuse(websocket, node, "draining", "this node is draining: connect to another node", retry)
-        return
-    if not node.limits.open_connection():
-        text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
-        await _refuse(websocket, node, "max_connections", text, limits.retry_after())
-        return
-    try:
-        await websocket.accept()
-        await Connection(websocket, node).serve()
-    finally:
-        node.limits.close_connection()
+    def _shed(self, reason: str, text: str, retry: int) -> Refusal:
+        """503 + Retry-After (spec: a server too loaded to upgrade)."""
+        self._node.metrics.shed.labels(reason=reason).inc()
+        return Refusal(503, text, {"Retry-After": str(retry)})
 
 
 class Connection:
-    """One socket: its timers, the records of the agents it carries, their registration. To the node
-    it is a `Holder` (gateway/node/registry.py): what to push is decided there, this only sends."""
+    """One socket: the records of the agents it carries, their registration. To the node it is a
+    `Holder` (gateway/node/registry.py): what to push is decided there, this only sends. To its
+    socket it is the `Session` (gateway/transport/ws_protocol.py)."""
 
-    # A node holds one per socket, thousands of them: no instance dict, and the sets that are
+    # A node holds one per socket, thousands of them: no instance dict, and the containers that are
     # almost always empty are created when first needed.
     __slots__ = (
-        *("_ws", "_node", "_limit", "_idle_timeout", "_send_timeout", "epoch", "_states", "_aliases"),
-        *("_displaced", "_closed", "_loop", "_task", "_waiting_since", "_idle_expired", "_idle_timer"),
-        "_expired_sends",
+        *("_socket", "_node", "_limit", "epoch", "_states", "_aliases", "_displaced", "_closed"),
+        *("_inbox", "_worker"),
     )
 
-    def __init__(self, websocket: WebSocket, node: OpampNode) -> None:
-        self._ws = websocket
+    def __init__(self, socket: WebSocketProtocol, node: OpampNode) -> None:
+        self._socket = socket
         self._node = node
         self._limit = node.settings.max_message_bytes
-        self._idle_timeout = node.settings.idle_timeout or None
-        self._send_timeout = node.settings.send_timeout
         # Identifies this connection in owner records: a node never closes a newer connection.
         self.epoch = uuid6.uuid7().hex
         # The agents on this socket, by the uid each record lives under.
@@ -132,108 +137,122 @@ class Connection:
         # Agents another node took over: their newer record is written there, not from here.
         self._displaced: set[bytes] | None = None
         self._closed = False
-        # The idle timeout without a timer per message (asyncio.wait_for made a Task per receive,
-        # ~10 µs): one timer per connection, re-armed when it fires early (see _check_idle).
-        self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[Any] | None = None
-        self._waiting_since: float | None = None
-        self._idle_expired = False
-        self._idle_timer: asyncio.TimerHandle | None = None
-        # Tasks whose send the send timeout cancelled (see _send).
-        self._expired_sends: set[asyncio.Task[Any]] | None = None
+        # While a message is handled by a task: the messages that arrived meanwhile (the socket
+        # stops reading, so at most what one read delivered).
+        self._inbox: deque[bytes] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        node.registry.attach(self)
 
     @property
     def uids(self) -> list[bytes]:
         return list(self._states)
 
-    async def serve(self) -> None:
-        registry = self._node.registry
-        registry.attach(self)
-        self._task = asyncio.current_task()
-        if self._idle_timeout is not None:
-            self._idle_timer = self._loop.call_later(self._idle_timeout, self._check_idle)
-        try:
-            while not self._closed:
-                try:
-                    message = await self._receive()
-                except _IdleTimeout:
-                    self._node.metrics.client_timeouts.labels(kind="idle").inc()
-                    await self.close(CLOSE_NORMAL, f"idle: no message for {self._idle_timeout:g}s")
-                    break
-                if message["type"] == "websocket.disconnect":
-                    break
-                if not await self._on_message(message):
-                    break
-        finally:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            registry.detach(self)
-            # Spec 3.4: when the stream closes, forget every agent it carried.
-            for uid in list(self._states):
-                self._forget(uid, displaced=self._displaced is not None and uid in self._displaced)
+    # -- the socket's session ---------------------------------------------------------------------
 
-    async def _receive(self) -> Message:
-        """The next message; _IdleTimeout once the wait for it has lasted --idle-timeout."""
-        self._waiting_since = self._loop.time()
-        try:
-            return await self._ws.receive()
-        except asyncio.CancelledError:
-            # Ours (the idle timer's) unless someone else cancelled the task as well: theirs wins.
-            if self._idle_expired and self._task is not None and self._task.uncancel() == 0:
-                raise _IdleTimeout from None
-            raise
-        finally:
-            self._waiting_since = None
-
-    def _check_idle(self) -> None:
-        """The idle timer: cancel the wait for a message once it has lasted --idle-timeout, else
-        re-arm for when it would (a message arrived since the timer was set)."""
-        assert self._idle_timeout is not None
-        now = self._loop.time()
-        since = self._waiting_since
-        deadline = (now if since is None else since) + self._idle_timeout
-        if since is None or now < deadline:
-            self._idle_timer = self._loop.call_at(deadline, self._check_idle)
+    def on_message(self, data: bytes) -> None:
+        if self._inbox is not None:
+            self._inbox.append(data)
             return
-        self._idle_timer = None
-        if self._task is not None:
-            self._idle_expired = True
-            self._task.cancel()
-
-    # -- incoming ---------------------------------------------------------------------------------
-
-    async def _on_message(self, message: Message) -> bool:
-        """Handle one message; False once the socket is closed."""
-        if message.get("text") is not None:
-            await self.close(CLOSE_UNSUPPORTED_DATA, "OpAMP uses binary WebSocket messages only")
-            return False
         started = time.perf_counter()
+        msg = self._decode(data)
+        if msg is None:
+            return
+        node = self._node
+        uid = msg.instance_uid
+        key = self._aliases.get(uid, uid)
+        state = self._states.get(key)
+        if state is None or node.config_cache.stale():
+            self._wait(self._handle_decoded(msg, started))
+            return
+        node.limits.track_message()
         try:
-            msg = pb.AgentToServer.FromString(framing.decode(message.get("bytes") or b"", self._limit))
-        except framing.MessageTooLarge as exc:
-            await self.close(CLOSE_TOO_BIG, str(exc))
-            return False
-        except framing.FramingError as exc:
-            await self.close(CLOSE_PROTOCOL_ERROR, str(exc))
-            return False
-        except DecodeError:
-            await self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
-            return False
-        metrics = self._node.metrics
-        self._node.limits.track_message()
+            outcome = pipeline.decide(node, state, msg, "websocket")
+            write = outcome.write
+            if write is not None and node.liveness.admit(write):
+                if outcome.durable:
+                    node.limits.end_message()
+                    self._wait(self._finish_durable(msg, key, outcome, started))
+                    return
+                pipeline.store(node, outcome)
+            pipeline.observe(node, outcome, msg)
+        except pipeline.Shed as exc:
+            node.limits.end_message()
+            self._shed(msg, exc, started)
+            return
+        node.limits.end_message()
+        self._track(msg, key, outcome)
+        self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
+
+    def on_text(self) -> None:
+        self.close(CLOSE_UNSUPPORTED_DATA, "OpAMP uses binary WebSocket messages only")
+
+    def on_idle(self) -> None:
+        self._node.metrics.client_timeouts.labels(kind="idle").inc()
+        self.close(CLOSE_NORMAL, f"idle: no message for {self._node.settings.idle_timeout:g}s")
+
+    def on_stalled(self) -> None:
+        self._closed = True
+        self._node.metrics.client_timeouts.labels(kind="send").inc()
+        logger.info("dropped a WebSocket whose client read nothing for %gs", self._node.settings.send_timeout)
+
+    def on_closed(self) -> None:
+        self._closed = True
+        node = self._node
+        node.registry.detach(self)
+        node.limits.close_connection()
+        # Spec 3.4: when the stream closes, forget every agent it carried.
+        for uid in list(self._states):
+            self._forget(uid, displaced=self._displaced is not None and uid in self._displaced)
+
+    # -- messages that wait -----------------------------------------------------------------------
+
+    def _wait(self, first: Awaitable[None]) -> None:
+        """Handle a message in a task; the socket reads nothing more until it and the messages
+        already read after it are done."""
+        self._inbox = deque()
+        self._socket.hold_reading(True)
+        self._worker = _spawn(self._work(first))
+
+    async def _work(self, first: Awaitable[None]) -> None:
+        try:
+            await first
+            while self._inbox and not self._closed:
+                data = self._inbox.popleft()
+                msg = self._decode(data)
+                if msg is not None:
+                    await self._handle_decoded(msg, time.perf_counter())
+        finally:
+            self._inbox = None
+            self._worker = None
+            self._socket.hold_reading(False)
+
+    async def _handle_decoded(self, msg: pb.AgentToServer, started: float) -> None:
+        node = self._node
+        node.limits.track_message()
         try:
             outcome = await self._process(msg)
-            reply, result = outcome.reply, "rejected" if outcome.rejected else "ok"
         except pipeline.Shed as exc:
-            metrics.shed.labels(reason=exc.reason).inc()
-            retry = RETRY_AFTER_SECONDS + random.uniform(0, RETRY_JITTER_SECONDS)
-            reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
-            result = "unavailable"
+            self._shed(msg, exc, started)
+            return
         finally:
-            self._node.limits.end_message()
-        sent = await self._send(reply)
-        metrics.handled("websocket", result, time.perf_counter() - started)
-        return sent
+            node.limits.end_message()
+        self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
+
+    async def _finish_durable(
+        self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome, started: float
+    ) -> None:
+        node = self._node
+        node.limits.track_message()
+        try:
+            await pipeline.store_durable(node, outcome)
+        except pipeline.Shed as exc:
+            self._shed(msg, exc, started)
+            return
+        finally:
+            node.limits.end_message()
+        pipeline.observe(node, outcome, msg)
+        self._track(msg, key, outcome)
+        self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
 
     async def _process(self, msg: pb.AgentToServer) -> engine.Outcome:
         uid = msg.instance_uid
@@ -250,6 +269,30 @@ class Connection:
         outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
         self._track(msg, key, outcome)
         return outcome
+
+    # -- incoming ---------------------------------------------------------------------------------
+
+    def _decode(self, data: bytes) -> pb.AgentToServer | None:
+        """The message in `data`; None (and the socket closing) if it is not one."""
+        try:
+            return pb.AgentToServer.FromString(framing.decode(data, self._limit))
+        except framing.MessageTooLarge as exc:
+            self.close(CLOSE_TOO_BIG, str(exc))
+        except framing.FramingError as exc:
+            self.close(CLOSE_PROTOCOL_ERROR, str(exc))
+        except DecodeError:
+            self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
+        return None
+
+    def _shed(self, msg: pb.AgentToServer, exc: pipeline.Shed, started: float) -> None:
+        self._node.metrics.shed.labels(reason=exc.reason).inc()
+        retry = RETRY_AFTER_SECONDS + random.uniform(0, RETRY_JITTER_SECONDS)
+        reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
+        self._reply(reply, "unavailable", started)
+
+    def _reply(self, reply: pb.ServerToAgent, result: str, started: float) -> None:
+        self._send(reply)
+        self._node.metrics.handled("websocket", result, time.perf_counter() - started)
 
     def _track(self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome) -> None:
         """Keep the cache and the registration in step with what the message did."""
@@ -304,44 +347,13 @@ class Connection:
 
     # -- outgoing ---------------------------------------------------------------------------------
 
-    async def _send(self, reply: pb.ServerToAgent) -> bool:
+    def _send(self, reply: pb.ServerToAgent) -> bool:
         body = reply.SerializeToString()
         if len(body) > self._limit:
             # Spec: never send a message over the limit; say why instead of silently dropping it.
             logger.error("dropped a %d-byte message over the %d-byte limit", len(body), self._limit)
             body = engine.reply_too_large(reply.instance_uid)
-        # A send waits only while the peer does not read (flow control). The timeout is a bare timer
-        # that cancels this task, not wait_for (a Task per send) nor asyncio.timeout (twice this
-        # cost): it is armed once per message.
-        task = asyncio.current_task()
-        assert task is not None
-        timer = self._loop.call_later(self._send_timeout, self._send_expired, task)
-        try:
-            await self._ws.send_bytes(framing.encode(body))
-        except (WebSocketDisconnect, RuntimeError):
-            # RuntimeError: Starlette or uvicorn refusing a send after a close (ours or the peer's).
-            return False
-        except asyncio.CancelledError:
-            if self._expired_sends is None or task not in self._expired_sends:
-                raise
-            self._expired_sends.discard(task)
-            if task.uncancel() > 0:
-                # Cancelled from elsewhere as well: that wins.
-                raise
-            # The peer stopped reading: a close frame would wait behind the same full buffer.
-            self._closed = True
-            self._node.metrics.client_timeouts.labels(kind="send").inc()
-            logger.info("dropped a WebSocket whose client read nothing for %gs", self._send_timeout)
-            return False
-        finally:
-            timer.cancel()
-        return True
-
-    def _send_expired(self, task: asyncio.Task[Any]) -> None:
-        if self._expired_sends is None:
-            self._expired_sends = set()
-        self._expired_sends.add(task)
-        task.cancel()
+        return not self._closed and self._socket.send(framing.encode(body))
 
     def state(self, uid: bytes) -> AgentState | None:
         return None if self._closed else self._states.get(uid)
@@ -350,16 +362,18 @@ class Connection:
         uid = push.state.instance_uid
         if self._closed or uid not in self._states:
             return False
-        if not await self._send(push.reply):
+        if not self._send(push.reply):
             return False
         self._states[uid] = push.state
         if not self._node.liveness.admit(push.write):
             return True
-        with contextlib.suppress(WriterFull, WriterStopped, StoreError):
+        try:
             if push.durable:
                 await self._node.writer.submit_durable(push.write)
             else:
                 self._node.writer.submit(push.write)
+        except (WriterFull, WriterStopped, StoreError):
+            pass
         return True
 
     async def taken_over(self, uid: bytes, where: str) -> None:
@@ -377,24 +391,19 @@ class Connection:
         if self._displaced is None:
             self._displaced = set()
         self._displaced.add(uid)
-        await self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
+        self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
 
     async def drain(self, retry_after: float) -> None:
         for uid in list(self._states):
-            # Its other agents may have left (or the socket closed) while an earlier send waited.
-            if self._closed or uid not in self._states:
-                continue
-            await self._send(
-                engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after)
-            )
-        await self.close(CLOSE_GOING_AWAY, "gateway node draining: reconnect to another node")
+            if self._closed:
+                break
+            self._send(engine.unavailable(uid, "this gateway node is shutting down; reconnect", retry_after))
+        self.close(CLOSE_GOING_AWAY, "gateway node draining: reconnect to another node")
+        await self._socket.wait_closed()
 
-    async def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
         self._node.metrics.websocket_closes.labels(code=str(code)).inc()
-        try:
-            await self._ws.close(code, _reason(reason))
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+        self._socket.close(code, reason)

@@ -14,7 +14,6 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from gateway.server import build_servers
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
@@ -116,8 +115,8 @@ async def test_reply_over_the_limit_is_replaced_by_the_same_error_as_over_http(t
         (b"\x00\xff\xff\xff", 1007, "not a valid AgentToServer"),
         # Over the limit by less than the header allowance: the gateway's own check.
         (b"\x00" + b"\x00" * (LIMIT + 1), 1009, "exceeds"),
-        # Far over: uvicorn's reader refuses it before buffering (ws_max_size).
-        (b"\x00" + b"\x00" * (LIMIT * 4), 1009, "exceeds limit"),
+        # Far over: the frame reader refuses it from the frame's header, before buffering.
+        (b"\x00" + b"\x00" * (LIMIT * 4), 1009, f"exceeds the {LIMIT + 10}-byte limit"),
     ],
 )
 async def test_bad_frames_close_with_the_right_code(
@@ -220,13 +219,6 @@ async def test_takeover_of_one_agent_keeps_a_multiplexed_socket(node: Node) -> N
 async def test_get_without_upgrade_is_not_allowed(node: Node) -> None:
     async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
         assert (await http.get("/v1/opamp")).status_code == 405
-
-
-async def test_ping_settings_and_size_limit_reach_uvicorn(node: Node) -> None:
-    config = build_servers(node.services)[0].config
-    assert config.ws_max_size == LIMIT + 10
-    assert (config.ws_ping_interval, config.ws_ping_timeout) == (20.0, 20.0)
-    assert config.ws_per_message_deflate is False
 
 
 async def test_server_pings_idle_sockets_and_drops_silent_peers(tmp_path: Path) -> None:

@@ -74,3 +74,22 @@ def test_a_new_socket_gets_a_new_watcher(pair: tuple[socket.socket, socket.socke
         wait.release()
         other.close()
         peer.close()
+
+
+def test_a_wait_to_the_same_deadline_keeps_its_timer(pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    wait = HubWait()
+    deadline = time.monotonic() + 0.3
+    gevent.spawn_later(0.02, theirs.send, b"r")
+    assert wait(ours, deadline - time.monotonic()) is True
+    timer = wait._timer
+    assert ours.recv(10) == b"r"
+    # The reply came; the agent waits for the same next heartbeat: same timer, and it still fires.
+    assert wait(ours, deadline - time.monotonic()) is False
+    assert wait._timer is timer
+    assert time.monotonic() >= deadline - 0.01
+    # A later deadline gets a timer of its own.
+    assert wait(ours, 0.02) is False
+    assert wait._timer is not timer
+    wait.release()
+    assert wait._timer is None

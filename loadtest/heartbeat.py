@@ -21,8 +21,13 @@ _CAPABILITIES_TAG = b"\x20"  # 4, varint
 _OPAMP_HEADER = b"\x00"
 
 
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
+
+
 def varint(value: int) -> bytes:
     """A protobuf base-128 varint (uint64)."""
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

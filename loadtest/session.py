@@ -16,7 +16,6 @@ import select
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Protocol
 
 from gateway.proto import opamp_pb2 as pb
@@ -68,13 +67,22 @@ def refusal(reply: pb.ServerToAgent) -> ServerRefused | None:
     return ServerRefused(reply.error_response.error_message) if reply.HasField("error_response") else None
 
 
-# Waits until a socket has bytes to read (True) or `timeout` seconds passed (False).
-Readable = Callable[[socket.socket, float], bool]
+class Readable(Protocol):
+    def __call__(self, sock: socket.socket, timeout: float) -> bool:
+        """Wait until `sock` has bytes to read (True) or `timeout` seconds passed (False)."""
+
+    def release(self) -> None:
+        """Forget the socket waited on last: it is about to be closed."""
 
 
-def select_readable(sock: socket.socket, timeout: float) -> bool:
+class SelectReadable:
     """The portable wait (standard library, or gevent's patched select)."""
-    return bool(select.select([sock], [], [], max(0.0, timeout))[0])
+
+    def __call__(self, sock: socket.socket, timeout: float) -> bool:
+        return bool(select.select([sock], [], [], max(0.0, timeout))[0])
+
+    def release(self) -> None:
+        """Nothing is held between waits."""
 
 
 # What ends a connection's life (and is reported as a failure); anything else is a bug.
@@ -99,10 +107,10 @@ class WsSession:
         reporter: Reporter,
         targets: Targets,
         source: str | None,
-        readable: Readable = select_readable,
+        readable: Readable | None = None,
     ) -> None:
         self.agent = agent
-        self._readable = readable
+        self._readable: Readable = readable if readable is not None else SelectReadable()
         self.options = options
         self.targets = targets
         self._reporter = reporter
@@ -146,6 +154,7 @@ class WsSession:
 
     def _drop(self) -> None:
         if self._sock is not None:
+            self._readable.release()
             self._sock.close()
             self._sock = None
 

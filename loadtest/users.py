@@ -13,17 +13,16 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import socket
 import time
 from typing import Any, cast
 
 import gevent
-from gevent.hub import Waiter, get_hub
 from locust import FastHttpUser, User, constant, task
 from locust.env import Environment
 
 from gateway.proto import opamp_pb2 as pb
 from harness.agent import Reaction, SimAgent
+from loadtest.hubwait import HubWait
 from loadtest.options import OPAMP_PATH, Options, Targets, source_address
 from loadtest.session import ServerRefused, WsSession
 
@@ -86,23 +85,6 @@ class AgentUser:
             self.request("restart command", time.perf_counter(), 0, None)
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    """Wait on the hub for `sock` to be readable or for `timeout` seconds, with no exception either way:
-    gevent's own socket waits raise one for each timeout (and its reads one for each EAGAIN), which
-    cost the lean agent more than the rest of a heartbeat did."""
-    hub = get_hub()
-    waiter = Waiter(hub)
-    reader = hub.loop.io(sock.fileno(), 1)
-    timer = hub.loop.timer(max(0.0, timeout))
-    reader.start(waiter.switch, True)
-    timer.start(waiter.switch, False)
-    try:
-        return bool(waiter.get())
-    finally:
-        reader.close()
-        timer.close()
-
-
 class WebSocketAgent(AgentUser, User):
     """An agent on one WebSocket: replies and pushes arrive on the same socket."""
 
@@ -112,7 +94,7 @@ class WebSocketAgent(AgentUser, User):
         User.__init__(self, environment)
         self._setup(environment)
         source = source_address(self.number, self.options.source_addresses)
-        self.session = WsSession(self.agent, self.options, self, self.targets, source, _readable)
+        self.session = WsSession(self.agent, self.options, self, self.targets, source, HubWait())
 
     @task
     def live(self) -> None:

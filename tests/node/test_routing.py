@@ -45,7 +45,7 @@ async def test_restart_through_another_node_is_published_to_the_owner(nodes: tup
         assert (agent["connected"], agent["transport"], agent["node"]) == (True, "websocket", "node-a")
         response = await admin_b.post(f"/api/v1/agents/{uuid.UUID(int=1)}/restart")
         assert response.status_code == 202
-        assert response.json()["delivery"] == "published" and response.json()["node"] == "node-a"
+        assert response.json()["delivery"] == "pushed" and response.json()["node"] == "node-a"
         pushed = await recv(ws)
         assert pushed.instance_uid == uid(1) and pushed.command.type == pb.CommandType_Restart
 

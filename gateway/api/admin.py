@@ -16,7 +16,7 @@ from gateway.api.errors import error, store_down
 from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
 from gateway.fleet.render import agent_json
-from gateway.fleet.rollout import CONFIG_STATUSES, config_sync
+from gateway.fleet.rollout import CONFIG_STATUSES, config_sync, counted
 from gateway.fleet.status import Status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
 
@@ -85,7 +85,12 @@ async def list_agents(request: Request) -> Response:
     syncs = [(state, config_sync(state, configs)) for state in states]
     wanted = params.get("config_status")
     if wanted is not None:
-        syncs = [(state, sync) for state, sync in syncs if sync.status == wanted]
+        # As the rollout counts: offline and disconnected agents are counted apart (`status=`).
+        syncs = [
+            (state, sync)
+            for state, sync in syncs
+            if sync.status == wanted and counted(state, now, offline_after)
+        ]
     where = await services.router.connection_info([state for state, _ in syncs], now)
     return JSONResponse(
         {

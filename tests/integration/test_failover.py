@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -18,6 +19,7 @@ from gateway.proto import opamp_pb2 as pb
 from harness.redis_server import RedisServer
 from tests.integration.conftest import GatewayFactory
 from tests.integration.nodes import admin_json, agent_json, eventually, new_uid, owned_by, text
+from tests.integration.test_multinode_configs import config_body, http_agent, listed, put_config, rollout
 from tests.support.ws import agent_socket, exchange, heartbeat, recv, report
 
 pytestmark = pytest.mark.anyio
@@ -168,3 +170,47 @@ async def test_rebalance_sheds_down_to_the_fair_share(
             await eventually(balanced, timeout=NODE_TTL * 3, what="4 agents on node-a and 3 on node-b")
             again = await admin_json(a, "POST", "/api/v1/rebalance", expect=202)
             assert again["status"] == "balanced" and again["shedding_sockets"] == 0
+
+
+async def test_rollout_counts_connected_agents_and_shows_offline_and_disconnected_apart(
+    gateways: GatewayFactory,
+) -> None:
+    with anyio.fail_after(BOUND):
+        node = gateways("node-a", offline_after=2)
+        async with httpx2.AsyncClient(trust_env=False) as http:
+            applies, goes_quiet, leaves = (http_agent(http, node) for _ in range(3))
+            for agent in (applies, goes_quiet, leaves):
+                await agent.enroll("rollout-failover")
+            await put_config(
+                node, "c", config_body({"c.yaml": "a: 1"}, match={"service.name": "rollout-failover"})
+            )
+            offered = await applies.heartbeat()
+            assert offered.HasField("remote_config")
+            await applies.report_config(offered.remote_config.config_hash, pb.RemoteConfigStatuses_APPLIED)
+            goodbye = heartbeat(leaves.uid, leaves.seq + 1, leaves.capabilities)
+            goodbye.agent_disconnect.SetInParent()
+            await leaves.send(goodbye)
+            # `goes_quiet` never polls again: offline after 2 s. `applies` keeps polling.
+
+            async def settled() -> bool:
+                await applies.heartbeat()
+                counts = await rollout(node, "c")
+                return counts["offline"] == 1
+
+            await eventually(settled, timeout=10, what="the quiet agent to be offline")
+            counts = await rollout(node, "c")
+        assert counts == {
+            "matched": 1,
+            "applied": 1,
+            "applying": 0,
+            "failed": 0,
+            "pending": 0,
+            "unsupported": 0,
+            "offline": 1,
+            "disconnected": 1,
+        }
+        # The filters agree with the counts: the quiet agent is not "pending" (it would be, counted).
+        assert await listed(node, "c", "applied") == {text(applies.uid)}
+        assert await listed(node, "c", "pending") == set()
+        offline = await admin_json(node, "GET", "/api/v1/agents", params={"status": "offline"})
+        assert [a["instance_uid"] for a in offline["agents"]] == [text(goes_quiet.uid)]

@@ -97,6 +97,7 @@ class Services:
             resend_after=s.config_resend_after,
             clock=self.clock,
         )
+        self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
         self.router = Router(
             s.node_id,
             self.registry,
@@ -106,8 +107,8 @@ class Services:
             self.config_cache,
             self.metrics,
             offline_after=s.offline_after,
+            on_pushed=self.command_sweep.pushed_elsewhere,
         )
-        self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
         self.drain = Drain(
             self.registry,
             self.presence,

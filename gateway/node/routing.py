@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -31,7 +32,7 @@ from gateway.fleet.render import ConnectionInfo
 from gateway.metrics import Metrics
 from gateway.node.config_cache import ConfigCache
 from gateway.node.push import push_command
-from gateway.node.registry import Registry
+from gateway.node.registry import Holder, Registry
 from gateway.store.base import Store, StoreError
 from gateway.store.writer import Writer
 
@@ -63,6 +64,7 @@ class Router:
         metrics: Metrics,
         *,
         offline_after: float,
+        on_pushed: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._registry = registry
@@ -72,6 +74,8 @@ class Router:
         self._config_cache = config_cache
         self._metrics = metrics
         self._offline_after = offline_after
+        # Told of every command this node pushes (the command sweep, so it does not push it again).
+        self._on_pushed = on_pushed
 
     async def deliver_command(self, uid: bytes, command: int) -> Delivery:
         """Store `command` as pending on the agent's record, then get it to the agent's socket if one
@@ -86,8 +90,7 @@ class Router:
         if not await self._store_pending(uid, command, command_id):
             return Delivery("pending", None, command_id)
         conn = self._registry.get(uid)
-        if conn is not None and await push_command(conn, uid, command, self._config_cache.fleet):
-            self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
+        if conn is not None and await self._push(conn, uid, command):
             return Delivery("pushed", self._node_id, command_id)
         owner = await self._publish(uid, command, command_id)
         if owner is not None and await self._cleared(uid, command_id):
@@ -109,8 +112,15 @@ class Router:
                 extra={"instance_uid": uid_str(uid)},
             )
             return
-        if await push_command(conn, uid, event.command, self._config_cache.fleet):
-            self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
+        await self._push(conn, uid, event.command)
+
+    async def _push(self, conn: Holder, uid: bytes, command: int) -> bool:
+        if not await push_command(conn, uid, command, self._config_cache.fleet):
+            return False
+        self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
+        if self._on_pushed is not None:
+            self._on_pushed(uid, command)
+        return True
 
     async def _still_pending(self, uid: bytes, command_id: str) -> bool:
         try:

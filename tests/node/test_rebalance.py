@@ -3,13 +3,22 @@ age check against a registry of real Holder-shaped connections."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any, cast
 
 import pytest
 
+from gateway.bus.local import LocalBus, LocalHub
 from gateway.metrics import Metrics
-from gateway.node.rebalance import ConnectionAge, age_limit, excess_sockets, fair_share
+from gateway.node.rebalance import (
+    ConnectionAge,
+    Rebalance,
+    age_limit,
+    close_spread,
+    excess_sockets,
+    fair_share,
+)
 from gateway.node.registry import Registry
 
 pytestmark = pytest.mark.anyio
@@ -68,3 +77,52 @@ async def test_connection_age_closes_only_sockets_past_their_limit_and_each_once
     age.due(now + 1.0)
     assert cast(Any, old) not in age._limits
     await age.stop()
+
+
+async def test_close_spread_drains_every_socket_with_a_retry_delay_in_the_window() -> None:
+    conns: list[Any] = [_Conn(str(i)) for i in range(4)]
+    metrics = Metrics()
+    assert await close_spread(conns, 0.05, 3.0, random.Random(3), metrics, "rebalance") == 4
+    delays = [d for c in conns for d in c.drained]
+    assert len(delays) == 4 and all(1.0 <= d <= 3.0 for d in delays)
+    assert metrics.rebalance_closed.labels(reason="rebalance")._value.get() == 4
+
+
+async def test_connection_age_check_closes_the_due_sockets() -> None:
+    registry = Registry()
+    conn: Any = _Conn("c")
+    registry.attach(conn)
+    age = ConnectionAge(registry, Metrics(), max_age=0.01, jitter=0.0, retry_window=1.0)
+    await asyncio.sleep(0.02)
+    await age.check()
+    await asyncio.gather(*age._tasks)
+    assert conn.drained == [1.0]
+    await age.check()  # already closing: not again
+    assert conn.drained == [1.0]
+    await age.stop()
+
+
+async def test_rebalance_sheds_above_the_fair_share_of_the_live_nodes() -> None:
+    hub = LocalHub()
+    mine, other = LocalBus("a", hub), LocalBus("b", hub)
+    for bus in (mine, other):
+        await bus.start(_ignore)
+    await other.beat(1)
+    registry = Registry()
+    conns: list[Any] = [_Conn(str(i)) for i in range(5)]
+    for i, conn in enumerate(conns):
+        registry.attach(conn)
+        registry.register(bytes([i]) * 16, conn)
+    rebalance = Rebalance("a", registry, mine, Metrics(), retry_window=1.0)
+    plan = await rebalance.start(0.01)
+    assert (plan.nodes, plan.agents, plan.fair_share, plan.shedding, plan.sockets) == (2, 5, 3, 2, 2)
+    assert rebalance.task is not None
+    assert await rebalance.task == 2
+    assert sum(len(c.drained) for c in conns) == 2
+    await rebalance.stop()
+    for bus in (mine, other):
+        await bus.stop()
+
+
+async def _ignore(_envelope: object) -> None:
+    return None

@@ -78,6 +78,7 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),
+            Route("/api/v1/rebalance", commands.rebalance, methods=["POST"]),
             Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),
             Route(openapi.PATH, openapi.document, methods=["GET"]),
             Route("/metrics", _metrics, methods=["GET"]),

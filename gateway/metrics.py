@@ -192,6 +192,13 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("opamp_gateway_draining", "1 while this node drains its WebSockets", registry=r)
+        self.rebalance_closed = Counter(
+            "opamp_gateway_rebalance_closed_total",
+            "WebSockets closed to spread agents over the nodes (age: --max-connection-age; rebalance: "
+            "POST /api/v1/rebalance)",
+            ["reason"],
+            registry=r,
+        )
         self.drain_closed = Counter(
             "opamp_gateway_drain_closed_total", "WebSockets closed by a drain", registry=r
         )

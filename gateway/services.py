@@ -26,6 +26,7 @@ from gateway.node.config_cache import ConfigCache
 from gateway.node.drain import Drain
 from gateway.node.liveness import Liveness
 from gateway.node.presence import Presence
+from gateway.node.rebalance import ConnectionAge, Rebalance
 from gateway.node.registry import Registry
 from gateway.node.routing import Router
 from gateway.settings import Settings
@@ -74,6 +75,8 @@ class Services:
     router: Router = field(init=False)
     command_sweep: CommandSweep = field(init=False)
     drain: Drain = field(init=False)
+    connection_age: ConnectionAge = field(init=False)
+    rebalance: Rebalance = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -82,7 +85,7 @@ class Services:
         if self.auth is None:
             self.auth = Auth(Credentials("agent keys"), Credentials("admin tokens"))
         self.limits = Limits(s)
-        self.presence = Presence(s.node_id, self.registry, self.bus, s.owner_ttl)
+        self.presence = Presence(s.node_id, self.registry, self.bus, s.owner_ttl, node_ttl=s.node_ttl)
         self.liveness = Liveness(self.registry, self.writer, offline_after=s.offline_after, clock=self.clock)
         self.config_cache = ConfigCache(
             self.store,
@@ -94,22 +97,34 @@ class Services:
             resend_after=s.config_resend_after,
             clock=self.clock,
         )
+        self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
         self.router = Router(
             s.node_id,
             self.registry,
             self.bus,
+            self.store,
             self.writer,
             self.config_cache,
             self.metrics,
             offline_after=s.offline_after,
+            on_pushed=self.command_sweep.pushed_elsewhere,
         )
-        self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
         self.drain = Drain(
             self.registry,
             self.presence,
             self.metrics,
             seconds=s.drain_seconds,
             retry_window=s.drain_retry_window,
+        )
+        self.connection_age = ConnectionAge(
+            self.registry,
+            self.metrics,
+            max_age=s.max_connection_age,
+            jitter=s.max_connection_age_jitter,
+            retry_window=s.drain_retry_window,
+        )
+        self.rebalance = Rebalance(
+            s.node_id, self.registry, self.bus, self.metrics, retry_window=s.drain_retry_window
         )
 
     def watch(self) -> None:
@@ -129,7 +144,9 @@ def open_bus(settings: Settings) -> Bus:
         return LocalBus(settings.node_id)
     from gateway.bus.redis import RedisBus
 
-    return RedisBus(settings.redis_url, settings.node_id, owner_ttl=settings.owner_ttl)
+    return RedisBus(
+        settings.redis_url, settings.node_id, owner_ttl=settings.owner_ttl, node_ttl=settings.node_ttl
+    )
 
 
 def open_store(settings: Settings, metrics: Metrics) -> Store:
@@ -151,6 +168,7 @@ def open_store(settings: Settings, metrics: Metrics) -> Store:
 async def _bus_up(services: Services) -> None:
     """Every (re)connect of the bus: re-assert this node's sockets, catch up on lost config events."""
     try:
+        await services.presence.beat()
         await services.presence.refresh()
     finally:
         await services.config_cache.caught_up()
@@ -199,8 +217,11 @@ async def running(
         await services.liveness.start()
         await services.config_cache.start()
         await services.command_sweep.start()
+        await services.connection_age.start()
         yield services
     finally:
+        await services.rebalance.stop()
+        await services.connection_age.stop()
         await services.command_sweep.stop()
         await services.config_cache.stop()
         await auth.stop()

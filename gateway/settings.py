@@ -140,6 +140,24 @@ class Settings:
         default=60.0,
         metadata={"help": "seconds a node's claim on a WebSocket agent lives in Redis unrefreshed"},
     )
+    node_ttl: float = field(
+        default=6.0,
+        metadata={
+            "help": "seconds a node's liveness key lives in Redis unrefreshed; past it, other nodes show "
+            "its agents as not connected and keep commands for them pending"
+        },
+    )
+    max_connection_age: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds after which a WebSocket is closed gracefully (1001, told to come back after "
+            "a random 1 to --drain-retry-window s) so agents spread over all nodes; 0: never"
+        },
+    )
+    max_connection_age_jitter: float = field(
+        default=0.2,
+        metadata={"help": "each WebSocket's age limit is drawn from [age x (1 - this), age]; 0 to 1"},
+    )
     drain_seconds: float = field(
         default=30.0, metadata={"help": "seconds over which a draining node closes its WebSockets"}
     )
@@ -250,7 +268,13 @@ class Settings:
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)}: must be at least 1")
-        for name in ("enrollment_rate", "idle_timeout", "drain_seconds", "config_push_rate"):
+        for name in (
+            "enrollment_rate",
+            "idle_timeout",
+            "drain_seconds",
+            "config_push_rate",
+            "max_connection_age",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)}: must be 0 or more")
         if self.drain_retry_window < 1:
@@ -258,6 +282,11 @@ class Settings:
         # The refresh runs every third of the TTL; below 3 s it would hammer Redis.
         if self.owner_ttl < 3:
             raise SettingsError("--owner-ttl: must be at least 3")
+        # Beats go every third of it; below 1.5 s a busy event loop would make a node flicker.
+        if not 1.5 <= self.node_ttl <= self.owner_ttl:
+            raise SettingsError("--node-ttl: must be at least 1.5 and at most --owner-ttl")
+        if not 0 <= self.max_connection_age_jitter <= 1:
+            raise SettingsError("--max-connection-age-jitter: must be between 0 and 1")
 
     def _check_elasticsearch(self) -> None:
         if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):

@@ -16,12 +16,21 @@ from gateway import cli
 from gateway.migrate import MigrateError, migrate
 from gateway.store.base import StoreUnavailable
 from gateway.store.elasticsearch_client import make_client
-from gateway.store.elasticsearch_schema import AGENT_PROPERTIES, IndexSpec, agents_index, configs_index
+from gateway.store.elasticsearch_schema import (
+    AGENT_PROPERTIES,
+    AGENTS_MAPPING_VERSION,
+    IndexSpec,
+    agents_index,
+    configs_index,
+)
 from tests.store.store_helpers import agent, full, heartbeat, touch
 from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
 
 pytestmark = pytest.mark.anyio
 
+# This gateway's agents mapping version, and a later gateway's (one more field).
+AGENTS = AGENTS_MAPPING_VERSION
+LATER = AGENTS + 1
 OPAMP_GATEWAY = str(Path(sys.executable).with_name("opamp-gateway"))
 
 
@@ -39,7 +48,7 @@ async def client(aliases: EsAliases) -> AsyncIterator[AsyncElasticsearch]:
     await es.close()
 
 
-def specs(aliases: EsAliases, agents_version: int = 1, refresh: str = "1s") -> list[IndexSpec]:
+def specs(aliases: EsAliases, agents_version: int = AGENTS, refresh: str = "1s") -> list[IndexSpec]:
     agents = agents_index(aliases.agents, refresh)
     if agents_version != agents.version:
         # A later gateway: one more field, as mapping changes are additive.
@@ -58,7 +67,7 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
 ) -> None:
     done = await migrate(client, specs(aliases))
     assert done == [
-        f"index template {aliases.agents}: mapping version None -> 1",
+        f"index template {aliases.agents}: mapping version None -> {AGENTS}",
         f"index {aliases.agents}-000001 created with write alias {aliases.agents}",
         f"index template {aliases.configs}: mapping version None -> 1",
         f"index {aliases.configs}-000001 created with write alias {aliases.configs}",
@@ -68,7 +77,9 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
         assert dict(response.body) == {f"{alias}-000001": {"aliases": {alias: {"is_write_index": True}}}}
         mapping = (await client.indices.get_mapping(index=alias)).body[f"{alias}-000001"]["mappings"]
         assert mapping["dynamic"] == "strict"
-        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == 1
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == (
+            AGENTS if alias == aliases.agents else 1
+        )
     settings = (await client.indices.get_settings(index=aliases.agents)).body
     assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "1s"
     store = aliases.store()
@@ -104,15 +115,15 @@ async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
     fleet = [agent(last_seen=float(n)) for n in range(1, 26)]
     try:
         await store.write([full(a) for a in fleet])
-        done = await migrate(client, specs(aliases, agents_version=2, refresh="-1"))
+        done = await migrate(client, specs(aliases, agents_version=LATER, refresh="-1"))
         old, new = f"{aliases.agents}-000001", f"{aliases.agents}-000002"
-        assert done[0] == f"index template {aliases.agents}: mapping version 1 -> 2"
+        assert done[0] == f"index template {aliases.agents}: mapping version {AGENTS} -> {LATER}"
         assert done[1].startswith(
-            f"index {old} (mapping version 1) rolled over to {new} (version 2): 25 documents"
+            f"index {old} (mapping version {AGENTS}) rolled over to {new} (version {LATER}): 25 documents"
         )
         assert await _aliases_of(client, aliases.agents) == [new]
         mapping = (await client.indices.get_mapping(index=aliases.agents)).body[new]["mappings"]
-        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == 2
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == LATER
         assert "added_later" in mapping["properties"]
         # The old index stays, read-only, for a rollback.
         blocked = (await client.indices.get_settings(index=old)).body[old]["settings"]["index"]
@@ -123,7 +134,7 @@ async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
         beat = heartbeat(fleet[0], 100.0)
         await store.write([touch(beat)])
         assert await store.get(beat.instance_uid) == beat
-        assert await migrate(client, specs(aliases, agents_version=2, refresh="-1")) == []
+        assert await migrate(client, specs(aliases, agents_version=LATER, refresh="-1")) == []
     finally:
         await store.close()
 
@@ -142,7 +153,7 @@ async def test_writes_during_the_copy_wait_and_land_after_it(
         )
         with pytest.raises(StoreUnavailable, match="cluster_block_exception"):
             await store.write([touch(heartbeat(state, 11.0))])
-        await migrate(client, specs(aliases, agents_version=2))
+        await migrate(client, specs(aliases, agents_version=LATER))
         # The Writer keeps failed batches and tries again: by then the alias names the new index.
         await store.write([touch(heartbeat(state, 11.0))])
         assert await store.get(state.instance_uid) == heartbeat(state, 11.0)
@@ -163,7 +174,7 @@ async def test_an_interrupted_upgrade_finishes_on_the_next_run(
     # A run that stopped after making the new index and blocking the old one.
     await client.indices.put_settings(index=f"{aliases.agents}-000001", settings={"index.blocks.write": True})
     await client.indices.create(index=f"{aliases.agents}-000002")
-    await migrate(client, specs(aliases, agents_version=2))
+    await migrate(client, specs(aliases, agents_version=LATER))
     assert await _aliases_of(client, aliases.agents) == [f"{aliases.agents}-000002"]
     store = aliases.store()
     try:
@@ -173,9 +184,9 @@ async def test_an_interrupted_upgrade_finishes_on_the_next_run(
 
 
 async def test_a_newer_mapping_is_refused(aliases: EsAliases, client: AsyncElasticsearch) -> None:
-    await migrate(client, specs(aliases, agents_version=2))
+    await migrate(client, specs(aliases, agents_version=LATER))
     with pytest.raises(
-        MigrateError, match="newer than this gateway's 1: run the migrate of the newer gateway"
+        MigrateError, match=f"newer than this gateway's {AGENTS}: run the migrate of the newer gateway"
     ):
         await migrate(client, specs(aliases))
 

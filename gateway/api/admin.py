@@ -6,16 +6,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import get_args
+from typing import Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.context import node_of
+from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
+from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
 from gateway.fleet.render import agent_json
-from gateway.fleet.rollout import CONFIG_STATUSES, config_sync
+from gateway.fleet.rollout import CONFIG_STATUSES, config_sync, counted
 from gateway.fleet.status import Status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
 
@@ -84,7 +85,12 @@ async def list_agents(request: Request) -> Response:
     syncs = [(state, config_sync(state, configs)) for state in states]
     wanted = params.get("config_status")
     if wanted is not None:
-        syncs = [(state, sync) for state, sync in syncs if sync.status == wanted]
+        # As the rollout counts: offline and disconnected agents are counted apart (`status=`).
+        syncs = [
+            (state, sync)
+            for state, sync in syncs
+            if sync.status == wanted and counted(state, now, offline_after)
+        ]
     where = await services.router.connection_info([state for state, _ in syncs], now)
     return JSONResponse(
         {
@@ -131,4 +137,17 @@ async def fleet_summary(request: Request) -> Response:
         summary = await services.store.summary(services.clock(), services.settings.offline_after)
     except StoreError as exc:
         return store_down(exc)
-    return JSONResponse(dataclasses.asdict(summary))
+    return JSONResponse({**dataclasses.asdict(summary), "websockets": await _websockets(services)})
+
+
+async def _websockets(services: AdminNode) -> dict[str, Any]:
+    """WebSocket agents connected now, by live node: from the nodes' liveness records, so a node that
+    died or hangs drops out within --node-ttl. `known: false` when the bus cannot say (this node only)."""
+    mine = services.registry.websocket_agents
+    known = services.bus.authoritative
+    try:
+        by_node = await services.bus.live_nodes()
+    except BusUnavailable:
+        by_node, known = {}, False
+    by_node[services.settings.node_id] = mine
+    return {"connected": sum(by_node.values()), "by_node": by_node, "known": known}

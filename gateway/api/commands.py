@@ -1,4 +1,5 @@
-"""Admin actions: POST /api/v1/agents/{instance_uid}/restart and POST /api/v1/drain."""
+"""Admin actions: POST /api/v1/agents/{instance_uid}/restart, POST /api/v1/drain and
+POST /api/v1/rebalance."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import node_of
 from gateway.api.errors import error, store_down, store_unavailable
+from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes, uid_str
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
@@ -15,8 +17,8 @@ from gateway.store.writer import WriterFull, WriterStopped
 
 
 async def restart_agent(request: Request) -> Response:
-    """202 once the restart is on its way: pushed over the agent's socket (this node or the node that
-    holds it), or pending for the agent's next poll."""
+    """202 once the restart is stored on the agent's record: "pushed" if a socket took it (this node's
+    or the owning node's), else "pending" until the agent's next message or reconnect."""
     services = node_of(request)
     text = request.path_params["instance_uid"]
     try:
@@ -46,6 +48,7 @@ async def restart_agent(request: Request) -> Response:
             "command": "restart",
             "delivery": delivery.kind,
             "node": delivery.node,
+            "command_id": delivery.command_id,
         },
         status_code=202,
     )
@@ -62,6 +65,43 @@ async def drain(request: Request) -> Response:
             "node": services.settings.node_id,
             "websockets": services.registry.socket_count,
             "drain_seconds": services.settings.drain_seconds,
+        },
+        status_code=202,
+    )
+
+
+_MAX_REBALANCE_WINDOW = 3600.0
+
+
+async def rebalance(request: Request) -> Response:
+    """Shed this node's WebSocket agents above the fair share over `?window=` seconds (default
+    --drain-seconds); for after a node came back. Answers with the plan."""
+    services = node_of(request)
+    if services.drain.draining:
+        return error(409, "this node is draining: it sheds every WebSocket already")
+    text = request.query_params.get("window")
+    window = services.settings.drain_seconds
+    if text is not None:
+        try:
+            window = float(text)
+        except ValueError:
+            return error(400, f"window: not a number of seconds: {text!r}")
+        if not 0 <= window <= _MAX_REBALANCE_WINDOW:
+            return error(400, f"window: must be 0 to {_MAX_REBALANCE_WINDOW:g} seconds, got {text}")
+    try:
+        plan = await services.rebalance.start(window)
+    except BusUnavailable as exc:
+        return error(503, f"the node liveness records cannot be read, so no fair share is known: {exc}")
+    return JSONResponse(
+        {
+            "status": "rebalancing" if plan.sockets else "balanced",
+            "node": services.settings.node_id,
+            "live_nodes": plan.nodes,
+            "websocket_agents": plan.agents,
+            "fair_share": plan.fair_share,
+            "shedding_agents": plan.shedding,
+            "shedding_sockets": plan.sockets,
+            "window_seconds": plan.window,
         },
         status_code=202,
     )

@@ -44,7 +44,8 @@ def config_json(config: Config) -> dict[str, Any]:
 
 
 async def rollout(services: AdminNode, config: Config) -> RolloutCounts:
-    """Count the config's agents by config status, paging through every agent it matches."""
+    """Count the config's connected agents by config status, and its offline and disconnected ones
+    apart, paging through every agent it matches."""
     counts = RolloutCounts()
     configs = services.config_cache.fleet.configs
     if configs.by_name(config.name) != config:
@@ -55,8 +56,11 @@ async def rollout(services: AdminNode, config: Config) -> RolloutCounts:
     now, offline_after = services.clock(), services.settings.offline_after
     while True:
         page = await services.store.list_agents(query, now, offline_after)
-        for state in page.agents:
-            counts.add(config_sync(state, configs))
+        fresher = services.liveness.fresher
+        for stored in page.agents:
+            # Agents on this node's sockets: their liveness as of their last message (as list_agents).
+            state = fresher(stored) or stored
+            counts.add(config_sync(state, configs), state, now, offline_after)
         if page.next_cursor is None:
             return counts
         query = replace(query, cursor=page.next_cursor)

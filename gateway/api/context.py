@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.bus.base import Bus
 from gateway.node.parts import NodeParts
+from gateway.node.rebalance import Rebalance
 from gateway.node.routing import Router
 from gateway.store.base import Store
 
@@ -27,6 +28,9 @@ class AdminNode(NodeParts, Protocol):
 
     @property
     def router(self) -> Router: ...
+
+    @property
+    def rebalance(self) -> Rebalance: ...
 
 
 def attach(app: Starlette, node: AdminNode) -> None:

@@ -135,6 +135,7 @@ SCHEMAS: dict[str, Schema] = {
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),
             "pending_command": {"type": "string"},
+            "command_id": _nullable({"type": "string"}),
             "config_sync": _ref("ConfigSync"),
         },
     },
@@ -154,20 +155,33 @@ SCHEMAS: dict[str, Schema] = {
             "by_status": _COUNTS,
             "by_type_version": {"type": "object", "additionalProperties": _COUNTS},
             "by_os": _COUNTS,
+            "websockets": {
+                "type": "object",
+                "required": ["connected", "by_node", "known"],
+                "description": "WebSocket agents connected now, by live node (from the nodes' liveness "
+                "records: a dead or hung node drops out within --node-ttl); known is false when the bus "
+                "cannot tell about other nodes",
+                "properties": {
+                    "connected": {"type": "integer", "minimum": 0},
+                    "by_node": _COUNTS,
+                    "known": {"type": "boolean"},
+                },
+            },
         },
     },
     "CommandAccepted": {
         "type": "object",
-        "required": ["instance_uid", "command", "delivery", "node"],
+        "required": ["instance_uid", "command", "delivery", "node", "command_id"],
         "properties": {
             "instance_uid": _UID,
             "command": {"const": "restart"},
             "delivery": {
-                "enum": ["pushed", "published", "pending"],
-                "description": "pushed over this node's socket, published to the node holding the "
-                "socket, or kept for the agent's next message",
+                "enum": ["pushed", "pending"],
+                "description": "stored on the agent's record, then pushed over a socket (this node's "
+                "or the owning node's), or still pending for the agent's next message or reconnect",
             },
             "node": _nullable({"type": "string"}),
+            "command_id": {"type": "string"},
         },
     },
     "DrainStarted": {
@@ -178,6 +192,29 @@ SCHEMAS: dict[str, Schema] = {
             "node": {"type": "string"},
             "websockets": {"type": "integer", "minimum": 0},
             "drain_seconds": {"type": "number", "minimum": 0},
+        },
+    },
+    "RebalanceStarted": {
+        "type": "object",
+        "required": [
+            "status",
+            "node",
+            "live_nodes",
+            "websocket_agents",
+            "fair_share",
+            "shedding_agents",
+            "shedding_sockets",
+            "window_seconds",
+        ],
+        "properties": {
+            "status": {"enum": ["rebalancing", "balanced"]},
+            "node": {"type": "string"},
+            "live_nodes": {"type": "integer", "minimum": 1},
+            "websocket_agents": {"type": "integer", "minimum": 0},
+            "fair_share": {"type": "integer", "minimum": 0},
+            "shedding_agents": {"type": "integer", "minimum": 0},
+            "shedding_sockets": {"type": "integer", "minimum": 0},
+            "window_seconds": {"type": "number", "minimum": 0},
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
@@ -295,6 +332,22 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "drain",
             "Drain this node: fail readiness and close its WebSockets gradually",
             {202: "DrainStarted"},
+        )
+    },
+    "/api/v1/rebalance": {
+        "post": _operation(
+            "rebalance",
+            "Close this node's WebSockets above its fair share over a window, so they reconnect elsewhere",
+            {202: "RebalanceStarted", 400: None, 409: None, 503: None},
+            parameters=[
+                {
+                    "name": "window",
+                    "in": "query",
+                    "required": False,
+                    "description": "seconds to spread the closes over (default --drain-seconds)",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 3600},
+                }
+            ],
         )
     },
     "/api/v1/fleet/summary": {

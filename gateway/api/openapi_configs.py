@@ -156,9 +156,12 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Rollout": {
         "type": "object",
-        "required": ["matched", *CONFIG_STATUSES[:-1]],
+        "description": "matched and the config statuses count the connected agents the selector "
+        "matches; offline and disconnected ones are counted apart and never hold a rollout back",
+        "required": ["matched", *CONFIG_STATUSES[:-1], "offline", "disconnected"],
         "properties": {
-            name: {"type": "integer", "minimum": 0} for name in ("matched", *CONFIG_STATUSES[:-1])
+            name: {"type": "integer", "minimum": 0}
+            for name in ("matched", *CONFIG_STATUSES[:-1], "offline", "disconnected")
         },
     },
     "ConfigSync": {

@@ -5,6 +5,10 @@ Two kinds of traffic:
 - targeted events (AgentCommand, ConnectionTakenOver) go to one node's channel (`send`), found through
   the owner record `uid -> Owner(node, epoch)` that the node holding the socket claims.
 
+Besides the per-agent owner records, each node keeps a liveness record with a short TTL (`beat`,
+--node-ttl): owner records of a node whose liveness expired (killed, hung, partitioned) are ignored,
+so its agents show as not connected within seconds, not after the owner TTL.
+
 Everything on the bus is a latency shortcut: desired state lives in the store and is re-checked on
 agent messages, so a lost event costs time, never correctness. Adapters: local.py (in-process, one
 node) and redis.py (pub/sub + owner keys, many nodes).
@@ -45,6 +49,8 @@ class AgentCommand:
 
     uid: bytes
     command: int
+    # The id the command has in the record ("" from a node before command ids): see node/routing.py.
+    command_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,9 @@ def decode(data: bytes | str) -> Envelope:
         cls = _EVENTS[raw["type"]]
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
+            if f.name not in raw and f.default is not dataclasses.MISSING:
+                # A field added later: a node of the previous version leaves it out.
+                continue
             value = raw[f.name]
             values[f.name] = uid_bytes(value) if f.type == "bytes" else value
         return Envelope(event=cls(**values), source=str(raw["source"]), sent_at=float(raw["sent_at"]))
@@ -155,7 +164,15 @@ class Bus(Protocol):
     async def refresh(self, claims: Sequence[tuple[bytes, Owner]]) -> list[bytes]:
         """Keep these owner records alive (re-creating lost ones); the uids someone else owns now."""
 
-    async def owners(self, uids: Sequence[bytes]) -> dict[bytes, Owner]: ...
+    async def owners(self, uids: Sequence[bytes]) -> dict[bytes, Owner]:
+        """The owner records of these uids that name a live node (see `live_nodes`): a record of a
+        node that died or hangs is not trusted past that node's liveness."""
+
+    async def beat(self, load: int) -> None:
+        """Say this node is alive for the next --node-ttl seconds, holding `load` WebSocket agents."""
+
+    async def live_nodes(self) -> dict[str, int]:
+        """Every node whose liveness has not expired -> the WebSocket agents it said it holds."""
 
     def status(self) -> dict[str, Any]:
         """JSON for /readyz."""

@@ -24,6 +24,8 @@ class LocalHub:
     def __init__(self) -> None:
         self.nodes: dict[str, LocalBus] = {}
         self.owners: dict[bytes, Owner] = {}
+        # node -> the load of its last beat; a node is live while its bus is started.
+        self.loads: dict[str, int] = {}
 
 
 class LocalBus:
@@ -93,7 +95,14 @@ class LocalBus:
         return lost
 
     async def owners(self, uids: Sequence[bytes]) -> dict[bytes, Owner]:
-        return {uid: self.hub.owners[uid] for uid in uids if uid in self.hub.owners}
+        owners, live = self.hub.owners, self.hub.nodes
+        return {uid: owners[uid] for uid in uids if uid in owners and owners[uid].node in live}
+
+    async def beat(self, load: int) -> None:
+        self.hub.loads[self.node_id] = load
+
+    async def live_nodes(self) -> dict[str, int]:
+        return {node: self.hub.loads.get(node, 0) for node in self.hub.nodes}
 
     def status(self) -> dict[str, Any]:
         return {"kind": self.kind, "state": "up"}

@@ -3,6 +3,9 @@
 - `opamp:all`: broadcast channel, every node subscribes (fleet-wide events).
 - `opamp:node:{node_id}`: each node's own channel (commands and takeovers for its sockets).
 - `opamp:owner:{uid}` = {"node", "epoch"} with a TTL (--owner-ttl), refreshed by the owning node.
+- `opamp:alive:{node_id}` = the node's WebSocket agent count, with a short TTL (--node-ttl), refreshed
+  every third of it; `opamp:nodes` is the set of node ids to look those up by (pruned as they
+  expire). An owner record naming a node whose liveness key expired is not trusted.
 
 One dedicated pub/sub connection per node, reconnected with jittered exponential backoff. While it is
 down, `up` is False and every call raises BusUnavailable at once instead of waiting on timeouts:
@@ -46,6 +49,8 @@ T = TypeVar("T")
 BROADCAST_CHANNEL = "opamp:all"
 NODE_CHANNEL = "opamp:node:{node}"
 OWNER_KEY = "opamp:owner:{uid}"
+ALIVE_KEY = "opamp:alive:{node}"
+NODES_KEY = "opamp:nodes"
 
 # KEYS: owner keys; ARGV[1]: ttl ms, ARGV[i+1]: the new owner of KEYS[i]. Returns previous owners
 # ('' for none: a Lua nil would cut the array short).
@@ -84,6 +89,23 @@ end
 return lost
 """
 
+# KEYS[1]: the node set; ARGV[1]: the alive key prefix. Returns node, load, node, load, ... of the live
+# nodes, and forgets the nodes whose key expired.
+_LIVE_NODES = """
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local load = redis.call('GET', ARGV[1] .. node)
+  if load then
+    out[#out + 1] = node
+    out[#out + 1] = load
+  else
+    redis.call('SREM', KEYS[1], node)
+  end
+end
+return out
+"""
+_ALIVE_PREFIX = ALIVE_KEY.format(node="")
+
 
 def owner_key(uid: bytes) -> str:
     return OWNER_KEY.format(uid=uid_str(uid))
@@ -98,6 +120,7 @@ class RedisBus:
         node_id: str,
         *,
         owner_ttl: float = 60.0,
+        node_ttl: float = 6.0,
         timeout: float = 2.0,
         backoff: tuple[float, float] = (0.1, 2.0),
     ) -> None:
@@ -113,10 +136,12 @@ class RedisBus:
             retry=Retry(NoBackoff(), 1),
         )
         self._ttl_ms = int(owner_ttl * 1000)
+        self._node_ttl_ms = int(node_ttl * 1000)
         self._backoff = backoff
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
         self._refresh = self._redis.register_script(_REFRESH)
+        self._live_nodes = self._redis.register_script(_LIVE_NODES)
         self._handler: Handler | None = None
         self._on_up: OnUp | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -191,7 +216,27 @@ class RedisBus:
             owner = self._owner(value)
             if owner is not None:
                 found[uid] = owner
-        return found
+        if not found:
+            return found
+        live = await self.live_nodes()
+        return {uid: owner for uid, owner in found.items() if owner.node in live}
+
+    async def beat(self, load: int) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(ALIVE_KEY.format(node=self.node_id), int(load), px=self._node_ttl_ms)
+        pipe.sadd(NODES_KEY, self.node_id)
+        await self._call(pipe.execute())
+
+    async def live_nodes(self) -> dict[str, int]:
+        flat = await self._call(self._live_nodes(keys=[NODES_KEY], args=[_ALIVE_PREFIX]))
+        out: dict[str, int] = {}
+        for i in range(0, len(flat) - 1, 2):
+            node = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
+            try:
+                out[node] = int(flat[i + 1])
+            except ValueError:
+                out[node] = 0
+        return out
 
     async def _publish(self, channel: str, event: Event) -> int:
         data = encode(Envelope(event=event, source=self.node_id, sent_at=time.time()))

@@ -64,6 +64,9 @@ class AgentState:
     previous_instance_uids: tuple[bytes, ...] = ()
     # A ServerToAgentCommand (CommandType value) waiting for the agent's next message; None: none.
     pending_command: int | None = None
+    # The id of that command ("" with none): a node delivering a command it heard of over the bus
+    # checks the record still holds it, so an agent that moved never gets one request twice.
+    command_id: str = ""
     # The node and transport that handled the agent's last message ("" before this was recorded).
     node: str = ""
     transport: Transport | Literal[""] = ""

@@ -121,4 +121,5 @@ def agent_json(
         body["config_sync"] = sync.to_json()
     if state.pending_command is not None:
         body["pending_command"] = _COMMANDS.get(state.pending_command, str(state.pending_command))
+        body["command_id"] = state.command_id or None
     return body

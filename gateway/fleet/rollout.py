@@ -9,6 +9,11 @@ An agent's config status, against the desired config this node resolves for it n
   seen the change yet);
 - `unsupported`: a config matches, but the agent does not have AcceptsRemoteConfig;
 - `none`: no config gives it any file.
+
+Rollout counts are about the fleet that exists: only agents that are connected (not `offline`, not
+`disconnected`, as derive_status says) are counted by config status; the others are counted apart
+and never hold a rollout back (`applied` can reach `matched`). An agent that comes back is counted
+again, with whatever it reports then.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Literal
 
 from gateway.fleet.agent import AgentState
 from gateway.fleet.desired import ConfigSet, Desired
+from gateway.fleet.status import derive_status
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 
@@ -80,17 +86,37 @@ def config_sync(state: AgentState, configs: ConfigSet) -> ConfigSync:
     return ConfigSync(status=status, desired=desired, reported_hash=reported_hash)
 
 
+def counted(state: AgentState, now: float, offline_after: float) -> bool:
+    """Whether a rollout counts the agent by config status: it is neither offline nor disconnected."""
+    return derive_status(state, None, now, offline_after) not in ("offline", "disconnected")
+
+
 @dataclass
 class RolloutCounts:
-    """A config's agents (those its selector matches) by their config status."""
+    """A config's connected agents (those its selector matches) by their config status, and apart
+    from them the matched agents that are offline or disconnected."""
 
     matched: int = 0
     by_status: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CONFIG_STATUSES[:-1], 0))
+    offline: int = 0
+    disconnected: int = 0
 
-    def add(self, sync: ConfigSync) -> None:
+    def add(self, sync: ConfigSync, state: AgentState, now: float, offline_after: float) -> None:
+        status = derive_status(state, None, now, offline_after)
+        if status == "disconnected":
+            self.disconnected += 1
+            return
+        if status == "offline":
+            self.offline += 1
+            return
         self.matched += 1
         # A matched agent always has a desired config, so never "none".
         self.by_status[sync.status] = self.by_status.get(sync.status, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"matched": self.matched, **self.by_status}
+        return {
+            "matched": self.matched,
+            **self.by_status,
+            "offline": self.offline,
+            "disconnected": self.disconnected,
+        }

@@ -50,6 +50,11 @@ class CommandSweep:
         # uid -> command this node pushed, for as long as the store still lists it (see above).
         self._delivered: dict[bytes, int] = {}
 
+    def pushed_elsewhere(self, uid: bytes, command: int) -> None:
+        """This node pushed `command` outside the sweep (the router): the next listing may still show
+        it (Elasticsearch), so it is confirmed with a realtime read before being pushed again."""
+        self._delivered[uid] = command
+
     async def start(self) -> None:
         self._timer.start()
 

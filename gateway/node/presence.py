@@ -26,11 +26,14 @@ Op = tuple[Literal["claim", "release"], bytes, Owner]
 
 
 class Presence:
-    def __init__(self, node_id: str, registry: Registry, bus: Bus, owner_ttl: float) -> None:
+    def __init__(
+        self, node_id: str, registry: Registry, bus: Bus, owner_ttl: float, *, node_ttl: float
+    ) -> None:
         self.node_id = node_id
         self._registry = registry
         self._bus = bus
         self._refresh_every = owner_ttl / 3
+        self._beat_every = node_ttl / 3
         self._queue: asyncio.Queue[Op] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing = asyncio.Lock()
@@ -53,6 +56,7 @@ class Presence:
         self._tasks = [
             asyncio.create_task(self._work(), name="presence-worker"),
             asyncio.create_task(self._refresh_periodically(), name="presence-refresh"),
+            asyncio.create_task(self._beat_periodically(), name="presence-beat"),
         ]
 
     async def stop(self) -> None:
@@ -94,6 +98,18 @@ class Presence:
                 if conn is not None and self.owner(conn) == asserted[uid]:
                     logger.info("another node holds this agent now", extra={"instance_uid": uid_str(uid)})
                     await conn.taken_over(uid, "another node")
+
+    async def beat(self) -> None:
+        """Keep this node's liveness record alive, with how many WebSocket agents it holds."""
+        await self._bus.beat(self._registry.websocket_agents)
+
+    async def _beat_periodically(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except BusUnavailable as exc:
+                logger.debug("liveness beat skipped: %s", exc)
+            await asyncio.sleep(self._beat_every)
 
     async def _refresh_periodically(self) -> None:
         while True:
@@ -145,6 +161,15 @@ class Presence:
             event = ConnectionTakenOver(uid=uid, new_node=self.node_id, epoch=before.epoch)
             receivers = await self._bus.send(before.node, event)
             self.takeovers_sent += 1
+            if receivers == 0:
+                # Its liveness has expired or is about to: the old socket died with the node.
+                logger.warning(
+                    "agent reconnected here from node %s, which is gone (nobody received the takeover "
+                    "notice)",
+                    before.node,
+                    extra={"instance_uid": uid_str(uid)},
+                )
+                continue
             logger.info(
                 "agent reconnected here; told node %s to close its connection (%d receivers)",
                 before.node,

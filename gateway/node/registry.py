@@ -7,6 +7,8 @@ last polled this node, for the "connected agents" gauge.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from typing import Protocol
 
 from gateway.fleet.agent import AgentState
@@ -38,12 +40,13 @@ class Holder(Protocol):
 class Registry:
     def __init__(self) -> None:
         self._by_uid: dict[bytes, Holder] = {}
-        # Every open socket, including those that have not sent their first message yet.
-        self._sockets: dict[Holder, None] = {}
+        # Every open socket, including those that have not sent their first message yet, and when it
+        # was opened (monotonic clock; --max-connection-age counts from it).
+        self._sockets: dict[Holder, float] = {}
         self._http_seen: dict[bytes, float] = {}
 
     def attach(self, conn: Holder) -> None:
-        self._sockets[conn] = None
+        self._sockets[conn] = time.monotonic()
 
     def detach(self, conn: Holder) -> None:
         self._sockets.pop(conn, None)
@@ -70,6 +73,14 @@ class Registry:
 
     def sockets(self) -> list[Holder]:
         return list(self._sockets)
+
+    def opened(self) -> list[tuple[Holder, float]]:
+        """Every open socket and when it was opened (time.monotonic())."""
+        return list(self._sockets.items())
+
+    def agents_per_socket(self) -> Counter[Holder]:
+        """How many agents each socket serves (sockets that serve none yet are left out)."""
+        return Counter(self._by_uid.values())
 
     @property
     def socket_count(self) -> int:

@@ -1,14 +1,20 @@
 """Getting server-initiated messages to agents, wherever their socket is, and saying where that is.
 
-A command for an agent goes, in order of preference: over this node's socket; to the node that owns
-the agent's socket (bus, per-node channel); into the agent's record as a pending command, which the
-engine delivers in the reply to the agent's next message, on whichever node that arrives.
+A command for an agent is first stored in the agent's record as pending, with an id; then it goes over
+this node's socket, or to the live node that owns the agent's socket (bus, per-node channel). The
+node that delivers it clears it from the record. Whatever is still pending is delivered by the engine
+in the reply to the agent's next message (a reconnect anywhere), or by the owner's command sweep. A
+node told of a command over the bus first checks the record still holds that id, so an agent that
+moved and got it elsewhere never gets it twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -26,20 +32,24 @@ from gateway.fleet.render import ConnectionInfo
 from gateway.metrics import Metrics
 from gateway.node.config_cache import ConfigCache
 from gateway.node.push import push_command
-from gateway.node.registry import Registry
-from gateway.store.base import StoreError
+from gateway.node.registry import Holder, Registry
+from gateway.store.base import Store, StoreError
 from gateway.store.writer import Writer
 
 logger = logging.getLogger("gateway.node.routing")
 
-DeliveryKind = Literal["pushed", "published", "pending"]
+DeliveryKind = Literal["pushed", "pending"]
+# How long the admin API waits for the owning node to deliver a command it was told of over the bus
+# before answering "pending" (it is delivered later all the same: it waits in the record).
+_CONFIRM_WITHIN = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
     kind: DeliveryKind
-    # The node that holds (or was told to deliver to) the agent's socket; None when pending.
+    # The node that delivered it, or that was told to (None: no live node holds the agent's socket).
     node: str | None
+    command_id: str
 
 
 class Router:
@@ -48,67 +58,131 @@ class Router:
         node_id: str,
         registry: Registry,
         bus: Bus,
+        store: Store,
         writer: Writer,
         config_cache: ConfigCache,
         metrics: Metrics,
         *,
         offline_after: float,
+        on_pushed: Callable[[bytes, int], None] | None = None,
     ) -> None:
         self._node_id = node_id
         self._registry = registry
         self._bus = bus
+        self._store = store
         self._writer = writer
         self._config_cache = config_cache
         self._metrics = metrics
         self._offline_after = offline_after
+        # Told of every command this node pushes (the command sweep, so it does not push it again).
+        self._on_pushed = on_pushed
 
-    async def deliver_command(self, uid: bytes, command: int, *, from_bus: bool = False) -> Delivery:
-        """Send `command` to the agent now if its socket is reachable, else keep it pending in its record.
+    async def deliver_command(self, uid: bytes, command: int) -> Delivery:
+        """Store `command` as pending on the agent's record, then get it to the agent's socket if one
+        is reachable: this node's (pushed at once), or the live node that owns it (told over the bus;
+        "pushed" once that node cleared it from the record within a second, else still "pending").
+        A command that reaches no socket waits in the record for the agent's next message or the
+        owner's command sweep, whichever node that is on.
 
-        Raises StoreError (and writer errors) if the command has to be stored and cannot be.
+        Raises StoreError (and writer errors) if the command cannot be stored.
         """
+        command_id = uuid.uuid4().hex
+        if not await self._store_pending(uid, command, command_id):
+            return Delivery("pending", None, command_id)
         conn = self._registry.get(uid)
-        if conn is not None and await push_command(conn, uid, command, self._config_cache.fleet):
-            self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
-            return Delivery("pushed", self._node_id)
-        if not from_bus:
-            # A node that got the command from the bus and has no socket must not bounce it back.
-            delivered = await self._publish(uid, command)
-            if delivered is not None:
-                self._metrics.pushes.labels(kind="command", delivery="published").inc()
-                return delivered
-        await self._store_pending(uid, command)
+        if conn is not None and await self._push(conn, uid, command):
+            return Delivery("pushed", self._node_id, command_id)
+        owner = await self._publish(uid, command, command_id)
+        if owner is not None and await self._cleared(uid, command_id):
+            return Delivery("pushed", owner, command_id)
         self._metrics.pushes.labels(kind="command", delivery="pending").inc()
-        return Delivery("pending", None)
+        return Delivery("pending", owner, command_id)
 
-    async def _publish(self, uid: bytes, command: int) -> Delivery | None:
+    async def _deliver_from_bus(self, event: AgentCommand) -> None:
+        """Another node stored a command for an agent whose socket it believes this node holds: push it
+        if the record still holds it (an agent that moved and got it elsewhere must not get it twice)."""
+        uid = event.uid
+        conn = self._registry.get(uid)
+        if conn is None:
+            # The record keeps it: the agent's next connection or message delivers it.
+            return
+        if event.command_id and not await self._still_pending(uid, event.command_id):
+            logger.info(
+                "a command from the bus was delivered elsewhere; not sending it again",
+                extra={"instance_uid": uid_str(uid)},
+            )
+            return
+        await self._push(conn, uid, event.command)
+
+    async def _push(self, conn: Holder, uid: bytes, command: int) -> bool:
+        if not await push_command(conn, uid, command, self._config_cache.fleet):
+            return False
+        self._metrics.pushes.labels(kind="command", delivery="pushed").inc()
+        if self._on_pushed is not None:
+            self._on_pushed(uid, command)
+        return True
+
+    async def _still_pending(self, uid: bytes, command_id: str) -> bool:
+        try:
+            stored = await self._store.get(uid)
+        except StoreError as exc:
+            # The sweep or the agent's next message delivers it once the store answers.
+            logger.warning(
+                "cannot check a command from the bus: %s", exc, extra={"instance_uid": uid_str(uid)}
+            )
+            return False
+        return stored is not None and stored.command_id == command_id
+
+    async def _cleared(self, uid: bytes, command_id: str) -> bool:
+        """Whether the owner delivered the command (cleared it from the record) within _CONFIRM_WITHIN."""
+        deadline = time.monotonic() + _CONFIRM_WITHIN
+        delay = 0.01
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            try:
+                stored = await self._store.get(uid)
+            except StoreError:
+                return False
+            if stored is None or stored.command_id != command_id:
+                return True
+        return False
+
+    async def _publish(self, uid: bytes, command: int, command_id: str) -> str | None:
+        """Tell the live node that owns the agent's socket; that node, or None if no live node does."""
         bus = self._bus
         try:
             owner = (await bus.owners([uid])).get(uid)
             if owner is None or owner.node == bus.node_id:
                 return None
-            receivers = await bus.send(owner.node, AgentCommand(uid=uid, command=command))
+            receivers = await bus.send(
+                owner.node, AgentCommand(uid=uid, command=command, command_id=command_id)
+            )
         except BusUnavailable as exc:
             logger.warning(
-                "bus unavailable, keeping the command pending: %s", exc, extra={"instance_uid": uid_str(uid)}
+                "bus unavailable, the command waits in the record: %s",
+                exc,
+                extra={"instance_uid": uid_str(uid)},
             )
             return None
         self._metrics.bus_events.labels(direction="sent", event="AgentCommand").inc()
+        self._metrics.pushes.labels(kind="command", delivery="published").inc()
         if receivers == 0:
-            logger.info(
-                "node %s is not listening; keeping the command pending",
+            logger.warning(
+                "node %s owns the agent but is not listening; the command waits in the record",
                 owner.node,
                 extra={"instance_uid": uid_str(uid)},
             )
             return None
-        return Delivery("published", owner.node)
+        return owner.node
 
-    async def _store_pending(self, uid: bytes, command: int) -> None:
+    async def _store_pending(self, uid: bytes, command: int, command_id: str) -> bool:
         state = await self._writer.get(uid)
         if state is None:
-            return
-        pending = replace(state, pending_command=command)
+            return False
+        pending = replace(state, pending_command=command, command_id=command_id)
         await self._writer.submit_durable(AgentWrite(state=pending, changed=frozenset({"pending_command"})))
+        return True
 
     async def on_event(self, envelope: Envelope) -> None:
         """Handle one bus event addressed to this node (or to every node)."""
@@ -116,7 +190,7 @@ class Router:
         self._metrics.bus_events.labels(direction="received", event=type(event).__name__).inc()
         self._metrics.bus_lag.observe(max(0.0, time.time() - envelope.sent_at))
         if isinstance(event, AgentCommand):
-            await self.deliver_command(event.uid, event.command, from_bus=True)
+            await self._deliver_from_bus(event)
         elif isinstance(event, ConnectionTakenOver):
             conn = self._registry.get(event.uid)
             # Only the connection that was replaced: a newer one on this node must stay.

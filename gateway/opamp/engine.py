@@ -324,7 +324,7 @@ def _deliver_pending(
         reply.command.type = command  # type: ignore[assignment]
     # else: the agent stopped accepting it (capabilities are re-read on every message): drop it.
     changed.add("pending_command")
-    return replace(state, pending_command=None)
+    return replace(state, pending_command=None, command_id="")
 
 
 def _on_config_report(state: AgentState, status: pb.RemoteConfigStatus, changed: set[str]) -> AgentState:

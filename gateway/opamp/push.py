@@ -54,6 +54,6 @@ def command_push(state: AgentState, command: int, fleet: FleetView) -> Push | No
     message per kind, spec 6.2), not a second restart when the record is next loaded."""
     if not accepts_command(state, command):
         return None
-    cleared = replace(state, pending_command=None)
+    cleared = replace(state, pending_command=None, command_id="")
     reply = command_message(state.instance_uid, command, fleet)
     return Push(reply, AgentWrite(state=cleared, changed=_PENDING_COMMAND), durable=True)

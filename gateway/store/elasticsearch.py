@@ -369,6 +369,7 @@ class ElasticsearchStore:
                     int(item["_primary_term"]),
                     after.last_seen,
                     after.pending_command,
+                    after.command_id,
                     after.moved_to,
                 ),
             )
@@ -418,7 +419,7 @@ def _known(doc: Mapping[str, Any], record: AgentState | Moved) -> Known:
     seq_no, term = int(doc["_seq_no"]), int(doc["_primary_term"])
     if isinstance(record, Moved):
         return Known(seq_no, term, moved_to=record.to)
-    return Known(seq_no, term, record.last_seen, record.pending_command)
+    return Known(seq_no, term, record.last_seen, record.pending_command, record.command_id)
 
 
 def store_error_from_item(error: object, status: int, what: str) -> StoreError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-AGENTS_MAPPING_VERSION = 1
+AGENTS_MAPPING_VERSION = 2
 CONFIGS_MAPPING_VERSION = 1
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
@@ -85,6 +85,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
         last_seen={"type": "double"},
         capabilities_bitmask={"type": "unsigned_long"},
         pending_command={"type": "long"},
+        command_id={"type": "keyword"},
         previous_instance_uids={"type": "keyword"},
         moved_to={"type": "keyword"},
         offered_at={"type": "double"},

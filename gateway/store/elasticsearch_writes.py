@@ -38,6 +38,7 @@ class Known:
     primary_term: int
     last_seen: float = 0.0
     pending_command: int | None = None
+    command_id: str = ""
     # Set for the document of a uid that moved.
     moved_to: bytes | None = None
 
@@ -109,22 +110,34 @@ def plan(position: int, write: AgentWrite, known: Callable[[bytes], Known | None
     elif current is not None and current.moved_to is not None:
         return []  # a late write for a uid that has moved: recreating it would resurrect a ghost
     if current is not None and current.moved_to is None and current.last_seen > state.last_seen:
-        if named and current.pending_command != state.pending_command:
-            body = {"doc": {"opamp": {"pending_command": state.pending_command}}}
-            after = Known(0, 0, current.last_seen, state.pending_command)
+        if named and (current.pending_command, current.command_id) != (
+            state.pending_command,
+            state.command_id,
+        ):
+            body = {
+                "doc": {
+                    "opamp": {
+                        "pending_command": state.pending_command,
+                        "command_id": state.command_id or None,
+                    }
+                }
+            }
+            after = Known(0, 0, current.last_seen, state.pending_command, state.command_id)
             actions.append(Action(position, uid, "update", body, current, after))
         return actions
     if write.is_touch and current is not None and current.moved_to is None:
-        after = Known(0, 0, state.last_seen, current.pending_command)
+        after = Known(0, 0, state.last_seen, current.pending_command, current.command_id)
         actions.append(Action(position, uid, "update", {"doc": heartbeat_fields(state)}, current, after))
         return actions
-    pending = state.pending_command
+    pending, command_id = state.pending_command, state.command_id
     if not named and current is not None and current.moved_to is None:
-        pending = current.pending_command
+        pending, command_id = current.pending_command, current.command_id
     document = agent_document(state)
     document["opamp"]["pending_command"] = pending
+    document["opamp"]["command_id"] = command_id or None
     kind, condition = _conditional(current)
-    actions.append(Action(position, uid, kind, document, condition, Known(0, 0, state.last_seen, pending)))
+    after = Known(0, 0, state.last_seen, pending, command_id)
+    actions.append(Action(position, uid, kind, document, condition, after))
     return actions
 
 

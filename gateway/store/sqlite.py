@@ -501,7 +501,7 @@ class SQLiteStore:
         if "pending_command" in write.changed:
             # Whatever its last_seen: a restart requested on one node must not be undone by a status
             # write flushed later by the node holding the agent, nor survive its own delivery.
-            conn.execute(SET_PENDING_COMMAND, (state.pending_command, new_rev(), uid))
+            conn.execute(SET_PENDING_COMMAND, (state.pending_command, state.command_id, new_rev(), uid))
         if old is not None:
             conn.execute("DELETE FROM agents WHERE uid = ?", (old,))
             conn.execute("UPDATE uid_aliases SET new_uid = ? WHERE new_uid = ?", (uid, old))

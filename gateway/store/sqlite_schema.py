@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -55,7 +55,8 @@ SCHEMA = (
         os_type TEXT NOT NULL,
         attrs TEXT NOT NULL,
         search TEXT NOT NULL,
-        rev INTEGER NOT NULL DEFAULT 0
+        rev INTEGER NOT NULL DEFAULT 0,
+        command_id TEXT NOT NULL DEFAULT ''
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -89,6 +90,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     3: (_PENDING_COMMAND_INDEX,),
     4: ("ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",),
+    5: ("ALTER TABLE agents ADD COLUMN command_id TEXT NOT NULL DEFAULT ''",),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -117,6 +119,7 @@ COLUMNS = (
     "os_type",
     "attrs",
     "search",
+    "command_id",
 )
 # Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
 # cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
@@ -124,8 +127,8 @@ COLUMNS = (
 UPSERT = (
     f"INSERT INTO agents ({', '.join(COLUMNS)}, rev) VALUES ({', '.join('?' for _ in COLUMNS)}, ?) "
     "ON CONFLICT (uid) DO UPDATE SET "
-    # pending_command is left out: only a write that names it may change it (see _apply).
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", "pending_command"))
+    # pending_command and its id are left out: only a write that names it may change it (see _apply).
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", "pending_command", "command_id"))
     + ", rev = excluded.rev WHERE excluded.last_seen >= agents.last_seen"
 )
 TOUCH = (
@@ -135,12 +138,12 @@ TOUCH = (
 # TOUCH of the row a node has cached, at the rev it cached: when it applies, the node knows the
 # whole row after it without reading it back.
 TOUCH_CACHED = TOUCH + " AND rev = ?"
-SET_PENDING_COMMAND = "UPDATE agents SET pending_command = ?, rev = ? WHERE uid = ?"
+SET_PENDING_COMMAND = "UPDATE agents SET pending_command = ?, command_id = ?, rev = ? WHERE uid = ?"
 # The columns an AgentState is read back from, in `state_of()` order.
 STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
-    "offered_config_hash, offered_at, failed_config_hash"
+    "offered_config_hash, offered_at, failed_config_hash, command_id"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -223,6 +226,7 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         derived.os_type,
         json.dumps(derived.attributes, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
         derived.search_text(uid_text),
+        state.command_id,
     )
 
 
@@ -245,6 +249,7 @@ def state_of(row: Sequence[Any]) -> AgentState:
         offered_config_hash=row[14],
         offered_at=row[15],
         failed_config_hash=row[16],
+        command_id=row[17],
     )
 
 

@@ -153,7 +153,16 @@ async def test_http_agent_converges_and_rollout_shows_it(admin: httpx2.AsyncClie
     assert not (await poll(other, 0, name="fluent-bit")).HasField("remote_config")
 
     rollout = (await admin.get("/api/v1/configs/base")).json()["rollout"]
-    assert rollout == {"matched": 2, "applied": 0, "applying": 1, "failed": 0, "pending": 0, "unsupported": 1}
+    assert rollout == {
+        "matched": 2,
+        "applied": 0,
+        "applying": 1,
+        "failed": 0,
+        "pending": 0,
+        "unsupported": 1,
+        "offline": 0,
+        "disconnected": 0,
+    }
     agent = (await admin.get(f"/api/v1/agents/{uuid.UUID(bytes=accepting)}")).json()
     assert agent["config_sync"] == {
         "status": "applying",

@@ -39,7 +39,10 @@ async def test_broadcast_reaches_every_node_and_send_only_one() -> None:
 
 
 async def test_owner_records() -> None:
-    bus = LocalBus("a")
+    hub = LocalHub()
+    bus, other = LocalBus("a", hub), LocalBus("b", hub)
+    await bus.start(Inbox())
+    await other.start(Inbox())
     first, second = Owner("a", "1"), Owner("b", "2")
     assert await bus.claim([(UID, first)]) == [None]
     assert await bus.claim([(UID, second)]) == [first]
@@ -51,3 +54,20 @@ async def test_owner_records() -> None:
     await bus.release([(UID, second)])
     assert await bus.refresh([(UID, first)]) == []
     assert await bus.owners([UID]) == {UID: first}
+    await other.stop()
+    await bus.stop()
+
+
+async def test_owner_records_of_a_stopped_node_are_not_trusted_and_live_nodes_carry_loads() -> None:
+    hub = LocalHub()
+    a, b = LocalBus("a", hub), LocalBus("b", hub)
+    await a.start(Inbox())
+    await b.start(Inbox())
+    await a.beat(3)
+    await a.claim([(UID, Owner("b", "1"))])
+    assert await a.owners([UID]) == {UID: Owner("b", "1")}
+    assert await a.live_nodes() == {"a": 3, "b": 0}
+    await b.stop()
+    assert await a.owners([UID]) == {}
+    assert await a.live_nodes() == {"a": 3}
+    await a.stop()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from gateway.bus.base import AgentCommand, BusUnavailable, ConfigsChanged, Envelope, Owner
-from gateway.bus.redis import BROADCAST_CHANNEL, RedisBus, owner_key
+from gateway.bus.redis import ALIVE_KEY, BROADCAST_CHANNEL, NODES_KEY, RedisBus, owner_key
 from harness.redis_server import RedisServer
 from tests.support.redis_server import RedisFactory
 from tests.support.waiting import eventually as _eventually
@@ -85,10 +85,18 @@ async def test_garbage_on_a_channel_is_skipped(shared_redis: RedisServer) -> Non
         assert (await inbox.next()).event == AgentCommand(uid, 0)
 
 
+async def alive(bus: RedisBus, *nodes: str, ttl_ms: int = 60_000) -> None:
+    """Liveness records for nodes that are not running here (beat() speaks for its own node only)."""
+    for node in nodes:
+        await bus._redis.set(ALIVE_KEY.format(node=node), 0, px=ttl_ms)
+        await bus._redis.sadd(NODES_KEY, node)
+
+
 async def test_owner_records(shared_redis: RedisServer) -> None:
     async with bus(shared_redis.url) as (a, _):
         uid, other = new_uid(), new_uid()
         first, second = Owner("a", "1"), Owner("b", "2")
+        await alive(a, "a", "b")
         assert await a.claim([(uid, first), (other, first)]) == [None, None]
         assert await a.claim([(uid, second)]) == [first]
         await a.release([(uid, first)])
@@ -107,11 +115,36 @@ async def test_owner_records_expire_unless_refreshed(shared_redis: RedisServer) 
     async with bus(shared_redis.url, owner_ttl=0.3) as (a, _):
         kept, dropped = new_uid(), new_uid()
         owner = Owner(a.node_id, "e")
+        await a.beat(0)
         await a.claim([(kept, owner), (dropped, owner)])
         for _ in range(4):
             await asyncio.sleep(0.15)
             await a.refresh([(kept, owner)])
         assert await a.owners([kept, dropped]) == {kept: owner}
+
+
+async def test_owner_records_of_a_node_whose_liveness_expired_are_not_trusted(
+    shared_redis: RedisServer,
+) -> None:
+    async with bus(shared_redis.url, node_ttl=0.3) as (a, _), bus(shared_redis.url, node_ttl=0.3) as (b, _):
+        uid = new_uid()
+        await a.beat(5)
+        await b.beat(7)
+        await a.claim([(uid, Owner(b.node_id, "e"))])
+        assert await a.owners([uid]) == {uid: Owner(b.node_id, "e")}
+        assert (await a.live_nodes()).items() >= {a.node_id: 5, b.node_id: 7}.items()
+        ttl = await a._redis.pttl(ALIVE_KEY.format(node=a.node_id))
+        assert 0 < ttl <= 300
+        # Only a beats on: b is hung or dead.
+        for _ in range(4):
+            await asyncio.sleep(0.15)
+            await a.beat(5)
+        assert await a.owners([uid]) == {}
+        live = await a.live_nodes()
+        assert a.node_id in live and b.node_id not in live
+        # The owner record itself is still there: b's liveness alone decides.
+        assert await a._redis.get(owner_key(uid)) is not None
+        assert b.node_id.encode() not in await a._redis.smembers(NODES_KEY)
 
 
 async def test_outage_is_reported_fast_and_recovered(redis_factory: RedisFactory) -> None:

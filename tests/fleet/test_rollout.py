@@ -60,7 +60,7 @@ def test_status(state: AgentState, expected: str) -> None:
 def test_counts() -> None:
     counts = RolloutCounts()
     for state in (BASE, replace(BASE, offered_config_hash=HASH), replace(BASE, capabilities=0)):
-        counts.add(config_sync(state, FLEET.configs))
+        counts.add(config_sync(state, FLEET.configs), state, now=2.0, offline_after=10.0)
     assert counts.to_json() == {
         "matched": 3,
         "applied": 0,
@@ -68,4 +68,24 @@ def test_counts() -> None:
         "failed": 0,
         "pending": 1,
         "unsupported": 1,
+        "offline": 0,
+        "disconnected": 0,
     }
+
+
+def test_offline_and_disconnected_agents_are_counted_apart_and_never_hold_a_rollout_back() -> None:
+    counts = RolloutCounts()
+    applied = replace(
+        BASE, remote_config_status=reported(HASH, pb.RemoteConfigStatuses_APPLIED), last_seen=95.0
+    )
+    gone = replace(BASE, last_seen=80.0)  # offline: 20 s quiet with offline_after 10
+    left = replace(BASE, last_seen=99.0, disconnected=True)
+    for state in (applied, gone, left):
+        counts.add(config_sync(state, FLEET.configs), state, now=100.0, offline_after=10.0)
+    body = counts.to_json()
+    assert (body["matched"], body["applied"], body["pending"]) == (1, 1, 0)
+    assert (body["offline"], body["disconnected"]) == (1, 1)
+    # Exactly at offline_after an agent still counts (derive_status: "more than" offline_after).
+    edge = RolloutCounts()
+    edge.add(config_sync(gone, FLEET.configs), gone, now=90.0, offline_after=10.0)
+    assert (edge.matched, edge.offline) == (1, 0)

@@ -56,7 +56,7 @@ async def test_restart_through_another_node_arrives_within_a_second(
                 started = time.monotonic()
                 response = await admin.post(f"/api/v1/agents/{text(uid)}/restart")
                 assert response.status_code == 202
-                assert response.json()["delivery"] == "published" and response.json()["node"] == "node-a"
+                assert response.json()["delivery"] == "pushed" and response.json()["node"] == "node-a"
                 await expect_restart(ws, uid)
                 latencies.append(time.monotonic() - started)
         median, worst = statistics.median(latencies) * 1000, max(latencies) * 1000
@@ -114,7 +114,7 @@ async def test_redis_outage_keeps_serving_and_pushes_resume(
             await wait_bus(gateway, "up")
         await eventually(lambda: owned_by(b, ws_uid, "node-a"), what="node-a to re-claim its socket")
         body = await restart(b, ws_uid)
-        assert body["delivery"] == "published"
+        assert body["delivery"] == "pushed"
         await expect_restart(ws, ws_uid)
 
 

@@ -200,6 +200,8 @@ async def test_config_put_on_one_node_reaches_a_websocket_agent_on_another_withi
                 "failed": 0,
                 "pending": 0,
                 "unsupported": 0,
+                "offline": 0,
+                "disconnected": 0,
             }
         # Heartbeats after the APPLIED report carry no config.
         assert not (await agent.heartbeat()).HasField("remote_config")
@@ -421,7 +423,16 @@ async def test_rollout_counts_on_every_node_after_agents_apply(
         assert not (await unsupported.heartbeat()).HasField("remote_config")
         assert not (await other.heartbeat()).HasField("remote_config")
 
-        expected = {"matched": 6, "applied": 2, "applying": 1, "failed": 1, "pending": 1, "unsupported": 1}
+        expected = {
+            "matched": 6,
+            "applied": 2,
+            "applying": 1,
+            "failed": 1,
+            "pending": 1,
+            "unsupported": 1,
+            "offline": 0,
+            "disconnected": 0,
+        }
         by_status = {
             "applied": {text(applies.uid), text(http_applies.uid)},
             "applying": {text(silent.uid)},

@@ -432,6 +432,8 @@ def test_remote_config_applied_and_never_sent_without_accepts_remote_config(
         "failed": 0,
         "pending": 0,
         "unsupported": 1,
+        "offline": 0,
+        "disconnected": 0,
     }
     applied_list = gateway.admin.agents(config="node-both", config_status="applied")
     assert [a["instance_uid"] for a in applied_list] == [accepting_uid]

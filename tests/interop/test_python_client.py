@@ -417,6 +417,8 @@ def test_remote_config_is_applied_and_the_admin_api_shows_it(gateway_factory: Ga
             "failed": 0,
             "pending": 0,
             "unsupported": 0,
+            "offline": 0,
+            "disconnected": 0,
         }
         assert [
             a["instance_uid"] for a in gateway.admin.agents(config="py-sdk", config_status="applied")
@@ -485,6 +487,8 @@ def test_a_client_without_accepts_remote_config_never_receives_one(gateway_facto
             "failed": 0,
             "pending": 0,
             "unsupported": 1,
+            "offline": 0,
+            "disconnected": 0,
         }
         unsupported = gateway.admin.agents(config="py-both", config_status="unsupported")
         assert [a["instance_uid"] for a in unsupported] == [refused["instance_uid"]]

@@ -216,3 +216,20 @@ async def test_a_node_without_websocket_agents_asks_nothing(node: Node, store: S
     assert await node.services.command_sweep.run() == 0
     assert store.pending_queries == 0
     assert store.records[uid(40)].pending_command == RESTART
+
+
+async def test_a_listing_older_than_an_admin_restart_does_not_make_the_sweep_push_it_again(
+    node: Node, store: SweepStore
+) -> None:
+    services = node.services
+    async with agent_socket(node.opamp_url) as ws, httpx2.AsyncClient(base_url=node.admin_url) as admin:
+        await exchange(ws, report(uid(11)))
+        await eventually(lambda: services.writer.depth == 0 and uid(11) in store.records)
+        # The restart is stored, then pushed by the router (and cleared), while the listing the sweep
+        # reads has not caught up (Elasticsearch between refreshes).
+        response = await admin.post(f"/api/v1/agents/{uuid.UUID(bytes=uid(11))}/restart")
+        assert response.json()["delivery"] == "pushed"
+        assert (await recv(ws)).command.type == RESTART
+        store.frozen = {uid(11): RESTART}
+        assert await services.command_sweep.run() == 0
+        assert not (await exchange(ws, heartbeat(uid(11), 1))).HasField("command")

@@ -51,10 +51,13 @@ class _SlowBus:
     async def send(self, node: str, event: Any) -> int:
         return 0
 
+    async def beat(self, load: int) -> None:
+        self.load = load
+
 
 async def test_a_refresh_skips_claims_not_yet_sent_and_still_finds_real_takeovers() -> None:
     registry, bus = Registry(), _SlowBus()
-    presence = Presence("node-a", registry, bus, owner_ttl=30)  # type: ignore[arg-type]
+    presence = Presence("node-a", registry, bus, owner_ttl=30, node_ttl=6)  # type: ignore[arg-type]
     await presence.start()
     try:
         agent, other = b"\x01" * 16, b"\x02" * 16

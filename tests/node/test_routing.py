@@ -7,13 +7,15 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from gateway.bus.base import ConnectionTakenOver, Owner
+from gateway.bus.base import AgentCommand, ConnectionTakenOver, Owner
 from gateway.bus.local import LocalBus, LocalHub
+from gateway.fleet.agent import AgentWrite
 from gateway.proto import opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
@@ -45,7 +47,7 @@ async def test_restart_through_another_node_is_published_to_the_owner(nodes: tup
         assert (agent["connected"], agent["transport"], agent["node"]) == (True, "websocket", "node-a")
         response = await admin_b.post(f"/api/v1/agents/{uuid.UUID(int=1)}/restart")
         assert response.status_code == 202
-        assert response.json()["delivery"] == "published" and response.json()["node"] == "node-a"
+        assert response.json()["delivery"] == "pushed" and response.json()["node"] == "node-a"
         pushed = await recv(ws)
         assert pushed.instance_uid == uid(1) and pushed.command.type == pb.CommandType_Restart
 
@@ -123,3 +125,33 @@ async def test_a_stored_command_survives_another_nodes_status_write(tmp_path: Pa
         await a.services.writer.stop()  # flushed
         stored = await b.services.store.get(uid(6))
         assert stored is not None and stored.pending_command == pb.CommandType_Restart
+
+
+async def test_a_command_from_the_bus_is_pushed_only_while_the_record_still_holds_its_id(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    async with agent_socket(a.opamp_url) as ws:
+        await exchange(ws, report(uid(7)))
+        await a.services.presence.settle()
+        # Delivered elsewhere already (the record holds no command): node-a sends nothing.
+        await b.services.bus.send(
+            "node-a", AgentCommand(uid=uid(7), command=pb.CommandType_Restart, command_id="x")
+        )
+        await asyncio.sleep(0.2)
+        assert not (await exchange(ws, heartbeat(uid(7), 1))).HasField("command")
+        # Still pending under that id: node-a pushes it and clears it.
+        state = await b.services.store.get(uid(7))
+        assert state is not None
+        pending = replace(state, pending_command=pb.CommandType_Restart, command_id="y")
+        await b.services.writer.submit_durable(
+            AgentWrite(state=pending, changed=frozenset({"pending_command"}))
+        )
+        await b.services.bus.send(
+            "node-a", AgentCommand(uid=uid(7), command=pb.CommandType_Restart, command_id="y")
+        )
+        pushed = await recv(ws)
+        assert pushed.command.type == pb.CommandType_Restart
+        await eventually(lambda: a.services.writer.depth == 0)
+        stored = await b.services.store.get(uid(7))
+        assert stored is not None and (stored.pending_command, stored.command_id) == (None, "")

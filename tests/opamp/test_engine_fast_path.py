@@ -179,6 +179,7 @@ def test_touched_copies_every_field() -> None:
         "disconnected": True,
         "previous_instance_uids": (OTHER_UID,),
         "pending_command": 0,
+        "command_id": "c",
         "node": "n",
         "transport": "websocket",
         "offered_config_hash": HASH,

@@ -95,6 +95,7 @@ async def test_roundtrip_every_field(store: Store) -> None:
         disconnected=True,
         previous_instance_uids=(new_uid(), new_uid()),
         pending_command=0,  # CommandType_Restart is 0: None and 0 must stay apart
+        command_id="0193a1b2c3d4",
         node="gateway-7",
         transport="websocket",
         offered_config_hash=b"\x02" * 32,
@@ -567,6 +568,31 @@ async def test_pending_command_changes_only_when_a_write_names_it(store: Store) 
     assert (await store.get(stored.instance_uid)) == replace(status, pending_command=0)
     # Delivery clears it.
     delivered = replace(status, last_seen=21.0, pending_command=None)
+    await store.write([AgentWrite(state=delivered, changed=frozenset({"pending_command", "last_seen"}))])
+    assert (await store.get(stored.instance_uid)) == delivered
+
+
+async def test_a_command_id_travels_with_its_command_and_only_a_named_write_changes_either(
+    store: Store,
+) -> None:
+    stored = agent(last_seen=10.0)
+    await store.write([full(stored)])
+    # Requested from an older read of the record (its last_seen is behind the stored one's).
+    request = replace(stored, last_seen=5.0, pending_command=0, command_id="first")
+    await store.write([AgentWrite(state=request, changed=frozenset({"pending_command"}))])
+    got = await store.get(stored.instance_uid)
+    assert got is not None and (got.last_seen, got.pending_command, got.command_id) == (10.0, 0, "first")
+    # The same command asked again: a new id replaces the old one.
+    again = replace(stored, pending_command=0, command_id="second")
+    await store.write([AgentWrite(state=again, changed=frozenset({"pending_command"}))])
+    # Writes of the holding node, from a cached record without any command, keep both.
+    status = replace(stored, last_seen=20.0, health=None)
+    await store.write([full(status)])
+    await store.write([touch(replace(status, last_seen=21.0, sequence_num=status.sequence_num + 1))])
+    got = await store.get(stored.instance_uid)
+    assert got is not None and (got.pending_command, got.command_id) == (0, "second")
+    # Delivery clears both.
+    delivered = replace(status, last_seen=22.0, pending_command=None, command_id="")
     await store.write([AgentWrite(state=delivered, changed=frozenset({"pending_command", "last_seen"}))])
     assert (await store.get(stored.instance_uid)) == delivered
 

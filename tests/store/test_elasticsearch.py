@@ -101,7 +101,7 @@ async def test_ping_names_an_outdated_mapping(unmigrated: EsAliases) -> None:
         await client.close()
     store = unmigrated.store()
     try:
-        with pytest.raises(NotMigrated, match="mapping version 0, this gateway needs 1"):
+        with pytest.raises(NotMigrated, match="mapping version 0, this gateway needs 2"):
             await store.ping()
     finally:
         await store.close()

@@ -43,7 +43,9 @@ async def test_restart_is_pushed_alone_to_a_websocket_agent(node: Node, admin: h
         await exchange(ws, report(uid(20)))
         response = await admin.post(f"/api/v1/agents/{uuid.UUID(int=20)}/restart")
         assert response.status_code == 202
-        assert response.json() == {
+        body = response.json()
+        assert len(body.pop("command_id")) == 32
+        assert body == {
             "instance_uid": str(uuid.UUID(int=20)),
             "command": "restart",
             "delivery": "pushed",

@@ -13,6 +13,7 @@ from bench.ws_client import connect
 from gateway.opamp import framing
 from gateway.server import build_servers
 from gateway.transport.keepalive import Keepalive
+from gateway.transport.ws_protocol import WebSocketProtocol
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import run_node
 from tests.support.waiting import uid
@@ -45,11 +46,13 @@ async def test_only_silent_sockets_are_pinged(tmp_path: Path) -> None:
             await silent.close()
 
 
-async def test_the_opamp_port_uses_the_sweep_and_the_admin_port_uvicorns_default(tmp_path: Path) -> None:
+async def test_the_opamp_port_uses_its_own_protocol_and_the_sweep(tmp_path: Path) -> None:
     async with run_node(tmp_path, store=MemoryStore()) as node:
         opamp, admin = (server.config for server in build_servers(node.services))
-        assert isinstance(opamp.ws, type) and opamp.ws.__name__ == "Protocol"
-        assert admin.ws == "auto"
+        assert isinstance(opamp.ws, type) and issubclass(opamp.ws, WebSocketProtocol)
+        assert opamp.ws.sockets.__class__ is Keepalive
+        # The admin port has no WebSocket route: uvicorn refuses upgrades there.
+        assert admin.ws == "none"
 
 
 def test_a_sweep_with_no_sockets_left_stops_its_timer() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -240,6 +241,12 @@ class Settings:
         self._check_elasticsearch()
 
     def _check_numbers(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # NaN passes every comparison below, and inf would reach Elasticsearch queries as
+            # -Infinity, which its JSON parser refuses.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{_flag(f.name)}: must be a finite number, got {value}")
         for name in ("port", "admin_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from gateway import cli
 from gateway.migrate import MigrateError, migrate
 from gateway.store.base import StoreUnavailable
 from gateway.store.elasticsearch_client import make_client
-from gateway.store.elasticsearch_schema import AGENT_PROPERTIES, IndexSpec, agents_index, configs_index
+from gateway.store.elasticsearch_schema import (
+    AGENT_PROPERTIES,
+    AGENTS_MAPPING_VERSION,
+    IndexSpec,
+    agents_index,
+    configs_index,
+)
 from tests.store.store_helpers import agent, full, heartbeat, touch
 from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
 
@@ -39,7 +46,11 @@ async def client(aliases: EsAliases) -> AsyncIterator[AsyncElasticsearch]:
     await es.close()
 
 
-def specs(aliases: EsAliases, agents_version: int = 1, refresh: str = "1s") -> list[IndexSpec]:
+V = AGENTS_MAPPING_VERSION
+LATER = V + 1
+
+
+def specs(aliases: EsAliases, agents_version: int = V, refresh: str = "1s") -> list[IndexSpec]:
     agents = agents_index(aliases.agents, refresh)
     if agents_version != agents.version:
         # A later gateway: one more field, as mapping changes are additive.
@@ -58,7 +69,7 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
 ) -> None:
     done = await migrate(client, specs(aliases))
     assert done == [
-        f"index template {aliases.agents}: mapping version None -> 1",
+        f"index template {aliases.agents}: mapping version None -> {V}",
         f"index {aliases.agents}-000001 created with write alias {aliases.agents}",
         f"index template {aliases.configs}: mapping version None -> 1",
         f"index {aliases.configs}-000001 created with write alias {aliases.configs}",
@@ -68,7 +79,7 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
         assert dict(response.body) == {f"{alias}-000001": {"aliases": {alias: {"is_write_index": True}}}}
         mapping = (await client.indices.get_mapping(index=alias)).body[f"{alias}-000001"]["mappings"]
         assert mapping["dynamic"] == "strict"
-        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == 1
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == (V if alias == aliases.agents else 1)
     settings = (await client.indices.get_settings(index=aliases.agents)).body
     assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "1s"
     store = aliases.store()
@@ -85,15 +96,87 @@ async def test_a_second_run_changes_nothing(aliases: EsAliases, client: AsyncEla
     assert await migrate(client, specs(aliases)) == []
     if double:
         sent = {k: v - before.get(k, 0) for k, v in double.stats.requests.items() if v != before.get(k, 0)}
-        assert set(sent) <= {"get_index_template", "get_alias", "get_mapping", "get_settings"}, sent
+        assert set(sent) <= {"info", "get_index_template", "get_alias", "get_mapping", "get_settings"}, sent
 
 
 async def test_a_changed_refresh_interval_is_applied(aliases: EsAliases, client: AsyncElasticsearch) -> None:
     await migrate(client, specs(aliases))
     done = await migrate(client, specs(aliases, refresh="30s"))
-    assert done == [f"index {aliases.agents}-000001: refresh_interval 1s -> 30s"]
+    assert done == [
+        f"index template {aliases.agents}: settings of mapping version {V} updated",
+        f"index {aliases.agents}-000001: refresh_interval 1s -> 30s",
+    ]
     settings = (await client.indices.get_settings(index=aliases.agents)).body
     assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "30s"
+
+
+async def test_a_new_first_index_gets_the_current_refresh_interval(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    """The template is current but the index was deleted: the next index must not get the old interval."""
+    await migrate(client, specs(aliases))
+    await client.indices.delete(index=f"{aliases.agents}-000001")
+    await migrate(client, specs(aliases, refresh="30s"))
+    settings = (await client.indices.get_settings(index=aliases.agents)).body
+    assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "30s"
+    template = (await client.indices.get_index_template(name=aliases.agents)).body["index_templates"][0]
+    assert template["index_template"]["template"]["settings"]["index"]["refresh_interval"] == "30s"
+
+
+async def test_serverless_templates_leave_out_shards_and_replicas(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    done = await migrate(client, specs(aliases), serverless=True)
+    assert len(done) == 4
+    template = (await client.indices.get_index_template(name=aliases.agents)).body["index_templates"][0]
+    assert template["index_template"]["template"]["settings"] == {"index": {"refresh_interval": "1s"}}
+    # A later run on a regular cluster puts the settings back, and the reverse.
+    assert await migrate(client, specs(aliases), serverless=True) == []
+
+
+async def test_the_serverless_double_refuses_shard_settings_and_migrate_detects_it() -> None:
+    from harness.es_double import EsDouble
+
+    with EsDouble(serverless=True) as double:
+        target = EsTarget(double.url, double)
+        made = new_aliases(target)
+        es = make_client(made.settings())
+        try:
+            with pytest.raises(MigrateError, match="not available when running in serverless mode"):
+                await migrate(es, specs(made), serverless=False)
+            # Detected from GET / (build_flavor: serverless).
+            done = await migrate(es, specs(made))
+            assert f"index {made.agents}-000001 created with write alias {made.agents}" in done
+        finally:
+            await es.close()
+        store = made.store()
+        try:
+            state = agent(last_seen=1.0)
+            await store.write([full(state)])
+            assert await store.get(state.instance_uid) == state
+        finally:
+            await store.close()
+
+
+async def test_the_write_block_waits_for_writes_in_flight(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    """An acknowledged write that was in flight when migrate blocked the index is in the copy."""
+    double = aliases.double
+    await migrate(client, specs(aliases))
+    store = aliases.store()
+    state = agent(last_seen=10.0)
+    try:
+        double.faults.bulk_delay = 0.5
+        writing = asyncio.ensure_future(store.write([full(state)]))
+        await asyncio.sleep(0.2)  # the bulk has passed its block check and not yet applied
+        await migrate(client, specs(aliases, agents_version=LATER))
+        await writing
+        double.faults.bulk_delay = 0.0
+        assert await _aliases_of(client, aliases.agents) == [f"{aliases.agents}-000002"]
+        assert await store.get(state.instance_uid) == state
+    finally:
+        await store.close()
 
 
 async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
@@ -104,15 +187,15 @@ async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
     fleet = [agent(last_seen=float(n)) for n in range(1, 26)]
     try:
         await store.write([full(a) for a in fleet])
-        done = await migrate(client, specs(aliases, agents_version=2, refresh="-1"))
+        done = await migrate(client, specs(aliases, agents_version=LATER, refresh="-1"))
         old, new = f"{aliases.agents}-000001", f"{aliases.agents}-000002"
-        assert done[0] == f"index template {aliases.agents}: mapping version 1 -> 2"
+        assert done[0] == f"index template {aliases.agents}: mapping version {V} -> {LATER}"
         assert done[1].startswith(
-            f"index {old} (mapping version 1) rolled over to {new} (version 2): 25 documents"
+            f"index {old} (mapping version {V}) rolled over to {new} (version {LATER}): 25 documents"
         )
         assert await _aliases_of(client, aliases.agents) == [new]
         mapping = (await client.indices.get_mapping(index=aliases.agents)).body[new]["mappings"]
-        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == 2
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == LATER
         assert "added_later" in mapping["properties"]
         # The old index stays, read-only, for a rollback.
         blocked = (await client.indices.get_settings(index=old)).body[old]["settings"]["index"]
@@ -123,7 +206,7 @@ async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
         beat = heartbeat(fleet[0], 100.0)
         await store.write([touch(beat)])
         assert await store.get(beat.instance_uid) == beat
-        assert await migrate(client, specs(aliases, agents_version=2, refresh="-1")) == []
+        assert await migrate(client, specs(aliases, agents_version=LATER, refresh="-1")) == []
     finally:
         await store.close()
 
@@ -142,7 +225,7 @@ async def test_writes_during_the_copy_wait_and_land_after_it(
         )
         with pytest.raises(StoreUnavailable, match="cluster_block_exception"):
             await store.write([touch(heartbeat(state, 11.0))])
-        await migrate(client, specs(aliases, agents_version=2))
+        await migrate(client, specs(aliases, agents_version=LATER))
         # The Writer keeps failed batches and tries again: by then the alias names the new index.
         await store.write([touch(heartbeat(state, 11.0))])
         assert await store.get(state.instance_uid) == heartbeat(state, 11.0)
@@ -163,7 +246,7 @@ async def test_an_interrupted_upgrade_finishes_on_the_next_run(
     # A run that stopped after making the new index and blocking the old one.
     await client.indices.put_settings(index=f"{aliases.agents}-000001", settings={"index.blocks.write": True})
     await client.indices.create(index=f"{aliases.agents}-000002")
-    await migrate(client, specs(aliases, agents_version=2))
+    await migrate(client, specs(aliases, agents_version=LATER))
     assert await _aliases_of(client, aliases.agents) == [f"{aliases.agents}-000002"]
     store = aliases.store()
     try:
@@ -173,9 +256,9 @@ async def test_an_interrupted_upgrade_finishes_on_the_next_run(
 
 
 async def test_a_newer_mapping_is_refused(aliases: EsAliases, client: AsyncElasticsearch) -> None:
-    await migrate(client, specs(aliases, agents_version=2))
+    await migrate(client, specs(aliases, agents_version=LATER))
     with pytest.raises(
-        MigrateError, match="newer than this gateway's 1: run the migrate of the newer gateway"
+        MigrateError, match=f"newer than this gateway's {V}: run the migrate of the newer gateway"
     ):
         await migrate(client, specs(aliases))
 

@@ -69,6 +69,14 @@ def error_type(body: object) -> str:
     return ""
 
 
+def _error_reason(body: object) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("reason", ""))[:500]
+    return ""
+
+
 def is_transient(status: int, kind: str) -> bool:
     """A failure that may pass if the same request is sent again later."""
     return status == 429 or status >= 500 or kind in _TRANSIENT_TYPES
@@ -79,6 +87,10 @@ def store_error(exc: Exception, what: str) -> StoreError:
     if isinstance(exc, ApiError):
         kind = error_type(exc.body)
         reason = f"Elasticsearch {what}: HTTP {exc.status_code} {kind or exc.message}"
+        detail = _error_reason(exc.body)
+        if detail and exc.status_code == 400:
+            # A refused request (a setting, a mapping): the reason says which part.
+            reason = f"{reason}: {detail}"
         if exc.status_code == 404 and kind == "index_not_found_exception":
             missing = exc.body["error"].get("index", "the alias")
             return NotMigrated(f"{reason}: {missing} does not exist; run `opamp-gateway migrate`")

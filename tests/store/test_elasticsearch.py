@@ -18,7 +18,7 @@ from gateway.store.base import AgentQuery, StoreError, StoreUnavailable
 from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import NotMigrated, make_client
 from gateway.store.elasticsearch_documents import agent_document
-from gateway.store.elasticsearch_schema import agents_index, configs_index
+from gateway.store.elasticsearch_schema import AGENTS_MAPPING_VERSION, agents_index, configs_index
 from tests.store.store_helpers import agent, effective_config, full, health, heartbeat, moved, new_uid, touch
 from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
 
@@ -101,7 +101,9 @@ async def test_ping_names_an_outdated_mapping(unmigrated: EsAliases) -> None:
         await client.close()
     store = unmigrated.store()
     try:
-        with pytest.raises(NotMigrated, match="mapping version 0, this gateway needs 1"):
+        with pytest.raises(
+            NotMigrated, match=f"mapping version 0, this gateway needs {AGENTS_MAPPING_VERSION}"
+        ):
             await store.ping()
     finally:
         await store.close()

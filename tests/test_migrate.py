@@ -299,6 +299,29 @@ def test_the_migrate_command(aliases: EsAliases) -> None:
     assert again.stdout.strip() == "nothing to do: the templates, indices and aliases are up to date"
 
 
+def test_the_migrate_command_for_serverless(aliases: EsAliases) -> None:
+    done = subprocess.run(
+        [OPAMP_GATEWAY, "migrate", "--serverless"],
+        env=_env(aliases),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    es = run_sync(lambda: _template_settings(aliases))
+    assert es == {"index": {"refresh_interval": "5s"}}
+
+
+async def _template_settings(aliases: EsAliases) -> object:
+    client = make_client(aliases.settings())
+    try:
+        found = (await client.indices.get_index_template(name=aliases.agents)).body["index_templates"]
+        return found[0]["index_template"]["template"]["settings"]
+    finally:
+        await client.close()
+
+
 def test_migrate_needs_an_elasticsearch_url(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["migrate"]) == 1
     assert "migrate needs --elasticsearch-url" in capsys.readouterr().err

@@ -121,4 +121,6 @@ def agent_json(
         body["config_sync"] = sync.to_json()
     if state.pending_command is not None:
         body["pending_command"] = _COMMANDS.get(state.pending_command, str(state.pending_command))
+    if state.oversized:
+        body["oversized"] = list(state.oversized)
     return body

@@ -91,11 +91,12 @@ class Handler:
             compat = self._compat(request)
         except errors.EsError as exc:
             return self._respond(request.method, exc.status, exc.body(), None)
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_content_length:
+        body = await request.body()
+        if len(body) > self.max_content_length:
+            # Elasticsearch answers before reading the rest; the double reads it all first, so that
+            # the client sees the 413 rather than a connection reset in the middle of its send.
             self.stats.record("too_large")
             return Response(status_code=413, headers={"X-Elastic-Product": "Elasticsearch"})
-        body = await request.body()
         parts = [urllib.parse.unquote(p) for p in request.url.path.strip("/").split("/") if p]
         call = Call(request.method, parts, dict(request.query_params), body)
         endpoint, allowed, run = self._route(call)

@@ -47,11 +47,14 @@ class _Server(uvicorn.Server):
 
 
 class EsDouble:
-    def __init__(self, *, serverless: bool = False, max_content_length: int = MAX_CONTENT_LENGTH) -> None:
+    def __init__(
+        self, *, serverless: bool = False, max_content_length: int = MAX_CONTENT_LENGTH, major: int = 9
+    ) -> None:
         """`serverless`: behave as Elastic Cloud Serverless (build flavor, refused settings);
-        `max_content_length`: http.max_content_length (100 MiB)."""
+        `max_content_length`: http.max_content_length (100 MiB); `major`: answer as that version
+        (8: refuses the 9 client's media type, as an Elasticsearch 8 node does)."""
         self.cluster = Cluster(serverless=serverless)
-        self.handler = Handler(self.cluster, max_content_length)
+        self.handler = Handler(self.cluster, max_content_length, major)
         self.port = free_port()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

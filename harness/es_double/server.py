@@ -77,8 +77,12 @@ def _non_numeric(name: str) -> Any:
 class Handler:
     """Routes one request to the cluster; `faults` and `stats` are the test's handles."""
 
-    def __init__(self, cluster: Cluster, max_content_length: int = MAX_CONTENT_LENGTH) -> None:
+    def __init__(
+        self, cluster: Cluster, max_content_length: int = MAX_CONTENT_LENGTH, major: int = 9
+    ) -> None:
         self.cluster = cluster
+        # The major version it answers as: a node accepts compatible-with its major and the one before.
+        self.major = major
         self.max_content_length = max_content_length
         self.faults = Faults()
         self.stats = Stats()
@@ -143,14 +147,13 @@ class Handler:
             status, payload = exc.status, exc.payload
         return self._respond(request.method, status, payload, compat)
 
-    @staticmethod
-    def _compat(request: Request) -> int | None:
+    def _compat(self, request: Request) -> int | None:
         found = None
         for header in ("accept", "content-type"):
             match = _COMPAT.search(request.headers.get(header, ""))
             if match is not None:
                 found = int(match.group(1))
-        if found is not None and found not in (8, 9):
+        if found is not None and found not in (self.major - 1, self.major):
             raise errors.EsError(
                 400,
                 "media_type_header_exception",
@@ -277,7 +280,7 @@ class Handler:
                 "cluster_name": "opamp-test",
                 "cluster_uuid": "d0ubl3-cluster",
                 "version": {
-                    "number": VERSION,
+                    "number": VERSION if self.major == 9 else f"{self.major}.19.0",
                     "build_flavor": "serverless" if self.cluster.serverless else "default",
                     "build_type": "docker",
                     "lucene_version": "10.2.2",

@@ -32,9 +32,11 @@ pytestmark = pytest.mark.anyio
 OPAMP_GATEWAY = str(Path(sys.executable).with_name("opamp-gateway"))
 
 
-@pytest.fixture
-def aliases(es_target: EsTarget) -> Iterator[EsAliases]:
-    made = new_aliases(es_target)
+@pytest.fixture(params=["default", "serverless"])
+def aliases(request: pytest.FixtureRequest) -> Iterator[EsAliases]:
+    """Every test on a regular cluster and on Elastic Cloud Serverless (as the double plays them)."""
+    target = "es_target" if request.param == "default" else "es_serverless_target"
+    made = new_aliases(request.getfixturevalue(target))
     yield made
     run_sync(made.drop)
 

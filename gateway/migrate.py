@@ -96,7 +96,16 @@ async def migrate(
 
 async def is_serverless(client: AsyncElasticsearch) -> bool:
     """Whether the cluster is Elastic Cloud Serverless: its `GET /` says `build_flavor: serverless`."""
-    version = (await client.info()).body.get("version", {})
+    response = await client.options(ignore_status=(401, 403)).info()
+    if response.meta.status != 200:
+        # `GET /` needs the `monitor` cluster privilege, which older migrate keys lack.
+        logger.warning(
+            "cannot read the cluster's build flavor (HTTP %d: give the migrate key the `monitor` "
+            "cluster privilege); assuming it is not Serverless (pass --serverless if it is)",
+            response.meta.status,
+        )
+        return False
+    version = response.body.get("version", {})
     return isinstance(version, dict) and version.get("build_flavor") == SERVERLESS_FLAVOR
 
 

@@ -346,3 +346,19 @@ def test_an_unusable_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     plain = ["--elasticsearch-url=http://es.example:9200", f"--elasticsearch-ca-cert={missing}"]
     assert cli.main(["migrate", *plain]) == 1
     assert "needs an https:// --elasticsearch-url" in capsys.readouterr().err
+
+
+async def test_a_key_without_monitor_migrates_as_a_regular_cluster(
+    aliases: EsAliases, client: AsyncElasticsearch, caplog: pytest.LogCaptureFixture
+) -> None:
+    double = aliases.double
+    if double.cluster.serverless:
+        pytest.skip("a Serverless project refuses the regular templates; --serverless is the answer there")
+    double.faults.reject_status, double.faults.reject_endpoints = 403, frozenset({"info"})
+    double.faults.reject_requests = 1
+    try:
+        done = await migrate(client, specs(aliases))
+    finally:
+        double.faults.reject_status, double.faults.reject_endpoints = 429, frozenset()
+    assert f"index {aliases.agents}-000001 created with write alias {aliases.agents}" in done
+    assert "give the migrate key the `monitor` cluster privilege" in caplog.text

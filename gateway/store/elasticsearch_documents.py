@@ -42,6 +42,11 @@ SEARCH_TEXT_LIMIT = 8192
 # bearable. An agent whose reports exceed it is stored without its largest reported parts, named in
 # `opamp.oversized`.
 MAX_DOCUMENT_BYTES = 8 << 20
+# The rendered copy of an effective config (`effective_config.files`, for operators browsing the
+# index) is kept only up to this many bytes of config: Elasticsearch rewrites the whole document on
+# every update, heartbeats included, and above this the copy is most of what each heartbeat rewrites.
+# The admin API renders from the exact bytes in `opamp.raw`, which are always kept.
+FILES_COPY_LIMIT = 64 << 10
 # Reported parts, in the order they are dropped when equally large (never the identity).
 REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description")
 
@@ -127,13 +132,12 @@ def agent_document(state: AgentState) -> dict[str, Any]:
     uid = state.uid
     health, message = _health(state)
     attrs = derived.attributes
-    effective = None
+    effective: dict[str, Any] | None = None
     if state.effective_config is not None:
-        config = pb.EffectiveConfig.FromString(state.effective_config)
-        effective = {
-            "hash": hashlib.sha256(state.effective_config).hexdigest(),
-            "files": config_map_json(config.config_map),
-        }
+        effective = {"hash": hashlib.sha256(state.effective_config).hexdigest()}
+        if len(state.effective_config) <= FILES_COPY_LIMIT:
+            config = pb.EffectiveConfig.FromString(state.effective_config)
+            effective["files"] = config_map_json(config.config_map)
     return {
         "type": AGENT_TYPE,
         "active": True,

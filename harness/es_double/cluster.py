@@ -169,6 +169,8 @@ class Cluster:
     def __init__(self, *, serverless: bool = False) -> None:
         # Elastic Cloud Serverless: refuses shard and replica settings (SERVERLESS_REFUSED).
         self.serverless = serverless
+        # search.max_buckets, a dynamic cluster setting (tests lower it rather than make 65,537 buckets).
+        self.max_buckets = 65_536
         self.lock = threading.RLock()
         self.templates: dict[str, dict[str, Any]] = {}
         self.indices: dict[str, Index] = {}

@@ -433,7 +433,7 @@ def run_search(cluster: Cluster, target: str, body: dict[str, Any]) -> dict[str,
     response["hits"] = out_hits
     aggs = body.get("aggs") or body.get("aggregations")
     if aggs:
-        response["aggregations"] = search.aggregate(compiler, aggs, hits)
+        response["aggregations"] = search.aggregate(compiler, aggs, hits, cluster.max_buckets)
     return response
 
 

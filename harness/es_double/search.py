@@ -275,17 +275,19 @@ def order(
 # -- aggregations ----------------------------------------------------------------------------------
 
 
-def aggregate(compiler: Compiler, aggs: dict[str, Any], docs: list[Doc]) -> dict[str, Any]:
+def aggregate(
+    compiler: Compiler, aggs: dict[str, Any], docs: list[Doc], max_buckets: int = MAX_BUCKETS
+) -> dict[str, Any]:
     out = _aggregate(compiler, aggs, docs)
     buckets = _count_buckets(out)
-    if buckets > MAX_BUCKETS:
+    if buckets > max_buckets:
         raise errors.EsError(
             400,
             "too_many_buckets_exception",
-            f"Trying to create too many buckets. Must be less than or equal to: [{MAX_BUCKETS}] but this "
+            f"Trying to create too many buckets. Must be less than or equal to: [{max_buckets}] but this "
             f"number of buckets was exceeded. This limit can be set by changing the [search.max_buckets] "
             "cluster level setting.",
-            max_buckets=MAX_BUCKETS,
+            max_buckets=max_buckets,
         )
     return out
 

@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         "serve; only the --elasticsearch-* ones and the logging flags matter.",
     )
     settings_mod.add_arguments(migrate)
+    migrate.add_argument(
+        "--serverless",
+        action="store_true",
+        default=None,
+        help="write templates for Elastic Cloud Serverless (no shard or replica settings); without it, "
+        "the cluster's build flavor decides",
+    )
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -88,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(s.log_level, s.log_format)
     if args.command == "migrate":
-        return _migrate(s)
+        return _migrate(s, args.serverless)
     refusal = _refuse_insecure(s)
     if refusal:
         print(f"opamp-gateway: error: {refusal}", file=sys.stderr)
@@ -110,11 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _migrate(s: settings_mod.Settings) -> int:
+def _migrate(s: settings_mod.Settings, serverless: bool | None) -> int:
     from gateway import migrate
 
     try:
-        done = asyncio.run(migrate.run(s))
+        done = asyncio.run(migrate.run(s, serverless=serverless))
     except migrate.MigrateError as exc:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)
         return 1

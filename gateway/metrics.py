@@ -234,6 +234,12 @@ class Metrics:
             "Agent documents Elasticsearch refused for good (mapping errors); each is logged",
             registry=r,
         )
+        self.es_oversized = Counter(
+            "opamp_gateway_elasticsearch_oversized_documents_total",
+            "Agent documents written without reported parts that would exceed the document size bound "
+            "(named in the agent's `oversized`)",
+            registry=r,
+        )
 
     def observe_circuit(self, state: str) -> None:
         for name in ("closed", "open", "half_open"):
@@ -251,6 +257,9 @@ class Metrics:
 
     def observe_es_rejected(self) -> None:
         self.es_rejected.inc()
+
+    def observe_es_oversized(self) -> None:
+        self.es_oversized.inc()
 
     def watch_node(
         self,

@@ -8,13 +8,17 @@ does); a run with nothing to do changes nothing. For each of the agents and conf
 2. Without the alias, the first index (`<alias>-000001`) is created with the alias as its write
    alias. The gateway itself never creates indices: `serve` stays unready until this has run.
 3. If the index behind the alias has an older mapping version, it is rolled over to the next index:
-   the old index is made read-only (`index.blocks.write`, so gateways still running retry their
-   writes instead of losing them), its documents are copied with `_reindex`, and the alias moves to
-   the new index in one atomic `_aliases` call. The old index is kept, read-only, for a rollback;
+   the old index gets a write block with the add-block API (`PUT /<index>/_block/write`, which waits
+   for in-flight writes to finish, unlike setting `index.blocks.write`; gateways still running retry
+   their writes instead of losing them), its documents are copied with `_reindex`, and the alias
+   moves to the new index in one atomic `_aliases` call. The old index is kept, read-only, for a rollback;
    delete it when satisfied. Mapping changes are additive, so older gateways keep working on the new
    index during a rolling upgrade.
 
 A mapping version newer than this gateway's is refused: run the newer gateway's migrate.
+
+On Elastic Cloud Serverless (`--serverless`, or detected from the cluster's `build_flavor`), the
+templates leave out the shard and replica settings Serverless manages itself and refuses.
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ from gateway.store.elasticsearch_client import (
     make_client,
     store_error,
 )
-from gateway.store.elasticsearch_schema import IndexSpec, agents_index, configs_index, mapping_version
+from gateway.store.elasticsearch_schema import (
+    SERVERLESS_FLAVOR,
+    IndexSpec,
+    agents_index,
+    configs_index,
+    mapping_version,
+)
 
 logger = logging.getLogger("gateway.migrate")
 
@@ -51,8 +61,9 @@ def index_specs(settings: Settings) -> list[IndexSpec]:
     ]
 
 
-async def run(settings: Settings) -> list[str]:
-    """Migrate the cluster named by the settings; returns what was done, one line per change."""
+async def run(settings: Settings, *, serverless: bool | None = None) -> list[str]:
+    """Migrate the cluster named by the settings; returns what was done, one line per change.
+    `serverless` None: ask the cluster."""
     if not settings.elasticsearch_url:
         raise MigrateError(
             "migrate needs --elasticsearch-url (OPAMP_GATEWAY_ELASTICSEARCH_URL); the SQLite store "
@@ -63,35 +74,68 @@ async def run(settings: Settings) -> list[str]:
     except ElasticsearchConfigError as exc:
         raise MigrateError(str(exc)) from None
     try:
-        return await migrate(client, index_specs(settings))
+        return await migrate(client, index_specs(settings), serverless=serverless)
     finally:
         await client.close()
 
 
-async def migrate(client: AsyncElasticsearch, specs: Sequence[IndexSpec]) -> list[str]:
+async def migrate(
+    client: AsyncElasticsearch, specs: Sequence[IndexSpec], *, serverless: bool | None = None
+) -> list[str]:
     done: list[str] = []
     try:
+        if serverless is None:
+            serverless = await is_serverless(client)
         for spec in specs:
-            done += await _template(client, spec)
+            done += await _template(client, spec, serverless)
             done += await _index(client, spec)
     except CLIENT_ERRORS as exc:
         raise MigrateError(str(store_error(exc, "migrate"))) from exc
     return done
 
 
-async def _template(client: AsyncElasticsearch, spec: IndexSpec) -> list[str]:
+async def is_serverless(client: AsyncElasticsearch) -> bool:
+    """Whether the cluster is Elastic Cloud Serverless: its `GET /` says `build_flavor: serverless`."""
+    response = await client.options(ignore_status=(401, 403)).info()
+    if response.meta.status != 200:
+        # `GET /` needs the `monitor` cluster privilege, which older migrate keys lack.
+        logger.warning(
+            "cannot read the cluster's build flavor (HTTP %d: give the migrate key the `monitor` "
+            "cluster privilege); assuming it is not Serverless (pass --serverless if it is)",
+            response.meta.status,
+        )
+        return False
+    version = response.body.get("version", {})
+    return isinstance(version, dict) and version.get("build_flavor") == SERVERLESS_FLAVOR
+
+
+async def _template(client: AsyncElasticsearch, spec: IndexSpec, serverless: bool) -> list[str]:
     response = await client.options(ignore_status=404).indices.get_index_template(name=spec.template_name)
     found = response.body.get("index_templates", []) if response.meta.status == 200 else []
-    current = found[0]["index_template"].get("version") if found else None
+    template = found[0]["index_template"] if found else {}
+    current = template.get("version")
     if isinstance(current, int) and current > spec.version:
         raise MigrateError(
             f"index template {spec.template_name} is at mapping version {current}, newer than this "
             f"gateway's {spec.version}: run the migrate of the newer gateway"
         )
-    if current == spec.version:
+    wanted = spec.template(serverless)
+    settings = template.get("template", {}).get("settings", {}).get("index", {})
+    if current == spec.version and _same_settings(settings, wanted["template"]["settings"]["index"]):
         return []
-    await client.indices.put_index_template(name=spec.template_name, **spec.template())
+    await client.indices.put_index_template(name=spec.template_name, **wanted)
+    if current == spec.version:
+        # Same mappings, other settings (a new --elasticsearch-refresh-interval, or Serverless): the
+        # next index made from it must not get the old ones.
+        return [f"index template {spec.template_name}: settings of mapping version {current} updated"]
     return [f"index template {spec.template_name}: mapping version {current} -> {spec.version}"]
+
+
+def _same_settings(found: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Elasticsearch gives settings back as strings, and may add its own keys."""
+    return all(str(found.get(key)) == str(value) for key, value in wanted.items()) and not (
+        set(found) - set(wanted)
+    )
 
 
 async def _alias_indices(client: AsyncElasticsearch, alias: str) -> dict[str, dict[str, Any]]:
@@ -110,7 +154,7 @@ async def _index(client: AsyncElasticsearch, spec: IndexSpec) -> list[str]:
                 f"{spec.alias} is an index, not an alias (was it created by a write before migrate?): "
                 f"move its documents to {spec.index_name(1)} with _reindex and delete it, then run migrate"
             )
-        return await _first_index(client, spec)
+        return await _first_index(client, spec) + await _refresh_interval(client, spec, spec.index_name(1))
     writers = [i for i, props in indices.items() if props.get("is_write_index")] or list(indices)
     if len(writers) != 1:
         raise MigrateError(f"alias {spec.alias} points at several indices ({', '.join(sorted(indices))})")
@@ -157,7 +201,9 @@ async def _roll_over(client: AsyncElasticsearch, spec: IndexSpec, current: str, 
     if (await client.indices.exists(index=target)).meta.status == 200:
         # Left by a run that stopped before the alias moved: nothing reads it, so start it afresh.
         await client.indices.delete(index=target)
-    await client.indices.put_settings(index=current, settings={"index": {"blocks": {"write": True}}})
+    # The add-block API, not `index.blocks.write` through _settings: only it waits until writes
+    # already in flight have finished, so no acknowledged write can miss the copy.
+    await client.indices.add_block(index=current, block="write")
     # The copy is a search: it sees only what a refresh made visible.
     await client.indices.refresh(index=current)
     await client.indices.create(index=target)

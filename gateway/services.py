@@ -159,6 +159,7 @@ def open_store(settings: Settings, metrics: Metrics) -> Store:
             on_request=metrics.observe_es_request,
             on_bulk=metrics.observe_es_bulk,
             on_rejected=metrics.observe_es_rejected,
+            on_oversized=metrics.observe_es_oversized,
         )
     from gateway.store.sqlite import SQLiteStore
 

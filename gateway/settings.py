@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -258,6 +259,12 @@ class Settings:
         self._check_elasticsearch()
 
     def _check_numbers(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # NaN passes every comparison below, and inf would reach Elasticsearch queries as
+            # -Infinity, which its JSON parser refuses.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{_flag(f.name)}: must be a finite number, got {value}")
         for name in ("port", "admin_port"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
@@ -277,6 +284,9 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)}: must be 0 or more")
+        self._check_node_timing()
+
+    def _check_node_timing(self) -> None:
         if self.drain_retry_window < 1:
             raise SettingsError("--drain-retry-window: must be at least 1")
         # The refresh runs every third of the TTL; below 3 s it would hammer Redis.

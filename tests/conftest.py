@@ -8,11 +8,16 @@ import pytest
 from harness.gateway import TLSFiles
 from harness.process import ProcessError, UncleanExit
 from harness.redis_server import RedisServer
-from tests.support.es import es_aliases, es_target
+from tests.support.es import es_aliases, es_serverless_aliases, es_serverless_target, es_target
 from tests.support.process import Gateway, GatewayFactory, start_gateway
 from tests.support.redis_server import RedisFactory
 
-__all__ = ["es_aliases", "es_target"]  # Elasticsearch (the double, or OPAMP_GATEWAY_TEST_ES_URL)
+__all__ = [
+    "es_aliases",
+    "es_serverless_aliases",
+    "es_serverless_target",
+    "es_target",
+]  # Elasticsearch (the double, or OPAMP_GATEWAY_TEST_ES_URL)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -28,15 +29,14 @@ from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
 
 pytestmark = pytest.mark.anyio
 
-# This gateway's agents mapping version, and a later gateway's (one more field).
-AGENTS = AGENTS_MAPPING_VERSION
-LATER = AGENTS + 1
 OPAMP_GATEWAY = str(Path(sys.executable).with_name("opamp-gateway"))
 
 
-@pytest.fixture
-def aliases(es_target: EsTarget) -> Iterator[EsAliases]:
-    made = new_aliases(es_target)
+@pytest.fixture(params=["default", "serverless"])
+def aliases(request: pytest.FixtureRequest) -> Iterator[EsAliases]:
+    """Every test on a regular cluster and on Elastic Cloud Serverless (as the double plays them)."""
+    target = "es_target" if request.param == "default" else "es_serverless_target"
+    made = new_aliases(request.getfixturevalue(target))
     yield made
     run_sync(made.drop)
 
@@ -48,7 +48,11 @@ async def client(aliases: EsAliases) -> AsyncIterator[AsyncElasticsearch]:
     await es.close()
 
 
-def specs(aliases: EsAliases, agents_version: int = AGENTS, refresh: str = "1s") -> list[IndexSpec]:
+V = AGENTS_MAPPING_VERSION
+LATER = V + 1
+
+
+def specs(aliases: EsAliases, agents_version: int = V, refresh: str = "1s") -> list[IndexSpec]:
     agents = agents_index(aliases.agents, refresh)
     if agents_version != agents.version:
         # A later gateway: one more field, as mapping changes are additive.
@@ -67,7 +71,7 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
 ) -> None:
     done = await migrate(client, specs(aliases))
     assert done == [
-        f"index template {aliases.agents}: mapping version None -> {AGENTS}",
+        f"index template {aliases.agents}: mapping version None -> {V}",
         f"index {aliases.agents}-000001 created with write alias {aliases.agents}",
         f"index template {aliases.configs}: mapping version None -> 1",
         f"index {aliases.configs}-000001 created with write alias {aliases.configs}",
@@ -77,9 +81,7 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
         assert dict(response.body) == {f"{alias}-000001": {"aliases": {alias: {"is_write_index": True}}}}
         mapping = (await client.indices.get_mapping(index=alias)).body[f"{alias}-000001"]["mappings"]
         assert mapping["dynamic"] == "strict"
-        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == (
-            AGENTS if alias == aliases.agents else 1
-        )
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == (V if alias == aliases.agents else 1)
     settings = (await client.indices.get_settings(index=aliases.agents)).body
     assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "1s"
     store = aliases.store()
@@ -96,15 +98,87 @@ async def test_a_second_run_changes_nothing(aliases: EsAliases, client: AsyncEla
     assert await migrate(client, specs(aliases)) == []
     if double:
         sent = {k: v - before.get(k, 0) for k, v in double.stats.requests.items() if v != before.get(k, 0)}
-        assert set(sent) <= {"get_index_template", "get_alias", "get_mapping", "get_settings"}, sent
+        assert set(sent) <= {"info", "get_index_template", "get_alias", "get_mapping", "get_settings"}, sent
 
 
 async def test_a_changed_refresh_interval_is_applied(aliases: EsAliases, client: AsyncElasticsearch) -> None:
     await migrate(client, specs(aliases))
     done = await migrate(client, specs(aliases, refresh="30s"))
-    assert done == [f"index {aliases.agents}-000001: refresh_interval 1s -> 30s"]
+    assert done == [
+        f"index template {aliases.agents}: settings of mapping version {V} updated",
+        f"index {aliases.agents}-000001: refresh_interval 1s -> 30s",
+    ]
     settings = (await client.indices.get_settings(index=aliases.agents)).body
     assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "30s"
+
+
+async def test_a_new_first_index_gets_the_current_refresh_interval(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    """The template is current but the index was deleted: the next index must not get the old interval."""
+    await migrate(client, specs(aliases))
+    await client.indices.delete(index=f"{aliases.agents}-000001")
+    await migrate(client, specs(aliases, refresh="30s"))
+    settings = (await client.indices.get_settings(index=aliases.agents)).body
+    assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "30s"
+    template = (await client.indices.get_index_template(name=aliases.agents)).body["index_templates"][0]
+    assert template["index_template"]["template"]["settings"]["index"]["refresh_interval"] == "30s"
+
+
+async def test_serverless_templates_leave_out_shards_and_replicas(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    done = await migrate(client, specs(aliases), serverless=True)
+    assert len(done) == 4
+    template = (await client.indices.get_index_template(name=aliases.agents)).body["index_templates"][0]
+    assert template["index_template"]["template"]["settings"] == {"index": {"refresh_interval": "1s"}}
+    # A later run on a regular cluster puts the settings back, and the reverse.
+    assert await migrate(client, specs(aliases), serverless=True) == []
+
+
+async def test_the_serverless_double_refuses_shard_settings_and_migrate_detects_it() -> None:
+    from harness.es_double import EsDouble
+
+    with EsDouble(serverless=True) as double:
+        target = EsTarget(double.url, double)
+        made = new_aliases(target)
+        es = make_client(made.settings())
+        try:
+            with pytest.raises(MigrateError, match="not available when running in serverless mode"):
+                await migrate(es, specs(made), serverless=False)
+            # Detected from GET / (build_flavor: serverless).
+            done = await migrate(es, specs(made))
+            assert f"index {made.agents}-000001 created with write alias {made.agents}" in done
+        finally:
+            await es.close()
+        store = made.store()
+        try:
+            state = agent(last_seen=1.0)
+            await store.write([full(state)])
+            assert await store.get(state.instance_uid) == state
+        finally:
+            await store.close()
+
+
+async def test_the_write_block_waits_for_writes_in_flight(
+    aliases: EsAliases, client: AsyncElasticsearch
+) -> None:
+    """An acknowledged write that was in flight when migrate blocked the index is in the copy."""
+    double = aliases.double
+    await migrate(client, specs(aliases))
+    store = aliases.store()
+    state = agent(last_seen=10.0)
+    try:
+        double.faults.bulk_delay = 0.5
+        writing = asyncio.ensure_future(store.write([full(state)]))
+        await asyncio.sleep(0.2)  # the bulk has passed its block check and not yet applied
+        await migrate(client, specs(aliases, agents_version=LATER))
+        await writing
+        double.faults.bulk_delay = 0.0
+        assert await _aliases_of(client, aliases.agents) == [f"{aliases.agents}-000002"]
+        assert await store.get(state.instance_uid) == state
+    finally:
+        await store.close()
 
 
 async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
@@ -117,9 +191,9 @@ async def test_an_upgrade_rolls_the_alias_over_to_a_copy(
         await store.write([full(a) for a in fleet])
         done = await migrate(client, specs(aliases, agents_version=LATER, refresh="-1"))
         old, new = f"{aliases.agents}-000001", f"{aliases.agents}-000002"
-        assert done[0] == f"index template {aliases.agents}: mapping version {AGENTS} -> {LATER}"
+        assert done[0] == f"index template {aliases.agents}: mapping version {V} -> {LATER}"
         assert done[1].startswith(
-            f"index {old} (mapping version {AGENTS}) rolled over to {new} (version {LATER}): 25 documents"
+            f"index {old} (mapping version {V}) rolled over to {new} (version {LATER}): 25 documents"
         )
         assert await _aliases_of(client, aliases.agents) == [new]
         mapping = (await client.indices.get_mapping(index=aliases.agents)).body[new]["mappings"]
@@ -186,7 +260,7 @@ async def test_an_interrupted_upgrade_finishes_on_the_next_run(
 async def test_a_newer_mapping_is_refused(aliases: EsAliases, client: AsyncElasticsearch) -> None:
     await migrate(client, specs(aliases, agents_version=LATER))
     with pytest.raises(
-        MigrateError, match=f"newer than this gateway's {AGENTS}: run the migrate of the newer gateway"
+        MigrateError, match=f"newer than this gateway's {V}: run the migrate of the newer gateway"
     ):
         await migrate(client, specs(aliases))
 
@@ -227,6 +301,29 @@ def test_the_migrate_command(aliases: EsAliases) -> None:
     assert again.stdout.strip() == "nothing to do: the templates, indices and aliases are up to date"
 
 
+def test_the_migrate_command_for_serverless(aliases: EsAliases) -> None:
+    done = subprocess.run(
+        [OPAMP_GATEWAY, "migrate", "--serverless"],
+        env=_env(aliases),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    es = run_sync(lambda: _template_settings(aliases))
+    assert es == {"index": {"refresh_interval": "5s"}}
+
+
+async def _template_settings(aliases: EsAliases) -> object:
+    client = make_client(aliases.settings())
+    try:
+        found = (await client.indices.get_index_template(name=aliases.agents)).body["index_templates"]
+        return found[0]["index_template"]["template"]["settings"]
+    finally:
+        await client.close()
+
+
 def test_migrate_needs_an_elasticsearch_url(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["migrate"]) == 1
     assert "migrate needs --elasticsearch-url" in capsys.readouterr().err
@@ -249,3 +346,19 @@ def test_an_unusable_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixt
     plain = ["--elasticsearch-url=http://es.example:9200", f"--elasticsearch-ca-cert={missing}"]
     assert cli.main(["migrate", *plain]) == 1
     assert "needs an https:// --elasticsearch-url" in capsys.readouterr().err
+
+
+async def test_a_key_without_monitor_migrates_as_a_regular_cluster(
+    aliases: EsAliases, client: AsyncElasticsearch, caplog: pytest.LogCaptureFixture
+) -> None:
+    double = aliases.double
+    if double.cluster.serverless:
+        pytest.skip("a Serverless project refuses the regular templates; --serverless is the answer there")
+    double.faults.reject_status, double.faults.reject_endpoints = 403, frozenset({"info"})
+    double.faults.reject_requests = 1
+    try:
+        done = await migrate(client, specs(aliases))
+    finally:
+        double.faults.reject_status, double.faults.reject_endpoints = 429, frozenset()
+    assert f"index {aliases.agents}-000001 created with write alias {aliases.agents}" in done
+    assert "give the migrate key the `monitor` cluster privilege" in caplog.text

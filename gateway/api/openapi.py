@@ -136,6 +136,11 @@ SCHEMAS: dict[str, Schema] = {
             "node": _nullable({"type": "string"}),
             "pending_command": {"type": "string"},
             "command_id": _nullable({"type": "string"}),
+            "oversized": {
+                "type": "array",
+                "items": {"enum": ["description", "health", "effective_config", "remote_config_status"]},
+                "description": "reported parts the store left out: the record would exceed its size bound",
+            },
             "config_sync": _ref("ConfigSync"),
         },
     },

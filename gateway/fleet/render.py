@@ -122,4 +122,6 @@ def agent_json(
     if state.pending_command is not None:
         body["pending_command"] = _COMMANDS.get(state.pending_command, str(state.pending_command))
         body["command_id"] = state.command_id or None
+    if state.oversized:
+        body["oversized"] = list(state.oversized)
     return body

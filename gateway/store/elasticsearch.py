@@ -61,6 +61,9 @@ MAX_ALIAS_HOPS = 4
 # Item-level retries of 429/5xx inside one write(), before the Writer's own retries take over.
 _ITEM_RETRY_DELAYS = (0.05, 0.2, 0.5)
 _MAX_CONFLICT_ROUNDS = 8
+# Item errors of a conditional write to a remembered concrete index that no longer takes writes.
+_MOVED = "moved: "
+_GONE_INDEX = frozenset({"cluster_block_exception", "index_not_found_exception", "index_closed_exception"})
 # Ids per `_mget`: bounds one response (about 2 KB of _source per agent).
 _MGET_IDS = 1000
 # Below aiohttp's 1 MiB "large body" threshold: one request body is written to the socket in one go.
@@ -91,6 +94,7 @@ class ElasticsearchStore:
         on_request: Callable[[str], None] | None = None,
         on_bulk: Callable[[int], None] | None = None,
         on_rejected: Callable[[], None] | None = None,
+        on_oversized: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self.agents_alias = agents_alias
@@ -103,6 +107,7 @@ class ElasticsearchStore:
         self._on_request = on_request
         self._on_bulk = on_bulk
         self._on_rejected = on_rejected
+        self._on_oversized = on_oversized
         self._known = KnownDocuments()
         self._configs = ConfigsIndex(client, configs_alias, self._request)
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
@@ -116,6 +121,7 @@ class ElasticsearchStore:
         on_request: Callable[[str], None] | None = None,
         on_bulk: Callable[[int], None] | None = None,
         on_rejected: Callable[[], None] | None = None,
+        on_oversized: Callable[[], None] | None = None,
     ) -> ElasticsearchStore:
         return cls(
             make_client(settings),
@@ -124,6 +130,7 @@ class ElasticsearchStore:
             on_request=on_request,
             on_bulk=on_bulk,
             on_rejected=on_rejected,
+            on_oversized=on_oversized,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -308,6 +315,10 @@ class ElasticsearchStore:
                 if outcome == "conflict":
                     reread.add(action.uid)
                     again.add(action.write)
+                elif outcome is not None and outcome.startswith(_MOVED):
+                    reread.add(action.uid)
+                    busy.append(outcome.removeprefix(_MOVED))
+                    again.add(action.write)
                 elif outcome is not None:
                     busy.append(outcome)
                     again.add(action.write)
@@ -347,7 +358,7 @@ class ElasticsearchStore:
             self._on_bulk(count)
         response = await self._request(
             "bulk",
-            self._client.bulk(
+            self._client.options(ignore_status=413).bulk(
                 index=self.agents_alias,
                 # Pre-serialized lines (the client passes bytes through): sized before they are sent.
                 operations=cast(Any, lines),
@@ -355,12 +366,28 @@ class ElasticsearchStore:
                 refresh=self._refresh,
             ),
         )
+        if response.meta.status == 413:
+            return await self._too_large(lines, count)
         return [next(iter(item.values())) for item in response.body["items"]]
+
+    async def _too_large(self, lines: list[bytes], count: int) -> list[Mapping[str, Any]]:
+        """The cluster's http.max_content_length is below this request. Sending it again cannot
+        help: halves are sent instead, and a single action too large is refused for good (as a
+        mapping error is), so it never holds up the queue or counts toward the circuit breaker."""
+        if count > 1:
+            half = 2 * (count // 2)
+            return await self._bulk_request(lines[:half], count // 2) + await self._bulk_request(
+                lines[half:], count - count // 2
+            )
+        size = sum(len(line) for line in lines)
+        return [{"status": 413, "error": {"type": "request_entity_too_large", "reason": f"{size} bytes"}}]
 
     def _settle(self, action: Action, item: Mapping[str, Any]) -> str | None:
         """Record a finished action; 'conflict', a transient reason to retry, or None when done."""
         status = int(item.get("status", 500))
         if 200 <= status < 300:
+            if self._on_oversized is not None and action.body.get("opamp", {}).get("oversized"):
+                self._on_oversized()
             after = action.after
             self._known.put(
                 action.uid,
@@ -371,6 +398,7 @@ class ElasticsearchStore:
                     after.pending_command,
                     after.command_id,
                     after.moved_to,
+                    str(item.get("_index", "")),
                 ),
             )
             return None
@@ -379,6 +407,11 @@ class ElasticsearchStore:
         if status == 409 or kind == "document_missing_exception":
             self._known.forget(action.uid)
             return "conflict"
+        if kind in _GONE_INDEX and action.condition is not None and action.condition.index:
+            # The index this version was seen in is blocked (rolled over, or being copied) or gone:
+            # where the document lives now is read through the alias, after a pause.
+            self._known.forget(action.uid)
+            return f"{_MOVED}HTTP {status} {kind}"
         if is_transient(status, kind):
             return f"HTTP {status} {kind}"
         if kind == "index_not_found_exception":
@@ -416,10 +449,10 @@ def _ndjson(value: Mapping[str, Any]) -> bytes:
 
 
 def _known(doc: Mapping[str, Any], record: AgentState | Moved) -> Known:
-    seq_no, term = int(doc["_seq_no"]), int(doc["_primary_term"])
+    seq_no, term, index = int(doc["_seq_no"]), int(doc["_primary_term"]), str(doc.get("_index", ""))
     if isinstance(record, Moved):
-        return Known(seq_no, term, moved_to=record.to)
-    return Known(seq_no, term, record.last_seen, record.pending_command, record.command_id)
+        return Known(seq_no, term, moved_to=record.to, index=index)
+    return Known(seq_no, term, record.last_seen, record.pending_command, record.command_id, index=index)
 
 
 def store_error_from_item(error: object, status: int, what: str) -> StoreError:

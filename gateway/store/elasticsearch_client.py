@@ -25,6 +25,10 @@ _TRANSIENT_TYPES = frozenset(
 )
 
 
+# Above this, more connections only move the queue into Elasticsearch's search and write pools.
+MAX_CONNECTIONS_PER_NODE = 256
+
+
 class ElasticsearchConfigError(ValueError):
     """A setting the client cannot use; the message names the flag."""
 
@@ -41,6 +45,10 @@ def make_client(settings: Settings) -> AsyncElasticsearch:
         "retry_on_timeout": False,
         "retry_backoff_base": 0.1,
         "retry_backoff_cap": 1.0,
+        # One connection per request in flight: a node may have a get batch per event-loop turn
+        # outstanding while its writer flushes, up to --max-inflight messages at once (the client's
+        # default of 10 would queue them behind each other).
+        "connections_per_node": max(10, min(settings.max_inflight, MAX_CONNECTIONS_PER_NODE)),
     }
     if settings.elasticsearch_api_key:
         options["api_key"] = settings.elasticsearch_api_key
@@ -69,6 +77,14 @@ def error_type(body: object) -> str:
     return ""
 
 
+def _error_reason(body: object) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("reason", ""))[:500]
+    return ""
+
+
 def is_transient(status: int, kind: str) -> bool:
     """A failure that may pass if the same request is sent again later."""
     return status == 429 or status >= 500 or kind in _TRANSIENT_TYPES
@@ -79,6 +95,16 @@ def store_error(exc: Exception, what: str) -> StoreError:
     if isinstance(exc, ApiError):
         kind = error_type(exc.body)
         reason = f"Elasticsearch {what}: HTTP {exc.status_code} {kind or exc.message}"
+        detail = _error_reason(exc.body)
+        if detail and exc.status_code == 400:
+            # A refused request (a setting, a mapping): the reason says which part.
+            reason = f"{reason}: {detail}"
+        if kind == "media_type_header_exception":
+            # An Elasticsearch 8 (or older) node refuses the 9.x client's compatible-with=9 headers.
+            return StoreError(
+                f"{reason}: Elasticsearch 9 required (the cluster refused the Elasticsearch 9 client's "
+                "media type; is it Elasticsearch 8 or older?)"
+            )
         if exc.status_code == 404 and kind == "index_not_found_exception":
             missing = exc.body["error"].get("index", "the alias")
             return NotMigrated(f"{reason}: {missing} does not exist; run `opamp-gateway migrate`")

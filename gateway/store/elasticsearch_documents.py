@@ -14,6 +14,7 @@ agents inactive.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
@@ -36,6 +37,18 @@ _MAX_DEPTH = 10
 _MAX_KEY = 1024
 # The substring search field holds the first this many characters.
 SEARCH_TEXT_LIMIT = 8192
+# The size bound of one agent document's JSON. Far below http.max_content_length (100 MiB), which
+# a whole `_bulk` request must stay under, and small enough that rewriting it on a heartbeat is
+# bearable. An agent whose reports exceed it is stored without its largest reported parts, named in
+# `opamp.oversized`.
+MAX_DOCUMENT_BYTES = 8 << 20
+# The rendered copy of an effective config (`effective_config.files`, for operators browsing the
+# index) is kept only up to this many bytes of config: Elasticsearch rewrites the whole document on
+# every update, heartbeats included, and above this the copy is most of what each heartbeat rewrites.
+# The admin API renders from the exact bytes in `opamp.raw`, which are always kept.
+FILES_COPY_LIMIT = 64 << 10
+# Reported parts, in the order they are dropped when equally large (never the identity).
+REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description")
 
 
 class UnreadableDocument(ValueError):
@@ -119,13 +132,12 @@ def agent_document(state: AgentState) -> dict[str, Any]:
     uid = state.uid
     health, message = _health(state)
     attrs = derived.attributes
-    effective = None
+    effective: dict[str, Any] | None = None
     if state.effective_config is not None:
-        config = pb.EffectiveConfig.FromString(state.effective_config)
-        effective = {
-            "hash": hashlib.sha256(state.effective_config).hexdigest(),
-            "files": config_map_json(config.config_map),
-        }
+        effective = {"hash": hashlib.sha256(state.effective_config).hexdigest()}
+        if len(state.effective_config) <= FILES_COPY_LIMIT:
+            config = pb.EffectiveConfig.FromString(state.effective_config)
+            effective["files"] = config_map_json(config.config_map)
     return {
         "type": AGENT_TYPE,
         "active": True,
@@ -169,6 +181,51 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             },
         },
     }
+
+
+def document_size(document: Mapping[str, Any]) -> int:
+    return len(json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def bounded_agent_document(state: AgentState, limit: int | None = None) -> dict[str, Any]:
+    """agent_document(), within `limit` bytes: first without the `effective_config.files` copy (the
+    exact bytes stay in `opamp.raw`), then without the largest reported parts, each named in
+    `opamp.oversized`. A part the state lacks because an earlier write left it out stays named."""
+    limit = MAX_DOCUMENT_BYTES if limit is None else limit
+    carried = tuple(p for p in state.oversized if getattr(state, p) is None)
+    reported = sum(len(getattr(state, p) or b"") for p in REPORTED_PARTS)
+    document = agent_document(state)
+    # Below a sixteenth of the bound in reported protobuf no document can reach it (the JSON copies
+    # cost a few times the bytes), so it is not serialized just to be measured.
+    if reported <= limit // 16 or document_size(document) <= limit:
+        if carried:
+            document["opamp"]["oversized"] = list(carried)
+        return document
+    dropped = list(carried)
+    while True:
+        if document["effective_config"] is not None:
+            document["effective_config"].pop("files", None)
+        if dropped:
+            document["opamp"]["oversized"] = dropped
+        if document_size(document) <= limit:
+            return document
+        present = [p for p in REPORTED_PARTS if getattr(state, p) is not None]
+        if not present:
+            return document  # only bounded fields are left
+        largest = max(present, key=lambda p: len(getattr(state, p)))
+        dropped.append(largest)
+        state = _without(state, largest)
+        document = agent_document(state)
+
+
+def _without(state: AgentState, part: str) -> AgentState:
+    if part == "effective_config":
+        return dataclasses.replace(state, effective_config=None)
+    if part == "health":
+        return dataclasses.replace(state, health=None)
+    if part == "remote_config_status":
+        return dataclasses.replace(state, remote_config_status=None)
+    return dataclasses.replace(state, description=None)
 
 
 def heartbeat_fields(state: AgentState) -> dict[str, Any]:
@@ -243,6 +300,7 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             offered_config_hash=_hex(remote.get("offered_hash")),
             offered_at=float(opamp.get("offered_at") or 0.0),
             failed_config_hash=_hex(remote.get("failed_hash")),
+            oversized=tuple(str(p) for p in opamp.get("oversized") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, UnreadableDocument):

@@ -85,6 +85,15 @@ def _escape_wildcard(text: str) -> str:
     return text.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
 
 
+def _exists(key: str) -> dict[str, Any]:
+    """Whether the attribute has a value. `exists` takes a field-name pattern, so a key with `*` or
+    `?` would name other fields (or none); every keyword value is >= "", so a range says it exactly."""
+    field = _attribute(key)
+    if "*" in key or "?" in key:
+        return {"range": {field: {"gte": ""}}}
+    return {"exists": {"field": field}}
+
+
 def selector_query(selector: Selector) -> dict[str, Any]:
     """fleet/selector.py semantics: listed uids, or every label condition; empty matches nothing."""
     if selector.empty:
@@ -103,9 +112,9 @@ def selector_query(selector: Selector) -> dict[str, Any]:
                 # must_not also holds when the attribute is absent, as NotIn does.
                 must_not.append({"terms": {field: list(e.values)}})
             elif e.operator == "Exists":
-                filters.append({"exists": {"field": field}})
+                filters.append(_exists(e.key))
             else:
-                must_not.append({"exists": {"field": field}})
+                must_not.append(_exists(e.key))
         labels: dict[str, Any] = {"filter": filters}
         if must_not:
             labels["must_not"] = must_not

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
 AGENTS_MAPPING_VERSION = 2
 CONFIGS_MAPPING_VERSION = 1
 META_KEY = "opamp_gateway"
@@ -26,6 +27,8 @@ TEMPLATE_PRIORITY = 300
 # Lucene refuses terms over 32 KiB; longer attribute values are kept in _source but not indexed.
 IGNORE_ABOVE = 4096
 CONFIGS_REFRESH_INTERVAL = "1s"
+# `version.build_flavor` in `GET /` on Elastic Cloud Serverless ("default" elsewhere).
+SERVERLESS_FLAVOR = "serverless"
 
 _KEYWORD: dict[str, Any] = {"type": "keyword", "ignore_above": IGNORE_ABOVE}
 _DATE: dict[str, Any] = {"type": "date"}
@@ -65,11 +68,13 @@ AGENT_PROPERTIES: dict[str, Any] = {
     "effective_config": _object(hash={"type": "keyword"}, files=_NOT_INDEXED),
     "remote_config": _object(
         status={"type": "keyword"},
-        last_remote_config_hash={"type": "keyword"},
+        # Agent-supplied bytes (hex): without ignore_above a hash of 16 KiB would be an immense term,
+        # and Elasticsearch refuses the whole document for it.
+        last_remote_config_hash=_KEYWORD,
         error_message=_KEYWORD,
         offered_hash={"type": "keyword"},
         offered_at=_DATE,
-        failed_hash={"type": "keyword"},
+        failed_hash=_KEYWORD,
         in_sync={"type": "boolean"},
     ),
     "identifying_attributes": _FLATTENED,
@@ -89,6 +94,8 @@ AGENT_PROPERTIES: dict[str, Any] = {
         previous_instance_uids={"type": "keyword"},
         moved_to={"type": "keyword"},
         offered_at={"type": "double"},
+        # Reported parts left out because the document would exceed MAX_DOCUMENT_BYTES.
+        oversized={"type": "keyword"},
         raw=_object(
             description={"type": "binary"},
             health={"type": "binary"},
@@ -147,24 +154,28 @@ class IndexSpec:
     def mappings(self) -> dict[str, Any]:
         return {"dynamic": "strict", "_meta": self.meta, "properties": self.properties}
 
-    def template(self) -> dict[str, Any]:
+    def settings(self, serverless: bool = False) -> dict[str, Any]:
+        """The index settings `migrate` gives the indices. Elastic Cloud Serverless manages shards and
+        replicas itself and refuses both settings (400), so a Serverless project gets neither."""
+        if serverless:
+            return {"index": {"refresh_interval": self.refresh_interval}}
+        return {
+            # One primary: 1M agents is a few GB, and every aggregation fans out per shard.
+            "index": {
+                "number_of_shards": 1,
+                "auto_expand_replicas": "0-1",
+                "refresh_interval": self.refresh_interval,
+            }
+        }
+
+    def template(self, serverless: bool = False) -> dict[str, Any]:
         """The body of `PUT _index_template/<alias>`."""
         return {
             "index_patterns": [self.pattern],
             "priority": TEMPLATE_PRIORITY,
             "version": self.version,
             "_meta": {**self.meta[META_KEY], "managed_by": "opamp-gateway migrate"},
-            "template": {
-                "settings": {
-                    # One primary: 1M agents is a few GB, and every aggregation fans out per shard.
-                    "index": {
-                        "number_of_shards": 1,
-                        "auto_expand_replicas": "0-1",
-                        "refresh_interval": self.refresh_interval,
-                    }
-                },
-                "mappings": self.mappings(),
-            },
+            "template": {"settings": self.settings(serverless), "mappings": self.mappings()},
         }
 
 

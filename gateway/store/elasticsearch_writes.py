@@ -15,7 +15,9 @@ applies in SQL:
 - a move writes the new document and turns every older uid into a `Moved` document.
 
 If the document changed since it was seen, Elasticsearch answers 409 and the store re-reads it and
-decides again. Nothing needs a script, so nothing depends on Painless being allowed on the cluster.
+decides again. A conditional action names the concrete index the version was seen in (see Known.index);
+when that index has since been rolled over (write block), the store re-reads through the alias too.
+Nothing needs a script, so nothing depends on Painless being allowed on the cluster.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.fleet.agent import AgentWrite, uid_str
-from gateway.store.elasticsearch_documents import agent_document, heartbeat_fields, moved_document
+from gateway.store.elasticsearch_documents import bounded_agent_document, heartbeat_fields, moved_document
 
 ActionKind = Literal["create", "index", "update"]
 
@@ -41,6 +43,10 @@ class Known:
     command_id: str = ""
     # Set for the document of a uid that moved.
     moved_to: bytes | None = None
+    # The concrete index that version is in. Sequence numbers are per index and restart in the copy
+    # `migrate` makes, so a conditional write names this index rather than the alias: after a
+    # roll-over it meets the old index's write block instead of matching another version.
+    index: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,9 @@ class Action:
         if self.condition is not None:
             meta["if_seq_no"] = self.condition.seq_no
             meta["if_primary_term"] = self.condition.primary_term
+            if self.condition.index:
+                meta["_index"] = self.condition.index
+                meta["require_alias"] = False
         return {self.kind: meta}
 
 
@@ -132,7 +141,7 @@ def plan(position: int, write: AgentWrite, known: Callable[[bytes], Known | None
     pending, command_id = state.pending_command, state.command_id
     if not named and current is not None and current.moved_to is None:
         pending, command_id = current.pending_command, current.command_id
-    document = agent_document(state)
+    document = bounded_agent_document(state)
     document["opamp"]["pending_command"] = pending
     document["opamp"]["command_id"] = command_id or None
     kind, condition = _conditional(current)

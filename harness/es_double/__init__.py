@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from harness.es_double.cluster import Cluster
 from harness.es_double.faults import Faults, Stats
-from harness.es_double.server import Handler
+from harness.es_double.server import MAX_CONTENT_LENGTH, Handler
 from harness.ports import free_port
 
 __all__ = ["EsDouble", "Faults", "Stats"]
@@ -47,9 +47,14 @@ class _Server(uvicorn.Server):
 
 
 class EsDouble:
-    def __init__(self) -> None:
-        self.cluster = Cluster()
-        self.handler = Handler(self.cluster)
+    def __init__(
+        self, *, serverless: bool = False, max_content_length: int = MAX_CONTENT_LENGTH, major: int = 9
+    ) -> None:
+        """`serverless`: behave as Elastic Cloud Serverless (build flavor, refused settings);
+        `max_content_length`: http.max_content_length (100 MiB); `major`: answer as that version
+        (8: refuses the 9 client's media type, as an Elasticsearch 8 node does)."""
+        self.cluster = Cluster(serverless=serverless)
+        self.handler = Handler(self.cluster, max_content_length, major)
         self.port = free_port()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

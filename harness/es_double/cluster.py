@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.es_double import errors
+from harness.es_double import errors, mapping
 
 DEFAULT_REFRESH = "1s"
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
@@ -55,6 +55,58 @@ def nested_settings(flat: dict[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[last] = value
     return out
+
+
+def _int_setting(low: int) -> Any:
+    def check(text: str) -> bool:
+        return text.lstrip("-").isdigit() and int(text) >= low
+
+    return check
+
+
+def _replicas_range(text: str) -> bool:
+    low, _, high = text.partition("-")
+    return low.isdigit() and (high.isdigit() or high == "all")
+
+
+# The index settings the double knows, each with what Elasticsearch parses as a valid value; any other
+# key is refused as an unknown setting, as Elasticsearch refuses it.
+_SETTINGS: dict[str, Any] = {
+    "index.number_of_shards": _int_setting(1),
+    "index.number_of_replicas": _int_setting(0),
+    "index.auto_expand_replicas": lambda t: t == "false" or _replicas_range(t),
+    "index.refresh_interval": lambda t: t == "-1" or _DURATION.match(t) is not None,
+    "index.blocks.write": lambda t: t in ("true", "false"),
+    "index.blocks.read_only": lambda t: t in ("true", "false"),
+    "index.max_result_window": _int_setting(1),
+    "index.max_terms_count": _int_setting(1),
+}
+# What Elastic Cloud Serverless manages itself and refuses.
+SERVERLESS_REFUSED = frozenset(
+    {"index.number_of_shards", "index.number_of_replicas", "index.auto_expand_replicas"}
+)
+# Set by Elasticsearch, never by a request.
+_PRIVATE = frozenset({"index.uuid", "index.provided_name", "index.creation_date", "index.version.created"})
+
+
+def check_settings(flat: dict[str, str], serverless: bool) -> None:
+    """Raise what Elasticsearch answers for index settings it refuses."""
+    for key, value in sorted(flat.items()):
+        if key in _PRIVATE:
+            raise errors.illegal(f"private index setting [{key}] can not be set explicitly")
+        check = _SETTINGS.get(key)
+        if check is None:
+            raise errors.illegal(
+                f"unknown setting [{key}] please check that any required plugins are installed, or check "
+                "the breaking changes documentation for removed settings"
+            )
+        if not check(value):
+            raise errors.illegal(f"Failed to parse value [{value}] for setting [{key}]")
+    refused = sorted(set(flat) & SERVERLESS_REFUSED) if serverless else []
+    if refused:
+        raise errors.illegal(
+            f"Settings [{','.join(refused)}] are not available when running in serverless mode"
+        )
 
 
 def merge_mappings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +166,11 @@ class Index:
 
 
 class Cluster:
-    def __init__(self) -> None:
+    def __init__(self, *, serverless: bool = False) -> None:
+        # Elastic Cloud Serverless: refuses shard and replica settings (SERVERLESS_REFUSED).
+        self.serverless = serverless
+        # search.max_buckets, a dynamic cluster setting (tests lower it rather than make 65,537 buckets).
+        self.max_buckets = 65_536
         self.lock = threading.RLock()
         self.templates: dict[str, dict[str, Any]] = {}
         self.indices: dict[str, Index] = {}
@@ -183,6 +239,9 @@ class Cluster:
                 "action_request_validation_exception",
                 "Validation Failed: 1: index patterns are missing;",
             )
+        template = body.get("template", {})
+        check_settings(flat_settings(template.get("settings", {})), self.serverless)
+        mapping.check_mappings(template.get("mappings", {}))
         priority = int(body.get("priority", 0))
         for other, existing in self.templates.items():
             if other == name or int(existing.get("priority", 0)) != priority:
@@ -236,11 +295,14 @@ class Cluster:
                 index=name,
             )
         template = self._template_for(name)
+        requested = flat_settings(body.get("settings", {}))
+        check_settings(requested, self.serverless)
+        mapping.check_mappings(body.get("mappings", {}))
         settings = {
             "index.number_of_shards": "1",
             "index.number_of_replicas": "1",
             **flat_settings(template.get("settings", {})),
-            **flat_settings(body.get("settings", {})),
+            **requested,
         }
         mappings = merge_mappings(template.get("mappings", {}), body.get("mappings", {}))
         index = Index(name, mappings, settings)
@@ -286,5 +348,9 @@ class Cluster:
 
     def put_settings(self, expression: str, settings: dict[str, Any]) -> None:
         changes = flat_settings(settings)
+        check_settings(changes, self.serverless)
+        static = sorted(k for k in changes if k == "index.number_of_shards")
+        if static:
+            raise errors.illegal(f"Can't update non dynamic settings [[{static[0]}]] for open indices")
         for index in self.resolve(expression):
             index.settings.update(changes)

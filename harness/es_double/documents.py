@@ -47,6 +47,46 @@ def strict_json(data: bytes) -> Any:
         raise errors.EsError(400, "document_parsing_exception", f"[1:2] failed to parse: {exc}") from None
 
 
+_MAX_ID_BYTES = 512
+
+
+def _check_id(doc_id: str) -> None:
+    size = len(doc_id.encode())
+    if size > _MAX_ID_BYTES:
+        raise errors.EsError(
+            400,
+            "action_request_validation_exception",
+            f"Validation Failed: 1: id [{doc_id}] is too long, must be no longer than 512 bytes but was: "
+            f"{size};",
+        )
+
+
+def unblocked(cluster: Cluster, target: str | None, payload: bytes) -> bool:
+    """Whether no index a bulk request writes has a write block now (its start, on the primary)."""
+    for line in payload.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            parsed = json.loads(line)
+        except json.JSONDecodeError:
+            return False
+        if not isinstance(parsed, dict) or len(parsed) != 1:
+            continue  # a document line
+        ((action, meta),) = parsed.items()
+        if action not in ("index", "create", "update", "delete") or not isinstance(meta, dict):
+            continue
+        name = meta.get("_index", target)
+        if name is None:
+            continue
+        try:
+            indices = cluster.resolve(str(name))
+        except errors.EsError:
+            continue
+        if any(i.write_blocked for i in indices):
+            return False
+    return True
+
+
 def _item(index: Index, doc_id: str, stored: Stored, result: str, status: int) -> dict[str, Any]:
     return {
         "_index": index.name,
@@ -86,9 +126,11 @@ def index_doc(
     if_seq_no: int | None = None,
     if_primary_term: int | None = None,
     require_alias: bool = False,
+    check_block: bool = True,
 ) -> dict[str, Any]:
+    _check_id(doc_id)
     index = cluster.write_target(target, require_alias)
-    if index.write_blocked:
+    if check_block and index.write_blocked:
         raise errors.write_blocked(index.name)
     current = index.docs.get(doc_id)
     if op_type == "create" and current is not None:
@@ -121,6 +163,7 @@ def update_doc(
     if_seq_no: int | None = None,
     if_primary_term: int | None = None,
     require_alias: bool = False,
+    check_block: bool = True,
 ) -> dict[str, Any]:
     if "script" in body:
         raise errors.illegal("the double does not run scripts; the gateway never sends one")
@@ -129,15 +172,24 @@ def update_doc(
         raise errors.EsError(
             400, "x_content_parse_exception", f"[1:2] [UpdateRequest] unknown field [{sorted(unknown)[0]}]"
         )
+    _check_id(doc_id)
     index = cluster.write_target(target, require_alias)
-    if index.write_blocked:
+    if check_block and index.write_blocked:
         raise errors.write_blocked(index.name)
     current = index.docs.get(doc_id)
     doc = body.get("doc", {})
     if current is None:
         if "upsert" in body or body.get("doc_as_upsert"):
             upsert = body.get("upsert", doc)
-            return index_doc(cluster, target, doc_id, upsert, op_type="create", require_alias=require_alias)
+            return index_doc(
+                cluster,
+                target,
+                doc_id,
+                upsert,
+                op_type="create",
+                require_alias=require_alias,
+                check_block=check_block,
+            )
         raise errors.document_missing(index.name, doc_id)
     _check_seq_no(index, doc_id, current, if_seq_no, if_primary_term)
     merged = _merge(current.source, doc)
@@ -215,9 +267,16 @@ def mget(
 
 
 def bulk(
-    cluster: Cluster, target: str | None, payload: bytes, require_alias: bool, reject: Callable[[], bool]
+    cluster: Cluster,
+    target: str | None,
+    payload: bytes,
+    require_alias: bool,
+    reject: Callable[[], bool],
+    *,
+    passed_blocks: bool = False,
 ) -> tuple[dict[str, Any], set[str]]:
     """Run a `_bulk` body; `reject()` says whether to refuse the next item with 429 (fault injection).
+    `passed_blocks`: the request passed its write-block check when it started (see unblocked()).
     Returns the response and the names of the indices written."""
     started = time.monotonic()
     lines = [line for line in payload.split(b"\n") if line.strip()]
@@ -250,10 +309,25 @@ def bulk(
             if action in ("index", "create"):
                 op_type = "create" if action == "create" else meta.get("op_type", "index")
                 result = index_doc(
-                    cluster, name, doc_id, body or {}, op_type=op_type, require_alias=alias_only, **options
+                    cluster,
+                    name,
+                    doc_id,
+                    body or {},
+                    op_type=op_type,
+                    require_alias=alias_only,
+                    check_block=not passed_blocks,
+                    **options,
                 )
             elif action == "update":
-                result = update_doc(cluster, name, doc_id, body or {}, require_alias=alias_only, **options)
+                result = update_doc(
+                    cluster,
+                    name,
+                    doc_id,
+                    body or {},
+                    require_alias=alias_only,
+                    check_block=not passed_blocks,
+                    **options,
+                )
             elif action == "delete":
                 _, result = delete_doc(cluster, name, doc_id, **options)
             else:
@@ -359,7 +433,7 @@ def run_search(cluster: Cluster, target: str, body: dict[str, Any]) -> dict[str,
     response["hits"] = out_hits
     aggs = body.get("aggs") or body.get("aggregations")
     if aggs:
-        response["aggregations"] = search.aggregate(compiler, aggs, hits)
+        response["aggregations"] = search.aggregate(compiler, aggs, hits, cluster.max_buckets)
     return response
 
 

@@ -20,6 +20,8 @@ class Faults:
     reject_bulk_items: int = 0
     # Every request waits this long first.
     latency: float = 0.0
+    # A bulk request waits this long between its write-block check and applying its items.
+    bulk_delay: float = 0.0
 
     def take_request(self, endpoint: str) -> bool:
         if self.reject_requests and (not self.reject_endpoints or endpoint in self.reject_endpoints):

@@ -88,9 +88,39 @@ def _check_field(doc_id: str, value: Any, field: dict[str, Any], full: str, dyna
             raise errors.bad_value(full, kind, doc_id, item)
         if kind == "flattened":
             _check_flattened(full, item, field, [])
+        elif kind == "keyword" and item is not None:
+            _check_term(full, keyword(item), field)
 
 
 _MAX_TERM_BYTES = 32766
+
+
+def java_length(text: str) -> int:
+    """String.length() in Java, what `ignore_above` counts: UTF-16 code units, not characters."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _check_term(full: str, text: str, field: dict[str, Any]) -> None:
+    """Lucene refuses a term longer than 32,766 bytes of UTF-8, and Elasticsearch the whole
+    document with it, unless `ignore_above` leaves the value unindexed first."""
+    ignore_above = field.get("ignore_above")
+    if ignore_above is not None and java_length(text) > int(ignore_above):
+        return
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > _MAX_TERM_BYTES:
+        raise errors.EsError(
+            400,
+            "illegal_argument_exception",
+            f'Document contains at least one immense term in field="{full}" (whose UTF8 encoding is '
+            f"longer than the max length {_MAX_TERM_BYTES}), all of which were skipped. Please correct the "
+            f"analyzer to not produce such terms. The prefix of the first immense term is: "
+            f"'{list(text[:10].encode())}...', original message: bytes can be at most {_MAX_TERM_BYTES} in "
+            f"length; got {size}",
+            caused_by={
+                "type": "max_bytes_length_exceeded_exception",
+                "reason": f"bytes can be at most {_MAX_TERM_BYTES} in length; got {size}",
+            },
+        )
 
 
 def _check_flattened(root: str, value: Any, field: dict[str, Any], path: list[str]) -> None:
@@ -121,7 +151,10 @@ def _check_flattened(root: str, value: Any, field: dict[str, Any], path: list[st
                         f"Offending key: [{full_key}].",
                     )
                 text = keyword(inner)
-                if len(text) <= ignore_above and len(f"{full_key}\0{text}".encode()) > _MAX_TERM_BYTES:
+                if (
+                    java_length(text) <= ignore_above
+                    and len(f"{full_key}\0{text}".encode()) > _MAX_TERM_BYTES
+                ):
                     raise errors.EsError(
                         400,
                         "document_parsing_exception",
@@ -191,6 +224,91 @@ def _millis(value: Any) -> int | None:
     return int(round(parsed.timestamp() * 1000))
 
 
+# -- mapping definitions ---------------------------------------------------------------------------
+
+# Parameters each field type accepts (what the gateway could plausibly send, and their neighbours);
+# anything else is refused as Elasticsearch refuses an unknown mapping parameter.
+_COMMON_PARAMS = frozenset(
+    {"type", "meta", "fields", "copy_to", "store", "index", "doc_values", "null_value"}
+)
+_PARAMS: dict[str, frozenset[str]] = {
+    "keyword": _COMMON_PARAMS | {"ignore_above", "normalizer", "eager_global_ordinals", "similarity"},
+    "wildcard": frozenset({"type", "meta", "ignore_above", "null_value"}),
+    "text": _COMMON_PARAMS | {"analyzer", "search_analyzer", "norms", "index_options", "fielddata"},
+    "constant_keyword": frozenset({"type", "meta", "value"}),
+    "boolean": _COMMON_PARAMS,
+    "date": _COMMON_PARAMS | {"format", "locale", "ignore_malformed"},
+    "long": _COMMON_PARAMS | {"coerce", "ignore_malformed"},
+    "integer": _COMMON_PARAMS | {"coerce", "ignore_malformed"},
+    "unsigned_long": _COMMON_PARAMS | {"coerce", "ignore_malformed"},
+    "double": _COMMON_PARAMS | {"coerce", "ignore_malformed"},
+    "float": _COMMON_PARAMS | {"coerce", "ignore_malformed"},
+    "binary": frozenset({"type", "meta", "store", "doc_values"}),
+    "flattened": frozenset(
+        {
+            "type",
+            "depth_limit",
+            "doc_values",
+            "eager_global_ordinals",
+            "ignore_above",
+            "index",
+            "null_value",
+            "similarity",
+            "split_queries_on_whitespace",
+            "time_series_dimensions",
+        }
+    ),
+    "object": frozenset({"type", "properties", "enabled", "dynamic", "subobjects"}),
+}
+_INT_PARAMS = frozenset({"ignore_above", "depth_limit"})
+_BOOL_PARAMS = frozenset({"index", "doc_values", "store", "enabled", "coerce", "ignore_malformed"})
+_ROOT_PARAMS = frozenset({"dynamic", "_meta", "properties", "_source", "date_detection", "numeric_detection"})
+
+
+def _mapper_error(reason: str) -> errors.EsError:
+    return errors.EsError(
+        400,
+        "mapper_parsing_exception",
+        f"Failed to parse mapping: {reason}",
+        caused_by={"type": "mapper_parsing_exception", "reason": reason},
+    )
+
+
+def check_mappings(mappings: dict[str, Any]) -> None:
+    """Raise what Elasticsearch answers for a mapping it cannot parse: an unknown type, an unknown
+    parameter for the type, a parameter of the wrong kind."""
+    unknown = sorted(set(mappings) - _ROOT_PARAMS)
+    if unknown:
+        raise _mapper_error(f"Root mapping definition has unsupported parameters:  [{unknown[0]} : ...]")
+    dynamic = mappings.get("dynamic", "true")
+    if str(dynamic).lower() not in ("true", "false", "strict", "runtime"):
+        raise _mapper_error(f"Could not convert [dynamic.dynamic] to a dynamic mapping value: [{dynamic}]")
+    _check_properties(mappings.get("properties", {}))
+
+
+def _check_properties(properties: Any) -> None:
+    if not isinstance(properties, dict):
+        raise _mapper_error("Expected map for property [properties] on field [_doc]")
+    for name, field in properties.items():
+        if not isinstance(field, dict):
+            raise _mapper_error(
+                f"Expected map for property [fields] on field [{name}] but got a {type(field)}"
+            )
+        kind = str(field.get("type", "object"))
+        allowed = _PARAMS.get(kind)
+        if allowed is None:
+            raise _mapper_error(f"No handler for type [{kind}] declared on field [{name}]")
+        for param, value in field.items():
+            if param not in allowed:
+                raise _mapper_error(f"unknown parameter [{param}] on mapper [{name}] of type [{kind}]")
+            if param in _INT_PARAMS and (isinstance(value, bool) or not isinstance(value, int)):
+                raise _mapper_error(f"Cannot parse [{param}] on mapper [{name}]: [{value}] is not an integer")
+            if param in _BOOL_PARAMS and not isinstance(value, bool) and value not in ("true", "false"):
+                raise _mapper_error(f"Failed to parse value [{value}] as only [true] or [false] are allowed.")
+        if kind == "object":
+            _check_properties(field.get("properties", {}))
+
+
 # -- query time ------------------------------------------------------------------------------------
 
 
@@ -220,6 +338,20 @@ def resolve(mappings: dict[str, Any], name: str) -> Field | None:
             return None
         properties = field.get("properties", {})
     return None
+
+
+def field_names(mappings: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every mapped leaf field's full name (objects are not fields; nothing under enabled: false)."""
+    out: list[str] = []
+    for name, field in mappings.get("properties", {}).items():
+        full = f"{prefix}{name}"
+        if field.get("enabled") is False:
+            continue
+        if _type(field) == "object":
+            out += field_names(field, f"{full}.")
+        else:
+            out.append(full)
+    return out
 
 
 def _walk(value: Any, path: tuple[str, ...]) -> Iterator[Any]:
@@ -274,7 +406,7 @@ def values(field: Field, source: dict[str, Any]) -> list[Any]:
     else:
         out = [normalise(field, v) for v in raw]
     if field.ignore_above is not None:
-        out = [v for v in out if not isinstance(v, str) or len(v) <= field.ignore_above]
+        out = [v for v in out if not isinstance(v, str) or java_length(v) <= field.ignore_above]
     return out
 
 

@@ -8,6 +8,7 @@ cardinality aggregations. Anything else is refused the way Elasticsearch refuses
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from harness.es_double import errors, mapping
 
 Predicate = Callable[["Doc"], bool]
 MAX_RESULT_WINDOW = 10_000
+# index.max_terms_count and search.max_buckets, at their defaults.
+MAX_TERMS_COUNT = 65_536
+MAX_BUCKETS = 65_536
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,12 @@ class Compiler:
 
     def _q_terms(self, body: dict[str, Any]) -> Predicate:
         name, raw = self._single(body, "terms")
+        if isinstance(raw, list) and len(raw) > MAX_TERMS_COUNT:
+            raise errors.illegal(
+                f"The number of terms [{len(raw)}] used in the Terms Query request has exceeded the allowed "
+                f"maximum of [{MAX_TERMS_COUNT}]. This maximum can be set by changing the "
+                "[index.max_terms_count] index level setting."
+            )
         field = self.field(name)
         if field is None:
             return lambda doc: False
@@ -123,6 +133,12 @@ class Compiler:
         name = body.get("field")
         if not isinstance(name, str):
             raise errors.EsError(400, "parsing_exception", "[exists] must be provided with a [field]")
+        if "*" in name or "?" in name:
+            # A field-name pattern, matched against the mapped field names (never inside a flattened
+            # field, whose keys are not fields): `attributes.a*` exists on no document.
+            fields = [f for f in mapping.field_names(self.mappings) if fnmatch.fnmatchcase(f, name)]
+            predicates = [self._q_exists({"field": f}) for f in fields]
+            return lambda doc: any(p(doc) for p in predicates)
         # A field whose values are all null (or an empty array) indexes nothing: it does not exist.
         field = self.field(name)
         if field is None:
@@ -259,7 +275,34 @@ def order(
 # -- aggregations ----------------------------------------------------------------------------------
 
 
-def aggregate(compiler: Compiler, aggs: dict[str, Any], docs: list[Doc]) -> dict[str, Any]:
+def aggregate(
+    compiler: Compiler, aggs: dict[str, Any], docs: list[Doc], max_buckets: int = MAX_BUCKETS
+) -> dict[str, Any]:
+    out = _aggregate(compiler, aggs, docs)
+    buckets = _count_buckets(out)
+    if buckets > max_buckets:
+        raise errors.EsError(
+            400,
+            "too_many_buckets_exception",
+            f"Trying to create too many buckets. Must be less than or equal to: [{max_buckets}] but this "
+            f"number of buckets was exceeded. This limit can be set by changing the [search.max_buckets] "
+            "cluster level setting.",
+            max_buckets=max_buckets,
+        )
+    return out
+
+
+def _count_buckets(value: Any) -> int:
+    if isinstance(value, dict):
+        own = value.get("buckets")
+        count = len(own) if isinstance(own, list | dict) else 0
+        return count + sum(_count_buckets(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count_buckets(v) for v in value)
+    return 0
+
+
+def _aggregate(compiler: Compiler, aggs: dict[str, Any], docs: list[Doc]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, spec in aggs.items():
         sub = spec.get("aggs") or spec.get("aggregations") or {}
@@ -289,12 +332,12 @@ def _filters(
         buckets: dict[str, Any] = {}
         for key, query in filters.items():
             matched = [d for d in docs if compiler.compile(query)(d)]
-            buckets[key] = {"doc_count": len(matched), **aggregate(compiler, sub, matched)}
+            buckets[key] = {"doc_count": len(matched), **_aggregate(compiler, sub, matched)}
         return {"buckets": buckets}
     listed = []
     for query in filters:
         matched = [d for d in docs if compiler.compile(query)(d)]
-        listed.append({"doc_count": len(matched), **aggregate(compiler, sub, matched)})
+        listed.append({"doc_count": len(matched), **_aggregate(compiler, sub, matched)})
     return {"buckets": listed}
 
 
@@ -314,7 +357,7 @@ def _terms(compiler: Compiler, body: dict[str, Any], sub: dict[str, Any], docs: 
         bucket: dict[str, Any] = {"key": key, "doc_count": len(members)}
         if isinstance(key, bool):
             bucket = {"key": int(key), "key_as_string": "true" if key else "false", "doc_count": len(members)}
-        bucket.update(aggregate(compiler, sub, members))
+        bucket.update(_aggregate(compiler, sub, members))
         buckets.append(bucket)
     return {
         "doc_count_error_upper_bound": 0,

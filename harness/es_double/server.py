@@ -24,6 +24,8 @@ from harness.es_double.cluster import Cluster, nested_settings
 from harness.es_double.faults import Faults, Stats
 
 VERSION = "9.1.5"
+# http.max_content_length: a longer request body is refused before it is read (413, empty body).
+MAX_CONTENT_LENGTH = 100 << 20
 _COMPAT = re.compile(r"compatible-with=(\d+)")
 _COMMON_PARAMS = frozenset({"error_trace", "filter_path", "human", "pretty"})
 
@@ -41,7 +43,7 @@ class Call:
         if not self.body.strip():
             return {}
         try:
-            parsed = json.loads(self.body)
+            parsed = json.loads(self.body, parse_constant=_non_numeric)
         except json.JSONDecodeError as exc:
             raise errors.EsError(
                 400, "x_content_parse_exception", f"[1:1] Unexpected character: {exc}"
@@ -63,14 +65,30 @@ class Call:
         return value.split(",") if value else None
 
 
+def _non_numeric(name: str) -> Any:
+    """Elasticsearch's JSON parser refuses NaN and Infinity in any request body."""
+    raise errors.EsError(
+        400,
+        "x_content_parse_exception",
+        f"[1:1] Non-standard token '{name}': enable `JsonReadFeature.ALLOW_NON_NUMERIC_NUMBERS` to allow",
+    )
+
+
 class Handler:
     """Routes one request to the cluster; `faults` and `stats` are the test's handles."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(
+        self, cluster: Cluster, max_content_length: int = MAX_CONTENT_LENGTH, major: int = 9
+    ) -> None:
         self.cluster = cluster
+        # The major version it answers as: a node accepts compatible-with its major and the one before.
+        self.major = major
+        self.max_content_length = max_content_length
         self.faults = Faults()
         self.stats = Stats()
         self._table = self._routes()
+        # Bulk requests past their block check and not yet applied (what the add-block API waits for).
+        self._in_flight = 0
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -78,6 +96,11 @@ class Handler:
         except errors.EsError as exc:
             return self._respond(request.method, exc.status, exc.body(), None)
         body = await request.body()
+        if len(body) > self.max_content_length:
+            # Elasticsearch answers before reading the rest; the double reads it all first, so that
+            # the client sees the 413 rather than a connection reset in the middle of its send.
+            self.stats.record("too_large")
+            return Response(status_code=413, headers={"X-Elastic-Product": "Elasticsearch"})
         parts = [urllib.parse.unquote(p) for p in request.url.path.strip("/").split("/") if p]
         call = Call(request.method, parts, dict(request.query_params), body)
         endpoint, allowed, run = self._route(call)
@@ -113,7 +136,8 @@ class Handler:
                         "[opamp] primary shard is not active",
                     )
                 )
-            status, payload, refresh = run(call)
+            result = run(call)
+            status, payload, refresh = await result if asyncio.iscoroutine(result) else result
             mode = call.params.get("refresh", "false")
             if refresh and mode != "false":
                 await self._refresh(mode, refresh)
@@ -123,14 +147,13 @@ class Handler:
             status, payload = exc.status, exc.payload
         return self._respond(request.method, status, payload, compat)
 
-    @staticmethod
-    def _compat(request: Request) -> int | None:
+    def _compat(self, request: Request) -> int | None:
         found = None
         for header in ("accept", "content-type"):
             match = _COMPAT.search(request.headers.get(header, ""))
             if match is not None:
                 found = int(match.group(1))
-        if found is not None and found not in (8, 9):
+        if found is not None and found not in (self.major - 1, self.major):
             raise errors.EsError(
                 400,
                 "media_type_header_exception",
@@ -209,6 +232,21 @@ class Handler:
             (f({"GET"}), ("{i}", "_mapping"), "get_mapping", f(), self._get_mapping),
             (f({"GET"}), ("{i}", "_settings"), "get_settings", f(), self._get_settings),
             (f({"PUT"}), ("{i}", "_settings"), "put_settings", f(), self._put_settings),
+            (
+                f({"PUT"}),
+                ("{i}", "_block", "{b}"),
+                "add_block",
+                f(
+                    {
+                        "timeout",
+                        "master_timeout",
+                        "allow_no_indices",
+                        "expand_wildcards",
+                        "ignore_unavailable",
+                    }
+                ),
+                self._add_block,
+            ),
             (f({"GET", "HEAD"}), ("_alias", "{a}"), "get_alias", f(), self._get_alias),
             (f({"POST"}), ("_aliases",), "update_aliases", f(), self._update_aliases),
             (f({"PUT"}), ("_index_template", "{t}"), "put_index_template", f(), self._put_template),
@@ -242,8 +280,8 @@ class Handler:
                 "cluster_name": "opamp-test",
                 "cluster_uuid": "d0ubl3-cluster",
                 "version": {
-                    "number": VERSION,
-                    "build_flavor": "default",
+                    "number": VERSION if self.major == 9 else f"{self.major}.19.0",
+                    "build_flavor": "serverless" if self.cluster.serverless else "default",
                     "build_type": "docker",
                     "lucene_version": "10.2.2",
                     "minimum_wire_compatibility_version": "8.19.0",
@@ -254,14 +292,55 @@ class Handler:
             set(),
         )
 
-    def _bulk(self, call: Call) -> tuple[int, Any, set[str]]:
+    async def _bulk(self, call: Call) -> tuple[int, Any, set[str]]:
         target = call.parts[0] if len(call.parts) == 2 else None
+        # Like a primary shard: the block is checked when the operation starts, and an operation
+        # that passed it completes even if a block is set meanwhile through _settings; only the
+        # add-block API waits for it (faults.bulk_delay widens that window for tests).
         with self.cluster.lock:
-            response, touched = documents.bulk(
-                self.cluster, target, call.body, call.flag("require_alias"), self.faults.take_item
-            )
+            passed = documents.unblocked(self.cluster, target, call.body)
+            self._in_flight += 1
+        try:
+            if self.faults.bulk_delay:
+                await asyncio.sleep(self.faults.bulk_delay)
+            with self.cluster.lock:
+                response, touched = documents.bulk(
+                    self.cluster,
+                    target,
+                    call.body,
+                    call.flag("require_alias"),
+                    self.faults.take_item,
+                    passed_blocks=passed,
+                )
+        finally:
+            with self.cluster.lock:
+                self._in_flight -= 1
         call.bulk = (len(response["items"]), len(call.body))
         return 200, response, touched
+
+    async def _add_block(self, call: Call) -> tuple[int, Any, set[str]]:
+        block = call.parts[2]
+        if block not in ("write", "read_only", "read", "metadata"):
+            raise errors.illegal(f"No enum constant for block [{block}]")
+        with self.cluster.lock:
+            indices = self.cluster.resolve(call.parts[0])
+            for index in indices:
+                index.settings[f"index.blocks.{block}"] = "true"
+        # The block is in place; now every operation that started before it must finish.
+        while True:
+            with self.cluster.lock:
+                if self._in_flight == 0:
+                    break
+            await asyncio.sleep(0.005)
+        return (
+            200,
+            {
+                "acknowledged": True,
+                "shards_acknowledged": True,
+                "indices": [{"name": i.name, "blocked": True} for i in indices],
+            },
+            set(),
+        )
 
     def _mget(self, call: Call) -> tuple[int, Any, set[str]]:
         target = call.parts[0] if len(call.parts) == 2 else None

@@ -3,8 +3,9 @@
 To add an adapter, add its id to `BACKENDS` and a branch to `store_factory` that returns a fresh
 client on one shared, empty backing store (so several clients act like several gateway nodes).
 
-"elasticsearch" runs on the wire-level double (harness/es_double), or on a real cluster when
-OPAMP_GATEWAY_TEST_ES_URL is set. Its clients write with `refresh=true`, so the inventory searches
+"elasticsearch" runs on the wire-level double (harness/es_double), "elasticsearch-serverless" on the
+double as Elastic Cloud Serverless, both on a real cluster when OPAMP_GATEWAY_TEST_ES_URL is set.
+Its clients write with `refresh=true`, so the inventory searches
 see every write at once, as SQLite's queries do.
 """
 
@@ -20,7 +21,7 @@ from gateway.store.sqlite import SQLiteStore
 from tests.store.store_helpers import StoreFactory
 from tests.support.es import EsAliases
 
-BACKENDS = ["sqlite", "elasticsearch"]
+BACKENDS = ["sqlite", "elasticsearch", "elasticsearch-serverless"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -32,8 +33,9 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         store: Store
         if request.param == "sqlite":
             store = SQLiteStore(str(tmp_path / "agents.db"))
-        elif request.param == "elasticsearch":
-            aliases: EsAliases = request.getfixturevalue("es_aliases")
+        elif request.param in ("elasticsearch", "elasticsearch-serverless"):
+            fixture = "es_aliases" if request.param == "elasticsearch" else "es_serverless_aliases"
+            aliases: EsAliases = request.getfixturevalue(fixture)
             store = aliases.store()
         else:  # pragma: no cover - a new backend without a factory branch
             raise AssertionError(f"no factory for backend {request.param}")

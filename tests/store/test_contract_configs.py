@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Literal
 
 import pytest
 
@@ -172,3 +173,16 @@ async def test_selector_combines_with_other_filters_and_pages(store: Store) -> N
     assert sorted(a.instance_uid for a in got) == sorted(a.instance_uid for a in prod)
     narrowed = await list_all(store, AgentQuery(selector=selector, q=prod[0].uid, limit=MAX_PAGE_SIZE))
     assert [a.instance_uid for a in narrowed] == [prod[0].instance_uid]
+
+
+@pytest.mark.parametrize("operator", ["Exists", "DoesNotExist"])
+async def test_a_key_with_wildcard_characters_is_a_key(store: Store, operator: str) -> None:
+    """`exists` takes field-name patterns: the key `team*` must not match `teamx` (nor nothing)."""
+    starred = agent(identifying={"team*": "a"})
+    other = agent(identifying={"teamx": "b"})
+    await store.write([full(starred), full(other)])
+    op: Literal["Exists", "DoesNotExist"] = "Exists" if operator == "Exists" else "DoesNotExist"
+    selector = Selector(expressions=(Expression("team*", op),))
+    found = await list_all(store, AgentQuery(selector=selector, limit=MAX_PAGE_SIZE))
+    wanted = starred if operator == "Exists" else other
+    assert [a.instance_uid for a in found] == [wanted.instance_uid]

@@ -18,7 +18,7 @@ from gateway.store.base import AgentQuery, StoreError, StoreUnavailable
 from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import NotMigrated, make_client
 from gateway.store.elasticsearch_documents import agent_document
-from gateway.store.elasticsearch_schema import agents_index, configs_index
+from gateway.store.elasticsearch_schema import AGENTS_MAPPING_VERSION, agents_index, configs_index
 from tests.store.store_helpers import agent, effective_config, full, health, heartbeat, moved, new_uid, touch
 from tests.support.es import EsAliases, EsTarget, new_aliases, run_sync
 
@@ -101,7 +101,9 @@ async def test_ping_names_an_outdated_mapping(unmigrated: EsAliases) -> None:
         await client.close()
     store = unmigrated.store()
     try:
-        with pytest.raises(NotMigrated, match="mapping version 0, this gateway needs 2"):
+        with pytest.raises(
+            NotMigrated, match=f"mapping version 0, this gateway needs {AGENTS_MAPPING_VERSION}"
+        ):
             await store.ping()
     finally:
         await store.close()
@@ -378,7 +380,7 @@ async def test_a_document_elasticsearch_refuses_is_dropped_and_logged(
             document["not_in_the_mapping"] = True
         return document
 
-    monkeypatch.setattr("gateway.store.elasticsearch_writes.agent_document", with_a_bug)
+    monkeypatch.setattr("gateway.store.elasticsearch_documents.agent_document", with_a_bug)
     with caplog.at_level(logging.ERROR, "gateway.store.elasticsearch"):
         await node_a.write([full(bad), full(good)])
     assert "strict_dynamic_mapping_exception" in caplog.text
@@ -392,3 +394,111 @@ async def test_pending_command_lands_even_from_a_stale_write(node_a: Elasticsear
     request = replace(state, last_seen=10.0, pending_command=0)
     await node_a.write([AgentWrite(state=request, changed=frozenset({"pending_command"}))])
     assert await node_a.get(state.instance_uid) == replace(state, pending_command=0)
+
+
+# -- Elasticsearch's limits ---------------------------------------------------------------------------
+
+
+async def test_an_oversized_report_is_stored_without_it_and_flagged(
+    es_aliases: EsAliases, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.store import elasticsearch_documents
+
+    monkeypatch.setattr(elasticsearch_documents, "MAX_DOCUMENT_BYTES", 64 << 10)
+    counted: list[int] = []
+    store = ElasticsearchStore(
+        make_client(es_aliases.settings()),
+        agents_alias=es_aliases.agents,
+        configs_alias=es_aliases.configs,
+        refresh="true",
+        on_oversized=lambda: counted.append(1),
+    )
+    try:
+        big = agent(last_seen=1.0, effective_config=effective_config("x" * (80 << 10)))
+        small = agent(last_seen=1.0, effective_config=effective_config("y" * (20 << 10)))
+        await store.write([full(big), full(small)])
+        stored = await store.get(big.instance_uid)
+        assert stored == replace(big, effective_config=None, oversized=("effective_config",))
+        # Fits once the rendered copy of the files is left out: nothing is lost, nothing flagged.
+        assert await store.get(small.instance_uid) == small
+        assert counted == [1]
+        # A later full write from that record keeps the flag; a smaller report clears it.
+        assert stored is not None
+        again = replace(stored, last_seen=2.0, health=health(True))
+        await store.write([full(again)])
+        assert await store.get(big.instance_uid) == again
+        fixed = replace(again, last_seen=3.0, effective_config=effective_config("ok"), oversized=())
+        await store.write([full(fixed)])
+        assert await store.get(big.instance_uid) == fixed
+    finally:
+        await store.close()
+
+
+async def test_a_request_over_the_cluster_limit_is_split_and_never_retried_for_ever() -> None:
+    from harness.es_double import EsDouble
+
+    with EsDouble(max_content_length=200_000) as double:
+        aliases = new_aliases(EsTarget(double.url, double))
+        await aliases.migrate()
+        rejected: list[int] = []
+        store = ElasticsearchStore(
+            make_client(aliases.settings()),
+            agents_alias=aliases.agents,
+            configs_alias=aliases.configs,
+            on_rejected=lambda: rejected.append(1),
+        )
+        try:
+            big = agent(last_seen=1.0, effective_config=effective_config("x" * 150_000))
+            others = [agent(last_seen=1.0) for _ in range(3)]
+            await store.write([full(big), *(full(a) for a in others)])
+            for state in others:
+                assert await store.get(state.instance_uid) == state
+            assert await store.get(big.instance_uid) is None
+            assert rejected == [1]
+            # All four, then the half with it, then it alone: bounded, never the same request again.
+            assert double.stats.requests["too_large"] == 3
+        finally:
+            await store.close()
+
+
+async def test_an_immense_agent_supplied_hash_does_not_lose_the_document(node_a: ElasticsearchStore) -> None:
+    from tests.store.store_helpers import remote_config_status
+
+    state = agent(last_seen=1.0, remote_config_status=remote_config_status(b"\x07" * (20 << 10)))
+    state = replace(state, failed_config_hash=b"\x08" * (20 << 10))
+    await node_a.write([full(state)])
+    assert await node_a.get(state.instance_uid) == state
+
+
+async def test_a_remembered_seq_no_does_not_survive_a_reindex(
+    es_aliases: EsAliases, node_a: ElasticsearchStore, node_b: ElasticsearchStore
+) -> None:
+    """After migrate copies into a new index, sequence numbers restart: a node's remembered if_seq_no
+    may match another version there, and must not move the record backwards."""
+    from dataclasses import replace as change
+
+    from gateway.store.elasticsearch_schema import AGENT_PROPERTIES
+
+    uid = new_uid()
+    state = agent(uid, last_seen=10.0)
+    await node_a.write([full(state)])
+    for n in range(11, 15):
+        await node_a.write([full(replace(state, last_seen=float(n)))])
+    seen = await node_b.get(uid)  # node B remembers this version's seq_no (4)
+    assert seen is not None and seen.last_seen == 14.0
+    later = change(
+        agents_index(es_aliases.agents, es_aliases.refresh_interval),
+        version=AGENTS_MAPPING_VERSION + 1,
+        properties={**AGENT_PROPERTIES, "added_later": {"type": "keyword"}},
+    )
+    client = make_client(es_aliases.settings())
+    try:
+        await migrate(client, [later, configs_index(es_aliases.configs)])
+    finally:
+        await client.close()
+    # In the copy, the document restarts from seq_no 0; four more writes bring it to B's number.
+    for n in range(15, 19):
+        await node_a.write([full(replace(state, last_seen=float(n)))])
+    await node_b.write([full(replace(state, last_seen=16.0))])
+    found = await node_a.get(uid)
+    assert found is not None and found.last_seen == 18.0

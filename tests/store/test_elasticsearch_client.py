@@ -9,7 +9,9 @@ import pytest
 from elasticsearch import ApiError
 
 from gateway import settings as settings_mod
+from gateway.settings import Settings
 from gateway.store.base import StoreError, StoreUnavailable
+from gateway.store.elasticsearch import ElasticsearchStore
 from gateway.store.elasticsearch_client import NotMigrated, make_client, store_error
 
 pytestmark = pytest.mark.anyio
@@ -75,3 +77,25 @@ async def test_credentials_reach_the_client() -> None:
     finally:
         await with_key.close()
         await basic.close()
+
+
+async def test_an_elasticsearch_8_cluster_is_named_in_the_readiness_error() -> None:
+    from harness.es_double import EsDouble
+
+    with EsDouble(major=8) as double:
+        store = ElasticsearchStore(make_client(Settings(elasticsearch_url=double.url)))
+        try:
+            with pytest.raises(StoreError, match="Elasticsearch 9 required"):
+                await store.ping()
+        finally:
+            await store.close()
+
+
+def test_connections_per_node_follow_the_messages_in_flight() -> None:
+    def connections(**values: object) -> int:
+        client = make_client(Settings(elasticsearch_url="http://127.0.0.1:9200", **values))  # type: ignore[arg-type]
+        return int(client.transport.node_pool.get().config.connections_per_node)
+
+    assert connections(max_inflight=1000) == 256
+    assert connections(max_inflight=64) == 64
+    assert connections(max_inflight=1) == 10

@@ -99,3 +99,17 @@ def _parsable(state: AgentState) -> AgentState:
         effective_config=parses(state.effective_config, pb.EffectiveConfig),
         remote_config_status=parses(state.remote_config_status, pb.RemoteConfigStatus),
     )
+
+
+def test_a_large_effective_config_is_not_copied_into_the_rendered_files() -> None:
+    """Every update rewrites the whole document: above FILES_COPY_LIMIT the rendered copy would be
+    most of what each heartbeat rewrites. The exact bytes stay, and the record round-trips."""
+    from gateway.store.elasticsearch_documents import FILES_COPY_LIMIT, agent_from_source
+    from harness.records import agent, effective_config
+
+    small = agent(effective_config=effective_config("a: b\n"))
+    large = agent(effective_config=effective_config("x" * (FILES_COPY_LIMIT + 1)))
+    assert "files" in agent_document(small)["effective_config"]
+    document = agent_document(large)
+    assert set(document["effective_config"]) == {"hash"}
+    assert agent_from_source(document) == large

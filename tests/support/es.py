@@ -22,7 +22,14 @@ from gateway.store.elasticsearch_client import make_client
 from harness.es_double import EsDouble
 
 REAL_CLUSTER_ENV = "OPAMP_GATEWAY_TEST_ES_URL"
+# With security on (the official container's default): an API key (the base64 "encoded" form), and
+# the CA of the cluster's HTTP certificate when it is https.
+API_KEY_ENV = "OPAMP_GATEWAY_TEST_ES_API_KEY"
+CA_CERT_ENV = "OPAMP_GATEWAY_TEST_ES_CA_CERT"
 T = TypeVar("T")
+
+
+_SECRET_FLAGS = ("elasticsearch_api_key", "elasticsearch_ca_cert")
 
 
 @dataclass
@@ -54,6 +61,8 @@ class EsAliases:
     def settings(self, **overrides: object) -> Settings:
         values: dict[str, object] = {
             "elasticsearch_url": self.url,
+            "elasticsearch_api_key": os.environ.get(API_KEY_ENV, "") if self.target.double is None else "",
+            "elasticsearch_ca_cert": os.environ.get(CA_CERT_ENV, "") if self.target.double is None else "",
             "elasticsearch_agents_alias": self.agents,
             "elasticsearch_configs_alias": self.configs,
             "elasticsearch_refresh_interval": self.refresh_interval,
@@ -63,7 +72,9 @@ class EsAliases:
 
     def flags(self) -> dict[str, object]:
         """The same, as `opamp-gateway serve` flags."""
+        secrets = {k: v for k, v in self.settings().__dict__.items() if k in _SECRET_FLAGS and v}
         return {
+            **secrets,
             "elasticsearch_url": self.url,
             "elasticsearch_agents_alias": self.agents,
             "elasticsearch_configs_alias": self.configs,
@@ -106,6 +117,28 @@ def es_target() -> Iterator[EsTarget]:
         return
     with EsDouble() as double:
         yield EsTarget(double.url, double)
+
+
+@pytest.fixture(scope="session")
+def es_serverless_target() -> Iterator[EsTarget]:
+    """The double as Elastic Cloud Serverless (refuses shard and replica settings); with a real
+    cluster, that cluster (which is what it is)."""
+    url = os.environ.get(REAL_CLUSTER_ENV, "")
+    if url:
+        yield EsTarget(url.rstrip("/"), None)
+        return
+    with EsDouble(serverless=True) as double:
+        yield EsTarget(double.url, double)
+
+
+@pytest.fixture
+def es_serverless_aliases(es_serverless_target: EsTarget) -> Iterator[EsAliases]:
+    aliases = new_aliases(es_serverless_target)
+    run_sync(aliases.migrate)
+    try:
+        yield aliases
+    finally:
+        run_sync(aliases.drop)
 
 
 def new_aliases(target: EsTarget) -> EsAliases:

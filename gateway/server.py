@@ -14,7 +14,6 @@ import uvicorn
 
 from gateway import tls
 from gateway.app import admin_app, opamp_app
-from gateway.opamp import framing
 from gateway.services import Services, running
 from gateway.settings import Settings
 from gateway.transport.keepalive import Keepalive
@@ -50,8 +49,8 @@ def _config(
         # OpAMP messages are compact protobuf; deflate would cost ~2.5x memory per socket.
         ws_per_message_deflate=False,
         # uvicorn enforces the limit while reading (closing with 1009, spec 2.2) before a byte of an
-        # oversized message is buffered; the header may take up to 10 bytes of it.
-        ws_max_size=settings.max_message_bytes + framing.MAX_HEADER_BYTES,
+        # oversized message is buffered; the limit counts the header (spec 2.2).
+        ws_max_size=settings.max_message_bytes,
         # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent); the
         # OpAMP port's are sent by the node's keepalive sweep, only to silent sockets.
         ws="auto" if keepalive is None else keepalive.protocol(),

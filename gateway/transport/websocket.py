@@ -6,10 +6,11 @@ concentrating proxy): state and registration are per instance_uid. Close codes t
 
 - 1000 normal closure: the agent sent nothing for --idle-timeout seconds.
 - 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
-- 1002 protocol error: the OpAMP header is missing or not 0.
 - 1003 unsupported data: a text message (OpAMP is binary only).
-- 1007 invalid payload: the bytes after the header are not an AgentToServer.
-- 1009 message too big: over --max-message-bytes (spec: SHOULD close with 1009).
+- 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009).
+
+A binary message that is not an AgentToServer (after an optional header 0, opamp/framing.py) is
+answered with ServerErrorResponse{BadRequest} and the socket stays open (spec: bad request).
 - 4000 taken over: the same instance_uid connected again, here or on another node; the newer
   connection wins. A private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a
   policy violation of this connection (1008), and a distinct code lets clients and operators tell a
@@ -28,7 +29,6 @@ import logging
 import random
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
 from typing import Any
 
 import uuid6
@@ -52,9 +52,7 @@ logger = logging.getLogger("gateway.transport.websocket")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_TOO_BIG = 1009
 CLOSE_TAKEN_OVER = 4000
 # RFC 6455: a close reason is at most 123 bytes of UTF-8.
@@ -213,12 +211,11 @@ class Connection:
         except framing.MessageTooLarge as exc:
             await self.close(CLOSE_TOO_BIG, str(exc))
             return False
-        except framing.FramingError as exc:
-            await self.close(CLOSE_PROTOCOL_ERROR, str(exc))
-            return False
         except DecodeError:
-            await self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
-            return False
+            # Spec: a malformed message is answered with BadRequest; the socket stays.
+            sent = await self._send(engine.undecodable())
+            self._node.metrics.handled("websocket", "rejected", time.perf_counter() - started)
+            return sent
         metrics = self._node.metrics
         self._node.limits.track_message()
         try:
@@ -243,10 +240,8 @@ class Connection:
         # through the bus or the node's periodic sweep (command_sweep.py).
         if state is None:
             state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
-            if state is not None and state.offered_config_hash is not None:
-                # An offer made before this connection may never have arrived: a new connection
-                # does not wait for its timeout (engine.config_to_offer).
-                state = replace(state, offered_config_hash=None, offered_at=0.0)
+            if state is not None:
+                state = engine.on_new_connection(state)
         outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
         self._track(msg, key, outcome)
         return outcome

@@ -124,17 +124,24 @@ def _serialized(msg: pb.AgentToServer, name: str) -> bytes | None:
 
 
 def _is_full_report(msg: pb.AgentToServer, capabilities: int) -> bool:
-    """Carries everything the agent's capabilities say it reports. An agent with ReportsRemoteConfig
-    that leaves out remote_config_status has not said which config it runs: taken as full, the
-    server would offer again a config the agent may already run (issue 14). Asking costs one round
-    trip; an agent that never had a remote config answers in step and is not asked again."""
+    """Carries everything the agent's capabilities say it reports (remote config status aside: see
+    `_config_unknown`)."""
     if not msg.HasField("agent_description"):
         return False
     if capabilities & caps.REPORTS_HEALTH and not msg.HasField("health"):
         return False
-    if capabilities & caps.REPORTS_REMOTE_CONFIG and not msg.HasField("remote_config_status"):
-        return False
     return not (capabilities & caps.REPORTS_EFFECTIVE_CONFIG and not msg.HasField("effective_config"))
+
+
+def _config_unknown(msg: pb.AgentToServer, state: AgentState, fleet: FleetView, now: float) -> bool:
+    """After a gap (or from a stranger), an agent with ReportsRemoteConfig that leaves out
+    remote_config_status has not said which config it runs. Were there a config to offer, the
+    server would offer again one the agent may already run (issue 14): ask for the full state and
+    hold the offer. Without a config to offer it changes nothing, so agents that never had one
+    (they send no status before their first config, opamp-spec #379) are not asked."""
+    if not state.capabilities & caps.REPORTS_REMOTE_CONFIG or msg.HasField("remote_config_status"):
+        return False
+    return bool(fleet.configs) and config_to_offer(state, fleet, now) is not None
 
 
 def _identity(
@@ -236,6 +243,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("health")
         or msg.HasField("effective_config")
         or msg.HasField("remote_config_status")
+        or msg.HasField("connection_settings_request")
     ):
         return None
     new_state = state.touched(now, seq)
@@ -280,7 +288,9 @@ def _handle(
     # Only a gap (or a stranger) proves state was lost. Asking again whenever the description is
     # missing would loop forever with an agent that has none to give.
     lacks_state = gap and not _is_full_report(msg, effective_caps)
-    if lacks_state and not disconnecting:
+    # Which config the agent runs is unknown until its full report says: wait for it.
+    unknown_config = gap and not disconnecting and _config_unknown(msg, new_state, fleet, now)
+    if (lacks_state or unknown_config) and not disconnecting:
         reply.flags |= caps.REPORT_FULL_STATE
 
     if disconnecting:
@@ -288,9 +298,7 @@ def _handle(
     elif event == "reported" and changed <= {"last_seen", "sequence_num"}:
         event = "heartbeat"
     if msg.HasField("connection_settings_request") and not wants_uid:
-        return _csr_refused(msg, base, new_state, changed, lacks_state, event)
-    # Which config the agent runs is unknown until its full report says: wait for it.
-    unknown_config = lacks_state and bool(effective_caps & caps.REPORTS_REMOTE_CONFIG)
+        return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
     if not disconnecting and not unknown_config:
         new_state = offer_config(new_state, fleet, now, reply, changed)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)

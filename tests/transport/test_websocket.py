@@ -166,6 +166,28 @@ async def test_header_less_messages_are_accepted(node: Node) -> None:
         assert node.services.registry.get(uid(6)) is not None
 
 
+async def test_a_connection_settings_request_gets_bad_request_on_an_open_socket(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        await exchange(ws, report(uid(5)))
+        msg = heartbeat(uid(5), 1)
+        msg.connection_settings_request.opamp.certificate_request.csr = b"-----BEGIN CERTIFICATE REQUEST-----"
+        reply = await exchange(ws, msg)
+        assert reply.error_response.type == pb.ServerErrorResponseType_BadRequest
+        assert reply.instance_uid == uid(5)
+        assert (await exchange(ws, heartbeat(uid(5), 2))).flags == 0
+
+
+async def test_a_short_temporary_uid_gets_a_new_uid(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        msg = report(b"")
+        msg.flags = caps.REQUEST_INSTANCE_UID
+        reply = await exchange(ws, msg)
+        new_uid = reply.agent_identification.new_instance_uid
+        assert not reply.HasField("error_response") and len(new_uid) == 16
+        assert (await exchange(ws, heartbeat(new_uid, 1))).flags == 0
+        assert node.services.registry.get(new_uid) is not None
+
+
 async def test_an_empty_message_is_an_empty_agent_to_server(node: Node) -> None:
     async with agent_socket(node.opamp_url) as ws:
         await ws.send(b"")

@@ -88,7 +88,7 @@ def config(
         # uvicorn's "auto" WebSocket implementation, as the gateway's: websockets' sans-I/O protocol.
         ws="auto",
         ws_per_message_deflate=False,
-        ws_max_size=defaults.max_message_bytes + framing.MAX_HEADER_BYTES,
+        ws_max_size=defaults.max_message_bytes,
         ws_ping_interval=defaults.ws_ping_interval if ping_interval is None else ping_interval,
         ws_ping_timeout=defaults.ws_ping_timeout,
         timeout_graceful_shutdown=10,

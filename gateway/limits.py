@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gateway.opamp import engine
+from gateway.opamp import capabilities as caps, engine
 from gateway.proto import opamp_pb2 as pb
 
 if TYPE_CHECKING:
@@ -66,10 +66,10 @@ class TokenBucket:
 
 
 def enrolls(state: object | None, msg: pb.AgentToServer) -> bool:
-    """Would this message enroll a new agent (an unknown, well-formed uid that is not saying goodbye)?"""
-    return (
-        state is None and len(msg.instance_uid) == engine.UID_LENGTH and not msg.HasField("agent_disconnect")
-    )
+    """Would this message enroll a new agent (an unknown, well-formed uid, or any temporary one with
+    RequestInstanceUid, that is not saying goodbye)?"""
+    well_formed = len(msg.instance_uid) == engine.UID_LENGTH or bool(msg.flags & caps.REQUEST_INSTANCE_UID)
+    return state is None and well_formed and not msg.HasField("agent_disconnect")
 
 
 class Limits:

@@ -14,7 +14,6 @@ import uvicorn
 
 from gateway import tls
 from gateway.app import admin_app, opamp_app
-from gateway.opamp import framing
 from gateway.services import Services, running
 from gateway.settings import Settings
 from gateway.transport.keepalive import Keepalive
@@ -65,10 +64,8 @@ def _websocket(services: Services) -> type[WebSocketProtocol]:
     sweep = Keepalive(s.ws_ping_interval, s.ws_ping_timeout, s.idle_timeout)
     # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent). The
     # limit is enforced from each frame's header, closing with 1009 (spec 2.2) before a byte of an
-    # oversized message is buffered; the OpAMP header may take up to 10 bytes of it.
-    return protocol_class(
-        endpoint, sweep, limit=s.max_message_bytes + framing.MAX_HEADER_BYTES, send_timeout=s.send_timeout
-    )
+    # oversized message is buffered; the limit counts the OpAMP header (spec 2.2).
+    return protocol_class(endpoint, sweep, limit=s.max_message_bytes, send_timeout=s.send_timeout)
 
 
 # The cyclic GC's generation sizes for a node holding thousands of sockets. Each WebSocket costs

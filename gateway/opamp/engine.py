@@ -84,6 +84,11 @@ def bad_request(instance_uid: bytes, message: str) -> pb.ServerToAgent:
     return reply
 
 
+def undecodable() -> pb.ServerToAgent:
+    """The answer to bytes that are not an AgentToServer: BadRequest, with no uid to echo."""
+    return bad_request(b"", "the message is not a valid AgentToServer")
+
+
 def reply_too_large(instance_uid: bytes) -> bytes:
     """What both transports send instead of a reply over the message size limit (spec: never send
     it, record it): a serialized ServerErrorResponse{Unknown}. Not BadRequest, which the spec keeps
@@ -119,13 +124,24 @@ def _serialized(msg: pb.AgentToServer, name: str) -> bytes | None:
 
 
 def _is_full_report(msg: pb.AgentToServer, capabilities: int) -> bool:
-    """Carries everything the agent's capabilities say it reports (remote config status excepted:
-    agents send it only after their first remote config, spec issue 379)."""
+    """Carries everything the agent's capabilities say it reports (remote config status aside: see
+    `_config_unknown`)."""
     if not msg.HasField("agent_description"):
         return False
     if capabilities & caps.REPORTS_HEALTH and not msg.HasField("health"):
         return False
     return not (capabilities & caps.REPORTS_EFFECTIVE_CONFIG and not msg.HasField("effective_config"))
+
+
+def _config_unknown(msg: pb.AgentToServer, state: AgentState, fleet: FleetView, now: float) -> bool:
+    """After a gap (or from a stranger), an agent with ReportsRemoteConfig that leaves out
+    remote_config_status has not said which config it runs. Were there a config to offer, the
+    server would offer again one the agent may already run (issue 14): ask for the full state and
+    hold the offer. Without a config to offer it changes nothing, so agents that never had one
+    (they send no status before their first config, opamp-spec #379) are not asked."""
+    if not state.capabilities & caps.REPORTS_REMOTE_CONFIG or msg.HasField("remote_config_status"):
+        return False
+    return bool(fleet.configs) and config_to_offer(state, fleet, now) is not None
 
 
 def _identity(
@@ -227,6 +243,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("health")
         or msg.HasField("effective_config")
         or msg.HasField("remote_config_status")
+        or msg.HasField("connection_settings_request")
     ):
         return None
     new_state = state.touched(now, seq)
@@ -244,9 +261,10 @@ def _handle(
     mint_uid: Callable[[], bytes],
 ) -> Outcome:
     """`handle` for every message: the full rules."""
-    if len(msg.instance_uid) != UID_LENGTH:
-        return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
+    # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
+    if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
+        return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
     disconnecting = msg.HasField("agent_disconnect")
     if wants_uid and disconnecting:
         return _rejected(msg, "RequestInstanceUid cannot be combined with agent_disconnect")
@@ -270,14 +288,18 @@ def _handle(
     # Only a gap (or a stranger) proves state was lost. Asking again whenever the description is
     # missing would loop forever with an agent that has none to give.
     lacks_state = gap and not _is_full_report(msg, effective_caps)
-    if lacks_state and not disconnecting:
+    # Which config the agent runs is unknown until its full report says: wait for it.
+    unknown_config = gap and not disconnecting and _config_unknown(msg, new_state, fleet, now)
+    if (lacks_state or unknown_config) and not disconnecting:
         reply.flags |= caps.REPORT_FULL_STATE
 
     if disconnecting:
         event = "disconnected"
     elif event == "reported" and changed <= {"last_seen", "sequence_num"}:
         event = "heartbeat"
-    if not disconnecting:
+    if msg.HasField("connection_settings_request") and not wants_uid:
+        return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
+    if not disconnecting and not unknown_config:
         new_state = offer_config(new_state, fleet, now, reply, changed)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
@@ -288,6 +310,28 @@ def _handle(
         # After a config change every agent sends both at once, so this halves the commits to wait for.
         durable_changes = set()
     return Outcome(reply, write, bool(durable_changes), event, new_state)
+
+
+def _csr_refused(
+    msg: pb.AgentToServer,
+    base: AgentState,
+    new_state: AgentState,
+    changed: set[str],
+    lacks_state: bool,
+    event: Event,
+) -> Outcome:
+    """A connection_settings_request: this server issues no certificates (it does not advertise
+    AcceptsConnectionSettingsRequest), and the spec's answer when issuing fails is BadRequest, so the
+    agent stops waiting. What the message reported is still kept; nothing else rides on an error
+    reply, and when the reply should have asked for full state the sequence number is left behind
+    so the next message asks again."""
+    if lacks_state:
+        new_state = replace(new_state, sequence_num=base.sequence_num)
+    reply = bad_request(
+        msg.instance_uid, "this server does not issue certificates (connection_settings_request)"
+    )
+    write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=None)
+    return Outcome(reply, write, bool(changed & _DURABLE_FIELDS), event, new_state)
 
 
 def _only_applying(msg: pb.AgentToServer) -> bool:
@@ -328,17 +372,26 @@ def _deliver_pending(
 
 
 def _on_config_report(state: AgentState, status: pb.RemoteConfigStatus, changed: set[str]) -> AgentState:
-    """A new RemoteConfigStatus ends the wait for the last offer; a FAILED one marks the config failed.
+    """A new RemoteConfigStatus ends the wait for the last offer; a FAILED one marks the config failed,
+    any other one clears that mark.
 
     The hash reported with FAILED may be the agent's rolled-back config rather than the one that
-    failed (the collector supervisor does this), so the offer is what failed when there was one.
+    failed (the collector supervisor does this), so the offer is what failed when there was one, and
+    a FAILED repeated without an offer in between is still about the config that failed. A report
+    that is not FAILED says the agent moved on (restarted, or applied something): if its hash is
+    not the desired one the spec says the server MUST send the config, so it is offered again.
     """
     updates: dict[str, object] = {}
     if status.status == pb.RemoteConfigStatuses_FAILED:
-        failed = state.offered_config_hash or status.last_remote_config_hash or None
+        failed = (
+            state.offered_config_hash or state.failed_config_hash or status.last_remote_config_hash or None
+        )
         if failed != state.failed_config_hash:
             updates["failed_config_hash"] = failed
             changed.add("failed_config_hash")
+    elif state.failed_config_hash is not None:
+        updates["failed_config_hash"] = None
+        changed.add("failed_config_hash")
     if state.offered_config_hash is not None:
         updates["offered_config_hash"] = None
         updates["offered_at"] = 0.0
@@ -350,19 +403,33 @@ def config_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.Agent
     """The remote config to send the agent now, or None (engine rules in docs/opamp.md):
     only to agents that accept remote config, only a config whose hash differs from the one the
     agent last reported, never one it reported FAILED for, and not again while an offer of the same
-    hash awaits a report (until `config_resend_after` passes)."""
+    hash awaits a report (until `config_resend_after` passes). An agent without ReportsRemoteConfig
+    never reports, so the hash offered to it is taken as the one it runs: it gets each desired
+    config once (proto: `config` SHOULD NOT be set if it has not changed)."""
     if not state.capabilities & caps.ACCEPTS_REMOTE_CONFIG or not fleet.configs:
         return None
     desired = fleet.configs.desired_for(state)
     if desired is None or desired.hash == state.failed_config_hash:
         return None
-    if desired.hash == state.offered_config_hash and now - state.offered_at < fleet.config_resend_after:
+    if desired.hash == state.offered_config_hash and (
+        not state.capabilities & caps.REPORTS_REMOTE_CONFIG
+        or now - state.offered_at < fleet.config_resend_after
+    ):
         return None
     if state.remote_config_status is not None and desired.hash == fleet.configs.reported_hash(
         state.remote_config_status
     ):
         return None
     return desired.message
+
+
+def on_new_connection(state: AgentState) -> AgentState:
+    """The record as a new connection of the agent should see it: an offer made before the connection
+    may never have arrived, so it is not waited for (config_to_offer), except for an agent that never
+    reports on its config, whose last offer is all the server knows of what it runs."""
+    if state.offered_config_hash is None or not state.capabilities & caps.REPORTS_REMOTE_CONFIG:
+        return state
+    return replace(state, offered_config_hash=None, offered_at=0.0)
 
 
 def offer_config(

@@ -3,6 +3,12 @@
 The header is an unsigned 64-bit protobuf varint that must be 0 in this version of the spec; `data`
 is the serialized AgentToServer or ServerToAgent, and may be empty (an empty message is valid).
 Pure: bytes in, bytes out.
+
+Messages without the header are accepted, as opamp-go still does: clients older than the header
+(spec v0.7.0) send bare protobuf. The two cannot be confused, since a protobuf encoding never starts
+with a varint 0 (field number 0 is invalid). A message whose "header" is not 0 is therefore read as
+header-less; it is then malformed protobuf (the spec's "treat as malformed"), which the transport
+answers with BadRequest.
 """
 
 from __future__ import annotations
@@ -18,27 +24,9 @@ class FramingError(ValueError):
     """A WebSocket message that is not a well-formed OpAMP message."""
 
 
-class MissingHeader(FramingError):
-    """The message ends before its varint header does (an empty message has no header)."""
-
-
-class InvalidHeader(FramingError):
-    """The header is not a uint64 varint (more than 10 bytes, or over 64 bits)."""
-
-
-class UnsupportedHeader(FramingError):
-    """The header decodes, but its value is reserved (only 0 is defined)."""
-
-    def __init__(self, value: int) -> None:
-        super().__init__(
-            f"WebSocket message header is {value}, only 0 is defined "
-            "(messages without the header are not accepted)"
-        )
-        self.value = value
-
-
 class MessageTooLarge(FramingError):
-    """The payload after the header exceeds the configured message size limit."""
+    """The message, header included (spec: the limit is on the WebSocket message), exceeds the
+    configured message size limit."""
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"message of {size} bytes exceeds the {limit}-byte limit")
@@ -60,18 +48,15 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def decode_varint(data: bytes) -> tuple[int, int]:
-    """(value, bytes consumed) of the varint at the start of `data`."""
-    value = 0
+def zero_header_length(data: bytes) -> int:
+    """Bytes taken by a varint 0 at the start of `data` (0 if there is none). A non-minimal encoding
+    of 0 (e.g. 0x80 0x00) is still the value 0, as any protobuf varint decoder reads it."""
     for i, byte in enumerate(data[:MAX_HEADER_BYTES]):
-        value |= (byte & 0x7F) << (7 * i)
+        if byte & 0x7F:
+            return 0
         if not byte & 0x80:
-            if value > _UINT64_MAX:
-                raise InvalidHeader("WebSocket message header does not fit in 64 bits")
-            return value, i + 1
-    if len(data) >= MAX_HEADER_BYTES:
-        raise InvalidHeader(f"WebSocket message header is longer than {MAX_HEADER_BYTES} bytes")
-    raise MissingHeader("WebSocket message is shorter than its header" if data else "empty WebSocket message")
+            return i + 1
+    return 0
 
 
 def encode(payload: bytes) -> bytes:
@@ -80,18 +65,10 @@ def encode(payload: bytes) -> bytes:
 
 
 def decode(message: bytes, limit: int | None = None) -> bytes:
-    """The serialized AgentToServer inside one incoming message (possibly empty).
-
-    A non-minimal encoding of 0 (e.g. 0x80 0x00) is still the value 0 and is accepted, like any
-    protobuf varint decoder would.
-    """
+    """The serialized AgentToServer inside one incoming message (possibly empty): the message
+    without its header 0, or the whole message when it has no header."""
+    if limit is not None and len(message) > limit:
+        raise MessageTooLarge(len(message), limit)
     if message[:1] == HEADER:
-        offset = 1  # the only header anyone sends; skip the loop
-    else:
-        value, offset = decode_varint(message)
-        if value != 0:
-            raise UnsupportedHeader(value)
-    size = len(message) - offset
-    if limit is not None and size > limit:
-        raise MessageTooLarge(size, limit)
-    return message[offset:]
+        return message[1:]  # the only header anyone sends; skip the loop
+    return message[zero_header_length(message) :]

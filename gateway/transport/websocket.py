@@ -13,17 +13,20 @@ instance_uid. Close codes the gateway sends:
 
 - 1000 normal closure: the agent sent nothing for --idle-timeout seconds.
 - 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
-- 1002 protocol error: the OpAMP header is missing or not 0, or the client broke RFC 6455.
+- 1002 protocol error: the client broke RFC 6455 (an unmasked frame, a bad opcode; ws_frames.py).
 - 1003 unsupported data: a text message (OpAMP is binary only).
-- 1007 invalid payload: the bytes after the header are not an AgentToServer.
-- 1009 message too big: over --max-message-bytes (spec: SHOULD close with 1009), refused from the
-  frame header before its payload is read.
+- 1007 invalid payload: a close frame whose reason is not UTF-8.
+- 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
+  refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
 - 1012 service restart: the node stops without a drain.
 - 4000 taken over: the same instance_uid connected again, here or on another node; the newer
   connection wins. A private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a
   policy violation of this connection (1008), and a distinct code lets clients and operators tell a
   duplicate agent from a failing one.
+
+A binary message that is not an AgentToServer (after an optional header 0, opamp/framing.py) is
+answered with ServerErrorResponse{BadRequest} and the socket stays open (spec: bad request).
 
 Upgrades are refused with 401 (no or a wrong agent key; gateway/auth.py) or 503 + Retry-After
 (draining, or --max-connections open). A client that stops reading for --send-timeout is dropped
@@ -38,7 +41,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
 from typing import Any
 
 import uuid6
@@ -262,10 +264,8 @@ class Connection:
         # through the bus or the node's periodic sweep (command_sweep.py).
         if state is None:
             state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
-            if state is not None and state.offered_config_hash is not None:
-                # An offer made before this connection may never have arrived: a new connection
-                # does not wait for its timeout (engine.config_to_offer).
-                state = replace(state, offered_config_hash=None, offered_at=0.0)
+            if state is not None:
+                state = engine.on_new_connection(state)
         outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
         self._track(msg, key, outcome)
         return outcome
@@ -278,10 +278,9 @@ class Connection:
             return pb.AgentToServer.FromString(framing.decode(data, self._limit))
         except framing.MessageTooLarge as exc:
             self.close(CLOSE_TOO_BIG, str(exc))
-        except framing.FramingError as exc:
-            self.close(CLOSE_PROTOCOL_ERROR, str(exc))
         except DecodeError:
-            self.close(CLOSE_INVALID_PAYLOAD, "the message is not a valid AgentToServer")
+            # Spec: a malformed message is answered with BadRequest; the socket stays.
+            self._reply(engine.undecodable(), "rejected", time.perf_counter())
         return None
 
     def _shed(self, msg: pb.AgentToServer, exc: pipeline.Shed, started: float) -> None:

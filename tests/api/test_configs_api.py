@@ -63,6 +63,10 @@ async def poll(node: Node) -> AsyncIterator[Poll]:
                 msg.agent_description.identifying_attributes.add(
                     key="service.name", value=av.AnyValue(string_value=name)
                 )
+            if seq == 0 and config_status is None and capabilities & caps.REPORTS_REMOTE_CONFIG:
+                # A first report says which config the agent runs (none yet): without it the
+                # gateway asks for full state before offering one (engine._config_unknown).
+                config_status = (b"", pb.RemoteConfigStatuses_UNSET)
             if config_status is not None:
                 msg.remote_config_status.last_remote_config_hash = config_status[0]
                 msg.remote_config_status.status = config_status[1]  # type: ignore[assignment]

@@ -52,7 +52,11 @@ class Agent:
         self.seq = 0
 
     async def enroll(self, service: str = SERVICE) -> pb.ServerToAgent:
-        return await self.send(report(self.uid, self.seq, self.capabilities, service))
+        msg = report(self.uid, self.seq, self.capabilities, service)
+        if self.capabilities & caps.REPORTS_REMOTE_CONFIG:
+            # It says it runs no remote config yet; without that the gateway asks before it offers one.
+            msg.remote_config_status.status = pb.RemoteConfigStatuses_UNSET
+        return await self.send(msg)
 
     async def heartbeat(self) -> pb.ServerToAgent:
         self.seq += 1

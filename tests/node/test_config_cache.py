@@ -105,7 +105,10 @@ def files(reply: pb.ServerToAgent) -> dict[str, bytes]:
 
 
 async def enroll(ws: ClientConnection, n: int) -> pb.ServerToAgent:
-    return await exchange(ws, report(uid(n), 0, CONFIG_CAPS))
+    msg = report(uid(n), 0, CONFIG_CAPS)
+    # It says it runs no remote config yet; without that the gateway asks before it offers one.
+    msg.remote_config_status.status = pb.RemoteConfigStatuses_UNSET
+    return await exchange(ws, msg)
 
 
 async def test_with_the_bus_down_a_message_rereads_configs_once_they_are_stale(

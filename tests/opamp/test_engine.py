@@ -376,3 +376,44 @@ def test_capability_names_include_unknown_bits() -> None:
         "ReportsStatus",
     ]
     assert caps.capability_names(1 << 40) == ["Bit0x10000000000"]
+
+
+class TestConnectionSettingsRequest:
+    def test_a_csr_is_refused_with_bad_request_and_the_report_kept(self) -> None:
+        state = enrolled()
+        msg = heartbeat(1)
+        msg.health.healthy = True
+        msg.connection_settings_request.opamp.certificate_request.csr = b"-----BEGIN CERTIFICATE REQUEST-----"
+        outcome = run(state, msg)
+        err = error_of(outcome)
+        assert err.type == pb.ServerErrorResponseType_BadRequest
+        assert "certificates" in err.error_message
+        assert outcome.reply.instance_uid == UID and outcome.reply.capabilities == 0
+        assert outcome.state is not None and outcome.state.health is not None
+        assert outcome.write is not None and "health" in outcome.write.changed and outcome.durable
+
+    def test_a_csr_after_a_gap_asks_again_on_the_next_message(self) -> None:
+        state = enrolled()
+        msg = heartbeat(5)
+        msg.connection_settings_request.opamp.SetInParent()
+        outcome = run(state, msg)
+        assert outcome.state is not None and outcome.state.sequence_num == 0
+        assert run(outcome.state, heartbeat(6)).reply.flags & caps.REPORT_FULL_STATE
+
+
+class TestTemporaryUid:
+    @pytest.mark.parametrize("temporary", [b"", b"\x01", b"tmp-123"])
+    def test_a_short_temporary_uid_with_request_instance_uid_is_answered(
+        self, temporary: bytes, minted: Callable[[], bytes]
+    ) -> None:
+        msg = full_report(uid=temporary)
+        msg.flags = caps.REQUEST_INSTANCE_UID
+        outcome = run(None, msg, minted)
+        assert not outcome.reply.HasField("error_response")
+        assert outcome.reply.instance_uid == temporary
+        new_uid = outcome.reply.agent_identification.new_instance_uid
+        assert len(new_uid) == 16
+        assert outcome.state is not None and outcome.state.instance_uid == new_uid
+
+    def test_a_short_uid_without_the_flag_is_still_bad_request(self) -> None:
+        assert run(None, full_report(uid=b"\x01")).rejected

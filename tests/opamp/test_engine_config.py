@@ -105,8 +105,11 @@ def test_not_resent_while_the_offer_waits() -> None:
 
 
 def test_resent_after_the_timeout() -> None:
-    state = enrolled_with_offer()
-    outcome = run(state, heartbeat(1), now=NOW + RESEND)
+    # Only to an agent that reports on its config (ReportsRemoteConfig): its silence means the
+    # offer may be lost.
+    capabilities = REPORTING | caps.REPORTS_REMOTE_CONFIG
+    state = replace(enrolled_with_offer(), capabilities=capabilities)
+    outcome = run(state, heartbeat(1, capabilities=capabilities), now=NOW + RESEND)
     assert outcome.reply.remote_config.config_hash == HASH
     assert outcome.state is not None and outcome.state.offered_at == NOW + RESEND
 
@@ -197,3 +200,71 @@ def test_a_pending_command_waits_for_a_reply_without_config() -> None:
     assert with_config.state is not None and with_config.state.pending_command == pb.CommandType_Restart
     after = run(with_config.state, heartbeat(2, capabilities=REPORTING | caps.ACCEPTS_RESTART_COMMAND))
     assert after.reply.HasField("command") and not after.reply.HasField("remote_config")
+
+
+def test_failed_then_a_changed_report_gets_the_config_again() -> None:
+    # Spec: if the reported hash differs from the desired one the server MUST include remote_config.
+    failed = run(enrolled_with_offer(), reporting(1, status(OLD, pb.RemoteConfigStatuses_FAILED))).state
+    assert failed is not None and failed.failed_config_hash == HASH
+    # The agent restarted on its old config and says so: answered with the desired config.
+    outcome = run(failed, reporting(2, status(OLD, pb.RemoteConfigStatuses_APPLIED)))
+    assert outcome.reply.remote_config.config_hash == HASH
+    assert outcome.state is not None and outcome.state.failed_config_hash is None
+    # It fails again: not pushed again in a loop.
+    again = run(outcome.state, reporting(3, status(OLD, pb.RemoteConfigStatuses_FAILED)))
+    assert not again.reply.HasField("remote_config")
+    assert again.state is not None and again.state.failed_config_hash == HASH
+    assert not run(again.state, heartbeat(4), now=NOW + 10 * RESEND).reply.HasField("remote_config")
+
+
+def test_a_repeated_failed_report_keeps_the_failed_hash() -> None:
+    failed = run(enrolled_with_offer(), reporting(1, status(OLD, pb.RemoteConfigStatuses_FAILED))).state
+    assert failed is not None
+    repeat = run(failed, reporting(2, status(OLD, pb.RemoteConfigStatuses_FAILED, "still bad")))
+    assert not repeat.reply.HasField("remote_config")
+    assert repeat.state is not None and repeat.state.failed_config_hash == HASH
+
+
+SILENT = caps.REPORTS_STATUS | caps.ACCEPTS_REMOTE_CONFIG | caps.REPORTS_HEARTBEAT
+
+
+def test_no_resend_loop_to_an_agent_that_never_reports_config() -> None:
+    first = run(None, full_report(0, capabilities=SILENT))
+    assert first.reply.remote_config.config_hash == HASH
+    assert first.state is not None
+    later = run(first.state, heartbeat(1, capabilities=SILENT), now=NOW + 10 * RESEND)
+    assert not later.reply.HasField("remote_config")
+    # A new connection does not reset what the server knows it sent.
+    from gateway.opamp.engine import on_new_connection
+
+    assert on_new_connection(first.state) == first.state
+    # A new desired config is sent once.
+    changed = replace(FLEET, configs=config_set("exporters: {}\n"))
+    assert run(first.state, heartbeat(1, capabilities=SILENT), changed).reply.HasField("remote_config")
+
+
+def test_a_new_connection_resets_the_offer_of_an_agent_that_reports() -> None:
+    from gateway.opamp.engine import on_new_connection
+
+    state = replace(enrolled_with_offer(), capabilities=REPORTING | caps.REPORTS_REMOTE_CONFIG)
+    fresh = on_new_connection(state)
+    assert (fresh.offered_config_hash, fresh.offered_at) == (None, 0.0)
+
+
+def test_a_full_report_without_config_status_is_not_full() -> None:
+    # An agent with ReportsRemoteConfig that leaves out remote_config_status: ask, do not offer yet.
+    capabilities = REPORTING | caps.REPORTS_REMOTE_CONFIG
+    outcome = run(None, full_report(0, capabilities=capabilities))
+    assert outcome.reply.flags & caps.REPORT_FULL_STATE
+    assert not outcome.reply.HasField("remote_config")
+    assert outcome.state is not None
+    # Its full state says it already runs the desired config: nothing to send.
+    full = full_report(1, capabilities=capabilities)
+    full.remote_config_status.CopyFrom(status(HASH))
+    answered = run(outcome.state, full)
+    assert not answered.reply.flags & caps.REPORT_FULL_STATE
+    assert not answered.reply.HasField("remote_config")
+    # One that never had a remote config answers in step without a status: offered then.
+    fresh = run(outcome.state, full_report(1, capabilities=capabilities))
+    assert not fresh.reply.flags & caps.REPORT_FULL_STATE
+    assert fresh.reply.remote_config.config_hash == HASH

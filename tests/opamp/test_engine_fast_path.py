@@ -156,7 +156,15 @@ def test_a_plain_heartbeat_takes_the_fast_path(fleet: FleetView) -> None:
         # A config to offer: the agent reported another hash.
         (_settled(remote_config_status=_status(OLD, pb.RemoteConfigStatuses_APPLIED)), heartbeat(8)),
         # An offer whose wait for a report ran out.
-        (_settled(remote_config_status=None, offered_config_hash=HASH, offered_at=NOW - 61), heartbeat(8)),
+        (
+            _settled(
+                remote_config_status=None,
+                offered_config_hash=HASH,
+                offered_at=NOW - 61,
+                capabilities=REPORTING | caps.REPORTS_REMOTE_CONFIG,
+            ),
+            heartbeat(8, capabilities=REPORTING | caps.REPORTS_REMOTE_CONFIG),
+        ),
     ],
     ids=["gap", "other uid", "new capabilities", "disconnected", "command", "config", "resend"],
 )

@@ -34,7 +34,9 @@ def test_a_config_push_carries_the_offer_and_the_record_remembers_it() -> None:
 
 
 def test_no_config_push_the_engine_would_not_offer() -> None:
-    pushed = config_push(held(), FLEET, NOW)
+    pushed = config_push(
+        held(caps.REPORTS_STATUS | caps.ACCEPTS_REMOTE_CONFIG | caps.REPORTS_REMOTE_CONFIG), FLEET, NOW
+    )
     assert pushed is not None
     # Waiting for a report on the same offer, until the resend timeout.
     assert config_push(pushed.state, FLEET, NOW + RESEND - 1) is None

@@ -198,6 +198,30 @@ async def test_bad_uid_is_bad_request_with_200(client: httpx2.AsyncClient) -> No
     assert reply.instance_uid == b"short"
 
 
+async def test_a_short_temporary_uid_with_request_instance_uid_gets_a_new_uid(
+    client: httpx2.AsyncClient, node: Node
+) -> None:
+    msg = report(uid=b"tmp")
+    msg.flags = caps.REQUEST_INSTANCE_UID
+    reply = reply_of(await post(client, msg.SerializeToString()))
+    assert not reply.HasField("error_response") and reply.instance_uid == b"tmp"
+    new_uid = reply.agent_identification.new_instance_uid
+    assert len(new_uid) == 16 and new_uid[6] >> 4 == 7  # UUIDv7
+    assert await node.services.store.get(new_uid) is not None
+
+
+async def test_a_connection_settings_request_gets_bad_request(client: httpx2.AsyncClient, node: Node) -> None:
+    reply_of(await post(client, report(0).SerializeToString()))
+    msg = pb.AgentToServer(instance_uid=UID, sequence_num=1, capabilities=caps.REPORTS_STATUS)
+    msg.connection_settings_request.opamp.certificate_request.csr = b"-----BEGIN CERTIFICATE REQUEST-----"
+    reply = reply_of(await post(client, msg.SerializeToString()))
+    assert reply.error_response.type == pb.ServerErrorResponseType_BadRequest
+    assert "certificates" in reply.error_response.error_message
+    # The agent's record still moved on: its next message is in step.
+    hb = pb.AgentToServer(instance_uid=UID, sequence_num=2, capabilities=caps.REPORTS_STATUS)
+    assert reply_of(await post(client, hb.SerializeToString())).flags == 0
+
+
 async def test_empty_body_is_a_bad_request(client: httpx2.AsyncClient) -> None:
     reply = reply_of(await post(client, b""))
     assert reply.error_response.type == pb.ServerErrorResponseType_BadRequest

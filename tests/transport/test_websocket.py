@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from gateway.opamp import capabilities as caps
-from gateway.proto import opamp_pb2 as pb
+from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
@@ -109,14 +109,10 @@ async def test_reply_over_the_limit_is_replaced_by_the_same_error_as_over_http(t
     ("frame", "code", "reason"),
     [
         ("a text frame", 1003, "binary"),
-        (b"", 1002, "empty"),
-        (b"\x01" + b"\x0a\x00", 1002, "header is 1"),
-        (b"\x81\x01", 1002, "header is 129"),
-        (b"\x00\xff\xff\xff", 1007, "not a valid AgentToServer"),
-        # Over the limit by less than the header allowance: the gateway's own check.
-        (b"\x00" + b"\x00" * (LIMIT + 1), 1009, "exceeds"),
+        # Over the limit by the header byte alone: the limit counts the header.
+        (b"\x00" + b"\x00" * LIMIT, 1009, "exceeds"),
         # Far over: the frame reader refuses it from the frame's header, before buffering.
-        (b"\x00" + b"\x00" * (LIMIT * 4), 1009, f"exceeds the {LIMIT + 10}-byte limit"),
+        (b"\x00" + b"\x00" * (LIMIT * 4), 1009, f"exceeds the {LIMIT}-byte limit"),
     ],
 )
 async def test_bad_frames_close_with_the_right_code(
@@ -127,6 +123,76 @@ async def test_bad_frames_close_with_the_right_code(
         got_code, got_reason = await closed_with(ws)
         assert got_code == code
         assert reason in got_reason
+
+
+async def test_a_message_of_exactly_the_limit_is_accepted(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        msg = report(uid(8))
+        msg.agent_description.non_identifying_attributes.add(key="pad", value=av.AnyValue(string_value=""))
+        pad = msg.agent_description.non_identifying_attributes[-1].value
+        pad.string_value = "x" * (LIMIT - 1 - len(msg.SerializeToString()))
+        # Length prefixes grew with the padding: take off what they added.
+        pad.string_value = pad.string_value[
+            : len(pad.string_value) - (len(msg.SerializeToString()) - (LIMIT - 1))
+        ]
+        framed = b"\x00" + msg.SerializeToString()
+        assert len(framed) == LIMIT
+        await ws.send(framed)
+        assert (await recv(ws)).instance_uid == uid(8)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\x00\xff\xff\xff", b"\x01\x0a\x00", b"\x81\x01", b"\x80" * 10 + b"\x00"],
+    ids=["bad protobuf", "header 1", "header 129", "11-byte header"],
+)
+async def test_undecodable_messages_get_bad_request_and_keep_the_socket(node: Node, frame: bytes) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        await ws.send(frame)
+        reply = await recv(ws)
+        assert reply.error_response.type == pb.ServerErrorResponseType_BadRequest
+        assert reply.instance_uid == b""
+        assert (await exchange(ws, report(uid(9)))).instance_uid == uid(9)
+
+
+async def test_header_less_messages_are_accepted(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        await ws.send(report(uid(6)).SerializeToString())
+        reply = await recv(ws)
+        assert reply.instance_uid == uid(6) and not reply.HasField("error_response")
+        await ws.send(heartbeat(uid(6), 1).SerializeToString())
+        assert (await recv(ws)).flags == 0
+        assert node.services.registry.get(uid(6)) is not None
+
+
+async def test_a_connection_settings_request_gets_bad_request_on_an_open_socket(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        await exchange(ws, report(uid(5)))
+        msg = heartbeat(uid(5), 1)
+        msg.connection_settings_request.opamp.certificate_request.csr = b"-----BEGIN CERTIFICATE REQUEST-----"
+        reply = await exchange(ws, msg)
+        assert reply.error_response.type == pb.ServerErrorResponseType_BadRequest
+        assert reply.instance_uid == uid(5)
+        assert (await exchange(ws, heartbeat(uid(5), 2))).flags == 0
+
+
+async def test_a_short_temporary_uid_gets_a_new_uid(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        msg = report(b"")
+        msg.flags = caps.REQUEST_INSTANCE_UID
+        reply = await exchange(ws, msg)
+        new_uid = reply.agent_identification.new_instance_uid
+        assert not reply.HasField("error_response") and len(new_uid) == 16
+        assert (await exchange(ws, heartbeat(new_uid, 1))).flags == 0
+        assert node.services.registry.get(new_uid) is not None
+
+
+async def test_an_empty_message_is_an_empty_agent_to_server(node: Node) -> None:
+    async with agent_socket(node.opamp_url) as ws:
+        await ws.send(b"")
+        reply = await recv(ws)
+        assert reply.error_response.type == pb.ServerErrorResponseType_BadRequest
+        assert "16 bytes" in reply.error_response.error_message
 
 
 async def test_close_forgets_the_agent(node: Node, admin: httpx2.AsyncClient) -> None:

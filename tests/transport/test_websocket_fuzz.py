@@ -19,7 +19,7 @@ from tests.support.ws import ws_url
 
 LIMIT = 2048
 # The close codes the transport documents for bad input (gateway/transport/websocket.py).
-DOCUMENTED = {1002: "protocol error", 1003: "text", 1007: "invalid payload", 1009: "too big"}
+DOCUMENTED = {1003: "text", 1009: "too big"}
 _SETTINGS = settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

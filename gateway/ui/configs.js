@@ -211,6 +211,8 @@ function deleteDialog(config) {
 export async function showConfig(view, ctx) {
   const name = ctx.parts[1] === "new" ? null : ctx.parts[1];
   let config = null;
+  // Even a new config's empty form asks the API first: without a valid token, sign-in comes first.
+  if (!name) await api("GET", "/api/v1/configs");
   if (name) {
     try {
       config = await api("GET", `/api/v1/configs/${encodeURIComponent(name)}`);

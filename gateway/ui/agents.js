@@ -33,7 +33,7 @@ function select(id, label, options, value, allLabel) {
     h(
       "select",
       { id, name: id },
-      h("option", { value: "" }, allLabel),
+      allLabel === null ? "" : h("option", { value: "" }, allLabel),
       options.map((o) => h("option", { value: o, selected: o === value }, o)),
     ),
   ];
@@ -65,7 +65,7 @@ function filterForm(params, configNames) {
     ),
     h("div", {}, select("config", "Config", configNames, params.get("config"), "any")),
     h("div", {}, select("config_status", "Config status", CONFIG_STATUSES, params.get("config_status"), "any")),
-    h("div", {}, select("limit", "Per page", LIMITS, params.get("limit") || "50", "50")),
+    h("div", {}, select("limit", "Per page", LIMITS, params.get("limit") || "50", null)),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Apply"), h("a", { href: "#/agents" }, "Clear")),
   );
   form.addEventListener("submit", (event) => {

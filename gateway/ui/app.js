@@ -59,6 +59,8 @@ async function render() {
     await pick(parts)(view, ctx);
     if (mine !== generation) return;
     replace(main, view);
+    // A new route starts at the top, as a new page would.
+    window.scrollTo(0, 0);
     const heading = main.querySelector("h1");
     document.title = heading ? `${heading.textContent} · opamp-gateway` : "opamp-gateway";
   } catch (exc) {

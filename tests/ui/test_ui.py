@@ -96,6 +96,7 @@ def sign_in(page: Page, gateway: Gateway, hash_: str = "#/overview") -> None:
 
 
 def shot(page: Page, name: str) -> None:
+    page.evaluate("() => window.scrollTo(0, 0)")
     page.screenshot(path=str(IMAGES / f"ui-{name}.png"))
 
 

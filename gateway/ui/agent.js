@@ -1,6 +1,6 @@
 // One agent: identity, connection, health tree, config state, effective config text, restart.
 import { ApiError, api } from "./api.js";
-import { announce, attr, badge, dl, h, replace, table, time } from "./dom.js";
+import { announce, attr, badge, dl, h, refresh, replace, table, time } from "./dom.js";
 
 const REFRESH_MS = 5000;
 const RESTART = "AcceptsRestartCommand";
@@ -189,7 +189,7 @@ export async function showAgent(view, ctx) {
     if (!ctx.live()) return;
     const result = body.querySelector("#restart-result");
     const closed = [...body.querySelectorAll("details.file:not([open])")].map((d) => d.dataset.file);
-    replace(body, render(fresh));
+    refresh(body, render(fresh));
     if (result && result.textContent) body.querySelector("#restart-result").replaceWith(result);
     for (const d of body.querySelectorAll("details.file")) if (closed.includes(d.dataset.file)) d.open = false;
   });

@@ -2,7 +2,7 @@
 // cursor paging at a time (the API pages by instance_uid; it offers no other order, so the columns
 // do not sort), refreshed every few seconds.
 import { api, query } from "./api.js";
-import { attr, badge, h, replace, shortUid, table, time } from "./dom.js";
+import { attr, badge, h, refresh, replace, shortUid, table, time } from "./dom.js";
 
 const STATUSES = ["online", "offline", "disconnected", "unhealthy"];
 const CONFIG_STATUSES = ["applied", "applying", "failed", "pending", "unsupported", "none"];
@@ -149,7 +149,7 @@ export async function showAgents(view, ctx) {
     }
     if (!ctx.live()) return;
     const head = ["Agent", "Host", "Type and version", "Status", "Health", "Config", "Last seen", "Node (transport)"];
-    replace(
+    refresh(
       results,
       page.agents.length
         ? h(

@@ -1,7 +1,7 @@
 // Configs: the list with rollout counts, and one form to create or edit a config, with the API's
 // validation errors shown at the field they name ("files.x.content_type: ..." -> that input).
 import { ApiError, api } from "./api.js";
-import { announce, h, replace, table } from "./dom.js";
+import { announce, h, refresh, replace, table } from "./dom.js";
 import { rolloutCells, ROLLOUT_STATES } from "./rollout.js";
 
 const REFRESH_MS = 3000;
@@ -14,7 +14,7 @@ export async function showConfigs(view, ctx) {
     const list = await api("GET", "/api/v1/configs");
     const details = await Promise.all(list.configs.map((c) => api("GET", `/api/v1/configs/${encodeURIComponent(c.name)}`)));
     if (!ctx.live()) return;
-    replace(
+    refresh(
       body,
       details.length
         ? table(
@@ -282,7 +282,7 @@ export async function showConfig(view, ctx) {
   if (config) {
     const rollout = h("div", { id: "rollout" });
     const paint = (c) =>
-      replace(
+      refresh(
         rollout,
         h("p", {}, `Version ${c.version}, updated `, h("time", { datetime: c.updated_at }, c.updated_at)),
         table("Rollout", ["Matched", ...ROLLOUT_STATES, "Applied"], [h("tr", { "data-config": c.name }, rolloutCells(c))], { class: "rollout" }),

@@ -76,3 +76,16 @@ export function announce(text) {
     el.textContent = text;
   }, 50);
 }
+
+// `replace` for a refresh: a keyboard user's focus inside `el` survives the new content (found again
+// by id, else by link target), so a live page does not throw them back to the top.
+export function refresh(el, ...children) {
+  const active = document.activeElement;
+  const inside = active && el.contains(active) && active !== el;
+  const id = inside ? active.id : "";
+  const href = inside ? active.getAttribute("href") : null;
+  replace(el, ...children);
+  if (!inside) return;
+  const again = id ? el.querySelector(`#${CSS.escape(id)}`) : href ? el.querySelector(`[href="${CSS.escape(href)}"]`) : null;
+  again?.focus();
+}

@@ -1,7 +1,7 @@
 // Overview: the fleet summary (by status, type and version, OS) and every config's rollout,
 // refreshed every few seconds.
 import { api } from "./api.js";
-import { badge, h, replace, table } from "./dom.js";
+import { badge, h, refresh, table } from "./dom.js";
 import { rolloutCells, ROLLOUT_STATES } from "./rollout.js";
 
 const STATUSES = ["online", "offline", "disconnected", "unhealthy"];
@@ -20,7 +20,7 @@ export async function showOverview(view, ctx) {
       configs.configs.map((c) => api("GET", `/api/v1/configs/${encodeURIComponent(c.name)}`)),
     );
     if (!ctx.live()) return;
-    replace(body, render(summary, details));
+    refresh(body, render(summary, details));
     stamp.textContent = `Updated ${new Date().toLocaleTimeString()}; refreshes every ${REFRESH_MS / 1000} s.`;
   };
   await update();

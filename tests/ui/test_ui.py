@@ -275,3 +275,18 @@ def test_a_narrow_window_needs_no_sideways_scrolling(page: Page, gateway: Gatewa
 
 def _uid(agent: UiAgent) -> str:
     return str(uuid.UUID(bytes=agent.uid))
+
+
+def test_keyboard_focus_survives_a_live_refresh_and_enter_follows_the_link(
+    page: Page, gateway: Gateway
+) -> None:
+    sign_in(page, gateway)
+    online = page.locator('a.tile[data-status="online"]')
+    online.focus()
+    stamp = page.locator("#updated")
+    before = stamp.inner_text()
+    expect(stamp).not_to_have_text(before, timeout=WAIT_MS)
+    expect(page.locator('a.tile[data-status="online"]')).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Agents")).to_be_visible()
+    expect(page.locator("table.agents tbody tr")).to_have_count(4)

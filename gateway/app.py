@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import admin, commands, configs, context as api_context, health, openapi
+from gateway.api import admin, commands, configs, context as api_context, health, openapi, ui
 from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport import context as transport_context
@@ -70,6 +70,7 @@ async def _metrics(request: Request) -> Response:
 
 
 def admin_app(services: Services) -> Starlette:
+    ui_files = ui.UiFiles(ui.load_files())
     app = Starlette(
         routes=[
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
@@ -84,6 +85,9 @@ def admin_app(services: Services) -> Starlette:
             Route("/metrics", _metrics, methods=["GET"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/", ui_files.root, methods=["GET"]),
+            Route(ui.PREFIX, ui_files.file, methods=["GET"]),
+            Route(ui.PREFIX + "{name}", ui_files.file, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_exception},
         middleware=[

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# System packages and the Node OpAMP client the test suite drives. Idempotent; needs root for apt.
+# System packages (redis-server, Node.js, chromium) and the Node OpAMP client the test suite drives. Idempotent; needs root for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 # The end-to-end failover test runs deploy/haproxy/haproxy.cfg in front of two gateways.
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+# The web UI's browser tests (tests/ui) drive Debian's chromium; Playwright cannot download its own here.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get"
   apt-get update -qq

@@ -282,6 +282,25 @@ def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _ui_file(operation_id: str, summary: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "OK (Content-Security-Policy, nosniff, Cache-Control: no-cache, ETag)",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            "304": {"description": "Not modified (If-None-Match held the ETag)"},
+            "404": {"description": "No such file", "content": _json(_ref("Error"))},
+        },
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
 _UID_PARAM = {
     "name": "instance_uid",
     "in": "path",
@@ -379,6 +398,23 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                 "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
             },
         }
+    },
+    # The web UI's files (gateway/api/ui.py): open, like health, since they hold no data.
+    "/": {
+        "get": {
+            "operationId": "uiRedirect",
+            "summary": "Redirects to the web UI",
+            "security": [],
+            "responses": {"302": {"description": "Location: /ui/"}},
+        }
+    },
+    "/ui/": {"get": _ui_file("uiIndex", "The web UI's page", [])},
+    "/ui/{name}": {
+        "get": _ui_file(
+            "uiFile",
+            "One of the web UI's files (script, style sheet)",
+            [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        )
     },
     "/healthz": {
         "get": _operation("healthz", "Liveness: the process answers", {200: "Health"}, secured=False)

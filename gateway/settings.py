@@ -39,6 +39,7 @@ _AT_LEAST_ONE = (
     "max_inflight",
     "enrollment_burst",
     "max_config_bytes",
+    "max_description_bytes",
     "store_breaker_failures",
 )
 
@@ -91,7 +92,15 @@ class Settings:
         },
     )
     max_config_bytes: int = field(
-        default=1024 * 1024, metadata={"help": "largest config (all its files) the admin API accepts"}
+        default=1024 * 1024,
+        metadata={"help": "largest config (its files and selector) the admin API accepts"},
+    )
+    max_description_bytes: int = field(
+        default=64 * 1024,
+        metadata={
+            "help": "largest agent_description kept (serialized); a larger one gets BadRequest and the "
+            "agent keeps its old record"
+        },
     )
     insecure_allow_anonymous: bool = field(
         default=False,

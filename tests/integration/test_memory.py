@@ -3,8 +3,14 @@ while one agent sends a new huge agent_description with every message."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import os
+import socket
+import struct
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -69,3 +75,70 @@ def test_new_huge_descriptions_do_not_grow_the_node(gateway_factory: GatewayFact
     assert record is not None
     # The agent keeps its old record.
     assert "filler" in str(record["description"]) and "otelcol" in str(record["description"])
+
+
+def _ws_open(opamp_url: str, headers: dict[str, str]) -> socket.socket:
+    """A WebSocket to the OpAMP port, handshake done by hand (the test sends raw frames)."""
+    url = urlsplit(opamp_url)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=10)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(
+        (
+            f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n{extra}\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _close_code(sock: socket.socket) -> int | None:
+    """The code of the close frame the server sends first (None if it only dropped the socket)."""
+    data = b""
+    while len(data) < 4:
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    assert data[0] == 0x88, data[:8]
+    return int.from_bytes(data[2:4], "big")
+
+
+def test_partial_messages_are_bounded_per_node(gateway_factory: GatewayFactory) -> None:
+    """Issue 20, finding 6: sockets each announcing a big message and sending most of it held
+    --max-connections x --max-message-bytes; now all of them together hold --max-inflight-bytes."""
+    gw = gateway_factory(max_message_bytes=8 * _MIB, max_inflight_bytes=12 * _MIB)
+    before = _rss_bytes(gw.pid)
+    sockets = [_ws_open(gw.opamp_url, gw.agent_headers) for _ in range(10)]
+    announced = struct.pack("!BBQ", 0x82, 0x80 | 127, 8 * _MIB - 1) + b"\0\0\0\0"
+    part = b"\0" * (7 * _MIB)
+    try:
+        sockets[0].sendall(announced + part)
+        codes = []
+        for sock in sockets[1:]:
+            # Each further partial message would take the node over 12 MiB: closed instead.
+            with contextlib.suppress(OSError):
+                sock.sendall(announced + part)
+            codes.append(_close_code(sock))
+        growth = _rss_bytes(gw.pid) - before
+        assert codes == [1008] * 9
+        # Without the bound the node held 70 MiB of partial messages (more with the copies made
+        # while reading them); the bound leaves their buffers and a reading copy.
+        assert growth < 40 * _MIB, f"RSS grew {growth} bytes for 70 MiB of partial messages"
+        # The socket within the bound is served: its message completes and gets a reply.
+        first = sockets[0]
+        first.sendall(b"\0" * (_MIB - 1))
+        first.settimeout(10)
+        assert first.recv(2)[:1] == b"\x82"
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -13,10 +13,10 @@ from typing import Any
 
 from locust import events, runners
 
-from loadtest.users import AGENTS, HttpAgent, Phase, WebSocketAgent
+from loadtest.users import AGENTS, HttpAgent, Phase, WebSocketAgent, WebSocketGreenletAgent
 from loadtest.websocket_client_user import WebSocketClientAgent
 
-__all__ = ["HttpAgent", "WebSocketAgent", "WebSocketClientAgent"]
+__all__ = ["HttpAgent", "WebSocketAgent", "WebSocketClientAgent", "WebSocketGreenletAgent"]
 
 # A worker holding ten thousand sockets on a busy machine can miss its 1-s heartbeats to the master
 # for several seconds while it connects agents. With Locust's default (3 missed heartbeats) the

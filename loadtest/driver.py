@@ -1,15 +1,16 @@
-"""One greenlet per Locust process that runs every connected WebSocket agent's session.
+"""The connected WebSocket agents of a Locust process, run from gevent's hub without a greenlet each.
 
 A Locust user per agent that waits on its own socket costs two greenlet switches through the hub per
 message, each copying the slice of a deep stack (`User.run`, the task, the session, the wait), plus
 an io watcher and a timer per wait: most of the ~430 µs a heartbeat cost (docs/loadtest.md). Here a
 user only connects (the handshake, on gevent's socket) and hands its session to the `Driver`, then
 parks until the session ends. The driver owns the connected sockets, as non-blocking standard
-sockets registered with one epoll, and waits on all of them at once: one io watcher on the epoll's
-file descriptor and one timer, on gevent's hub (`HubWait`). Heartbeats and retry waits come from one
-heap of deadlines, rounded up to a `TICK` so that the heartbeats of many agents go out in one
-wake-up. What to send and how to answer is the session's (`WsSession.tick` and `received`, the same
-code the per-agent wait runs); every round trip is reported from here, to the session's reporter.
+sockets, each with one io watcher kept for the connection's life whose callback reads and answers
+right in the hub's loop: no greenlet is switched to for a message. Heartbeats and retry waits come
+from one heap of deadlines, looked at by one repeating timer every `TICK`, so that one wake-up
+sends every heartbeat due in it. What to send and how to answer is the session's (`WsSession.tick`
+and `received`, the same code the per-agent wait runs); every round trip is reported from here, to
+the session's reporter (Locust's request event), at once.
 
 A session that fails (closed, refused, unanswered, broken framing) is reported by `WsSession.fail`
 and handed back: the parked user wakes with the back-off to wait before it reconnects.
@@ -24,49 +25,45 @@ import socket
 import time
 from typing import Any
 
-import gevent
 from gevent.event import AsyncResult
+from gevent.hub import get_hub
 from gevent.monkey import get_original
 
-from loadtest.hubwait import HubWait
 from loadtest.session import FAILURES, WsSession
 
-# Deadlines are rounded up to this many seconds: one wake-up sends every heartbeat due in it.
+# Seconds between two looks at the heap of deadlines: a heartbeat goes out at most this late.
 TICK = 0.01
 _RECV_BYTES = 65536
-# The standard library's, even when gevent has patched the modules (the driver never blocks on them).
-_EPOLL: Any = get_original("select", "epoll")
+# The standard library's, even when gevent has patched the module (the driver never blocks on it).
 _SOCKET: Any = get_original("socket", "socket")
-_EPOLLIN: int = get_original("select", "EPOLLIN")
+_READ = 1
 
 
 class _Driven:
     """A session the driver runs: its socket's descriptor, its deadline in the heap, and the result
     its parked user waits on."""
 
-    __slots__ = ("due", "ended", "fd", "result", "session", "sock")
+    __slots__ = ("due", "ended", "result", "session", "sock", "watcher")
 
-    def __init__(self, session: WsSession, sock: socket.socket) -> None:
+    def __init__(self, session: WsSession, sock: socket.socket, watcher: Any) -> None:
         self.session = session
         self.sock = sock
-        self.fd = sock.fileno()
+        self.watcher = watcher
         self.due = math.inf
         self.ended = False
         self.result: AsyncResult = AsyncResult()
 
 
 class Driver:
-    """Every connected session of this process, on one greenlet."""
+    """Every connected session of this process, on the hub of the thread that runs them."""
 
     def __init__(self) -> None:
-        self._driven: dict[int, _Driven] = {}
+        self._driven: set[_Driven] = set()
         # (deadline, tie-breaker, driven); entries whose deadline moved or whose session ended stay
         # until they come up, and are skipped then.
         self._heap: list[tuple[float, int, _Driven]] = []
         self._order = itertools.count()
-        self._epoll: Any = None
-        self._wait = HubWait()
-        self._greenlet: Any = None
+        self._timer: Any = None
 
     def __len__(self) -> int:
         return len(self._driven)
@@ -86,25 +83,24 @@ class Driver:
         """Take over the session's socket as a non-blocking standard socket on the same descriptor."""
         connection = session.connection
         assert connection is not None
-        fd = connection.detach()
-        raw = _SOCKET(fileno=fd)
+        raw = _SOCKET(fileno=connection.detach())
         raw.setblocking(False)
         session.replace_socket(raw)
-        driven = _Driven(session, raw)
-        if self._epoll is None:
-            self._epoll = _EPOLL()
-        self._epoll.register(fd, _EPOLLIN)
-        self._driven[fd] = driven
+        loop = get_hub().loop
+        driven = _Driven(session, raw, loop.io(raw.fileno(), _READ))
+        self._driven.add(driven)
         self._schedule(driven, session.due(time.monotonic()))
         backlog = session.take_backlog()
         if backlog:
             self._run(driven, session.received, backlog)
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._loop)
+        if not driven.ended:
+            driven.watcher.start(self._read, driven)
+        if self._timer is None:
+            self._timer = loop.timer(TICK, TICK)
+            self._timer.start(self._on_tick)
         return driven
 
     def _schedule(self, driven: _Driven, due: float) -> None:
-        due = math.ceil(due / TICK) * TICK
         if due != driven.due:
             driven.due = due
             heapq.heappush(self._heap, (due, next(self._order), driven))
@@ -113,8 +109,13 @@ class Driver:
         if driven.ended:
             return
         driven.ended = True
-        del self._driven[driven.fd]
-        self._epoll.unregister(driven.fd)
+        # Before the socket is closed: the kernel may hand its descriptor to the next socket.
+        driven.watcher.close()
+        self._driven.discard(driven)
+        if not self._driven and self._timer is not None:
+            self._timer.close()
+            self._timer = None
+            self._heap.clear()
 
     def _run(self, driven: _Driven, action: Any, arg: Any) -> None:
         """`action(arg)` on the session; a failure ends it and wakes its user."""
@@ -132,27 +133,15 @@ class Driver:
         session.fail(exc)
         driven.result.set(session.backoff)
 
-    def _loop(self) -> None:
-        """Until no session is left: send what is due, read what came, wait for either."""
-        heap, driven_by_fd, epoll = self._heap, self._driven, self._epoll
-        try:
-            while driven_by_fd:
-                now = time.monotonic()
-                while heap and heap[0][0] <= now:
-                    due, _, driven = heapq.heappop(heap)
-                    if not driven.ended and due == driven.due:
-                        driven.due = math.inf
-                        self._run(driven, driven.session.tick, now)
-                for fd, _ in epoll.poll(0):
-                    ready = driven_by_fd.get(fd)
-                    if ready is not None:
-                        self._read(ready)
-                if driven_by_fd:
-                    deadline = heap[0][0] if heap else now + 1.0
-                    self._wait(epoll, deadline - time.monotonic())
-        finally:
-            self._greenlet = None
-            self._wait.release()
+    def _on_tick(self) -> None:
+        """Send what has fallen due: heartbeats, full reports after a retry wait, reply timeouts."""
+        heap = self._heap
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            due, _, driven = heapq.heappop(heap)
+            if not driven.ended and due == driven.due:
+                driven.due = math.inf
+                self._run(driven, driven.session.tick, now)
 
     def _read(self, driven: _Driven) -> None:
         try:

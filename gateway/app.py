@@ -50,7 +50,7 @@ def opamp_app(services: Services) -> ASGIApp:
             # _OpampPort answers POST before the app; the route gives other methods their 405.
             Route(OPAMP_PATH, post, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
-            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/readyz", health.readyz_plain, methods=["GET"]),
         ],
         middleware=[
             Middleware(

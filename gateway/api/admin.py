@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, get_args
 
 from starlette.requests import Request
@@ -23,6 +24,9 @@ from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreEr
 _STATUSES = get_args(Status)
 _KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status"})
 _ATTR_PREFIX = "attr."
+# ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses, and a bounded
+# length keeps int() away from its 4,300-digit limit.
+_LIMIT = re.compile(r"[0-9]{1,7}")
 
 
 class BadQuery(ValueError):
@@ -40,7 +44,7 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if status is not None and status not in _STATUSES:
         raise BadQuery(f"status: must be one of {', '.join(_STATUSES)}")
     limit_text = params.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
         raise BadQuery(f"limit: must be an integer from 1 to {MAX_PAGE_SIZE}")
     attributes = {k[len(_ATTR_PREFIX) :]: v for k, v in params.items() if k.startswith(_ATTR_PREFIX)}
     if any(not key for key in attributes):

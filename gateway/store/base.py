@@ -142,8 +142,9 @@ class Store(Protocol):
 
     async def forget_unseen(self, before: float, limit: int) -> int:
         """Delete the records whose `last_seen` is before `before`, at most `limit` (clamped to
-        0..MAX_FORGET_BATCH; which ones when more match is the store's choice); how many were deleted. Idempotent and safe to run on several nodes at
-        once: a record already gone is not counted, and one written since (seen again) stays.
+        0..MAX_FORGET_BATCH; which ones when more match is the store's choice); how many were
+        deleted. Idempotent and safe to run on several nodes at once: a record already gone is not
+        counted, and one written since (seen again) stays.
         Elasticsearch matches against its last refreshed view."""
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary: ...

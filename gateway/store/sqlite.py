@@ -27,8 +27,8 @@ from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.status import STATUSES
 from gateway.store import sqlite_configs, sqlite_retention
 from gateway.store.base import (
-    MAX_PAGE_SIZE,
     MAX_FORGET_BATCH,
+    MAX_PAGE_SIZE,
     MAX_PENDING_COMMANDS,
     AgentPage,
     AgentQuery,

@@ -20,7 +20,8 @@ def forget(conn: sqlite3.Connection, uid: bytes) -> bytes | None:
         row = conn.execute("SELECT uid FROM agents WHERE uid = ?", (uid,)).fetchone()
         if row is None:
             row = conn.execute(
-                "SELECT a.uid FROM uid_aliases AS u JOIN agents AS a ON a.uid = u.new_uid WHERE u.old_uid = ?",
+                "SELECT a.uid FROM uid_aliases AS u JOIN agents AS a ON a.uid = u.new_uid "
+                "WHERE u.old_uid = ?",
                 (uid,),
             ).fetchone()
         target = None if row is None else bytes(row[0])

@@ -97,7 +97,8 @@ def _json_int(text: str) -> int | float:
 def _expected_version(request: Request) -> int | None:
     unknown = sorted(set(request.query_params) - {"version"})
     if unknown:
-        raise InvalidConfig(unknown[0], "unknown query parameter; only version is accepted")
+        # Named in the message itself: a parameter's name may be empty or unprintable.
+        raise InvalidConfig(f"{unknown[0][:64]!r}", "unknown query parameter; only version is accepted")
     text = request.query_params.get("version")
     if text is None:
         return None

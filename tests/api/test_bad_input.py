@@ -112,3 +112,15 @@ def test_the_openapi_pattern_says_the_same() -> None:
     pattern = re.compile(FILE_NAME_PATTERN)
     assert [n for n in BAD_NAMES if len(n) <= 255 and pattern.search(n)] == []
     assert all(pattern.search(n) for n in GOOD_NAMES)
+
+
+@pytest.mark.parametrize("key", ["", "colour", "\u202e"])
+async def test_an_unknown_delete_parameter_is_named(admin: httpx2.AsyncClient, key: str) -> None:
+    response = await admin.delete("/api/v1/configs/c", params={key: "1"})
+    _assert_400_naming(response, repr(key))
+
+
+@pytest.mark.parametrize("key", ["", " x", "\x00"])
+async def test_an_unknown_body_field_is_named(admin: httpx2.AsyncClient, key: str) -> None:
+    response = await admin.put("/api/v1/configs/c", json=_config(**{key: 1}))
+    _assert_400_naming(response, repr(key))

@@ -19,6 +19,7 @@ from gateway.fleet.configs import (
     InvalidConfig,
     check_name,
     parse_request,
+    shown_key,
     spec_json,
 )
 from gateway.fleet.render import timestamp
@@ -97,8 +98,7 @@ def _json_int(text: str) -> int | float:
 def _expected_version(request: Request) -> int | None:
     unknown = sorted(set(request.query_params) - {"version"})
     if unknown:
-        # Named in the message itself: a parameter's name may be empty or unprintable.
-        raise InvalidConfig(f"{unknown[0][:64]!r}", "unknown query parameter; only version is accepted")
+        raise InvalidConfig(shown_key(unknown[0]), "unknown query parameter; only version is accepted")
     text = request.query_params.get("version")
     if text is None:
         return None

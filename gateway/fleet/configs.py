@@ -125,7 +125,7 @@ def _integer(value: object) -> int | None:
     return None
 
 
-def _shown(key: str) -> str:
+def shown_key(key: str) -> str:
     """A JSON key as an error names it: quoted when it is empty, padded or unprintable."""
     return key if key and key.isprintable() and key.strip() == key else repr(key[:64])
 
@@ -184,7 +184,7 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
         raise InvalidConfig("body", "must be a JSON object with selector, priority and files")
     unknown = set(raw) - {"selector", "priority", "files", "version"} - _READ_ONLY
     if unknown:
-        raise InvalidConfig(_shown(sorted(unknown)[0]), "unknown field")
+        raise InvalidConfig(shown_key(sorted(unknown)[0]), "unknown field")
     if "selector" not in raw:
         raise InvalidConfig("selector", "is required (use {} to stage a config that matches no agent)")
     try:

@@ -10,6 +10,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from gateway.fleet.agent import AgentState
+from gateway.store.base import StoreUnavailable
+from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
 from tests.support.ws import agent_socket, exchange, report
@@ -135,3 +138,56 @@ async def test_forget_after_sweeps_agents_not_seen(tmp_path: Path) -> None:
         await eventually(forgotten, what="the retention sweep to forget the agent")
         metrics = (await admin.get("/metrics")).text
         assert 'opamp_gateway_agents_forgotten_total{reason="retention"} 1.0' in metrics
+
+
+class _Flaky(MemoryStore):
+    """A store whose reads or deletes fail, or whose record goes (another node) before the delete."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_get = self.fail_forget = self.gone_first = False
+
+    async def get(self, uid: bytes) -> AgentState | None:
+        if self.fail_get:
+            raise StoreUnavailable("reads are down")
+        return await super().get(uid)
+
+    async def forget(self, uid: bytes) -> bytes | None:
+        if self.fail_forget:
+            raise StoreUnavailable("deletes are down")
+        if self.gone_first:
+            await super().forget(uid)
+            return None
+        return await super().forget(uid)
+
+
+async def test_delete_when_the_store_fails_or_another_node_was_first(tmp_path: Path) -> None:
+    store = _Flaky()
+    async with (
+        run_node(tmp_path, store=store, offline_after=0.2) as node,
+        httpx2.AsyncClient(base_url=node.admin_url) as admin,
+        httpx2.AsyncClient(base_url=node.opamp_url) as opamp,
+    ):
+        response = await opamp.post(
+            "/v1/opamp",
+            content=report(uid(8)).SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"},
+        )
+        assert response.status_code == 200
+        await node.services.writer.flush()
+
+        async def offline() -> bool:
+            body = (await admin.get(f"/api/v1/agents/{_text(8)}")).json()
+            return bool(body["status"] == "offline")
+
+        await eventually(offline)
+        store.fail_get = True
+        failed = await admin.delete(f"/api/v1/agents/{_text(8)}")
+        assert failed.status_code == 503 and "reads are down" in failed.text
+        store.fail_get, store.fail_forget = False, True
+        failed = await admin.delete(f"/api/v1/agents/{_text(8)}")
+        assert failed.status_code == 503 and "deletes are down" in failed.text
+        assert failed.headers["Retry-After"]
+        store.fail_forget, store.gone_first = False, True
+        raced = await admin.delete(f"/api/v1/agents/{_text(8)}")
+        assert raced.status_code == 404

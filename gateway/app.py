@@ -50,7 +50,7 @@ def opamp_app(services: Services) -> ASGIApp:
             # _OpampPort answers POST before the app; the route gives other methods their 405.
             Route(OPAMP_PATH, post, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
-            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/readyz", health.readyz_plain, methods=["GET"]),
         ],
         middleware=[
             Middleware(
@@ -74,7 +74,7 @@ def admin_app(services: Services) -> Starlette:
     app = Starlette(
         routes=[
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
-            Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
+            Route("/api/v1/agents/{instance_uid}", admin.agent_resource, methods=["GET", "DELETE"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),

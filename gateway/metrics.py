@@ -62,6 +62,12 @@ class Metrics:
         self.enrollments = Counter(
             "opamp_gateway_enrollments_total", "Agents seen for the first time (new records)", registry=r
         )
+        self.agents_forgotten = Counter(
+            "opamp_gateway_agents_forgotten_total",
+            "Agent records deleted, by reason (retention: --forget-after; admin: DELETE /api/v1/agents)",
+            ["reason"],
+            registry=r,
+        )
         self.uid_moves = Counter(
             "opamp_gateway_uid_moves_total",
             "Records moved to a server-assigned instance_uid (RequestInstanceUid from a known agent)",

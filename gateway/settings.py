@@ -61,6 +61,13 @@ class Settings:
     offline_after: float = field(
         default=300.0, metadata={"help": "seconds without a message before an agent is offline"}
     )
+    forget_after: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds without a message after which an agent's record is deleted (e.g. 2592000 "
+            "for 30 days); 0: never. Above --offline-after"
+        },
+    )
     node_id: str = field(default_factory=_default_node_id, metadata={"help": "this node's name"})
     log_level: str = field(default="info", metadata={"help": "|".join(_LOG_LEVELS)})
     log_format: LogFormat = field(default="text", metadata={"help": "text|json"})
@@ -297,6 +304,9 @@ class Settings:
             raise SettingsError("--node-ttl: must be at least 1.5 and at most --owner-ttl")
         if not 0 <= self.max_connection_age_jitter <= 1:
             raise SettingsError("--max-connection-age-jitter: must be between 0 and 1")
+        # A connected agent's stored last_seen lags by up to ~0.6 x --offline-after (node/liveness.py).
+        if self.forget_after != 0 and self.forget_after <= self.offline_after:
+            raise SettingsError("--forget-after: must be 0 (never) or more than --offline-after")
 
     def _check_elasticsearch(self) -> None:
         if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):

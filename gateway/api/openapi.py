@@ -278,6 +278,21 @@ def _operation(
     return operation
 
 
+def _forget_operation() -> dict[str, Any]:
+    operation = _operation(
+        "forgetAgent",
+        "Delete an agent's record (and the old uids that lead to it)",
+        {404: None, 409: None, 503: None},
+        parameters=[_UID_PARAM],
+        description="Refused with 409 while the agent is connected, since its next message would "
+        "enroll it again: stop the agent (or revoke its key) first. An agent that comes back later "
+        "enrolls again as a new one.",
+    )
+    operation["responses"]["204"] = {"description": "Deleted"}
+    operation["responses"]["409"]["description"] = "The agent is connected"
+    return operation
+
+
 def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
@@ -341,7 +356,8 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/v1/agents/{instance_uid}": {
         "get": _operation(
             "getAgent", "One agent", {200: "Agent", 404: None, 503: None}, parameters=[_UID_PARAM]
-        )
+        ),
+        "delete": _forget_operation(),
     },
     "/api/v1/agents/{instance_uid}/restart": {
         "post": _operation(

@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.status import STATUSES
-from gateway.store import sqlite_configs
+from gateway.store import sqlite_configs, sqlite_retention
 from gateway.store.base import (
+    MAX_FORGET_BATCH,
     MAX_PAGE_SIZE,
     MAX_PENDING_COMMANDS,
     AgentPage,
@@ -263,6 +264,19 @@ class SQLiteStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._on_writer(self._with_writer, sqlite_configs.delete_config, name, expected_version)
+
+    async def forget(self, uid: bytes) -> bytes | None:
+        target: bytes | None = await self._on_writer(self._with_writer, sqlite_retention.forget, uid)
+        if target is not None:
+            self._cache.drop(target)
+        return target
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        bound = max(0, min(int(limit), MAX_FORGET_BATCH))
+        uids = await self._on_writer(self._with_writer, sqlite_retention.forget_unseen, before, bound)
+        for uid in uids:
+            self._cache.drop(uid)
+        return len(uids)
 
     # -- running on the threads --------------------------------------------------------------------
 

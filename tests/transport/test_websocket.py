@@ -328,7 +328,7 @@ async def test_refused_upgrade_while_draining(node: Node, admin: httpx2.AsyncCli
 
 
 async def test_readyz_shows_the_bus(node: Node) -> None:
-    async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
+    async with httpx2.AsyncClient(base_url=node.admin_url) as http:
         body = (await http.get("/readyz")).json()
         assert body["bus"] == {"kind": "local", "state": "up"}
 

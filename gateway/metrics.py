@@ -114,7 +114,7 @@ class Metrics:
         self._config_in_reply = self.pushes.labels(kind="config", delivery="reply")
         self._config_reports = {
             status: self.config_reports.labels(status=status)
-            for status in ("UNSET", "APPLIED", "APPLYING", "FAILED")
+            for status in ("UNSET", "APPLIED", "APPLYING", "FAILED", "unknown")
         }
 
     def _protection_metrics(self, r: CollectorRegistry) -> None:
@@ -193,7 +193,7 @@ class Metrics:
         self.configs = Gauge("opamp_gateway_configs", "Configs this node knows", registry=r)
         self.config_reports = Counter(
             "opamp_gateway_remote_config_reports_total",
-            "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET)",
+            "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET, unknown)",
             ["status"],
             registry=r,
         )
@@ -327,10 +327,9 @@ class Metrics:
             self._config_in_reply.inc()
 
     def config_reported(self, status: str) -> None:
-        child = self._config_reports.get(status)
-        if child is None:
-            # An open enum: a newer agent may send a value this gateway does not know.
-            child = self._config_reports[status] = self.config_reports.labels(status=status)
+        # An open enum: a value this gateway does not know is counted as "unknown", never as a
+        # series of its own (an agent could otherwise make one per value).
+        child = self._config_reports.get(status) or self._config_reports["unknown"]
         child.inc()
 
     def observe_flush(self, size: int, seconds: float) -> None:

@@ -97,6 +97,7 @@ class Services:
             refresh_interval=s.config_refresh_interval,
             push_rate=s.config_push_rate,
             resend_after=s.config_resend_after,
+            max_description_bytes=s.max_description_bytes,
             clock=self.clock,
         )
         self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)

@@ -39,6 +39,8 @@ _AT_LEAST_ONE = (
     "max_inflight",
     "enrollment_burst",
     "max_config_bytes",
+    "max_description_bytes",
+    "max_inflight_bytes",
     "store_breaker_failures",
 )
 
@@ -98,7 +100,22 @@ class Settings:
         },
     )
     max_config_bytes: int = field(
-        default=1024 * 1024, metadata={"help": "largest config (all its files) the admin API accepts"}
+        default=1024 * 1024,
+        metadata={"help": "largest config (its files and selector) the admin API accepts"},
+    )
+    max_inflight_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "help": "most bytes of partly received WebSocket messages a node holds, all sockets "
+            "together; the socket that goes over is closed with 1008"
+        },
+    )
+    max_description_bytes: int = field(
+        default=64 * 1024,
+        metadata={
+            "help": "largest agent_description kept (serialized); a larger one gets BadRequest and the "
+            "agent keeps its old record"
+        },
     )
     insecure_allow_anonymous: bool = field(
         default=False,

@@ -177,6 +177,11 @@ def _file(name: object, raw: object, field: str) -> tuple[str, ConfigFile]:
     return name, ConfigFile(content_type=content_type, body=body)
 
 
+def selector_size(selector: Selector) -> int:
+    """The selector's bytes as compact JSON, as counted in --max-config-bytes."""
+    return len(json.dumps(selector.to_json(), separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     """Validate a PUT body for config `name`; InvalidConfig names the first bad field."""
     check_name(name)
@@ -203,9 +208,12 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
         raise InvalidConfig("files", f"at most {MAX_FILES} files per config")
     files = tuple(sorted(_file(k, v, "files") for k, v in files_raw.items()))
     spec = ConfigSpec(selector=selector, priority=priority, files=files)
-    if spec.size > max_bytes:
+    # The selector counts too: every agent's resolution and every listing walks it.
+    size = spec.size + selector_size(selector)
+    if size > max_bytes:
+        where = "files" if spec.size > max_bytes else "selector"
         raise InvalidConfig(
-            "files", f"the config is {spec.size} bytes; the limit is {max_bytes} (--max-config-bytes)"
+            where, f"the config is {size} bytes; the limit is {max_bytes} (--max-config-bytes)"
         )
     version = raw.get("version")
     if version is not None:

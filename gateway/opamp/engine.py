@@ -50,6 +50,10 @@ _WIRE_NAMES = {
 # Seconds before a remote config the agent has not reported on is sent again (over HTTP, or on the
 # same WebSocket); a new connection does not wait.
 DEFAULT_CONFIG_RESEND_AFTER = 60.0
+# The largest agent_description kept (--max-description-bytes), and the most attributes it may
+# carry: a larger one is refused with BadRequest and the agent keeps its old record.
+DEFAULT_MAX_DESCRIPTION_BYTES = 64 * 1024
+MAX_DESCRIPTION_ATTRIBUTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class FleetView:
     server_capabilities: int = caps.SERVER_CAPABILITIES
     configs: ConfigSet = field(default_factory=ConfigSet)
     config_resend_after: float = DEFAULT_CONFIG_RESEND_AFTER
+    max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +270,9 @@ def _handle(
     # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
     if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
         return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
+    too_big = _description_too_big(msg, fleet.max_description_bytes)
+    if too_big:
+        return _rejected(msg, too_big)
     disconnecting = msg.HasField("agent_disconnect")
     if wants_uid and disconnecting:
         return _rejected(msg, "RequestInstanceUid cannot be combined with agent_disconnect")
@@ -310,6 +318,21 @@ def _handle(
         # After a config change every agent sends both at once, so this halves the commits to wait for.
         durable_changes = set()
     return Outcome(reply, write, bool(durable_changes), event, new_state)
+
+
+def _description_too_big(msg: pb.AgentToServer, max_bytes: int) -> str:
+    """Why the message's agent_description is refused ("" if it is not): over the size or
+    attribute bound, it would be stored, cached and listed at the agent's chosen size."""
+    if not msg.HasField("agent_description"):
+        return ""
+    desc = msg.agent_description
+    size: int = desc.ByteSize()
+    if size > max_bytes:
+        return f"agent_description is {size} bytes; the limit is {max_bytes}"
+    count = len(desc.identifying_attributes) + len(desc.non_identifying_attributes)
+    if count > MAX_DESCRIPTION_ATTRIBUTES:
+        return f"agent_description has {count} attributes; the limit is {MAX_DESCRIPTION_ATTRIBUTES}"
+    return ""
 
 
 def _csr_refused(

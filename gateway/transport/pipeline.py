@@ -116,7 +116,7 @@ def observe(node: OpampNode, outcome: engine.Outcome, msg: pb.AgentToServer) -> 
     if outcome.write is not None and "remote_config_status" in outcome.write.changed:
         value = msg.remote_config_status.status
         # An open enum: a newer agent may send a value this gateway does not know.
-        name = _CONFIG_STATUS_NAMES.get(value, str(value))
+        name = _CONFIG_STATUS_NAMES.get(value, "unknown")
         node.metrics.config_reported(name)
     if outcome.rejected:
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)

@@ -90,6 +90,7 @@ SCHEMAS: dict[str, Schema] = {
             "effective_config",
             "remote_config",
             "previous_instance_uids",
+            "duplicate_of",
         ],
         "properties": {
             "instance_uid": _UID,
@@ -131,6 +132,13 @@ SCHEMAS: dict[str, Schema] = {
                 }
             ),
             "previous_instance_uids": {"type": "array", "items": _UID},
+            "duplicate_of": _nullable(
+                {
+                    **_UID,
+                    "description": "the uid a live agent held when this one arrived with it: this agent is "
+                    "its clone and was given a uid of its own",
+                }
+            ),
             "connected": {"type": "boolean"},
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),

@@ -76,6 +76,9 @@ class AgentState:
     offered_config_hash: bytes | None = None
     offered_at: float = 0.0
     failed_config_hash: bytes | None = None
+    # The uid a live agent held when this one arrived with it: this agent is its clone and was given
+    # a uid of its own (gateway/node/duplicates.py). None: not a duplicate.
+    duplicate_of: bytes | None = None
     # Reported parts (description, health, effective_config, remote_config_status) the store left
     # out because the record would exceed its size bound (Elasticsearch, docs/opamp.md section 10).
     oversized: tuple[str, ...] = ()

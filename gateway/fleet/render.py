@@ -112,6 +112,7 @@ def agent_json(
         if state.remote_config_status is None
         else remote_config_json(state.remote_config_status),
         "previous_instance_uids": [uid_str(uid) for uid in state.previous_instance_uids],
+        "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
     }
     if connection is not None:
         body["connected"] = connection.connected

@@ -207,17 +207,20 @@ def handle(
     fleet: FleetView,
     now: float,
     mint_uid: Callable[[], bytes],
+    duplicate_of: bytes | None = None,
 ) -> Outcome:
     """Decide the reply and the state change for one message.
 
     `state` is the record stored under msg.instance_uid, or the record that uid was moved to (the
-    agent has not adopted its new uid yet), or None for an agent never seen.
+    agent has not adopted its new uid yet), or None for an agent never seen. `duplicate_of`: the
+    message comes from a clone of the live agent holding that uid (with `state` None and
+    RequestInstanceUid set, so it is enrolled under a new uid); its record keeps the relation.
     """
     if state is not None:
         outcome = _heartbeat(state, msg, fleet, now)
         if outcome is not None:
             return outcome
-    return _handle(state, msg, fleet, now, mint_uid)
+    return _handle(state, msg, fleet, now, mint_uid, duplicate_of)
 
 
 def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: float) -> Outcome | None:
@@ -259,6 +262,7 @@ def _handle(
     fleet: FleetView,
     now: float,
     mint_uid: Callable[[], bytes],
+    duplicate_of: bytes | None = None,
 ) -> Outcome:
     """`handle` for every message: the full rules."""
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
@@ -276,6 +280,8 @@ def _handle(
         return Outcome(reply, None, False, "disconnected", None)
 
     base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid)
+    if state is None and duplicate_of is not None:
+        base = replace(base, duplicate_of=duplicate_of)
     changed: set[str] = set()
     if state is None:
         changed.add("enrolled")

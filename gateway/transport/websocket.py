@@ -299,7 +299,14 @@ class Connection:
                 state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
             if state is not None:
                 state = engine.on_new_connection(state)
-        outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
+        outcome = await pipeline.process(
+            self._node,
+            state,
+            msg,
+            "websocket",
+            admit=self._node.liveness.admit,
+            duplicate_of=uid if clone else None,
+        )
         self._track(msg, key, outcome)
         if clone and outcome.state is not None:
             self._node.metrics.duplicates.labels(transport="websocket").inc()

@@ -5,6 +5,7 @@ takeovers of one uid are damped (gateway/node/duplicates.py)."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -77,6 +78,11 @@ async def test_two_live_agents_with_one_uid_end_with_two_uids(node: Node, agents
     assert time.monotonic() - started < 5
     assert await _metric(node, 'opamp_gateway_duplicates_resolved_total{transport="websocket"} 1.0')
     assert await _metric(node, 'opamp_gateway_websocket_closes_total{code="4000"}') is False
+    # The relation is kept on the clone's record, and shown in the admin API.
+    async with httpx2.AsyncClient(base_url=node.admin_url) as admin:
+        clone = (await admin.get(f"/api/v1/agents/{uuid.UUID(bytes=new_uid)}")).json()
+        original = (await admin.get(f"/api/v1/agents/{uuid.UUID(bytes=uid(1))}")).json()
+    assert clone["duplicate_of"] == str(uuid.UUID(bytes=uid(1))) and original["duplicate_of"] is None
 
 
 async def test_a_clone_that_keeps_the_old_uid_is_still_served_under_its_new_one(

@@ -6,7 +6,8 @@ share the uid (cloned VMs, a copied supervisor storage directory: both sockets a
 says: "When a duplicate `instance_uid` is detected, Server SHOULD generate a new `instance_uid`, and
 send it as `new_instance_uid`." The old socket is asked: anything heard from it within
 `RECENT_SECONDS` counts as alive, otherwise it is pinged and must answer within `PROBE_SECONDS`.
-A clone gets a fresh uid (the first agent keeps its record); a reconnect takes the uid over.
+A clone gets a fresh uid (the first agent keeps its record); a reconnect takes the uid over. Over
+HTTP, `http_clone` tells a clone from its sequence numbers and description.
 
 Takeovers are damped: a uid changes hands at most `MAX_TAKEOVERS` times per `WINDOW_SECONDS`;
 beyond that a newcomer is refused with a retry hint, and its socket is held for that long before it
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal
 
+from gateway.fleet.agent import AgentState
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 
@@ -40,6 +42,21 @@ def as_clone(msg: pb.AgentToServer) -> pb.AgentToServer:
     clone.CopyFrom(msg)
     clone.flags |= caps.REQUEST_INSTANCE_UID
     return clone
+
+
+def http_clone(state: AgentState | None, msg: pb.AgentToServer) -> bool:
+    """Whether an HTTP message comes from a second agent polling with a uid another agent holds.
+
+    Over HTTP there is no socket to probe: a clone shows as a sequence_num that goes back (the two
+    agents' numbers interleave) together with an agent_description that differs from the stored one.
+    Kept conservative: a restart resets sequence_num to 0 with the same description, and an agent
+    that restarts with a new description (an upgrade) starts from 0 too; neither is a duplicate.
+    """
+    if state is None or state.description is None or state.instance_uid != msg.instance_uid:
+        return False
+    if not msg.HasField("agent_description") or not 0 < msg.sequence_num <= state.sequence_num:
+        return False
+    return msg.agent_description.SerializeToString(deterministic=True) != state.description
 
 
 def verdict(alive: bool, damper: Takeovers, uid: bytes, now: float) -> Verdict:

@@ -75,6 +75,14 @@ SCHEMAS: dict[str, Schema] = {
             "encoding": {"enum": ["utf-8", "base64"]},
         },
     },
+    "Component": {
+        "type": "object",
+        "required": ["metadata", "components"],
+        "properties": {
+            "metadata": {"type": "object"},
+            "components": {"type": "object", "additionalProperties": _ref("Component")},
+        },
+    },
     "Agent": {
         "type": "object",
         "required": [
@@ -91,6 +99,7 @@ SCHEMAS: dict[str, Schema] = {
             "remote_config",
             "previous_instance_uids",
             "duplicate_of",
+            "available_components",
         ],
         "properties": {
             "instance_uid": _UID,
@@ -137,6 +146,18 @@ SCHEMAS: dict[str, Schema] = {
                     **_UID,
                     "description": "the uid a live agent held when this one arrived with it: this agent is "
                     "its clone and was given a uid of its own",
+                }
+            ),
+            "available_components": _nullable(
+                {
+                    "type": "object",
+                    "description": "what the agent can run (ReportsAvailableComponents): the hash it "
+                    "reported, and each component with its metadata and sub-components",
+                    "required": ["hash", "components"],
+                    "properties": {
+                        "hash": {"type": "string", "description": "hex"},
+                        "components": {"type": "object", "additionalProperties": _ref("Component")},
+                    },
                 }
             ),
             "connected": {"type": "boolean"},

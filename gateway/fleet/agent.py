@@ -79,6 +79,9 @@ class AgentState:
     # The uid a live agent held when this one arrived with it: this agent is its clone and was given
     # a uid of its own (gateway/node/duplicates.py). None: not a duplicate.
     duplicate_of: bytes | None = None
+    # The agent's AvailableComponents (serialized), stored only when it carries the details, not just
+    # the hash (the engine asks for them with ReportAvailableComponents when the hash is new).
+    available_components: bytes | None = None
     # Reported parts (description, health, effective_config, remote_config_status) the store left
     # out because the record would exceed its size bound (Elasticsearch, docs/opamp.md section 10).
     oversized: tuple[str, ...] = ()

@@ -123,6 +123,24 @@ def _serialized(msg: pb.AgentToServer, name: str) -> bytes | None:
     return data
 
 
+def _components(msg: pb.AgentToServer, base: AgentState) -> bytes | None:
+    """The AvailableComponents to store from `msg`: only one with details, and only when new."""
+    if not msg.HasField("available_components") or not msg.available_components.components:
+        return None
+    data: bytes = msg.available_components.SerializeToString(deterministic=True)
+    return None if data == base.available_components else data
+
+
+def _components_wanted(msg: pb.AgentToServer, state: AgentState) -> bool:
+    """Ask for the details (ReportAvailableComponents) when an agent with ReportsAvailableComponents
+    reports a hash whose details are not stored (spec: the server MAY ask on an unknown hash)."""
+    if not state.capabilities & caps.REPORTS_AVAILABLE_COMPONENTS or not msg.HasField("available_components"):
+        return False
+    if state.available_components is None:
+        return True
+    return pb.AvailableComponents.FromString(state.available_components).hash != msg.available_components.hash
+
+
 def _is_full_report(msg: pb.AgentToServer, capabilities: int) -> bool:
     """Carries everything the agent's capabilities say it reports (remote config status aside: see
     `_config_unknown`)."""
@@ -192,6 +210,10 @@ def _reported(
         if data is not None and data != getattr(base, name):
             updates[name] = data
             changed.add(name)
+    components = _components(msg, base)
+    if components is not None:
+        updates["available_components"] = components
+        changed.add("available_components")
     if disconnecting != base.disconnected:
         updates["disconnected"] = disconnecting
         changed.add("disconnected")
@@ -247,6 +269,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("effective_config")
         or msg.HasField("remote_config_status")
         or msg.HasField("connection_settings_request")
+        or msg.HasField("available_components")
     ):
         return None
     new_state = state.touched(now, seq)
@@ -298,6 +321,8 @@ def _handle(
     unknown_config = gap and not disconnecting and _config_unknown(msg, new_state, fleet, now)
     if (lacks_state or unknown_config) and not disconnecting:
         reply.flags |= caps.REPORT_FULL_STATE
+    if not disconnecting and _components_wanted(msg, new_state):
+        reply.flags |= caps.REPORT_AVAILABLE_COMPONENTS
 
     if disconnecting:
         event = "disconnected"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
-# 3: opamp.duplicate_of.
+# 3: opamp.duplicate_of, opamp.raw.available_components.
 AGENTS_MAPPING_VERSION = 3
 CONFIGS_MAPPING_VERSION = 1
 META_KEY = "opamp_gateway"
@@ -103,6 +103,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
             health={"type": "binary"},
             effective_config={"type": "binary"},
             remote_config_status={"type": "binary"},
+            available_components={"type": "binary"},
         ),
     ),
 }

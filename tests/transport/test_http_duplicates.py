@@ -77,3 +77,26 @@ def test_http_clone_needs_a_known_record_with_a_description() -> None:
     bare = AgentState(instance_uid=uid(3), enrolled_at=0.0, last_seen=0.0, sequence_num=5)
     assert not duplicates.http_clone(bare, msg)
     assert not duplicates.http_clone(bare, pb.AgentToServer(instance_uid=uid(3), sequence_num=1))
+
+
+async def test_available_components_are_asked_for_stored_and_shown(
+    node: Node, client: httpx2.AsyncClient
+) -> None:
+    capabilities = report(uid(5)).capabilities | pb.AgentCapabilities_ReportsAvailableComponents
+    first = report(uid(5), 0, capabilities=capabilities)
+    first.available_components.hash = b"h1"
+    reply = await poll(client, "/v1/opamp", first)
+    assert reply.flags & pb.ServerToAgentFlags_ReportAvailableComponents
+    details = heartbeat(uid(5), 1, capabilities=capabilities)
+    details.available_components.hash = b"h1"
+    details.available_components.components["receivers"].sub_component_map["otlp"].SetInParent()
+    reply = await poll(client, "/v1/opamp", details)
+    assert not reply.flags & pb.ServerToAgentFlags_ReportAvailableComponents
+    async with httpx2.AsyncClient(base_url=node.admin_url) as admin:
+        shown = (await admin.get(f"/api/v1/agents/{uuid.UUID(bytes=uid(5))}")).json()
+    assert shown["available_components"] == {
+        "hash": b"h1".hex(),
+        "components": {
+            "receivers": {"metadata": {}, "components": {"otlp": {"metadata": {}, "components": {}}}}
+        },
+    }

@@ -17,10 +17,15 @@ OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x2, 0x8, 0x9, 0xA
 
 
 class RawAgent:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
         self._reader = reader
         self._writer = writer
-        self.status = status
+        # The upgrade's answer: its status and headers (lower-case names).
+        self.status = int(head.split(b" ", 2)[1])
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        self.headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)
+        }
 
     @classmethod
     async def open(cls, opamp_url: str) -> RawAgent:
@@ -28,7 +33,7 @@ class RawAgent:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_HANDSHAKE)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        return cls(reader, writer, int(head.split(b" ", 2)[1]))
+        return cls(reader, writer, head)
 
     def _frame(self, opcode: int, payload: bytes) -> None:
         mask = os.urandom(4)

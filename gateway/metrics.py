@@ -184,6 +184,12 @@ class Metrics:
             ["kind", "delivery"],
             registry=r,
         )
+        self.duplicates = Counter(
+            "opamp_gateway_duplicates_resolved_total",
+            "Agents that arrived with an instance_uid a live agent holds, given a uid of their own",
+            ["transport"],
+            registry=r,
+        )
         self.takeovers = Counter(
             "opamp_gateway_connection_takeovers_total",
             "Older connections dropped because the same instance_uid connected again (here or elsewhere)",

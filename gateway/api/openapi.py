@@ -75,6 +75,14 @@ SCHEMAS: dict[str, Schema] = {
             "encoding": {"enum": ["utf-8", "base64"]},
         },
     },
+    "Component": {
+        "type": "object",
+        "required": ["metadata", "components"],
+        "properties": {
+            "metadata": {"type": "object"},
+            "components": {"type": "object", "additionalProperties": _ref("Component")},
+        },
+    },
     "Agent": {
         "type": "object",
         "required": [
@@ -90,6 +98,8 @@ SCHEMAS: dict[str, Schema] = {
             "effective_config",
             "remote_config",
             "previous_instance_uids",
+            "duplicate_of",
+            "available_components",
         ],
         "properties": {
             "instance_uid": _UID,
@@ -131,6 +141,25 @@ SCHEMAS: dict[str, Schema] = {
                 }
             ),
             "previous_instance_uids": {"type": "array", "items": _UID},
+            "duplicate_of": _nullable(
+                {
+                    **_UID,
+                    "description": "the uid a live agent held when this one arrived with it: this agent is "
+                    "its clone and was given a uid of its own",
+                }
+            ),
+            "available_components": _nullable(
+                {
+                    "type": "object",
+                    "description": "what the agent can run (ReportsAvailableComponents): the hash it "
+                    "reported, and each component with its metadata and sub-components",
+                    "required": ["hash", "components"],
+                    "properties": {
+                        "hash": {"type": "string", "description": "hex"},
+                        "components": {"type": "object", "additionalProperties": _ref("Component")},
+                    },
+                }
+            ),
             "connected": {"type": "boolean"},
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),

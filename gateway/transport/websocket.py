@@ -48,7 +48,7 @@ from google.protobuf.message import DecodeError
 from starlette.datastructures import Headers
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, presented_key
+from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, KeyMatch, presented_key
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.opamp import engine, framing
@@ -70,6 +70,7 @@ CLOSE_UNSUPPORTED_DATA = ws_frames.CLOSE_UNSUPPORTED_DATA
 CLOSE_INVALID_PAYLOAD = ws_frames.CLOSE_INVALID_PAYLOAD
 CLOSE_TOO_BIG = ws_frames.CLOSE_TOO_BIG
 CLOSE_TAKEN_OVER = 4000
+CLOSE_POLICY = 1008
 # Fire-and-forget tasks must be referenced until they finish.
 _background: set[asyncio.Task[None]] = set()
 
@@ -91,13 +92,16 @@ class OpampEndpoint:
         self._node = node
         self._credentials = credentials
         self._on_auth_failure = on_auth_failure
+        credentials.on_change(self._revoke)
 
     def open(self, request: Request, socket: WebSocketProtocol) -> Connection:
         node = self._node
+        match: KeyMatch | None = None
         if self._credentials.enabled:
             # Spec: 401 on failure, decided on the HTTP request, before the upgrade.
             key = presented_key(Headers(raw=request.headers), AGENT_SCHEMES)
-            if not self._credentials.check(key):
+            match = self._credentials.identify(key)
+            if match is None:
                 self._on_auth_failure("missing" if key is None else "invalid")
                 raise Refusal(401, AGENT_DENIAL, dict(AGENT_CHALLENGE))
         if node.drain.draining:
@@ -106,7 +110,19 @@ class OpampEndpoint:
         if not node.limits.open_connection():
             text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
             raise self._shed("max_connections", text, limits.retry_after())
-        return Connection(socket, node)
+        return Connection(socket, node, match)
+
+    def _revoke(self) -> None:
+        """The keys changed: close every socket whose key is no longer accepted (1008)."""
+        closed = 0
+        for holder in self._node.registry.sockets():
+            if not isinstance(holder, Connection) or holder.key is None:
+                continue
+            if not self._credentials.holds(holder.key.digest):
+                holder.close(CLOSE_POLICY, "agent key revoked")
+                closed += 1
+        if closed:
+            logger.warning("closed %d WebSockets whose agent key is no longer accepted", closed)
 
     def _shed(self, reason: str, text: str, retry: int) -> Refusal:
         """503 + Retry-After (spec: a server too loaded to upgrade)."""
@@ -123,11 +139,13 @@ class Connection:
     # almost always empty are created when first needed.
     __slots__ = (
         *("_socket", "_node", "_limit", "epoch", "_states", "_aliases", "_displaced", "_closed"),
-        *("_inbox", "_worker"),
+        *("_inbox", "_worker", "key"),
     )
 
-    def __init__(self, socket: WebSocketProtocol, node: OpampNode) -> None:
+    def __init__(self, socket: WebSocketProtocol, node: OpampNode, key: KeyMatch | None = None) -> None:
         self._socket = socket
+        # The agent key the socket authenticated with (None with authentication off).
+        self.key = key
         self._node = node
         self._limit = node.settings.max_message_bytes
         # Identifies this connection in owner records: a node never closes a newer connection.

@@ -115,11 +115,10 @@ class OpampEndpoint:
     def _revoke(self) -> None:
         """The keys changed: close every socket whose key is no longer accepted (1008)."""
         closed = 0
-        for holder in self._node.registry.sockets():
-            if not isinstance(holder, Connection) or holder.key is None:
-                continue
-            if not self._credentials.holds(holder.key.digest):
-                holder.close(CLOSE_POLICY, "agent key revoked")
+        sockets = [h for h in self._node.registry.sockets() if isinstance(h, Connection)]
+        for conn in sockets:
+            if conn.key is not None and not self._credentials.holds(conn.key.digest):
+                conn.close(CLOSE_POLICY, "agent key revoked")
                 closed += 1
         if closed:
             logger.warning("closed %d WebSockets whose agent key is no longer accepted", closed)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
-from gateway.api.browser_guard import allowed_hosts, host_name
+from gateway.api.browser_guard import BrowserGuard, allowed_hosts, host_name
 from gateway.settings import Settings, SettingsError
 from tests.support.servers import Node, run_node
 
@@ -121,3 +122,29 @@ def test_admin_allowed_hosts_must_be_host_names() -> None:
     assert Settings(admin_allowed_hosts=" a.example,b ").allowed_admin_hosts == ("a.example", "b")
     with pytest.raises(SettingsError, match="--admin-allowed-hosts: 'http://x' is not a host name"):
         Settings(admin_allowed_hosts="http://x")
+
+
+async def test_a_chunked_body_without_a_content_type_gets_415(node: Node) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    response = await _request(node, "POST", "/api/v1/drain", content=chunks())
+    assert response.status_code == 415
+    assert not node.services.drain.draining
+
+
+async def test_other_scopes_pass_through() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+
+    async def receive() -> Message:
+        raise AssertionError("not read")
+
+    async def send(message: Message) -> None:
+        raise AssertionError("nothing sent")
+
+    guard = BrowserGuard(app, allowed_hosts("127.0.0.1", []))
+    await guard({"type": "lifespan"}, receive, send)
+    assert seen == ["lifespan"]

@@ -16,6 +16,8 @@ instance_uid. Close codes the gateway sends:
 - 1002 protocol error: the client broke RFC 6455 (an unmasked frame, a bad opcode; ws_frames.py).
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: a close frame whose reason is not UTF-8.
+- 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
+  from the key file, or --strict-key-file with a broken file), at the next re-read.
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import admin, commands, configs, context as api_context, health, openapi, ui
+from gateway.api import admin, browser_guard, commands, configs, context as api_context, health, openapi, ui
 from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport import context as transport_context
@@ -91,9 +91,16 @@ def admin_app(services: Services) -> Starlette:
         ],
         exception_handlers={HTTPException: http_exception},
         middleware=[
+            # Outermost: a rebinding or cross-site request is refused before it learns anything.
+            Middleware(
+                browser_guard.BrowserGuard,
+                hosts=browser_guard.allowed_hosts(
+                    services.settings.admin_host, services.settings.allowed_admin_hosts
+                ),
+            ),
             Middleware(
                 AdminGuard, credentials=services.auth.admin, on_failure=services.metrics.auth_failed("admin")
-            )
+            ),
         ],
     )
     api_context.attach(app, services)

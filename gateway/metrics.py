@@ -127,6 +127,14 @@ class Metrics:
         for port in ("opamp", "admin"):
             for reason in ("missing", "invalid"):
                 self.auth_failures.labels(port=port, reason=reason)
+        self.credential_file_errors = Counter(
+            "opamp_gateway_credential_file_errors_total",
+            "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("agent", "admin"):
+            self.credential_file_errors.labels(kind=kind)
         self.inflight = Gauge(
             "opamp_gateway_inflight_messages", "Agent messages being handled right now", registry=r
         )
@@ -293,6 +301,9 @@ class Metrics:
         self.limits.labels(limit="max_inflight").set(limits.max_inflight)
         self.limits.labels(limit="enrollment_rate").set(limits.enrollments.rate)
         self.limits.labels(limit="enrollment_burst").set(limits.enrollments.burst)
+
+    def credential_file_failed(self, kind: str) -> None:
+        self.credential_file_errors.labels(kind=kind).inc()
 
     def auth_failed(self, port: str) -> Callable[[str], None]:
         """A callback counting one refused request on `port` by reason."""

@@ -190,6 +190,7 @@ async def running(
     Raises CredentialError before opening anything if a key or token file is unusable."""
     auth = Auth.from_settings(settings)
     metrics = Metrics()
+    auth.count_errors(metrics.credential_file_failed)
     metrics.set_build(protobuf_backend())
     store = CircuitBreaker(
         store or open_store(settings, metrics),

@@ -16,6 +16,8 @@ instance_uid. Close codes the gateway sends:
 - 1002 protocol error: the client broke RFC 6455 (an unmasked frame, a bad opcode; ws_frames.py).
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: a close frame whose reason is not UTF-8.
+- 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
+  from the key file, or --strict-key-file with a broken file), at the next re-read.
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
@@ -54,7 +56,7 @@ from google.protobuf.message import DecodeError
 from starlette.datastructures import Headers
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, presented_key
+from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, KeyMatch, presented_key
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.node import duplicates
@@ -80,6 +82,7 @@ CLOSE_TAKEN_OVER = 4000
 CLOSE_TRY_AGAIN = 1013
 # How often a probe of a socket (Connection.answers) looks for its answer.
 _PROBE_POLL_SECONDS = 0.05
+CLOSE_POLICY = 1008
 # Fire-and-forget tasks must be referenced until they finish.
 _background: set[asyncio.Task[None]] = set()
 
@@ -109,13 +112,16 @@ class OpampEndpoint:
         self._node = node
         self._credentials = credentials
         self._on_auth_failure = on_auth_failure
+        credentials.on_change(self._revoke)
 
     def open(self, request: Request, socket: WebSocketProtocol) -> Connection:
         node = self._node
+        match: KeyMatch | None = None
         if self._credentials.enabled:
             # Spec: 401 on failure, decided on the HTTP request, before the upgrade.
             key = presented_key(Headers(raw=request.headers), AGENT_SCHEMES)
-            if not self._credentials.check(key):
+            match = self._credentials.identify(key)
+            if match is None:
                 self._on_auth_failure("missing" if key is None else "invalid")
                 raise Refusal(401, AGENT_DENIAL, dict(AGENT_CHALLENGE))
         if node.drain.draining:
@@ -124,7 +130,18 @@ class OpampEndpoint:
         if not node.limits.open_connection():
             text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
             raise self._shed("max_connections", text, limits.retry_after())
-        return Connection(socket, node)
+        return Connection(socket, node, match)
+
+    def _revoke(self) -> None:
+        """The keys changed: close every socket whose key is no longer accepted (1008)."""
+        closed = 0
+        sockets = [h for h in self._node.registry.sockets() if isinstance(h, Connection)]
+        for conn in sockets:
+            if conn.key is not None and not self._credentials.holds(conn.key.digest):
+                conn.close(CLOSE_POLICY, "agent key revoked")
+                closed += 1
+        if closed:
+            logger.warning("closed %d WebSockets whose agent key is no longer accepted", closed)
 
     def _shed(self, reason: str, text: str, retry: int) -> Refusal:
         """503 + Retry-After (spec: a server too loaded to upgrade)."""
@@ -141,11 +158,13 @@ class Connection:
     # almost always empty are created when first needed.
     __slots__ = (
         *("_socket", "_node", "_limit", "epoch", "_states", "_aliases", "_displaced", "_closed"),
-        *("_inbox", "_worker"),
+        *("_inbox", "_worker", "key"),
     )
 
-    def __init__(self, socket: WebSocketProtocol, node: OpampNode) -> None:
+    def __init__(self, socket: WebSocketProtocol, node: OpampNode, key: KeyMatch | None = None) -> None:
         self._socket = socket
+        # The agent key the socket authenticated with (None with authentication off).
+        self.key = key
         self._node = node
         self._limit = node.settings.max_message_bytes
         # Identifies this connection in owner records: a node never closes a newer connection.

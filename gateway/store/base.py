@@ -18,6 +18,7 @@ from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
+from gateway.fleet.versions import ConfigVersion
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -147,3 +148,7 @@ class Store(Protocol):
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         """False if there was no such config. Raises VersionConflict like put_config."""
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        """The config's stored versions, newest first: the last KEEP_VERSIONS of its changes since it
+        was last created ([] when there is no such config)."""

@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.versions import ConfigVersion
 from gateway.store.base import AgentPage, AgentQuery, FleetSummary, Store, StoreError, StoreUnavailable
 
 logger = logging.getLogger("gateway.store.breaker")
@@ -159,3 +160,6 @@ class CircuitBreaker:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._call(lambda: self.store.delete_config(name, expected_version))
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return await self._call(lambda: self.store.config_versions(name))

@@ -27,6 +27,7 @@ from elasticsearch import AsyncElasticsearch
 
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.versions import ConfigVersion
 from gateway.store import elasticsearch_queries as queries
 from gateway.store.base import (
     MAX_PAGE_SIZE,
@@ -442,6 +443,9 @@ class ElasticsearchStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._configs.delete(name, expected_version)
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return await self._configs.versions(name)
 
 
 def _ndjson(value: Mapping[str, Any]) -> bytes:

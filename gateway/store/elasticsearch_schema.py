@@ -19,7 +19,8 @@ from typing import Any
 
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
 AGENTS_MAPPING_VERSION = 2
-CONFIGS_MAPPING_VERSION = 1
+# 2: `history`, the config's last versions (gateway/fleet/versions.py).
+CONFIGS_MAPPING_VERSION = 2
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
 # of equal priority.
@@ -115,6 +116,7 @@ CONFIG_PROPERTIES: dict[str, Any] = {
     "selector": _NOT_INDEXED,
     "spec": _NOT_INDEXED,
     "opamp": _object(created_at={"type": "double"}, updated_at={"type": "double"}),
+    "history": _NOT_INDEXED,
 }
 
 

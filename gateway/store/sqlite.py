@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.status import STATUSES
+from gateway.fleet.versions import ConfigVersion
 from gateway.store import sqlite_configs
 from gateway.store.base import (
     MAX_PAGE_SIZE,
@@ -263,6 +264,9 @@ class SQLiteStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._on_writer(self._with_writer, sqlite_configs.delete_config, name, expected_version)
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return await self._on_reader(sqlite_configs.config_versions, name)
 
     # -- running on the threads --------------------------------------------------------------------
 

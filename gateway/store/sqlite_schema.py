@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -27,6 +27,28 @@ _PENDING_COMMAND_INDEX = (
     "CREATE INDEX IF NOT EXISTS agents_pending_command ON agents (last_seen DESC, uid, pending_command) "
     "WHERE pending_command IS NOT NULL"
 )
+
+_CONFIGS = """
+    CREATE TABLE IF NOT EXISTS configs (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """
+# The last versions of each config (gateway/fleet/versions.py), spec as in `configs`.
+_CONFIG_VERSIONS = """
+    CREATE TABLE IF NOT EXISTS config_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    )
+    """
 
 SCHEMA = (
     """
@@ -70,16 +92,8 @@ SCHEMA = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS uid_aliases_new_uid ON uid_aliases (new_uid)",
-    """
-    CREATE TABLE IF NOT EXISTS configs (
-        name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        hash TEXT NOT NULL
-    )
-    """,
+    _CONFIGS,
+    _CONFIG_VERSIONS,
 )
 # Statements that bring a file of schema version N-1 to N, by N; run before SCHEMA, in order.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -91,6 +105,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (_PENDING_COMMAND_INDEX,),
     4: ("ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",),
     5: ("ALTER TABLE agents ADD COLUMN command_id TEXT NOT NULL DEFAULT ''",),
+    # Each existing config starts its history at its current version (files from before configs
+    # existed get the table first).
+    6: (
+        _CONFIGS,
+        _CONFIG_VERSIONS,
+        "INSERT INTO config_versions (name, version, spec, hash, created_at) "
+        "SELECT name, version, spec, hash, updated_at FROM configs",
+    ),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.

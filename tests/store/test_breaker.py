@@ -202,12 +202,14 @@ async def test_every_store_method_goes_through_the_breaker(
     assert await breaker.list_configs() == []
     assert await breaker.get_config("x") is None
     assert await breaker.delete_config("x") is False
+    assert await breaker.config_versions("x") == []
     store.failing = StoreUnavailable("down")
     await _fail(breaker, 3)
     for call in (
         breaker.list_configs(),
         breaker.get_config("x"),
         breaker.delete_config("x"),
+        breaker.config_versions("x"),
         breaker.summary(0.0, 1.0),
         breaker.list_agents(AgentQuery(), 0.0, 1.0),
         breaker.pending_commands(10),

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.versions import ConfigVersion, oldest_kept, version_of
 from gateway.store.base import MAX_PENDING_COMMANDS, AgentPage, AgentQuery, FleetSummary, VersionConflict
 
 
@@ -18,6 +19,7 @@ class MemoryStore:
         self.reads = 0
         self.pending_queries = 0
         self.configs: dict[str, Config] = {}
+        self.versions: dict[str, list[ConfigVersion]] = {}
 
     async def open(self) -> None:
         pass
@@ -81,6 +83,8 @@ class MemoryStore:
         created = now if current is None else current.created_at
         stored = Config(name, request.spec, have + 1, created, now, digest)
         self.configs[name] = stored
+        history = [v for v in self.versions.get(name, []) if v.version >= oldest_kept(stored.version)]
+        self.versions[name] = [version_of(stored), *history]
         return stored, True
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
@@ -88,4 +92,8 @@ class MemoryStore:
         have = 0 if current is None else current.version
         if expected_version is not None and expected_version != have:
             raise VersionConflict(name, expected_version, have)
+        self.versions.pop(name, None)
         return self.configs.pop(name, None) is not None
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return list(self.versions.get(name, []))

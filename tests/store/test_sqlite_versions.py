@@ -1,0 +1,44 @@
+"""SQLite's config history across a schema upgrade: a version 5 file (before config versions) gets
+each config's current version as the first entry of its history."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.store.test_contract_configs import put, spec
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_version_5_file_gets_a_history_per_config(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "v5.db")
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        await store.put_config("base", put(spec()), 1.0)
+        current, _ = await store.put_config("base", put(spec("b: 2\n")), 2.0)
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("DROP TABLE config_versions")
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        versions = await store.config_versions("base")
+        assert [(v.version, v.hash, v.created_at, v.spec) for v in versions] == [
+            (2, current.hash, 2.0, current.spec)
+        ]
+        third, _ = await store.put_config("base", put(spec("c: 3\n")), 3.0)
+        assert [v.version for v in await store.config_versions("base")] == [3, 2]
+        assert third.version == 3
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6

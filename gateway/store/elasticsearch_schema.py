@@ -19,7 +19,7 @@ from typing import Any
 
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
 AGENTS_MAPPING_VERSION = 2
-# 2: `history`, the config's last versions (gateway/fleet/versions.py).
+# 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 CONFIGS_MAPPING_VERSION = 2
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
@@ -117,6 +117,7 @@ CONFIG_PROPERTIES: dict[str, Any] = {
     "spec": _NOT_INDEXED,
     "opamp": _object(created_at={"type": "double"}, updated_at={"type": "double"}),
     "history": _NOT_INDEXED,
+    "rollout_record": _NOT_INDEXED,
 }
 
 

@@ -24,15 +24,17 @@ from typing import Any, TypeVar
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.status import STATUSES
 from gateway.fleet.versions import ConfigVersion
-from gateway.store import sqlite_configs
+from gateway.store import sqlite_configs, sqlite_rollouts
 from gateway.store.base import (
     MAX_PAGE_SIZE,
     MAX_PENDING_COMMANDS,
     AgentPage,
     AgentQuery,
     FleetSummary,
+    StoredRollout,
     StoreError,
     StoreUnavailable,
     decode_cursor,
@@ -267,6 +269,15 @@ class SQLiteStore:
 
     async def config_versions(self, name: str) -> list[ConfigVersion]:
         return await self._on_reader(sqlite_configs.config_versions, name)
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        return await self._on_reader(sqlite_rollouts.get_rollout, name)
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return await self._on_reader(sqlite_rollouts.list_rollouts)
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._on_writer(self._with_writer, sqlite_rollouts.put_rollout, rollout, expected_rev)
 
     # -- running on the threads --------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ def delete_config(conn: sqlite3.Connection, name: str, expected: int | None) -> 
         _check(name, expected, current)
         conn.execute("DELETE FROM configs WHERE name = ?", (name,))
         conn.execute("DELETE FROM config_versions WHERE name = ?", (name,))
+        conn.execute("DELETE FROM rollouts WHERE name = ?", (name,))
         conn.execute("COMMIT")
         return current is not None
     except BaseException:

@@ -94,6 +94,15 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS uid_aliases_new_uid ON uid_aliases (new_uid)",
     _CONFIGS,
     _CONFIG_VERSIONS,
+    # One rollout record per config (gateway/fleet/rollout_record.py), as JSON; `rev` for
+    # compare-and-set.
+    """
+    CREATE TABLE IF NOT EXISTS rollouts (
+        name TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        rev INTEGER NOT NULL
+    )
+    """,
 )
 # Statements that bring a file of schema version N-1 to N, by N; run before SCHEMA, in order.
 MIGRATIONS: dict[int, tuple[str, ...]] = {

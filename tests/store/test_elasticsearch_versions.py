@@ -56,3 +56,14 @@ async def test_an_unreadable_history_is_a_store_error(
     assert await store.get_config("bad") == bad
     with pytest.raises(StoreError, match="config document 'bad'"):
         await store.config_versions("bad")
+
+
+async def test_an_unreadable_rollout_record_is_a_store_error(
+    store: ElasticsearchStore, es_aliases: EsAliases
+) -> None:
+    config = Config("odd", spec(), 1, 10.0, 10.0, spec().digest())
+    await _index(es_aliases, "odd", {**config_document(config), "rollout_record": {"state": "?"}})
+    with pytest.raises(StoreError, match="rollout record of config 'odd'"):
+        await store.get_rollout("odd")
+    with pytest.raises(StoreError, match="rollout record of config 'odd'"):
+        await store.list_rollouts()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store.base import StoreError
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.store.test_contract_configs import put, spec
 
@@ -42,3 +43,19 @@ async def test_a_version_5_file_gets_a_history_per_config(tmp_path: Path) -> Non
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+
+
+async def test_an_unreadable_rollout_record_is_a_store_error(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "odd.db")
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        with closing(sqlite3.connect(db_path)) as conn:
+            conn.execute("INSERT INTO rollouts (name, record, rev) VALUES ('odd', '{nope', 1)")
+            conn.commit()
+        with pytest.raises(StoreError, match="rollout record of config 'odd'"):
+            await store.get_rollout("odd")
+        with pytest.raises(StoreError, match="rollout record of config 'odd'"):
+            await store.list_rollouts()
+    finally:
+        await store.close()

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store import sqlite_rollouts
 from gateway.store.base import StoreError
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.store.test_contract_configs import put, spec
+from tests.store.test_contract_rollouts import rollout
 
 pytestmark = pytest.mark.anyio
 
@@ -57,5 +59,24 @@ async def test_an_unreadable_rollout_record_is_a_store_error(tmp_path: Path) -> 
             await store.get_rollout("odd")
         with pytest.raises(StoreError, match="rollout record of config 'odd'"):
             await store.list_rollouts()
+    finally:
+        await store.close()
+
+
+async def test_a_failed_rollout_write_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(str(tmp_path / "fail.db"))
+    await store.open()
+    try:
+        await store.put_config("base", put(spec()), 1.0)
+
+        def broken(*args: object) -> str | None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(sqlite_rollouts, "_put", broken)
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await store.put_rollout(rollout(), None)
+        monkeypatch.undo()
+        # The write connection is usable again: no transaction was left open.
+        assert await store.put_rollout(rollout(), None) == "1"
     finally:
         await store.close()

@@ -14,6 +14,7 @@ from gateway.fleet.configs import (
 )
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.selector import MAX_KEY_LENGTH, MAX_TERMS, MAX_VALUE_LENGTH
+from gateway.fleet.versions import KEEP_VERSIONS
 
 Schema = dict[str, Any]
 
@@ -172,6 +173,27 @@ SCHEMAS: dict[str, Schema] = {
             for name in ("matched", *CONFIG_STATUSES[:-1], "offline", "disconnected")
         },
     },
+    "ConfigVersion": {
+        "type": "object",
+        "description": "one stored version of a config: what a PUT set then (the file names only)",
+        "required": ["version", "hash", "created_at", "priority", "selector", "files"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 1},
+            "hash": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "priority": {"type": "integer"},
+            "selector": _ref("Selector"),
+            "files": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ConfigVersionList": {
+        "type": "object",
+        "required": ["keep", "versions"],
+        "properties": {
+            "keep": {"type": "integer", "description": "how many versions a config keeps"},
+            "versions": {"type": "array", "items": _ref("ConfigVersion"), "maxItems": KEEP_VERSIONS},
+        },
+    },
     "ConfigSync": {
         "type": "object",
         "required": ["status", "in_sync", "desired_hash", "reported_hash", "configs"],
@@ -252,5 +274,21 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                 }
             ),
         },
+    },
+    "/api/v1/configs/{name}/versions": {
+        "get": {
+            "operationId": "listConfigVersions",
+            "summary": f"The config's last {KEEP_VERSIONS} versions, newest first",
+            "parameters": [_NAME],
+            "responses": _responses(
+                {
+                    200: ("OK", "ConfigVersionList"),
+                    400: ("Invalid name", "Error"),
+                    401: _UNAUTHORIZED,
+                    404: ("No such config", "Error"),
+                    503: _STORE_DOWN,
+                }
+            ),
+        }
     },
 }

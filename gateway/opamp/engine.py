@@ -294,15 +294,10 @@ def _handle(
 ) -> Outcome:
     """`handle` for every message: the full rules."""
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
-    # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
-    if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
-        return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
-    too_big = _description_too_big(msg, fleet.max_description_bytes)
-    if too_big:
-        return _rejected(msg, too_big)
     disconnecting = msg.HasField("agent_disconnect")
-    if wants_uid and disconnecting:
-        return _rejected(msg, "RequestInstanceUid cannot be combined with agent_disconnect")
+    refusal = _refusal(state, msg, fleet, wants_uid, disconnecting)
+    if refusal:
+        return _rejected(msg, refusal)
 
     reply = pb.ServerToAgent(instance_uid=msg.instance_uid, capabilities=fleet.server_capabilities)
 
@@ -349,6 +344,21 @@ def _handle(
         # After a config change every agent sends both at once, so this halves the commits to wait for.
         durable_changes = set()
     return Outcome(reply, write, bool(durable_changes), event, new_state)
+
+
+def _refusal(
+    state: AgentState | None, msg: pb.AgentToServer, fleet: FleetView, wants_uid: bool, disconnecting: bool
+) -> str:
+    """Why the message is refused as a whole ("" if it is not)."""
+    # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
+    if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
+        return f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}"
+    too_big = _description_too_big(msg, fleet.max_description_bytes)
+    if too_big:
+        return too_big
+    if wants_uid and disconnecting:
+        return "RequestInstanceUid cannot be combined with agent_disconnect"
+    return ""
 
 
 def _description_too_big(msg: pb.AgentToServer, max_bytes: int) -> str:

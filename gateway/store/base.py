@@ -16,8 +16,10 @@ from typing import Protocol
 
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
+from gateway.fleet.versions import ConfigVersion
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -100,6 +102,14 @@ class FleetSummary:
     by_os: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRollout:
+    """A rollout record and its revision, the token a compare-and-set of it names."""
+
+    rollout: Rollout
+    rev: str
+
+
 class AgentStore(Protocol):
     """The part of a store the writer needs."""
 
@@ -161,3 +171,19 @@ class Store(Protocol):
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         """False if there was no such config. Raises VersionConflict like put_config."""
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        """The config's stored versions, newest first: the last KEEP_VERSIONS of its changes since it
+        was last created ([] when there is no such config)."""
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        """The config's rollout record (read through: never an older copy), or None."""
+
+    async def list_rollouts(self) -> list[Rollout]:
+        """Every config's rollout record, by name."""
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        """Compare-and-set the rollout record of config `rollout.name`: written only if the stored
+        record's revision is `expected_rev` (None: only if there is no record). The new revision, or
+        None when it was not written (another write came first, or there is no such config): read
+        again and decide again. Deleting a config deletes its rollout record."""

@@ -27,6 +27,8 @@ from elasticsearch import AsyncElasticsearch
 
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.rollout_record import Rollout
+from gateway.fleet.versions import ConfigVersion
 from gateway.store import elasticsearch_queries as queries
 from gateway.store.base import (
     MAX_FORGET_BATCH,
@@ -35,6 +37,7 @@ from gateway.store.base import (
     AgentPage,
     AgentQuery,
     FleetSummary,
+    StoredRollout,
     StoreError,
     StoreUnavailable,
     decode_cursor,
@@ -483,6 +486,18 @@ class ElasticsearchStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._configs.delete(name, expected_version)
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return await self._configs.versions(name)
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        return await self._configs.get_rollout(name)
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return await self._configs.list_rollouts()
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._configs.put_rollout(rollout, expected_rev)
 
 
 def _ndjson(value: Mapping[str, Any]) -> bytes:

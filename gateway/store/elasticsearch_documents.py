@@ -26,6 +26,7 @@ from typing import Any, Literal
 from gateway.fleet.agent import AgentState, Transport, facts, uid_str
 from gateway.fleet.configs import Config, spec_from_json, spec_json
 from gateway.fleet.render import config_map_json, health_json, remote_config_json, timestamp
+from gateway.fleet.versions import ConfigVersion
 from gateway.opamp.capabilities import capability_names
 from gateway.proto import opamp_pb2 as pb
 
@@ -326,6 +327,32 @@ def config_document(config: Config) -> dict[str, Any]:
         "spec": spec_json(config.spec),
         "opamp": {"created_at": float(config.created_at), "updated_at": float(config.updated_at)},
     }
+
+
+def history_entry(entry: ConfigVersion) -> dict[str, Any]:
+    """One item of a config document's `history`."""
+    return {
+        "version": entry.version,
+        "hash": entry.hash,
+        "created_at": entry.created_at,
+        "spec": spec_json(entry.spec),
+    }
+
+
+def history_from_source(source: Mapping[str, Any]) -> list[ConfigVersion]:
+    """A config document's `history` (absent when an older gateway wrote the document)."""
+    try:
+        return [
+            ConfigVersion(
+                version=int(item["version"]),
+                hash=item["hash"],
+                created_at=float(item["created_at"]),
+                spec=spec_from_json(item["spec"]),
+            )
+            for item in source.get("history", ())
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnreadableDocument(f"not a config history of this gateway: {exc!r}") from None
 
 
 def config_from_source(source: Mapping[str, Any]) -> Config:

@@ -20,7 +20,8 @@ from typing import Any
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
 # 3: opamp.duplicate_of, opamp.raw.available_components.
 AGENTS_MAPPING_VERSION = 3
-CONFIGS_MAPPING_VERSION = 1
+# 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
+CONFIGS_MAPPING_VERSION = 2
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
 # of equal priority.
@@ -118,6 +119,8 @@ CONFIG_PROPERTIES: dict[str, Any] = {
     "selector": _NOT_INDEXED,
     "spec": _NOT_INDEXED,
     "opamp": _object(created_at={"type": "double"}, updated_at={"type": "double"}),
+    "history": _NOT_INDEXED,
+    "rollout_record": _NOT_INDEXED,
 }
 
 

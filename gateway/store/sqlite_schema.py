@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -27,6 +27,28 @@ _PENDING_COMMAND_INDEX = (
     "CREATE INDEX IF NOT EXISTS agents_pending_command ON agents (last_seen DESC, uid, pending_command) "
     "WHERE pending_command IS NOT NULL"
 )
+
+_CONFIGS = """
+    CREATE TABLE IF NOT EXISTS configs (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """
+# The last versions of each config (gateway/fleet/versions.py), spec as in `configs`.
+_CONFIG_VERSIONS = """
+    CREATE TABLE IF NOT EXISTS config_versions (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (name, version)
+    )
+    """
 
 SCHEMA = (
     """
@@ -72,14 +94,15 @@ SCHEMA = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS uid_aliases_new_uid ON uid_aliases (new_uid)",
+    _CONFIGS,
+    _CONFIG_VERSIONS,
+    # One rollout record per config (gateway/fleet/rollout_record.py), as JSON; `rev` for
+    # compare-and-set.
     """
-    CREATE TABLE IF NOT EXISTS configs (
+    CREATE TABLE IF NOT EXISTS rollouts (
         name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        hash TEXT NOT NULL
+        record TEXT NOT NULL,
+        rev INTEGER NOT NULL
     )
     """,
 )
@@ -96,6 +119,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     6: (
         "ALTER TABLE agents ADD COLUMN duplicate_of BLOB",
         "ALTER TABLE agents ADD COLUMN available_components BLOB",
+    ),
+    # Each existing config starts its history at its current version (files from before configs
+    # existed get the table first).
+    7: (
+        _CONFIGS,
+        _CONFIG_VERSIONS,
+        "INSERT INTO config_versions (name, version, spec, hash, created_at) "
+        "SELECT name, version, spec, hash, updated_at FROM configs",
     ),
 }
 

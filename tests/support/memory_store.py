@@ -8,7 +8,16 @@ from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
-from gateway.store.base import MAX_PENDING_COMMANDS, AgentPage, AgentQuery, FleetSummary, VersionConflict
+from gateway.fleet.rollout_record import Rollout
+from gateway.fleet.versions import ConfigVersion, oldest_kept, version_of
+from gateway.store.base import (
+    MAX_PENDING_COMMANDS,
+    AgentPage,
+    AgentQuery,
+    FleetSummary,
+    StoredRollout,
+    VersionConflict,
+)
 
 
 class MemoryStore:
@@ -18,6 +27,8 @@ class MemoryStore:
         self.reads = 0
         self.pending_queries = 0
         self.configs: dict[str, Config] = {}
+        self.versions: dict[str, list[ConfigVersion]] = {}
+        self.rollouts: dict[str, tuple[Rollout, int]] = {}
 
     async def open(self) -> None:
         pass
@@ -94,6 +105,8 @@ class MemoryStore:
         created = now if current is None else current.created_at
         stored = Config(name, request.spec, have + 1, created, now, digest)
         self.configs[name] = stored
+        history = [v for v in self.versions.get(name, []) if v.version >= oldest_kept(stored.version)]
+        self.versions[name] = [version_of(stored), *history]
         return stored, True
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
@@ -101,4 +114,25 @@ class MemoryStore:
         have = 0 if current is None else current.version
         if expected_version is not None and expected_version != have:
             raise VersionConflict(name, expected_version, have)
+        self.versions.pop(name, None)
+        self.rollouts.pop(name, None)
         return self.configs.pop(name, None) is not None
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return list(self.versions.get(name, []))
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        found = self.rollouts.get(name)
+        return None if found is None else StoredRollout(found[0], str(found[1]))
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return [self.rollouts[name][0] for name in sorted(self.rollouts)]
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        found = self.rollouts.get(rollout.name)
+        current = None if found is None else str(found[1])
+        if rollout.name not in self.configs or current != expected_rev:
+            return None
+        rev = 1 if found is None else found[1] + 1
+        self.rollouts[rollout.name] = (rollout, rev)
+        return str(rev)

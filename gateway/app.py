@@ -13,7 +13,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import admin, commands, configs, context as api_context, health, openapi, ui
+from gateway.api import (
+    admin,
+    browser_guard,
+    commands,
+    config_versions,
+    configs,
+    context as api_context,
+    health,
+    openapi,
+    ui,
+)
 from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport import context as transport_context
@@ -50,7 +60,7 @@ def opamp_app(services: Services) -> ASGIApp:
             # _OpampPort answers POST before the app; the route gives other methods their 405.
             Route(OPAMP_PATH, post, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
-            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/readyz", health.readyz_plain, methods=["GET"]),
         ],
         middleware=[
             Middleware(
@@ -74,10 +84,11 @@ def admin_app(services: Services) -> Starlette:
     app = Starlette(
         routes=[
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
-            Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
+            Route("/api/v1/agents/{instance_uid}", admin.agent_resource, methods=["GET", "DELETE"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
+            Route("/api/v1/configs/{name}/versions", config_versions.list_versions, methods=["GET"]),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),
             Route("/api/v1/rebalance", commands.rebalance, methods=["POST"]),
             Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),
@@ -91,9 +102,16 @@ def admin_app(services: Services) -> Starlette:
         ],
         exception_handlers={HTTPException: http_exception},
         middleware=[
+            # Outermost: a rebinding or cross-site request is refused before it learns anything.
+            Middleware(
+                browser_guard.BrowserGuard,
+                hosts=browser_guard.allowed_hosts(
+                    services.settings.admin_host, services.settings.allowed_admin_hosts
+                ),
+            ),
             Middleware(
                 AdminGuard, credentials=services.auth.admin, on_failure=services.metrics.auth_failed("admin")
-            )
+            ),
         ],
     )
     api_context.attach(app, services)

@@ -62,6 +62,12 @@ class Metrics:
         self.enrollments = Counter(
             "opamp_gateway_enrollments_total", "Agents seen for the first time (new records)", registry=r
         )
+        self.agents_forgotten = Counter(
+            "opamp_gateway_agents_forgotten_total",
+            "Agent records deleted, by reason (retention: --forget-after; admin: DELETE /api/v1/agents)",
+            ["reason"],
+            registry=r,
+        )
         self.uid_moves = Counter(
             "opamp_gateway_uid_moves_total",
             "Records moved to a server-assigned instance_uid (RequestInstanceUid from a known agent)",
@@ -121,6 +127,14 @@ class Metrics:
         for port in ("opamp", "admin"):
             for reason in ("missing", "invalid"):
                 self.auth_failures.labels(port=port, reason=reason)
+        self.credential_file_errors = Counter(
+            "opamp_gateway_credential_file_errors_total",
+            "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("agent", "admin"):
+            self.credential_file_errors.labels(kind=kind)
         self.inflight = Gauge(
             "opamp_gateway_inflight_messages", "Agent messages being handled right now", registry=r
         )
@@ -185,6 +199,12 @@ class Metrics:
             "Server-initiated messages, by kind and how they went: pushed over a socket here, published "
             "to the node holding the socket, or kept pending for the agent's next message",
             ["kind", "delivery"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "opamp_gateway_duplicates_resolved_total",
+            "Agents that arrived with an instance_uid a live agent holds, given a uid of their own",
+            ["transport"],
             registry=r,
         )
         self.takeovers = Counter(
@@ -294,6 +314,9 @@ class Metrics:
     def watch_unfinished(self, port: str, heads: Callable[[], float], bodies: Callable[[], float]) -> None:
         self.unfinished.labels(port=port, stage="head").set_function(heads)
         self.unfinished.labels(port=port, stage="body").set_function(bodies)
+
+    def credential_file_failed(self, kind: str) -> None:
+        self.credential_file_errors.labels(kind=kind).inc()
 
     def auth_failed(self, port: str) -> Callable[[str], None]:
         """A callback counting one refused request on `port` by reason."""

@@ -20,6 +20,7 @@ from gateway.store.elasticsearch_client import make_client
 from gateway.store.elasticsearch_schema import (
     AGENT_PROPERTIES,
     AGENTS_MAPPING_VERSION,
+    CONFIGS_MAPPING_VERSION,
     IndexSpec,
     agents_index,
     configs_index,
@@ -73,7 +74,7 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
     assert done == [
         f"index template {aliases.agents}: mapping version None -> {V}",
         f"index {aliases.agents}-000001 created with write alias {aliases.agents}",
-        f"index template {aliases.configs}: mapping version None -> 1",
+        f"index template {aliases.configs}: mapping version None -> {CONFIGS_MAPPING_VERSION}",
         f"index {aliases.configs}-000001 created with write alias {aliases.configs}",
     ]
     for alias in (aliases.agents, aliases.configs):
@@ -81,7 +82,9 @@ async def test_first_run_creates_templates_indices_and_write_aliases(
         assert dict(response.body) == {f"{alias}-000001": {"aliases": {alias: {"is_write_index": True}}}}
         mapping = (await client.indices.get_mapping(index=alias)).body[f"{alias}-000001"]["mappings"]
         assert mapping["dynamic"] == "strict"
-        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == (V if alias == aliases.agents else 1)
+        assert mapping["_meta"]["opamp_gateway"]["mapping_version"] == (
+            V if alias == aliases.agents else CONFIGS_MAPPING_VERSION
+        )
     settings = (await client.indices.get_settings(index=aliases.agents)).body
     assert settings[f"{aliases.agents}-000001"]["settings"]["index"]["refresh_interval"] == "1s"
     store = aliases.store()

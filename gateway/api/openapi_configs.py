@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.fleet.configs import CONTENT_TYPE_PATTERN, MAX_FILE_NAME, MAX_FILES, MAX_PRIORITY
+from gateway.fleet.configs import (
+    CONTENT_TYPE_PATTERN,
+    FILE_NAME_PATTERN,
+    MAX_FILE_NAME,
+    MAX_FILES,
+    MAX_PRIORITY,
+    MAX_VERSION,
+)
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.selector import MAX_KEY_LENGTH, MAX_TERMS, MAX_VALUE_LENGTH
+from gateway.fleet.versions import KEEP_VERSIONS
 
 Schema = dict[str, Any]
 
@@ -31,7 +39,7 @@ _VERSION = {
     "name": "version",
     "in": "query",
     "required": False,
-    "schema": {"type": "integer", "minimum": 0},
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
     "description": "only if the stored version is this one (409 otherwise)",
 }
 
@@ -117,12 +125,13 @@ SCHEMAS: dict[str, Schema] = {
                 "propertyNames": {
                     "minLength": 1,
                     "maxLength": MAX_FILE_NAME,
-                    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+                    # A plain name: no '/', '\\', '..' or control characters (C0, DEL, C1).
+                    "pattern": FILE_NAME_PATTERN,
                 },
                 "additionalProperties": _ref("ConfigFileSpec"),
             },
             "version": {
-                "anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}],
+                "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, {"type": "null"}],
                 "description": "precondition: the stored version (0: must not exist yet); null: none",
             },
             # What a GET returns may be PUT back: the server's own fields are accepted and ignored.
@@ -162,6 +171,27 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             name: {"type": "integer", "minimum": 0}
             for name in ("matched", *CONFIG_STATUSES[:-1], "offline", "disconnected")
+        },
+    },
+    "ConfigVersion": {
+        "type": "object",
+        "description": "one stored version of a config: what a PUT set then (the file names only)",
+        "required": ["version", "hash", "created_at", "priority", "selector", "files"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 1},
+            "hash": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "priority": {"type": "integer"},
+            "selector": _ref("Selector"),
+            "files": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ConfigVersionList": {
+        "type": "object",
+        "required": ["keep", "versions"],
+        "properties": {
+            "keep": {"type": "integer", "description": "how many versions a config keeps"},
+            "versions": {"type": "array", "items": _ref("ConfigVersion"), "maxItems": KEEP_VERSIONS},
         },
     },
     "ConfigSync": {
@@ -244,5 +274,21 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                 }
             ),
         },
+    },
+    "/api/v1/configs/{name}/versions": {
+        "get": {
+            "operationId": "listConfigVersions",
+            "summary": f"The config's last {KEEP_VERSIONS} versions, newest first",
+            "parameters": [_NAME],
+            "responses": _responses(
+                {
+                    200: ("OK", "ConfigVersionList"),
+                    400: ("Invalid name", "Error"),
+                    401: _UNAUTHORIZED,
+                    404: ("No such config", "Error"),
+                    503: _STORE_DOWN,
+                }
+            ),
+        }
     },
 }

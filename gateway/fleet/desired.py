@@ -9,6 +9,10 @@ means no desired config at all: the gateway then sends nothing, never an empty m
 for each file, its name, content type and body, each as an 8-byte big-endian length and the bytes.
 It depends on nothing but the files, so every node computes the same hash for the same content, and
 so does anyone checking it by hand (docs/opamp.md shows the encoding).
+
+A config in a staged rollout (waves.py) takes part for each agent as the version its wave says:
+the new one for agents inside the rollout's cutoff, the previous one (its selector and files, at the
+config's place in the order) for the others; none at all if there is no previous version.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 
 from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.configs import Config, ConfigFile
+from gateway.fleet.waves import RolloutState, wants_new_version
 from gateway.proto import opamp_pb2 as pb
 
 # Desired configs remembered per (uid, description) in one ConfigSet; a new set starts empty.
@@ -50,25 +55,50 @@ class Desired:
     sources: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutView:
+    """What resolution needs of a config's rollout: which version it rolls out, the version agents
+    outside its waves keep (None: there is none), its state and its current cutoff."""
+
+    version: int
+    previous: Config | None
+    state: RolloutState
+    cutoff: float
+
+    def token(self) -> str:
+        previous = "" if self.previous is None else self.previous.hash
+        return f"{self.version}\0{previous}\0{self.state}\0{self.cutoff!r}"
+
+
 @dataclass(eq=False)
 class ConfigSet:
     """An immutable snapshot of the fleet's configs, with a per-agent resolution cache."""
 
     configs: tuple[Config, ...] = ()
+    # Config name -> its rollout; ignored unless it rolls out the config's current version.
+    rollouts: Mapping[str, RolloutView] = field(default_factory=dict)
     # Identifies the snapshot's content: equal on two nodes that know the same config versions.
     generation: str = field(init=False)
     _cache: dict[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
     _shared: dict[bytes, Desired] = field(init=False, repr=False)
     _reported: dict[bytes, bytes] = field(init=False, repr=False)
-    _by_match: dict[tuple[int, ...], Desired | None] = field(init=False, repr=False)
+    _by_match: dict[tuple[tuple[int, bool], ...], Desired | None] = field(init=False, repr=False)
     _cache_bytes: int = field(init=False, repr=False)
     _reported_bytes: int = field(init=False, repr=False)
+    _staged: dict[str, RolloutView] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.configs = tuple(sorted(self.configs, key=lambda c: (-c.priority, c.name)))
+        self._staged = {
+            c.name: view
+            for c in self.configs
+            if (view := self.rollouts.get(c.name)) is not None and view.version == c.version
+        }
         token = hashlib.sha256()
         for c in self.configs:
             token.update(f"{c.name}\0{c.hash}\0".encode())
+            if c.name in self._staged:
+                token.update(f"rollout\0{self._staged[c.name].token()}\0".encode())
         self.generation = token.hexdigest()
         self._cache = {}
         self._shared = {}
@@ -86,15 +116,27 @@ class ConfigSet:
                 return c
         return None
 
+    def _version_for(self, c: Config, uid: bytes) -> tuple[Config | None, bool]:
+        """The version of `c` the agent takes part with, and whether that is the previous one."""
+        view = self._staged.get(c.name)
+        if view is None or wants_new_version(view.state, uid, view.version, view.cutoff):
+            return c, False
+        return view.previous, True
+
     def resolve(self, uid: bytes, attributes: Mapping[str, str]) -> Desired | None:
-        matched = tuple(i for i, c in enumerate(self.configs) if c.selector.matches(uid, attributes))
-        # The result depends only on which configs match: agents alike share it, and a config change
-        # hashes each distinct combination once, not once per agent.
+        chosen: list[tuple[int, bool, Config]] = []
+        for i, c in enumerate(self.configs):
+            version, previous = self._version_for(c, uid)
+            if version is not None and version.selector.matches(uid, attributes):
+                chosen.append((i, previous, version))
+        matched = tuple((i, previous) for i, previous, _ in chosen)
+        # The result depends only on which configs (and versions) match: agents alike share it, and
+        # a config change hashes each distinct combination once, not once per agent.
         try:
             return self._by_match[matched]
         except KeyError:
             pass
-        desired = self._merge([self.configs[i] for i in matched])
+        desired = self._merge([version for _, _, version in chosen])
         self._by_match[matched] = desired
         return desired
 

@@ -1,12 +1,12 @@
 """Keeping a node's view of the configs current, and pushing changed configs to the sockets it holds.
 
 Each node keeps every config in memory (a `ConfigSet` in the cache's `fleet`, which every message
-reads and only this module replaces): the engine resolves an
-agent's desired config on every message without a store read. The set is re-read when a
-ConfigsChanged event arrives on the bus (any node's admin API publishes one after a change), and on a
-timer (`--config-refresh-interval`), so a lost event leaves a node stale for at most that long. When
-the content changed, every WebSocket agent on this node whose desired config changed gets it at once;
-HTTP agents get it in the reply to their next poll.
+reads and only this module replaces): the engine resolves an agent's desired config on every
+message without a store read. The set (with the configs' rollout records, rollout_views.py) is
+re-read when a ConfigsChanged event arrives on the bus (any node's admin API publishes one after a
+change), and on a timer (`--config-refresh-interval`), so a lost event leaves a node stale for at
+most that long. When the content changed, every WebSocket agent on this node whose desired config
+changed gets it at once; HTTP agents get it in the reply to their next poll.
 
 While the bus is down no event can arrive, so the set is also re-read before a message is handled
 if it is older than STALE_WITHOUT_BUS: every agent then gets a change in the reply to its next
@@ -30,6 +30,7 @@ from gateway.fleet.desired import ConfigSet
 from gateway.metrics import Metrics
 from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
+from gateway.node.rollout_views import RolloutSource, rollout_views
 from gateway.opamp.engine import DEFAULT_MAX_DESCRIPTION_BYTES, FleetView
 from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
@@ -44,8 +45,8 @@ _PUSH_CONCURRENCY = 256
 STALE_WITHOUT_BUS = 1.0
 
 
-class ConfigSource(Protocol):
-    """Where the configs are read from (the store)."""
+class ConfigSource(RolloutSource, Protocol):
+    """Where the configs, and their rollouts, are read from (the store)."""
 
     async def list_configs(self) -> list[Config]: ...
 
@@ -155,7 +156,8 @@ class ConfigCache:
 
     async def _read(self, reason: str) -> bool:
         """Read the configs into `fleet` (the caller holds the lock); True if they changed."""
-        configs = ConfigSet(tuple(await self._configs.list_configs()))
+        listed = tuple(await self._configs.list_configs())
+        configs = ConfigSet(listed, rollouts=await rollout_views(self._configs, listed))
         self._read_at = time.monotonic()
         self.loaded = True
         if configs.generation == self._fleet.configs.generation:

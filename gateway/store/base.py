@@ -16,14 +16,18 @@ from typing import Protocol
 
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
+from gateway.fleet.versions import ConfigVersion
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # The most pending commands one pending_commands() call returns (also Elasticsearch's default
 # `index.max_result_window`, the largest page one search may return).
 MAX_PENDING_COMMANDS = 10_000
+# The most records one forget_unseen() call deletes (a sweep calls again while it gets this many).
+MAX_FORGET_BATCH = 10_000
 # Bytes of an instance_uid, the only thing a cursor carries.
 _UID_LENGTH = 16
 
@@ -98,6 +102,14 @@ class FleetSummary:
     by_os: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRollout:
+    """A rollout record and its revision, the token a compare-and-set of it names."""
+
+    rollout: Rollout
+    rev: str
+
+
 class AgentStore(Protocol):
     """The part of a store the writer needs."""
 
@@ -133,6 +145,18 @@ class Store(Protocol):
         agents gone for good with a command they will never fetch. Keyed by the uid each record lives
         under now (never an old, moved uid). Elasticsearch answers from the last refreshed view."""
 
+    async def forget(self, uid: bytes) -> bytes | None:
+        """Delete the record stored under `uid`, or the record `uid` was moved to, with the aliases
+        that lead to it; the uid it was stored under (None: there was none). A later write for that
+        uid enrolls it again."""
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        """Delete the records whose `last_seen` is before `before`, at most `limit` (clamped to
+        0..MAX_FORGET_BATCH; which ones when more match is the store's choice); how many were
+        deleted. Idempotent and safe to run on several nodes at once: a record already gone is not
+        counted, and one written since (seen again) stays.
+        Elasticsearch matches against its last refreshed view."""
+
     async def summary(self, now: float, offline_after: float) -> FleetSummary: ...
 
     async def list_configs(self) -> list[Config]:
@@ -147,3 +171,19 @@ class Store(Protocol):
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         """False if there was no such config. Raises VersionConflict like put_config."""
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        """The config's stored versions, newest first: the last KEEP_VERSIONS of its changes since it
+        was last created ([] when there is no such config)."""
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        """The config's rollout record (read through: never an older copy), or None."""
+
+    async def list_rollouts(self) -> list[Rollout]:
+        """Every config's rollout record, by name."""
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        """Compare-and-set the rollout record of config `rollout.name`: written only if the stored
+        record's revision is `expected_rev` (None: only if there is no record). The new revision, or
+        None when it was not written (another write came first, or there is no such config): read
+        again and decide again. Deleting a config deletes its rollout record."""

@@ -23,7 +23,17 @@ from typing import Literal, TypeVar
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
-from gateway.store.base import AgentPage, AgentQuery, FleetSummary, Store, StoreError, StoreUnavailable
+from gateway.fleet.rollout_record import Rollout
+from gateway.fleet.versions import ConfigVersion
+from gateway.store.base import (
+    AgentPage,
+    AgentQuery,
+    FleetSummary,
+    Store,
+    StoredRollout,
+    StoreError,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger("gateway.store.breaker")
 
@@ -145,6 +155,12 @@ class CircuitBreaker:
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         return await self._call(lambda: self.store.pending_commands(limit))
 
+    async def forget(self, uid: bytes) -> bytes | None:
+        return await self._call(lambda: self.store.forget(uid))
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        return await self._call(lambda: self.store.forget_unseen(before, limit))
+
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return await self._call(lambda: self.store.summary(now, offline_after))
 
@@ -159,3 +175,15 @@ class CircuitBreaker:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._call(lambda: self.store.delete_config(name, expected_version))
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return await self._call(lambda: self.store.config_versions(name))
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        return await self._call(lambda: self.store.get_rollout(name))
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return await self._call(self.store.list_rollouts)
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._call(lambda: self.store.put_rollout(rollout, expected_rev))

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from gateway.fleet.agent import AgentState, Transport, facts, uid_str
 from gateway.fleet.configs import Config, spec_from_json, spec_json
 from gateway.fleet.render import config_map_json, health_json, remote_config_json, timestamp
+from gateway.fleet.versions import ConfigVersion
 from gateway.opamp.capabilities import capability_names
 from gateway.proto import opamp_pb2 as pb
 
@@ -48,7 +49,7 @@ MAX_DOCUMENT_BYTES = 8 << 20
 # The admin API renders from the exact bytes in `opamp.raw`, which are always kept.
 FILES_COPY_LIMIT = 64 << 10
 # Reported parts, in the order they are dropped when equally large (never the identity).
-REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description")
+REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description", "available_components")
 
 
 class UnreadableDocument(ValueError):
@@ -172,12 +173,14 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             "pending_command": state.pending_command,
             "command_id": state.command_id or None,
             "previous_instance_uids": [uid_str(u) for u in state.previous_instance_uids],
+            "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
             "offered_at": float(state.offered_at),
             "raw": {
                 "description": _b64(state.description),
                 "health": _b64(state.health),
                 "effective_config": _b64(state.effective_config),
                 "remote_config_status": _b64(state.remote_config_status),
+                "available_components": _b64(state.available_components),
             },
         },
     }
@@ -225,6 +228,8 @@ def _without(state: AgentState, part: str) -> AgentState:
         return dataclasses.replace(state, health=None)
     if part == "remote_config_status":
         return dataclasses.replace(state, remote_config_status=None)
+    if part == "available_components":
+        return dataclasses.replace(state, available_components=None)
     return dataclasses.replace(state, description=None)
 
 
@@ -291,10 +296,12 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             health=_unb64(raw.get("health")),
             effective_config=_unb64(raw.get("effective_config")),
             remote_config_status=_unb64(raw.get("remote_config_status")),
+            available_components=_unb64(raw.get("available_components")),
             disconnected=source["last_checkin_status"] == "disconnected",
             previous_instance_uids=tuple(_uid(u) for u in opamp.get("previous_instance_uids") or ()),
             pending_command=opamp.get("pending_command"),
             command_id=opamp.get("command_id") or "",
+            duplicate_of=_uid(opamp["duplicate_of"]) if opamp.get("duplicate_of") else None,
             node=connection.get("node") or "",
             transport=_transport(connection.get("transport")),
             offered_config_hash=_hex(remote.get("offered_hash")),
@@ -320,6 +327,32 @@ def config_document(config: Config) -> dict[str, Any]:
         "spec": spec_json(config.spec),
         "opamp": {"created_at": float(config.created_at), "updated_at": float(config.updated_at)},
     }
+
+
+def history_entry(entry: ConfigVersion) -> dict[str, Any]:
+    """One item of a config document's `history`."""
+    return {
+        "version": entry.version,
+        "hash": entry.hash,
+        "created_at": entry.created_at,
+        "spec": spec_json(entry.spec),
+    }
+
+
+def history_from_source(source: Mapping[str, Any]) -> list[ConfigVersion]:
+    """A config document's `history` (absent when an older gateway wrote the document)."""
+    try:
+        return [
+            ConfigVersion(
+                version=int(item["version"]),
+                hash=item["hash"],
+                created_at=float(item["created_at"]),
+                spec=spec_from_json(item["spec"]),
+            )
+            for item in source.get("history", ())
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UnreadableDocument(f"not a config history of this gateway: {exc!r}") from None
 
 
 def config_from_source(source: Mapping[str, Any]) -> Config:

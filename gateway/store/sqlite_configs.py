@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.fleet.configs import Config, ConfigRequest, spec_from_json, spec_json
+from gateway.fleet.versions import ConfigVersion, oldest_kept
 from gateway.store.base import VersionConflict
 
 _SELECT = "SELECT name, spec, version, created_at, updated_at, hash FROM configs"
@@ -59,17 +60,19 @@ def put_config(
             updated_at=now,
             hash=digest,
         )
+        spec = json.dumps(spec_json(stored.spec), separators=(",", ":"), sort_keys=True)
         conn.execute(
             "INSERT OR REPLACE INTO configs (name, spec, version, created_at, updated_at, hash) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                name,
-                json.dumps(spec_json(stored.spec), separators=(",", ":"), sort_keys=True),
-                stored.version,
-                stored.created_at,
-                stored.updated_at,
-                stored.hash,
-            ),
+            (name, spec, stored.version, stored.created_at, stored.updated_at, stored.hash),
+        )
+        conn.execute(
+            "INSERT OR REPLACE INTO config_versions (name, version, spec, hash, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (name, stored.version, spec, stored.hash, stored.updated_at),
+        )
+        conn.execute(
+            "DELETE FROM config_versions WHERE name = ? AND version < ?", (name, oldest_kept(stored.version))
         )
         conn.execute("COMMIT")
         return stored, True
@@ -88,9 +91,22 @@ def delete_config(conn: sqlite3.Connection, name: str, expected: int | None) -> 
             return False
         _check(name, expected, current)
         conn.execute("DELETE FROM configs WHERE name = ?", (name,))
+        conn.execute("DELETE FROM config_versions WHERE name = ?", (name,))
+        conn.execute("DELETE FROM rollouts WHERE name = ?", (name,))
         conn.execute("COMMIT")
         return current is not None
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def config_versions(conn: sqlite3.Connection, name: str) -> list[ConfigVersion]:
+    rows = conn.execute(
+        "SELECT version, hash, created_at, spec FROM config_versions WHERE name = ? ORDER BY version DESC",
+        (name,),
+    )
+    return [
+        ConfigVersion(version=row[0], hash=row[1], created_at=row[2], spec=spec_from_json(json.loads(row[3])))
+        for row in rows
+    ]

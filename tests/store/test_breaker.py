@@ -13,6 +13,7 @@ from gateway.fleet.configs import ConfigRequest, parse_request
 from gateway.store.base import AgentPage, AgentQuery, InvalidCursor, StoreError, StoreUnavailable
 from gateway.store.breaker import CircuitBreaker, CircuitOpen, State
 from tests.store.store_helpers import agent, full
+from tests.store.test_contract_rollouts import rollout
 from tests.support.memory_store import MemoryStore
 
 pytestmark = pytest.mark.anyio
@@ -202,12 +203,20 @@ async def test_every_store_method_goes_through_the_breaker(
     assert await breaker.list_configs() == []
     assert await breaker.get_config("x") is None
     assert await breaker.delete_config("x") is False
+    assert await breaker.config_versions("x") == []
+    assert await breaker.get_rollout("x") is None
+    assert await breaker.list_rollouts() == []
+    assert await breaker.put_rollout(rollout("x"), None) is None
     store.failing = StoreUnavailable("down")
     await _fail(breaker, 3)
     for call in (
         breaker.list_configs(),
         breaker.get_config("x"),
         breaker.delete_config("x"),
+        breaker.config_versions("x"),
+        breaker.get_rollout("x"),
+        breaker.list_rollouts(),
+        breaker.put_rollout(rollout("x"), None),
         breaker.summary(0.0, 1.0),
         breaker.list_agents(AgentQuery(), 0.0, 1.0),
         breaker.pending_commands(10),

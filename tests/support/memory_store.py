@@ -8,7 +8,16 @@ from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
-from gateway.store.base import MAX_PENDING_COMMANDS, AgentPage, AgentQuery, FleetSummary, VersionConflict
+from gateway.fleet.rollout_record import Rollout
+from gateway.fleet.versions import ConfigVersion, oldest_kept, version_of
+from gateway.store.base import (
+    MAX_PENDING_COMMANDS,
+    AgentPage,
+    AgentQuery,
+    FleetSummary,
+    StoredRollout,
+    VersionConflict,
+)
 
 
 class MemoryStore:
@@ -18,6 +27,8 @@ class MemoryStore:
         self.reads = 0
         self.pending_queries = 0
         self.configs: dict[str, Config] = {}
+        self.versions: dict[str, list[ConfigVersion]] = {}
+        self.rollouts: dict[str, tuple[Rollout, int]] = {}
 
     async def open(self) -> None:
         pass
@@ -61,6 +72,19 @@ class MemoryStore:
         newest = sorted(((seen, uid, c) for seen, uid, c in found if c is not None), reverse=True)
         return {uid: command for _, uid, command in newest[: max(0, min(limit, MAX_PENDING_COMMANDS))]}
 
+    async def forget(self, uid: bytes) -> bytes | None:
+        target = self.aliases.get(uid, uid)
+        if self.records.pop(target, None) is None:
+            return None
+        self.aliases = {old: new for old, new in self.aliases.items() if new != target}
+        return target
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        old = sorted((s.last_seen, uid) for uid, s in self.records.items() if s.last_seen < before)
+        for _, uid in old[: max(0, limit)]:
+            await self.forget(uid)
+        return min(len(old), max(0, limit))
+
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return FleetSummary(total=len(self.records), by_status={}, by_type_version={}, by_os={})
 
@@ -81,6 +105,8 @@ class MemoryStore:
         created = now if current is None else current.created_at
         stored = Config(name, request.spec, have + 1, created, now, digest)
         self.configs[name] = stored
+        history = [v for v in self.versions.get(name, []) if v.version >= oldest_kept(stored.version)]
+        self.versions[name] = [version_of(stored), *history]
         return stored, True
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
@@ -88,4 +114,25 @@ class MemoryStore:
         have = 0 if current is None else current.version
         if expected_version is not None and expected_version != have:
             raise VersionConflict(name, expected_version, have)
+        self.versions.pop(name, None)
+        self.rollouts.pop(name, None)
         return self.configs.pop(name, None) is not None
+
+    async def config_versions(self, name: str) -> list[ConfigVersion]:
+        return list(self.versions.get(name, []))
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        found = self.rollouts.get(name)
+        return None if found is None else StoredRollout(found[0], str(found[1]))
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return [self.rollouts[name][0] for name in sorted(self.rollouts)]
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        found = self.rollouts.get(rollout.name)
+        current = None if found is None else str(found[1])
+        if rollout.name not in self.configs or current != expected_rev:
+            return None
+        rev = 1 if found is None else found[1] + 1
+        self.rollouts[rollout.name] = (rollout, rev)
+        return str(rev)

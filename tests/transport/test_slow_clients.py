@@ -19,7 +19,7 @@ from tests.support.ws import agent_socket, exchange, report
 
 pytestmark = pytest.mark.anyio
 
-HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 def _port(url: str) -> int:

@@ -14,6 +14,7 @@ import uvicorn
 
 from gateway import tls
 from gateway.app import admin_app, opamp_app
+from gateway.file_limit import raise_file_limit
 from gateway.services import Services, running
 from gateway.settings import Settings
 from gateway.transport.http_protocol import SlowClientProtocol, http_protocol_class
@@ -185,6 +186,7 @@ async def serve(settings: Settings) -> None:
     """Run the node until a signal stops it. Raises TLSConfigError or CredentialError (naming the
     file) before listening if a TLS, key or token file is unusable."""
     tls.check(settings)
+    raise_file_limit(settings)
     async with running(settings) as services:
         servers = build_servers(services)
         _tune_gc(services)

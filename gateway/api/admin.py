@@ -14,10 +14,11 @@ from typing import Any, get_args
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api.agent_path import path_agent
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
 from gateway.bus.base import BusUnavailable
-from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
+from gateway.fleet.agent import uid_bytes
 from gateway.fleet.render import agent_json
 from gateway.fleet.rollout import CONFIG_STATUSES, config_sync, counted
 from gateway.fleet.status import Status
@@ -113,17 +114,9 @@ async def list_agents(request: Request) -> Response:
 
 async def get_agent(request: Request) -> Response:
     services = node_of(request)
-    text = request.path_params["instance_uid"]
-    try:
-        uid = uid_bytes(text)
-    except InvalidInstanceUid:
-        return error(404, f"no agent {text!r}: instance_uid must be a canonical UUID string")
-    try:
-        state = services.liveness.fresher(await services.writer.get(uid))
-    except StoreError as exc:
-        return store_down(exc)
-    if state is None:
-        return error(404, f"no agent {text}")
+    state = await path_agent(request, services)
+    if isinstance(state, JSONResponse):
+        return state
     now = services.clock()
     where = await services.router.connection_info([state], now)
     body = agent_json(
@@ -133,7 +126,8 @@ async def get_agent(request: Request) -> Response:
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
     )
-    if state.instance_uid != uid:
+    text = request.path_params["instance_uid"]
+    if state.instance_uid != uid_bytes(text):
         # The uid was moved: say where to, so scripts holding the old uid can follow.
         body["moved_from"] = text
     return JSONResponse(body)
@@ -143,17 +137,9 @@ async def forget_agent(request: Request) -> Response:
     """DELETE /api/v1/agents/{instance_uid}: 204 once the record is gone; 409 while the agent is
     connected (its next message would enroll it again)."""
     services = node_of(request)
-    text = request.path_params["instance_uid"]
-    try:
-        uid = uid_bytes(text)
-    except InvalidInstanceUid:
-        return error(404, f"no agent {text!r}: instance_uid must be a canonical UUID string")
-    try:
-        state = services.liveness.fresher(await services.writer.get(uid))
-    except StoreError as exc:
-        return store_down(exc)
-    if state is None:
-        return error(404, f"no agent {text}")
+    state = await path_agent(request, services)
+    if isinstance(state, JSONResponse):
+        return state
     where = (await services.router.connection_info([state], services.clock())).get(state.instance_uid)
     if where is not None and where.connected:
         return error(
@@ -164,11 +150,11 @@ async def forget_agent(request: Request) -> Response:
             "connected",
         )
     try:
-        forgotten = await services.store.forget(uid)
+        forgotten = await services.store.forget(state.instance_uid)
     except StoreError as exc:
         return store_down(exc)
     if forgotten is None:
-        return error(404, f"no agent {text}")
+        return error(404, f"no agent {request.path_params['instance_uid']}")
     services.metrics.agents_forgotten.labels(reason="admin").inc()
     logger.info("agent forgotten by an administrator", extra={"instance_uid": state.uid})
     return Response(status_code=204)

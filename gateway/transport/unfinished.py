@@ -6,10 +6,10 @@ on a kept-alive connection) until its request has fully arrived: the request lin
 arrive within `header_timeout`, and the rest of the request (its body) within `body_timeout` after
 that. A socket past its deadline is dropped. One address may hold at most `per_address` unfinished
 sockets (more are refused as they are accepted), and the port at most `total`: when a new socket
-would go over, the oldest unfinished one (the one that has had longest to send its request) is
-dropped instead. That keeps slow clients from holding the process's files, so a WebSocket agent or a
-liveness probe that sends its request at once is always served (docs/security.md, "Memory and slow
-clients").
+would go over, the oldest one still waiting for its head (if none, for its body) is dropped
+instead. That keeps slow clients from holding the process's files, so a WebSocket agent or a
+liveness probe that sends its request at once is served, unless `total` other sockets arrive while
+it does (docs/security.md, "Memory and slow clients").
 
 Deadlines are kept in insertion order: every socket waiting for its head got the same timeout, so
 the first one waiting is the first one due, and one timer per port, armed while sockets are waiting,

@@ -8,6 +8,7 @@ import contextlib
 import os
 import resource
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -125,3 +126,38 @@ def test_slow_bodies_hold_no_inflight_slot(gateway_factory: GatewayFactory) -> N
                 reply = client.post(gw.opamp_url, content=_heartbeat(bytes([n]) * 16), headers=PROTOBUF)
                 assert reply.status_code == 200, reply.text
         assert _gauge(gw, "opamp_gateway_shed_requests_total", reason="max_inflight") == 0
+
+
+def test_sockets_that_dribble_their_headers_are_closed_after_the_header_timeout(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = gateway_factory(header_timeout=0.5)
+    upgrade = (
+        b"GET /v1/opamp HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    )
+    with _sockets() as dribbling:
+        # The last moment before the server could have started either socket's deadline.
+        started = time.monotonic()
+        for url in (gw.opamp_base_url, gw.admin_url):
+            dribbling.append(_connect(url, "127.0.0.50"))
+        received = [b"", b""]
+        # One byte of an upgrade request (never finished) every 50 ms on each port, until closed.
+        for byte in upgrade * 10:
+            for n, sock in enumerate(dribbling):
+                if received[n]:
+                    continue
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    received[n] = b"closed"
+                    continue
+                sock.settimeout(0.05)
+                with contextlib.suppress(TimeoutError):
+                    received[n] = sock.recv(4096) or b"closed"
+            if all(received):
+                break
+        assert time.monotonic() - started >= 0.5
+        for answer in received:
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+    assert _gauge(gw, "opamp_gateway_client_timeouts_total", kind="header") >= 1

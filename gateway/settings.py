@@ -26,6 +26,7 @@ _POSITIVE = (
     "ws_ping_timeout",
     "auth_reload_interval",
     "read_timeout",
+    "header_timeout",
     "send_timeout",
     "config_refresh_interval",
     "config_resend_after",
@@ -42,6 +43,8 @@ _AT_LEAST_ONE = (
     "max_config_bytes",
     "max_description_bytes",
     "max_inflight_bytes",
+    "max_unfinished",
+    "max_unfinished_per_ip",
     "store_breaker_failures",
 )
 
@@ -273,6 +276,27 @@ class Settings:
     )
     read_timeout: float = field(
         default=30.0, metadata={"help": "seconds to receive a whole HTTP request body (408 after)"}
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds for an HTTP request line and headers (a WebSocket handshake included) to "
+            "arrive, on both ports; the connection gets 408 and is closed after"
+        },
+    )
+    max_unfinished_per_ip: int = field(
+        default=256,
+        metadata={
+            "help": "most connections one client address (an IPv6 /64) may hold on a port whose request "
+            "has not fully arrived; more are answered 429 and closed"
+        },
+    )
+    max_unfinished: int = field(
+        default=4096,
+        metadata={
+            "help": "most connections a port holds whose request has not fully arrived; past it the "
+            "oldest is dropped, so slow clients never take the files agents and probes need"
+        },
     )
     send_timeout: float = field(
         default=30.0,

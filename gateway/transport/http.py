@@ -75,16 +75,9 @@ class OpampHttp:
         if self._credentials.enabled and not self._authorized(headers):
             await send_text(send, 401, AGENT_DENIAL, AGENT_CHALLENGE)
             return
-        node = self._node
         started = time.perf_counter()
-        if not node.limits.begin_message():
-            status = await self._unavailable(send, "max_inflight")
-        else:
-            try:
-                status = await self._handle(headers, receive, send)
-            finally:
-                node.limits.end_message()
-        node.metrics.handled("http", str(status), time.perf_counter() - started)
+        status = await self._handle(headers, receive, send)
+        self._node.metrics.handled("http", str(status), time.perf_counter() - started)
 
     def _authorized(self, headers: RequestHeaders) -> bool:
         # Spec: 401 decided on the HTTP request, before the body is read.
@@ -137,6 +130,18 @@ class OpampHttp:
         except DecodeError as exc:
             return await self._refuse(send, 400, f"body is not a valid AgentToServer: {exc}")
 
+        # The slot in flight is taken only now: a client that trickles its body holds none
+        # (issue 20: 9).
+        if not node.limits.begin_message():
+            return await self._unavailable(send, "max_inflight")
+        try:
+            return await self._process(msg, headers, send)
+        finally:
+            node.limits.end_message()
+
+    async def _process(self, msg: pb.AgentToServer, headers: RequestHeaders, send: Send) -> int:
+        node = self._node
+        limit = node.settings.max_message_bytes
         try:
             state = await pipeline.load_state(node, msg)
             clone = duplicates.http_clone(state, msg)

@@ -17,6 +17,10 @@ ENV_PREFIX = "OPAMP_GATEWAY_"
 LogFormat = Literal["text", "json"]
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+# Heartbeats an agent may miss before it shows offline (and its WebSocket counts as idle).
+HEARTBEATS_MISSED = 3
+# Beyond a uint32 of seconds (136 years) an interval means nothing.
+_MAX_HEARTBEAT_INTERVAL = 2**32 - 1
 _REFRESH_INTERVAL = re.compile(r"^(-1|[0-9]+(ms|s|m|h))$")
 _POSITIVE = (
     "offline_after",
@@ -60,6 +64,14 @@ class Settings:
     sqlite_path: str = field(default="./opamp-gateway.db", metadata={"help": "SQLite store file"})
     offline_after: float = field(
         default=300.0, metadata={"help": "seconds without a message before an agent is offline"}
+    )
+    agent_heartbeat_interval: int = field(
+        default=30,
+        metadata={
+            "help": "heartbeat interval in seconds offered to agents with ReportsHeartbeat and "
+            "AcceptsOpAMPConnectionSettings (0: offer none); an agent reporting heartbeats is offline "
+            "after 3 of them are missed, never sooner than --offline-after"
+        },
     )
     node_id: str = field(default_factory=_default_node_id, metadata={"help": "this node's name"})
     log_level: str = field(default="info", metadata={"help": "|".join(_LOG_LEVELS)})
@@ -276,6 +288,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)}: must be at least 1")
         for name in (
+            "agent_heartbeat_interval",
             "enrollment_rate",
             "idle_timeout",
             "drain_seconds",
@@ -284,6 +297,8 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)}: must be 0 or more")
+        if self.agent_heartbeat_interval > _MAX_HEARTBEAT_INTERVAL:
+            raise SettingsError(f"--agent-heartbeat-interval: must be at most {_MAX_HEARTBEAT_INTERVAL}")
         self._check_node_timing()
 
     def _check_node_timing(self) -> None:
@@ -324,6 +339,20 @@ class Settings:
             raise SettingsError(
                 "--elasticsearch-refresh-interval: must be a time like 5s, 500ms or 1m, or -1 (refresh off)"
             )
+
+    @property
+    def offline_window(self) -> float:
+        """Seconds without a message before an agent shows offline: --offline-after, or three
+        heartbeat intervals when that is longer (an agent is offline after 3 missed heartbeats)."""
+        return max(self.offline_after, HEARTBEATS_MISSED * self.agent_heartbeat_interval)
+
+    @property
+    def ws_idle_timeout(self) -> float:
+        """Seconds a WebSocket may carry no message before it is handed to its connection (0:
+        never): --idle-timeout, or three heartbeat intervals when that is longer."""
+        if self.idle_timeout <= 0:
+            return 0.0
+        return max(self.idle_timeout, HEARTBEATS_MISSED * self.agent_heartbeat_interval)
 
     @property
     def agent_auth(self) -> bool:

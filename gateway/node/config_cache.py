@@ -30,6 +30,7 @@ from gateway.fleet.desired import ConfigSet
 from gateway.metrics import Metrics
 from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
+from gateway.opamp import capabilities as caps, heartbeat
 from gateway.opamp.engine import FleetView
 from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
@@ -61,6 +62,7 @@ class ConfigCache:
         refresh_interval: float,
         push_rate: float,
         resend_after: float,
+        heartbeat_interval: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._configs = configs
@@ -69,7 +71,12 @@ class ConfigCache:
         self._metrics = metrics
         self._push_rate = push_rate
         self._clock = clock
-        self._fleet = FleetView(config_resend_after=resend_after)
+        offer = heartbeat.settings_offer(heartbeat_interval)
+        self._fleet = FleetView(
+            server_capabilities=caps.server_capabilities(offer is not None),
+            config_resend_after=resend_after,
+            connection_settings=offer,
+        )
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
         # time.monotonic() of the last read, or of a message's failed attempt at one (a failing

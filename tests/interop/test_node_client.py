@@ -263,7 +263,7 @@ def test_enroll_heartbeat_then_offline(gateway_factory: GatewayFactory, node_age
     for event in successes:
         s2a = event["s2a"]
         assert s2a["instanceUid"] == uid
-        assert s2a["capabilities"] == caps.SERVER_CAPABILITIES
+        assert s2a["capabilities"] == caps.server_capabilities(offers_settings=True)
         assert s2a["flags"] == 0, f"unexpected flags (ReportFullState?) in reply to {event['a2s']}"
         assert "errorResponse" not in s2a
         assert "agentIdentification" not in s2a

@@ -63,7 +63,11 @@ class Settings:
     admin_port: int = field(default=4321, metadata={"help": "admin port (/api/v1, /metrics)"})
     sqlite_path: str = field(default="./opamp-gateway.db", metadata={"help": "SQLite store file"})
     offline_after: float = field(
-        default=300.0, metadata={"help": "seconds without a message before an agent is offline"}
+        default=300.0,
+        metadata={
+            "help": "seconds without a message before an agent is offline (or 3 x --agent-heartbeat-interval "
+            "if longer)"
+        },
     )
     agent_heartbeat_interval: int = field(
         default=30,
@@ -241,7 +245,8 @@ class Settings:
     idle_timeout: float = field(
         default=600.0,
         metadata={
-            "help": "seconds a WebSocket may stay silent before it is closed (0: never); above the heartbeat"
+            "help": "seconds a WebSocket may stay silent before it is closed (0: never); at least 3 x "
+            "--agent-heartbeat-interval, and never a socket with an agent without ReportsHeartbeat"
         },
     )
     read_timeout: float = field(

@@ -2,10 +2,11 @@
 agents with ReportsHeartbeat and AcceptsOpAMPConnectionSettings get the interval once, in
 connection_settings.opamp with a hash, from a server that advertises OffersConnectionSettings; not
 on later messages, not on a reconnect, not over HTTP polls that read the record from the store; again
-once the interval changes."""
+once the interval changes. The admin API names both capabilities."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import httpx2
@@ -59,6 +60,11 @@ async def test_websocket_agent_gets_the_interval_once(tmp_path: Path) -> None:
         await node.services.writer.flush()
         stored = await node.services.store.get(uid(1))
         assert stored is not None and stored.offered_settings_hash == hash_
+        # The admin API names both capabilities.
+        async with httpx2.AsyncClient(base_url=node.admin_url) as admin:
+            agent = (await admin.get(f"/api/v1/agents/{uuid.UUID(int=1)}")).json()
+        assert {"ReportsHeartbeat", "AcceptsOpAMPConnectionSettings"} <= set(agent["capabilities"])
+        assert agent["capabilities_bitmask"] == WANTS
 
 
 async def test_websocket_agent_without_accepts_opamp_connection_settings_gets_none(tmp_path: Path) -> None:

@@ -105,8 +105,10 @@ class Liveness:
             if last is None or now - last < threshold:
                 continue
             state = holder.state(uid)
-            if state is not None and not heartbeats_expected(state.capabilities):
-                # No heartbeats to wait for: its socket answering pings is its liveness.
+            if state is not None and not heartbeats_expected(state.capabilities) and state.last_seen >= last:
+                # No heartbeats to wait for: its socket answering pings is its liveness. (A cached
+                # record older than the stored one means a write of a newer one is in flight, whose
+                # changes this touch must not overtake: the next sweep comes soon enough.)
                 state = holder.alive(uid, now)
             if state is None or state.last_seen <= last or state.instance_uid != uid:
                 continue

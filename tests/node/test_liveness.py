@@ -162,3 +162,22 @@ async def test_a_held_agent_without_heartbeats_is_alive_while_its_socket_is(part
     clock.now = 1111.0
     assert liveness.sweep() == 1
     assert _pending(writer)[uid(1)].state.last_seen == 1111.0
+
+
+async def test_no_touch_overtakes_a_write_in_flight(parts: Any) -> None:
+    """A message whose write must be committed before the reply is admitted (noted as stored) before
+    the connection caches its record: until then the cached record is older than the stored one,
+    and a touch built from it would carry the old record over the new one in the writer."""
+    liveness, registry, writer, clock, conn = parts
+    silent = replace(_record(1, 1000.0, 3), capabilities=caps.REPORTS_STATUS)
+    liveness.admit(AgentWrite(silent, frozenset({"enrolled"})))
+    _hold(registry, conn, silent)
+    newer = replace(silent.touched(1040.0, 4), health=b"new")
+    assert liveness.admit(AgentWrite(newer, frozenset({"health", "last_seen", "sequence_num"})))
+    clock.now = 1100.0
+    assert liveness.sweep() == 0
+    assert conn.states[uid(1)] == silent
+    # Once the connection keeps the new record, the sweep touches that one.
+    conn.states[uid(1)] = newer
+    assert liveness.sweep() == 1
+    assert _pending(writer)[uid(1)].state == newer.touched(1100.0, 4)

@@ -25,9 +25,9 @@ from gateway.proto import opamp_pb2 as pb
 
 # Both bits an agent must report to be offered a heartbeat interval.
 NEEDED = caps.REPORTS_HEARTBEAT | caps.ACCEPTS_OPAMP_CONNECTION_SETTINGS
-# Versions the hash's input, so a later offer with more settings never collides with this one.
 # Reported statuses that do not say which settings the agent holds for good.
 _UNSETTLED = (pb.ConnectionSettingsStatuses_FAILED, pb.ConnectionSettingsStatuses_APPLYING)
+# Versions the hash's input, so a later offer with more settings never collides with this one.
 _HASH_DOMAIN = b"opamp-gateway/connection-settings/v1\n"
 
 

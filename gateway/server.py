@@ -93,7 +93,7 @@ def _http(services: Services, port: str) -> type[SlowClientProtocol]:
 def _websocket(services: Services) -> type[WebSocketProtocol]:
     s = services.settings
     endpoint = OpampEndpoint(services, services.auth.agents, services.metrics.auth_failed("opamp"))
-    sweep = Keepalive(s.ws_ping_interval, s.ws_ping_timeout, s.idle_timeout)
+    sweep = Keepalive(s.ws_ping_interval, s.ws_ping_timeout, s.ws_idle_timeout)
     # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent). The
     # limit is enforced from each frame's header, closing with 1009 (spec 2.2) before a byte of an
     # oversized message is buffered; the limit counts the OpAMP header (spec 2.2).

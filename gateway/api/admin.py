@@ -75,7 +75,7 @@ async def list_agents(request: Request) -> Response:
         query = parse_query(params)
     except BadQuery as exc:
         return error(400, str(exc))
-    now, offline_after = services.clock(), services.settings.offline_after
+    now, offline_after = services.clock(), services.settings.offline_window
     try:
         if params.get("config"):
             config = await services.store.get_config(params["config"])
@@ -122,7 +122,7 @@ async def get_agent(request: Request) -> Response:
     body = agent_json(
         state,
         now,
-        services.settings.offline_after,
+        services.settings.offline_window,
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
     )
@@ -170,7 +170,7 @@ async def agent_resource(request: Request) -> Response:
 async def fleet_summary(request: Request) -> Response:
     services = node_of(request)
     try:
-        summary = await services.store.summary(services.clock(), services.settings.offline_after)
+        summary = await services.store.summary(services.clock(), services.settings.offline_window)
     except StoreError as exc:
         return store_down(exc)
     return JSONResponse({**dataclasses.asdict(summary), "websockets": await _websockets(services)})

@@ -76,6 +76,9 @@ class AgentState:
     offered_config_hash: bytes | None = None
     offered_at: float = 0.0
     failed_config_hash: bytes | None = None
+    # The hash of the ConnectionSettingsOffers (the heartbeat interval, gateway/opamp/heartbeat.py)
+    # last sent to the agent, so it is not offered again; None: none since its last (re)connection.
+    offered_settings_hash: bytes | None = None
     # The uid a live agent held when this one arrived with it: this agent is its clone and was given
     # a uid of its own (gateway/node/duplicates.py). None: not a duplicate.
     duplicate_of: bytes | None = None

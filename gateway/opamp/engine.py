@@ -12,7 +12,7 @@ from typing import Literal
 
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
 from gateway.fleet.desired import ConfigSet
-from gateway.opamp import capabilities as caps
+from gateway.opamp import capabilities as caps, heartbeat
 from gateway.proto import opamp_pb2 as pb
 
 UID_LENGTH = 16
@@ -64,6 +64,8 @@ class FleetView:
     configs: ConfigSet = field(default_factory=ConfigSet)
     config_resend_after: float = DEFAULT_CONFIG_RESEND_AFTER
     max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES
+    # The heartbeat interval offered to agents (gateway/opamp/heartbeat.py); None: none offered.
+    connection_settings: pb.ConnectionSettingsOffers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +259,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
     unchanged: the sub-message comparisons, the `changed` bookkeeping and `replace()`. The result
     is the one `_handle` gives (tests/opamp/test_engine_fast_path.py compares them). It applies
     when the agent is in step (its own uid, sequence_num + 1, capabilities unset or unchanged),
-    reports nothing new, waits for no command and gets no config offer.
+    reports nothing new, waits for no command and gets no config or heartbeat offer.
     """
     seq = msg.sequence_num
     if (
@@ -275,7 +277,10 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("remote_config_status")
         or msg.HasField("connection_settings_request")
         or msg.HasField("available_components")
+        or msg.HasField("connection_settings_status")
     ):
+        return None
+    if fleet.connection_settings is not None and heartbeat.settings_due(state, fleet.connection_settings):
         return None
     new_state = state.touched(now, seq)
     if fleet.configs and config_to_offer(new_state, fleet, now) is not None:
@@ -335,6 +340,7 @@ def _handle(
         return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
     if not disconnecting and not unknown_config:
         new_state = offer_config(new_state, fleet, now, reply, changed)
+    new_state = heartbeat.settle(new_state, msg, fleet.connection_settings, reply, changed, disconnecting)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
     durable_changes = changed & _DURABLE_FIELDS

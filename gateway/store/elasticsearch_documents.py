@@ -175,6 +175,9 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             "previous_instance_uids": [uid_str(u) for u in state.previous_instance_uids],
             "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
             "offered_at": float(state.offered_at),
+            "offered_settings_hash": None
+            if state.offered_settings_hash is None
+            else state.offered_settings_hash.hex(),
             "raw": {
                 "description": _b64(state.description),
                 "health": _b64(state.health),
@@ -306,6 +309,7 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             transport=_transport(connection.get("transport")),
             offered_config_hash=_hex(remote.get("offered_hash")),
             offered_at=float(opamp.get("offered_at") or 0.0),
+            offered_settings_hash=_hex(opamp.get("offered_settings_hash")),
             failed_config_hash=_hex(remote.get("failed_hash")),
             oversized=tuple(str(p) for p in opamp.get("oversized") or ()),
         )

@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -80,7 +80,8 @@ SCHEMA = (
         rev INTEGER NOT NULL DEFAULT 0,
         command_id TEXT NOT NULL DEFAULT '',
         duplicate_of BLOB,
-        available_components BLOB
+        available_components BLOB,
+        offered_settings_hash BLOB
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -128,6 +129,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT INTO config_versions (name, version, spec, hash, created_at) "
         "SELECT name, version, spec, hash, updated_at FROM configs",
     ),
+    8: ("ALTER TABLE agents ADD COLUMN offered_settings_hash BLOB",),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -159,6 +161,7 @@ COLUMNS = (
     "command_id",
     "duplicate_of",
     "available_components",
+    "offered_settings_hash",
 )
 # Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
 # cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
@@ -183,7 +186,7 @@ STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
     "offered_config_hash, offered_at, failed_config_hash, command_id, duplicate_of, "
-    "available_components"
+    "available_components, offered_settings_hash"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -269,6 +272,7 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         state.command_id,
         state.duplicate_of,
         state.available_components,
+        state.offered_settings_hash,
     )
 
 
@@ -294,6 +298,7 @@ def state_of(row: Sequence[Any]) -> AgentState:
         command_id=row[17],
         duplicate_of=None if row[18] is None else bytes(row[18]),
         available_components=None if row[19] is None else bytes(row[19]),
+        offered_settings_hash=None if row[20] is None else bytes(row[20]),
     )
 
 

@@ -11,7 +11,9 @@ the socket reads nothing more until it is done, so each socket has at most one m
 socket may carry several agents (a concentrating proxy): state and registration are per
 instance_uid. Close codes the gateway sends:
 
-- 1000 normal closure: the agent sent nothing for --idle-timeout seconds.
+- 1000 normal closure: the agent sent nothing for --idle-timeout seconds (at least 3 x
+  --agent-heartbeat-interval); not a socket carrying an agent without ReportsHeartbeat, which
+  speaks only when it has something to say and is alive while it answers pings.
 - 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
 - 1002 protocol error: the client broke RFC 6455 (an unmasked frame, a bad opcode; ws_frames.py).
 - 1003 unsupported data: a text message (OpAMP is binary only).
@@ -60,7 +62,7 @@ from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentia
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.node import duplicates
-from gateway.opamp import engine, framing
+from gateway.opamp import engine, framing, heartbeat
 from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
@@ -226,8 +228,12 @@ class Connection:
         self.close(CLOSE_UNSUPPORTED_DATA, "OpAMP uses binary WebSocket messages only")
 
     def on_idle(self) -> None:
+        if any(not heartbeat.heartbeats_expected(s.capabilities) for s in self._states.values()):
+            # An agent without ReportsHeartbeat speaks only when it has something to say; its socket
+            # answers pings (the keepalive sweep drops it otherwise), so it is alive, not idle.
+            return
         self._node.metrics.client_timeouts.labels(kind="idle").inc()
-        self.close(CLOSE_NORMAL, f"idle: no message for {self._node.settings.idle_timeout:g}s")
+        self.close(CLOSE_NORMAL, f"idle: no message for {self._node.settings.ws_idle_timeout:g}s")
 
     def on_stalled(self) -> None:
         self._closed = True
@@ -443,6 +449,14 @@ class Connection:
 
     def state(self, uid: bytes) -> AgentState | None:
         return None if self._closed else self._states.get(uid)
+
+    def alive(self, uid: bytes, now: float) -> AgentState | None:
+        state = None if self._closed else self._states.get(uid)
+        if state is None:
+            return None
+        state = state.touched(now, state.sequence_num)
+        self._states[uid] = state
+        return state
 
     async def send(self, push: Push) -> bool:
         uid = push.state.instance_uid

@@ -103,6 +103,7 @@ async def test_roundtrip_every_field(store: Store) -> None:
         failed_config_hash=b"\x03" * 32,
         duplicate_of=new_uid(),
         available_components=b"\x0a\x05hash!",
+        offered_settings_hash=b"\x04" * 32,
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])

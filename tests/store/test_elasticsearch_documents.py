@@ -53,6 +53,7 @@ def records(draw: st.DrawFn) -> AgentState:
         failed_config_hash=maybe(st.binary(max_size=32)),
         duplicate_of=maybe(st.binary(min_size=16, max_size=16)),
         available_components=maybe(st.binary(max_size=40)),
+        offered_settings_hash=maybe(st.binary(max_size=32)),
     )
 
 

@@ -370,11 +370,12 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
             0.0,
         )
         assert state.duplicate_of is None
+        assert state.offered_settings_hash is None
         assert await store.list_configs() == []
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -456,7 +457,7 @@ async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0
 
 

@@ -13,7 +13,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.api import admin, browser_guard, commands, configs, context as api_context, health, openapi, ui
+from gateway.api import (
+    admin,
+    agent_keys,
+    browser_guard,
+    commands,
+    configs,
+    context as api_context,
+    health,
+    openapi,
+    ui,
+)
 from gateway.api.errors import http_exception
 from gateway.auth import AdminGuard, AgentGuard
 from gateway.transport import context as transport_context
@@ -76,6 +86,7 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
             Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
+            Route("/api/v1/agents/{instance_uid}/key", agent_keys.move_agent_key, methods=["PUT"]),
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),

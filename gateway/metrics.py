@@ -121,6 +121,15 @@ class Metrics:
         for port in ("opamp", "admin"):
             for reason in ("missing", "invalid"):
                 self.auth_failures.labels(port=port, reason=reason)
+        self.key_mismatches = Counter(
+            "opamp_gateway_agent_key_mismatches_total",
+            "Messages refused because their instance_uid is bound to another agent key "
+            "(HTTP 401, WebSocket close 1008), by transport",
+            ["transport"],
+            registry=r,
+        )
+        for transport in ("http", "websocket"):
+            self.key_mismatches.labels(transport=transport)
         self.credential_file_errors = Counter(
             "opamp_gateway_credential_file_errors_total",
             "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
@@ -289,6 +298,9 @@ class Metrics:
         self.limits.labels(limit="max_inflight").set(limits.max_inflight)
         self.limits.labels(limit="enrollment_rate").set(limits.enrollments.rate)
         self.limits.labels(limit="enrollment_burst").set(limits.enrollments.burst)
+
+    def key_mismatch(self, transport: str) -> None:
+        self.key_mismatches.labels(transport=transport).inc()
 
     def credential_file_failed(self, kind: str) -> None:
         self.credential_file_errors.labels(kind=kind).inc()

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
+from gateway.auth import valid_key_id
 from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
 from gateway.fleet.render import agent_json
@@ -21,7 +22,7 @@ from gateway.fleet.status import Status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
 
 _STATUSES = get_args(Status)
-_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status"})
+_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status", "key_id"})
 _ATTR_PREFIX = "attr."
 
 
@@ -34,7 +35,7 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if unknown:
         raise BadQuery(
             f"unknown query parameter {unknown[0]!r}; "
-            "use status, q, limit, cursor, config, config_status or attr.<key>"
+            "use status, q, limit, cursor, config, config_status, key_id or attr.<key>"
         )
     status = params.get("status")
     if status is not None and status not in _STATUSES:
@@ -48,10 +49,14 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     config_status = params.get("config_status")
     if config_status is not None and config_status not in CONFIG_STATUSES:
         raise BadQuery(f"config_status: must be one of {', '.join(CONFIG_STATUSES)}")
+    key_id = params.get("key_id")
+    if key_id and not valid_key_id(key_id):
+        raise BadQuery("key_id: must be a key group name or sha256: and 12 hex digits (empty: no key)")
     return AgentQuery(
         status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
         q=params.get("q") or None,
         attributes=attributes,
+        key_id=key_id,
         limit=int(limit_text),
         cursor=params.get("cursor") or None,
     )

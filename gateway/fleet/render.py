@@ -112,6 +112,8 @@ def agent_json(
         if state.remote_config_status is None
         else remote_config_json(state.remote_config_status),
         "previous_instance_uids": [uid_str(uid) for uid in state.previous_instance_uids],
+        # The agent key (group) it is bound to, never the key; null: bound to none (docs/security.md).
+        "key_id": state.key_id or None,
     }
     if connection is not None:
         body["connected"] = connection.connected

@@ -171,6 +171,7 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             "capabilities_bitmask": state.capabilities,
             "pending_command": state.pending_command,
             "command_id": state.command_id or None,
+            "key_id": state.key_id or None,
             "previous_instance_uids": [uid_str(u) for u in state.previous_instance_uids],
             "offered_at": float(state.offered_at),
             "raw": {
@@ -295,6 +296,7 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             previous_instance_uids=tuple(_uid(u) for u in opamp.get("previous_instance_uids") or ()),
             pending_command=opamp.get("pending_command"),
             command_id=opamp.get("command_id") or "",
+            key_id=opamp.get("key_id") or "",
             node=connection.get("node") or "",
             transport=_transport(connection.get("transport")),
             offered_config_hash=_hex(remote.get("offered_hash")),

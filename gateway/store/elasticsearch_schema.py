@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
-AGENTS_MAPPING_VERSION = 2
+# 3: opamp.key_id, the agent key (group) an agent is bound to.
+AGENTS_MAPPING_VERSION = 3
 CONFIGS_MAPPING_VERSION = 1
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
@@ -91,6 +92,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
         capabilities_bitmask={"type": "unsigned_long"},
         pending_command={"type": "long"},
         command_id={"type": "keyword"},
+        key_id={"type": "keyword"},
         previous_instance_uids={"type": "keyword"},
         moved_to={"type": "keyword"},
         offered_at={"type": "double"},

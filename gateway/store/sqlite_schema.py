@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -56,7 +56,8 @@ SCHEMA = (
         attrs TEXT NOT NULL,
         search TEXT NOT NULL,
         rev INTEGER NOT NULL DEFAULT 0,
-        command_id TEXT NOT NULL DEFAULT ''
+        command_id TEXT NOT NULL DEFAULT '',
+        key_id TEXT NOT NULL DEFAULT ''
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -91,6 +92,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (_PENDING_COMMAND_INDEX,),
     4: ("ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",),
     5: ("ALTER TABLE agents ADD COLUMN command_id TEXT NOT NULL DEFAULT ''",),
+    # Agents enrolled before keys were bound get '': bound to none, adopted by the next key that speaks.
+    6: ("ALTER TABLE agents ADD COLUMN key_id TEXT NOT NULL DEFAULT ''",),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -120,15 +123,19 @@ COLUMNS = (
     "attrs",
     "search",
     "command_id",
+    "key_id",
 )
+# Columns an upsert of an existing row keeps: they change only through a write that names them.
+_NAMED_ONLY = ("pending_command", "command_id", "key_id")
 # Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
 # cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
 # read. Random rather than counted, so a row deleted and created again never repeats an old rev.
 UPSERT = (
     f"INSERT INTO agents ({', '.join(COLUMNS)}, rev) VALUES ({', '.join('?' for _ in COLUMNS)}, ?) "
     "ON CONFLICT (uid) DO UPDATE SET "
-    # pending_command and its id are left out: only a write that names it may change it (see _apply).
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", "pending_command", "command_id"))
+    # pending_command and its id, and key_id, are left out: only a write that names one may change it
+    # (see _apply), so a node's stale copy never undoes a command or an admin's key move.
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", *_NAMED_ONLY))
     + ", rev = excluded.rev WHERE excluded.last_seen >= agents.last_seen"
 )
 TOUCH = (
@@ -139,11 +146,12 @@ TOUCH = (
 # whole row after it without reading it back.
 TOUCH_CACHED = TOUCH + " AND rev = ?"
 SET_PENDING_COMMAND = "UPDATE agents SET pending_command = ?, command_id = ?, rev = ? WHERE uid = ?"
+SET_KEY_ID = "UPDATE agents SET key_id = ?, rev = ? WHERE uid = ?"
 # The columns an AgentState is read back from, in `state_of()` order.
 STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
-    "offered_config_hash, offered_at, failed_config_hash, command_id"
+    "offered_config_hash, offered_at, failed_config_hash, command_id, key_id"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -227,6 +235,7 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         json.dumps(derived.attributes, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
         derived.search_text(uid_text),
         state.command_id,
+        state.key_id,
     )
 
 
@@ -250,6 +259,7 @@ def state_of(row: Sequence[Any]) -> AgentState:
         offered_at=row[15],
         failed_config_hash=row[16],
         command_id=row[17],
+        key_id=row[18],
     )
 
 

@@ -17,7 +17,9 @@ instance_uid. Close codes the gateway sends:
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: a close frame whose reason is not UTF-8.
 - 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
-  from the key file, or --strict-key-file with a broken file), at the next re-read.
+  from the key file, or --strict-key-file with a broken file), at the next re-read; or a message
+  spoke for an instance_uid bound to another agent key (counted in
+  opamp_gateway_agent_key_mismatches_total; docs/security.md).
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
@@ -50,7 +52,15 @@ from google.protobuf.message import DecodeError
 from starlette.datastructures import Headers
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, KeyMatch, presented_key
+from gateway.auth import (
+    AGENT_CHALLENGE,
+    AGENT_DENIAL,
+    AGENT_SCHEMES,
+    KEY_MISMATCH,
+    Credentials,
+    KeyMatch,
+    presented_key,
+)
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.opamp import engine, framing
@@ -168,6 +178,11 @@ class Connection:
     def uids(self) -> list[bytes]:
         return list(self._states)
 
+    @property
+    def key_id(self) -> str | None:
+        """The id of the agent key this socket authenticated with (None with agent keys off)."""
+        return None if self.key is None else self.key.key_id
+
     # -- the socket's session ---------------------------------------------------------------------
 
     def on_message(self, data: bytes) -> None:
@@ -187,7 +202,11 @@ class Connection:
             return
         node.limits.track_message()
         try:
-            outcome = pipeline.decide(node, state, msg, "websocket")
+            outcome = pipeline.decide(node, state, msg, "websocket", key_id=self.key_id)
+            if outcome.forbidden:
+                node.limits.end_message()
+                self.close(CLOSE_POLICY, KEY_MISMATCH)
+                return
             write = outcome.write
             if write is not None and node.liveness.admit(write):
                 if outcome.durable:
@@ -257,6 +276,10 @@ class Connection:
             return
         finally:
             node.limits.end_message()
+        if outcome.forbidden:
+            # Nothing was stored or registered: the socket that spoke for another key's agent goes.
+            self.close(CLOSE_POLICY, KEY_MISMATCH)
+            return
         self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
 
     async def _finish_durable(
@@ -285,7 +308,9 @@ class Connection:
             state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
             if state is not None:
                 state = engine.on_new_connection(state)
-        outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
+        outcome = await pipeline.process(
+            self._node, state, msg, "websocket", admit=self._node.liveness.admit, key_id=self.key_id
+        )
         self._track(msg, key, outcome)
         return outcome
 

@@ -197,16 +197,14 @@ class Connection:
         uid = msg.instance_uid
         key = self._aliases.get(uid, uid)
         state = self._states.get(key)
-        if state is None or node.config_cache.stale():
+        # A cached record was accepted for this socket's key; one that is not (it cannot be, short of
+        # a bug) takes the path that refuses it.
+        if state is None or node.config_cache.stale() or not engine.may_speak_for(state, self.key_id):
             self._wait(self._handle_decoded(msg, started))
             return
         node.limits.track_message()
         try:
             outcome = pipeline.decide(node, state, msg, "websocket", key_id=self.key_id)
-            if outcome.forbidden:
-                node.limits.end_message()
-                self.close(CLOSE_POLICY, KEY_MISMATCH)
-                return
             write = outcome.write
             if write is not None and node.liveness.admit(write):
                 if outcome.durable:

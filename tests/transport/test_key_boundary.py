@@ -14,6 +14,7 @@ import pytest
 from gateway.auth import KEY_MISMATCH
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
+from gateway.store.base import StoreError
 from gateway.transport.websocket import CLOSE_POLICY, CLOSE_TAKEN_OVER
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
@@ -245,3 +246,14 @@ async def test_an_anonymous_agent_is_adopted_by_the_first_key_and_an_admin_can_u
             "/v1/opamp", content=heartbeat(VICTIM, 2).SerializeToString(), headers=_protobuf(KEY_B)
         )
         assert other.status_code == 401
+
+
+async def test_a_key_move_the_store_cannot_take_is_a_503(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def down(_uid: bytes, _key_id: str) -> None:
+        raise StoreError("the store is down")
+
+    monkeypatch.setattr(node.services.router, "rebind", down)
+    async with httpx2.AsyncClient(base_url=node.admin_url) as admin:
+        response = await admin.put(f"/api/v1/agents/{uuid.UUID(bytes=VICTIM)}/key", json={"key_id": "team-a"})
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert response.json()["error"]["code"] == "store_unavailable"

@@ -127,6 +127,15 @@ class Metrics:
         for port in ("opamp", "admin"):
             for reason in ("missing", "invalid"):
                 self.auth_failures.labels(port=port, reason=reason)
+        self.key_mismatches = Counter(
+            "opamp_gateway_agent_key_mismatches_total",
+            "Messages refused because their instance_uid is bound to another agent key "
+            "(HTTP 401, WebSocket close 1008), by transport",
+            ["transport"],
+            registry=r,
+        )
+        for transport in ("http", "websocket"):
+            self.key_mismatches.labels(transport=transport)
         self.credential_file_errors = Counter(
             "opamp_gateway_credential_file_errors_total",
             "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
@@ -314,6 +323,9 @@ class Metrics:
     def watch_unfinished(self, port: str, heads: Callable[[], float], bodies: Callable[[], float]) -> None:
         self.unfinished.labels(port=port, stage="head").set_function(heads)
         self.unfinished.labels(port=port, stage="body").set_function(bodies)
+
+    def key_mismatch(self, transport: str) -> None:
+        self.key_mismatches.labels(transport=transport).inc()
 
     def credential_file_failed(self, kind: str) -> None:
         self.credential_file_errors.labels(kind=kind).inc()

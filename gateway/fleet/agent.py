@@ -88,6 +88,10 @@ class AgentState:
     # Reported parts (description, health, effective_config, remote_config_status) the store left
     # out because the record would exceed its size bound (Elasticsearch, docs/opamp.md section 10).
     oversized: tuple[str, ...] = ()
+    # The id of the agent key (or key group) the agent is bound to (gateway/auth.py, docs/security.md):
+    # only a client with that key may speak for it. "" for an agent enrolled while no keys were
+    # configured: bound to nothing, adopted by the first key that speaks for it.
+    key_id: str = ""
 
     @property
     def uid(self) -> str:

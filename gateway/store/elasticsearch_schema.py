@@ -20,7 +20,8 @@ from typing import Any
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
 # 3: opamp.duplicate_of, opamp.raw.available_components.
 # 4: opamp.offered_settings_hash.
-AGENTS_MAPPING_VERSION = 4
+# 5: opamp.key_id, the agent key (group) an agent is bound to.
+AGENTS_MAPPING_VERSION = 5
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 CONFIGS_MAPPING_VERSION = 2
 META_KEY = "opamp_gateway"
@@ -94,6 +95,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
         capabilities_bitmask={"type": "unsigned_long"},
         pending_command={"type": "long"},
         command_id={"type": "keyword"},
+        key_id={"type": "keyword"},
         previous_instance_uids={"type": "keyword"},
         moved_to={"type": "keyword"},
         duplicate_of={"type": "keyword"},

@@ -19,7 +19,9 @@ instance_uid. Close codes the gateway sends:
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: a close frame whose reason is not UTF-8.
 - 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
-  from the key file, or --strict-key-file with a broken file), at the next re-read.
+  from the key file, or --strict-key-file with a broken file), at the next re-read; or a message
+  spoke for an instance_uid bound to another agent key (counted in
+  opamp_gateway_agent_key_mismatches_total; docs/security.md).
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
@@ -58,7 +60,15 @@ from google.protobuf.message import DecodeError
 from starlette.datastructures import Headers
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, KeyMatch, presented_key
+from gateway.auth import (
+    AGENT_CHALLENGE,
+    AGENT_DENIAL,
+    AGENT_SCHEMES,
+    KEY_MISMATCH,
+    Credentials,
+    KeyMatch,
+    presented_key,
+)
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.node import duplicates
@@ -188,6 +198,11 @@ class Connection:
     def uids(self) -> list[bytes]:
         return list(self._states)
 
+    @property
+    def key_id(self) -> str | None:
+        """The id of the agent key this socket authenticated with (None with agent keys off)."""
+        return None if self.key is None else self.key.key_id
+
     # -- the socket's session ---------------------------------------------------------------------
 
     def on_message(self, data: bytes) -> None:
@@ -202,12 +217,14 @@ class Connection:
         uid = msg.instance_uid
         key = self._aliases.get(uid, uid)
         state = self._states.get(key)
-        if state is None or node.config_cache.stale():
+        # A cached record was accepted for this socket's key; one that is not (it cannot be, short of
+        # a bug) takes the path that refuses it.
+        if state is None or node.config_cache.stale() or not engine.may_speak_for(state, self.key_id):
             self._wait(self._handle_decoded(msg, started))
             return
         node.limits.track_message()
         try:
-            outcome = pipeline.decide(node, state, msg, "websocket")
+            outcome = pipeline.decide(node, state, msg, "websocket", key_id=self.key_id)
             write = outcome.write
             if write is not None and node.liveness.admit(write):
                 if outcome.durable:
@@ -290,6 +307,10 @@ class Connection:
             return
         finally:
             node.limits.end_message()
+        if outcome.forbidden:
+            # Nothing was stored or registered: the socket that spoke for another key's agent goes.
+            self.close(CLOSE_POLICY, KEY_MISMATCH)
+            return
         self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
 
     async def _finish_durable(
@@ -331,6 +352,7 @@ class Connection:
             "websocket",
             admit=self._node.liveness.admit,
             duplicate_of=uid if clone else None,
+            key_id=self.key_id,
         )
         self._track(msg, key, outcome)
         if clone and outcome.state is not None:
@@ -348,6 +370,10 @@ class Connection:
         registry = self._node.registry
         held = registry.get(uid)
         if held is None or held is self or len(uid) != engine.UID_LENGTH:
+            return False
+        holding = held.state(uid)
+        if holding is not None and not engine.may_speak_for(holding, self.key_id):
+            # Another key's agent: the engine refuses the message, no uid of its own is handed out.
             return False
         alive = await held.answers(duplicates.RECENT_SECONDS, duplicates.PROBE_SECONDS)
         if registry.get(uid) is not held:

@@ -84,6 +84,7 @@ def states(draw: st.DrawFn) -> AgentState:
         offered_at=draw(st.sampled_from([0.0, NOW - 10, NOW - 100])),
         failed_config_hash=draw(_hashes),
         offered_settings_hash=draw(st.sampled_from([None, OFFER.hash, b"\x01" * 32])),
+        key_id=draw(st.sampled_from(["", "edge"])),
     )
 
 
@@ -141,10 +142,12 @@ def _mint() -> bytes:
 def test_fast_and_full_rules_agree(data: st.DataObject, fleet: FleetView) -> None:
     state = data.draw(states())
     msg = data.draw(heartbeats(state))
+    # The key the client spoke with: keys off, or the one the agent is bound to (or adopts it).
+    key_id = data.draw(st.sampled_from([None, "edge"]))
     fast = engine._heartbeat(state, msg, fleet, NOW)
-    full = engine._handle(state, msg, fleet, NOW, _mint)
-    assert _comparable(engine.handle(state, msg, fleet, NOW, _mint)) == _comparable(full)
-    if fast is not None:
+    full = engine._handle(state, msg, fleet, NOW, _mint, key_id=key_id)
+    assert _comparable(engine.handle(state, msg, fleet, NOW, _mint, key_id=key_id)) == _comparable(full)
+    if fast is not None and (key_id is None or state.key_id == key_id):
         assert _comparable(fast) == _comparable(full)
         assert full.event == "heartbeat"
 
@@ -224,6 +227,7 @@ def test_touched_copies_every_field() -> None:
         "available_components": b"c",
         "oversized": ("health",),
         "offered_settings_hash": b"s",
+        "key_id": "edge",
     }
     assert set(values) == {f.name for f in fields(AgentState)}
     state = AgentState(**values)

@@ -35,8 +35,11 @@ FIXED_UID = bytes(range(16))
 
 
 def heartbeat_reply() -> bytes:
-    """What the gateway answers a heartbeat today: the agent's uid and the server's capabilities."""
-    reply = pb.ServerToAgent(instance_uid=FIXED_UID, capabilities=caps.SERVER_CAPABILITIES)
+    """What the gateway answers a heartbeat today: the agent's uid and the server's capabilities
+    (OffersConnectionSettings among them: the default --agent-heartbeat-interval offers one)."""
+    reply = pb.ServerToAgent(
+        instance_uid=FIXED_UID, capabilities=caps.server_capabilities(offers_settings=True)
+    )
     return reply.SerializeToString()
 
 

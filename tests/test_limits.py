@@ -17,11 +17,15 @@ from websockets.exceptions import InvalidStatus
 from gateway import settings as settings_mod
 from gateway.fleet.agent import AgentState
 from gateway.limits import Limits, TokenBucket
+from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
-from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report, send
+from tests.support.ws import CAPS, agent_socket, closed_with, exchange, heartbeat, recv, report, send
+
+# Only an agent that reports heartbeats can be idle: one that does not is kept while it answers pings.
+_BEATING = CAPS | caps.REPORTS_HEARTBEAT
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
@@ -225,9 +229,9 @@ async def test_enrollment_rate_sheds_new_agents_only(tmp_path: Path) -> None:
 
 
 async def test_idle_websocket_is_closed(tmp_path: Path) -> None:
-    async with run_node(tmp_path, idle_timeout=0.3) as node:
+    async with run_node(tmp_path, idle_timeout=0.3, agent_heartbeat_interval=0) as node:
         async with agent_socket(node.opamp_url) as ws:
-            await exchange(ws, report(uid(1)))
+            await exchange(ws, report(uid(1), capabilities=_BEATING))
             code, reason = await closed_with(ws, timeout=5)
         assert code == 1000 and reason == "idle: no message for 0.3s"
         assert _timeouts(node, "idle") == 1
@@ -237,12 +241,12 @@ async def test_idle_websocket_is_closed(tmp_path: Path) -> None:
 async def test_a_websocket_that_keeps_talking_is_not_idle(tmp_path: Path) -> None:
     # The idle timer is set once per socket, not per message: when it fires after messages came, it
     # must wait again for a full --idle-timeout of silence, counted from the last one.
-    async with run_node(tmp_path, idle_timeout=0.4) as node:
+    async with run_node(tmp_path, idle_timeout=0.4, agent_heartbeat_interval=0) as node:
         async with agent_socket(node.opamp_url) as ws:
-            await exchange(ws, report(uid(1)))
+            await exchange(ws, report(uid(1), capabilities=_BEATING))
             for seq in range(1, 9):
                 await asyncio.sleep(0.15)
-                reply = await exchange(ws, heartbeat(uid(1), seq))
+                reply = await exchange(ws, heartbeat(uid(1), seq, _BEATING))
                 assert not reply.HasField("error_response")
             silent_from = asyncio.get_running_loop().time()
             code, reason = await closed_with(ws, timeout=5)

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from gateway.bus.base import Bus
 from gateway.node.parts import NodeParts
 from gateway.node.rebalance import Rebalance
+from gateway.node.rollouts import RolloutController
 from gateway.node.routing import Router
 from gateway.store.base import Store
 
@@ -31,6 +32,9 @@ class AdminNode(NodeParts, Protocol):
 
     @property
     def rebalance(self) -> Rebalance: ...
+
+    @property
+    def rollouts(self) -> RolloutController: ...
 
 
 def attach(app: Starlette, node: AdminNode) -> None:

@@ -76,17 +76,21 @@ class Staging:
 
 def staging(config: Config, kept: Sequence[ConfigVersion], record: Rollout | None) -> Staging | None:
     """Whether `config` (its current version) is rolled out in waves: its strategy is staged and the
-    agents would get something new (selector, priority or files differ from the newest older version
-    kept). The version the others keep is the last good one: an unfinished rollout's own previous
-    version (a halted or rolled-back one's is the version it went back to), else the newest older."""
+    agents would get something new from it. The version the others keep is the last good one: an
+    unfinished rollout's own previous version (a halted or rolled-back one's is the version it went
+    back to), else the newest older version kept. Content equal to that one needs no rollout; a
+    change of the strategy alone during a rollout restarts it at wave 0 of the new strategy."""
     if not config.spec.rollout.staged:
         return None
-    older = sorted((v for v in kept if v.version < config.version), key=lambda v: -v.version)
-    if older and older[0].spec.same_content(config.spec):
+    unfinished = record is not None and record.version < config.version and record.state != "completed"
+    if record is not None and unfinished:
+        base = record.previous_version
+    else:
+        base = max((v.version for v in kept if v.version < config.version), default=None)
+    previous = next((v for v in kept if v.version == base), None)
+    if previous is not None and previous.spec.same_content(config.spec):
         return None
-    if record is not None and record.version < config.version and record.state != "completed":
-        return Staging(config.version, record.previous_version)
-    return Staging(config.version, older[0].version if older else None)
+    return Staging(config.version, base)
 
 
 def start(

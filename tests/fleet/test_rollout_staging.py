@@ -96,3 +96,9 @@ def test_when_a_version_needs_a_rollout() -> None:
     halted = unfinished.moved(2.0, "halted", "test")
     assert staging(v3, _kept(v1, v2, v3), halted) == Staging(3, 1)
     assert staging(v3, _kept(v1, v2, v3), halted.moved(3.0, "completed", "test")) == Staging(3, 2)
+    # Only the strategy changed while version 2 rolls out: it starts again from version 1, in the new
+    # waves; back to version 1's content after a halt: nothing to roll out.
+    retimed = _config(3, _body("a: 2\n", rollout={**STAGED, "waves": [50]}))
+    assert staging(retimed, _kept(v1, v2, retimed), unfinished) == Staging(3, 1)
+    undone = _config(3, _body(rollout=STAGED))
+    assert staging(undone, _kept(v1, v2, undone), halted) is None

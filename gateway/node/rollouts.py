@@ -37,6 +37,7 @@ from gateway.fleet.rollout_steps import (
     wave_counts,
 )
 from gateway.fleet.versions import ConfigVersion
+from gateway.fleet.waves import ROLLOUT_STATES
 from gateway.metrics import Metrics
 from gateway.node.rollout_views import rollout_views
 from gateway.periodic import Periodic
@@ -119,6 +120,8 @@ class RolloutController:
         """Start what is due, advance every progressing rollout one step; how many records changed."""
         configs = {c.name: c for c in await self._store.list_configs()}
         records = {r.name: r for r in await self._store.list_rollouts()}
+        for state in ROLLOUT_STATES:
+            self._metrics.rollouts.labels(state=state).set(sum(r.state == state for r in records.values()))
         written = 0
         for name, config in configs.items():
             record = records.get(name)

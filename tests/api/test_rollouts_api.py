@@ -133,6 +133,8 @@ async def test_a_good_version_walks_through_every_wave(
     assert again.status_code == 200 and again.json()["version"] == 2
     text = (await admin.get("/metrics")).text
     assert 'opamp_gateway_rollout_changes_total{state="completed"} 1.0' in text
+    assert 'opamp_gateway_rollouts{state="completed"} 1.0' in text
+    assert 'opamp_gateway_rollouts{state="progressing"} 0.0' in text
 
 
 async def test_a_failing_version_halts_and_rolls_back(

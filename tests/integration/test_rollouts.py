@@ -259,3 +259,43 @@ async def test_pause_holds_a_wave_and_resume_releases_it(
 
         await eventually(completed, timeout=WAIT, interval=0.1, what="the rollout to complete")
         await _converged(fleet, NEW, "every agent to apply version 2")
+
+
+async def test_a_rollout_survives_every_node(
+    gateways: GatewayFactory, redis_factory: RedisFactory, nodes: tuple[GatewayProcess, GatewayProcess]
+) -> None:
+    """The node that started the rollout is killed at once, then the other one: a new node on the same
+    store picks the rollout up where it was (the record is the only state)."""
+    a, b = nodes
+    async with fleet_on(a, b, ws_each=0, http=8) as fleet:
+        await admin_json(a, "PUT", "/api/v1/configs/collector", expect=201, json=_body(GOOD))
+        await _converged(fleet, GOOD, "every agent to apply version 1")
+        staged = {"strategy": "staged", "waves": [50], "min_wave_seconds": 0.5}
+        await admin_json(a, "PUT", "/api/v1/configs/collector", json=_body(NEW, staged))
+        a.kill()
+        paused = await admin_json(b, "POST", "/api/v1/configs/collector/rollout/pause")
+        assert (paused["version"], paused["state"], paused["wave"]) == (2, "paused", 0)
+        b.kill()
+
+        c = gateways("node-c", redis_factory().url, config_refresh_interval=3600, rollout_interval=0.2)
+        fleet.http = [(agent, c) for agent, _ in fleet.http]
+        first_wave = {a.uid for a in fleet.agents if in_wave(a.uid, 2, 0.5)}
+        assert 1 <= len(first_wave) <= 7  # fixed by the uids
+
+        async def first_wave_only() -> bool:
+            await fleet.poll_http()
+            return (
+                fleet.having(NEW) == first_wave
+                and fleet.having(GOOD) == {a.uid for a in fleet.agents} - first_wave
+            )
+
+        await eventually(first_wave_only, timeout=WAIT, interval=0.1, what="node-c to serve wave 1 only")
+        assert (await _rollout(c))["state"] == "paused"
+        await admin_json(c, "POST", "/api/v1/configs/collector/rollout/resume")
+
+        async def completed() -> bool:
+            await fleet.poll_http()
+            return bool((await _rollout(c))["state"] == "completed")
+
+        await eventually(completed, timeout=WAIT, interval=0.1, what="the rollout to complete on node-c")
+        await _converged(fleet, NEW, "every agent to apply version 2")

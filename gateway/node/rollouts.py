@@ -209,7 +209,9 @@ class RolloutController:
         if await self._store.put_rollout(record, None if stored is None else stored.rev) is None:
             return False
         reason = record.events[-1].reason if record.events else record.state
-        logger.info(
+        # A halt is the gateway undoing a change on its own: worth a warning.
+        logger.log(
+            logging.WARNING if record.state == "halted" else logging.INFO,
             "rollout of config %s version %d: %s (wave %d): %s",
             record.name,
             record.version,

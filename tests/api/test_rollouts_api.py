@@ -138,7 +138,7 @@ async def test_a_good_version_walks_through_every_wave(
 
 
 async def test_a_failing_version_halts_and_rolls_back(
-    node: Node, admin: httpx2.AsyncClient, fleet: Fleet
+    node: Node, admin: httpx2.AsyncClient, fleet: Fleet, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _staged_v2(admin, fleet)
     await fleet.round()
@@ -150,6 +150,8 @@ async def test_a_failing_version_halts_and_rolls_back(
     assert await _controller(node).tick() == 1
     halted = (await admin.get("/api/v1/configs/base/rollout")).json()
     assert halted["state"] == "halted" and "rolled back to version 1" in halted["events"][-1]["reason"]
+    logged = [r for r in caplog.records if r.name == "gateway.node.rollouts" and "halted" in r.getMessage()]
+    assert [r.levelname for r in logged] == ["WARNING"]
     # Every agent is offered version 1 again; the later waves never saw version 2.
     await fleet.round()
     assert fleet.having(b"v: 1\n") == set(AGENTS)

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import (
     admin,
+    browser_guard,
     commands,
     config_versions,
     configs,
@@ -60,7 +61,7 @@ def opamp_app(services: Services) -> ASGIApp:
             # _OpampPort answers POST before the app; the route gives other methods their 405.
             Route(OPAMP_PATH, post, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
-            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/readyz", health.readyz_plain, methods=["GET"]),
         ],
         middleware=[
             Middleware(
@@ -84,7 +85,7 @@ def admin_app(services: Services) -> Starlette:
     app = Starlette(
         routes=[
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
-            Route("/api/v1/agents/{instance_uid}", admin.get_agent, methods=["GET"]),
+            Route("/api/v1/agents/{instance_uid}", admin.agent_resource, methods=["GET", "DELETE"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
@@ -106,9 +107,16 @@ def admin_app(services: Services) -> Starlette:
         ],
         exception_handlers={HTTPException: http_exception},
         middleware=[
+            # Outermost: a rebinding or cross-site request is refused before it learns anything.
+            Middleware(
+                browser_guard.BrowserGuard,
+                hosts=browser_guard.allowed_hosts(
+                    services.settings.admin_host, services.settings.allowed_admin_hosts
+                ),
+            ),
             Middleware(
                 AdminGuard, credentials=services.auth.admin, on_failure=services.metrics.auth_failed("admin")
-            )
+            ),
         ],
     )
     api_context.attach(app, services)

@@ -1,10 +1,14 @@
 """Agent keys and admin tokens: loading, checking, re-reading files that change, and the ASGI guards.
 
 A credential file holds one credential per line: the plain key, or `sha256:<64 hex digits>` of it (so
-the file need not hold the secret itself). Blank lines and lines starting with `#` are ignored. Keys
-are kept only as SHA-256 digests and compared in constant time against every digest; no key, digest
-or presented header is ever logged. A file that changes is re-read; a file that is malformed (or
-missing, or empty) on re-read keeps the previous credentials and logs an error naming the line.
+the file need not hold the secret itself), optionally after a group name: `name:key` or
+`name:sha256:<hex>`. Blank lines and lines starting with `#` are ignored; a UTF-8 BOM and CRLF line
+ends are accepted. Keys are kept only as SHA-256 digests and compared in constant time against every
+digest; no key, digest or presented header is ever logged. Each key has a non-secret key id: its
+group's name, else `sha256:` and the first 12 hex digits of its digest; agents are bound to it
+(docs/security.md). A file that changes is re-read; a file that is malformed (or missing, or empty) on
+re-read is an error log line and a metric, and keeps the previous credentials (or, strict, accepts
+none until fixed).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gateway.auth")
 
 _HASHED = re.compile(r"sha256:([0-9a-fA-F]{64})")
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KEY_ID_HEX = 12
 AGENT_SCHEMES = ("bearer", "apikey")
 ADMIN_SCHEMES = ("bearer",)
 
@@ -46,36 +53,54 @@ def _is_token(text: str) -> bool:
     return all(33 <= ord(c) <= 126 for c in text)
 
 
-def parse_credentials(text: str, source: str) -> frozenset[bytes]:
-    """The digests of the credentials in a file's text; CredentialError names the first bad line."""
-    digests: set[bytes] = set()
-    for number, raw in enumerate(text.splitlines(), start=1):
+def key_id_of(digest: bytes) -> str:
+    """The non-secret name of a key outside any group: a short prefix of its SHA-256."""
+    return "sha256:" + digest.hex()[:KEY_ID_HEX]
+
+
+def _split_group(line: str) -> tuple[str | None, str]:
+    # `name:key` or `name:sha256:<hex>`; a line starting with sha256: is a bare digest.
+    if line[:7].lower() == "sha256:":
+        return None, line
+    head, sep, rest = line.partition(":")
+    if sep and _GROUP.fullmatch(head):
+        return head, rest.strip()
+    return None, line
+
+
+def parse_credentials(text: str, source: str) -> dict[bytes, str]:
+    """The digests of the credentials in a file's text, each with its key id (its group's name, or
+    `key_id_of` it); CredentialError names the first bad line. A UTF-8 BOM and CRLF are accepted."""
+    keys: dict[bytes, str] = {}
+    for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        group, line = _split_group(line)
         if line[:7].lower() == "sha256:":
             match = _HASHED.fullmatch(line)
             if match is None:
                 raise CredentialError(f"{source}, line {number}: sha256: must be followed by 64 hex digits")
-            digests.add(bytes.fromhex(match.group(1)))
-        elif _is_token(line):
-            digests.add(_digest(line))
+            digest = bytes.fromhex(match.group(1))
+        elif line and _is_token(line):
+            digest = _digest(line)
         else:
             raise CredentialError(
                 f"{source}, line {number}: a key must be one word of printable ASCII (no spaces)"
             )
-    if not digests:
+        keys[digest] = group or key_id_of(digest)
+    if not keys:
         raise CredentialError(f"{source}: holds no key (only blank lines and comments)")
-    return frozenset(digests)
+    return keys
 
 
-def parse_inline(text: str, source: str) -> frozenset[bytes]:
-    """Comma-separated credentials from a flag or an environment variable."""
+def parse_inline(text: str, source: str) -> dict[bytes, str]:
+    """Comma-separated credentials from a flag or an environment variable (no groups)."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     for index, part in enumerate(parts, start=1):
         if not _is_token(part):
             raise CredentialError(f"{source}: key {index} must be one word of printable ASCII (no spaces)")
-    return frozenset(_digest(part) for part in parts)
+    return {digest: key_id_of(digest) for digest in map(_digest, parts)}
 
 
 def _signature(path: str) -> tuple[int, int, int]:
@@ -84,15 +109,33 @@ def _signature(path: str) -> tuple[int, int, int]:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-class Credentials:
-    """The accepted keys of one kind (agent keys or admin tokens): a file, fixed values, or both."""
+@dataclass(frozen=True, slots=True)
+class KeyMatch:
+    """The key a client authenticated with: its digest (to notice its removal) and its key id."""
 
-    def __init__(self, kind: str, path: str = "", inline: str = "", inline_source: str = "") -> None:
+    digest: bytes
+    key_id: str
+
+
+class Credentials:
+    """The accepted keys of one kind (agent keys or admin tokens): a file, fixed values, or both.
+
+    `strict`: while the file is unreadable, empty or malformed, accept nothing (not the previous
+    keys). Callbacks given to `on_change` run whenever the accepted keys change, so that sockets
+    authenticated with a key that is gone can be closed."""
+
+    def __init__(
+        self, kind: str, path: str = "", inline: str = "", inline_source: str = "", *, strict: bool = False
+    ) -> None:
         self.kind = kind
         self.path = path
-        self._inline = parse_inline(inline, inline_source) if inline else frozenset()
-        self._from_file: frozenset[bytes] = frozenset()
+        self.strict = strict
+        self._inline = parse_inline(inline, inline_source) if inline else {}
+        self._from_file: dict[bytes, str] = {}
         self._signature: tuple[int, int, int] | None = None
+        self._broken = False
+        self._listeners: list[Callable[[], None]] = []
+        self.on_error: Callable[[], None] = _nothing
         self.reloads = 0
 
     @property
@@ -101,7 +144,15 @@ class Credentials:
 
     @property
     def count(self) -> int:
-        return len(self._inline | self._from_file)
+        return len(self._inline.keys() | self._from_file.keys())
+
+    @property
+    def refusing_all(self) -> bool:
+        """Strict mode with a broken file: nothing is accepted until it is fixed."""
+        return self._broken
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
 
     def load(self) -> None:
         """Read the file now; CredentialError if it cannot be used (at startup that is fatal)."""
@@ -115,6 +166,7 @@ class Credentials:
             raise CredentialError(f"{self.path}: cannot read the {self.kind} file: {exc}") from None
         self._from_file = parse_credentials(text, self.path)
         self._signature = signature
+        self._broken = False
 
     def reload_if_changed(self) -> bool:
         """Re-read the file if it changed; True if new credentials are in use."""
@@ -124,7 +176,7 @@ class Credentials:
             signature = _signature(self.path)
         except OSError as exc:
             if self._signature is not None:
-                logger.error("keeping the previous %s: %s", self.kind, exc)
+                self._failed(str(exc))
                 self._signature = None
             return False
         if signature == self._signature:
@@ -132,23 +184,51 @@ class Credentials:
         try:
             self.load()
         except CredentialError as exc:
-            logger.error("keeping the previous %s: %s", self.kind, exc)
+            self._failed(str(exc))
             # Do not re-parse (and re-log) the same bad file on every check.
             self._signature = signature
             return False
         self.reloads += 1
         logger.info("re-read %s: %d in use", self.kind, self.count)
+        self._changed()
         return True
 
-    def check(self, presented: str | None) -> bool:
-        """True if `presented` is one of the keys; constant time in the key, whichever matches."""
-        if presented is None:
-            return False
+    def _failed(self, message: str) -> None:
+        self.on_error()
+        if self.strict:
+            logger.error("refusing every client until the %s file is fixed: %s", self.kind, message)
+            self._broken = True
+            self._changed()
+        else:
+            logger.error("keeping the previous %s: %s", self.kind, message)
+
+    def _changed(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    def identify(self, presented: str | None) -> KeyMatch | None:
+        """The key `presented` is, if it is one of the keys; constant time in the key, whichever
+        matches."""
+        if presented is None or self._broken:
+            return None
         digest = _digest(presented)
-        found = False
-        for known in self._inline | self._from_file:
-            found |= hmac.compare_digest(known, digest)
+        found: KeyMatch | None = None
+        for known, key_id in (self._inline | self._from_file).items():
+            if hmac.compare_digest(known, digest):
+                found = KeyMatch(known, key_id)
         return found
+
+    def check(self, presented: str | None) -> bool:
+        """True if `presented` is one of the keys."""
+        return self.identify(presented) is not None
+
+    def holds(self, digest: bytes) -> bool:
+        """Whether the key with this digest is still accepted."""
+        return not self._broken and (digest in self._inline or digest in self._from_file)
+
+
+def _nothing() -> None:
+    return None
 
 
 def presented_key(headers: Headers, schemes: Iterable[str]) -> str | None:
@@ -184,11 +264,17 @@ class Auth:
             settings.agent_keys_file,
             settings.agent_keys,
             "--agent-keys/OPAMP_GATEWAY_AGENT_KEYS",
+            strict=settings.strict_key_file,
         )
         admin = Credentials("admin tokens", settings.admin_token_file)
         agents.load()
         admin.load()
         return cls(agents, admin, settings.auth_reload_interval)
+
+    def count_errors(self, count: Callable[[str], None]) -> None:
+        """Call `count(kind)` ("agent" or "admin") for every unusable file found on re-read."""
+        self.agents.on_error = lambda: count("agent")
+        self.admin.on_error = lambda: count("admin")
 
     def reload(self) -> None:
         self.agents.reload_if_changed()

@@ -62,6 +62,12 @@ class Metrics:
         self.enrollments = Counter(
             "opamp_gateway_enrollments_total", "Agents seen for the first time (new records)", registry=r
         )
+        self.agents_forgotten = Counter(
+            "opamp_gateway_agents_forgotten_total",
+            "Agent records deleted, by reason (retention: --forget-after; admin: DELETE /api/v1/agents)",
+            ["reason"],
+            registry=r,
+        )
         self.uid_moves = Counter(
             "opamp_gateway_uid_moves_total",
             "Records moved to a server-assigned instance_uid (RequestInstanceUid from a known agent)",
@@ -108,7 +114,7 @@ class Metrics:
         self._config_in_reply = self.pushes.labels(kind="config", delivery="reply")
         self._config_reports = {
             status: self.config_reports.labels(status=status)
-            for status in ("UNSET", "APPLIED", "APPLYING", "FAILED")
+            for status in ("UNSET", "APPLIED", "APPLYING", "FAILED", "unknown")
         }
 
     def _protection_metrics(self, r: CollectorRegistry) -> None:
@@ -121,6 +127,14 @@ class Metrics:
         for port in ("opamp", "admin"):
             for reason in ("missing", "invalid"):
                 self.auth_failures.labels(port=port, reason=reason)
+        self.credential_file_errors = Counter(
+            "opamp_gateway_credential_file_errors_total",
+            "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("agent", "admin"):
+            self.credential_file_errors.labels(kind=kind)
         self.inflight = Gauge(
             "opamp_gateway_inflight_messages", "Agent messages being handled right now", registry=r
         )
@@ -178,6 +192,12 @@ class Metrics:
             ["kind", "delivery"],
             registry=r,
         )
+        self.duplicates = Counter(
+            "opamp_gateway_duplicates_resolved_total",
+            "Agents that arrived with an instance_uid a live agent holds, given a uid of their own",
+            ["transport"],
+            registry=r,
+        )
         self.takeovers = Counter(
             "opamp_gateway_connection_takeovers_total",
             "Older connections dropped because the same instance_uid connected again (here or elsewhere)",
@@ -200,7 +220,7 @@ class Metrics:
         )
         self.config_reports = Counter(
             "opamp_gateway_remote_config_reports_total",
-            "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET)",
+            "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET, unknown)",
             ["status"],
             registry=r,
         )
@@ -295,6 +315,9 @@ class Metrics:
         self.limits.labels(limit="enrollment_rate").set(limits.enrollments.rate)
         self.limits.labels(limit="enrollment_burst").set(limits.enrollments.burst)
 
+    def credential_file_failed(self, kind: str) -> None:
+        self.credential_file_errors.labels(kind=kind).inc()
+
     def auth_failed(self, port: str) -> Callable[[str], None]:
         """A callback counting one refused request on `port` by reason."""
 
@@ -334,10 +357,9 @@ class Metrics:
             self._config_in_reply.inc()
 
     def config_reported(self, status: str) -> None:
-        child = self._config_reports.get(status)
-        if child is None:
-            # An open enum: a newer agent may send a value this gateway does not know.
-            child = self._config_reports[status] = self.config_reports.labels(status=status)
+        # An open enum: a value this gateway does not know is counted as "unknown", never as a
+        # series of its own (an agent could otherwise make one per value).
+        child = self._config_reports.get(status) or self._config_reports["unknown"]
         child.inc()
 
     def observe_flush(self, size: int, seconds: float) -> None:

@@ -65,7 +65,14 @@ def _websocket(services: Services) -> type[WebSocketProtocol]:
     # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent). The
     # limit is enforced from each frame's header, closing with 1009 (spec 2.2) before a byte of an
     # oversized message is buffered; the limit counts the OpAMP header (spec 2.2).
-    return protocol_class(endpoint, sweep, limit=s.max_message_bytes, send_timeout=s.send_timeout)
+    # --max-inflight-bytes bounds what all sockets' partly received messages hold together.
+    return protocol_class(
+        endpoint,
+        sweep,
+        limit=s.max_message_bytes,
+        send_timeout=s.send_timeout,
+        inflight_limit=s.max_inflight_bytes,
+    )
 
 
 # The cyclic GC's generation sizes for a node holding thousands of sockets. Each WebSocket costs

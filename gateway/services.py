@@ -28,6 +28,7 @@ from gateway.node.liveness import Liveness
 from gateway.node.presence import Presence
 from gateway.node.rebalance import ConnectionAge, Rebalance
 from gateway.node.registry import Registry
+from gateway.node.retention import RetentionSweep
 from gateway.node.rollouts import RolloutController
 from gateway.node.routing import Router
 from gateway.settings import Settings
@@ -75,6 +76,7 @@ class Services:
     config_cache: ConfigCache = field(init=False)
     router: Router = field(init=False)
     command_sweep: CommandSweep = field(init=False)
+    retention: RetentionSweep = field(init=False)
     drain: Drain = field(init=False)
     connection_age: ConnectionAge = field(init=False)
     rebalance: Rebalance = field(init=False)
@@ -97,6 +99,7 @@ class Services:
             refresh_interval=s.config_refresh_interval,
             push_rate=s.config_push_rate,
             resend_after=s.config_resend_after,
+            max_description_bytes=s.max_description_bytes,
             clock=self.clock,
         )
         self.rollouts = RolloutController(
@@ -108,6 +111,9 @@ class Services:
             clock=self.clock,
         )
         self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
+        self.retention = RetentionSweep(
+            self.store, self.metrics, forget_after=s.forget_after, clock=self.clock
+        )
         self.router = Router(
             s.node_id,
             self.registry,
@@ -194,6 +200,7 @@ async def running(
     Raises CredentialError before opening anything if a key or token file is unusable."""
     auth = Auth.from_settings(settings)
     metrics = Metrics()
+    auth.count_errors(metrics.credential_file_failed)
     metrics.set_build(protobuf_backend())
     store = CircuitBreaker(
         store or open_store(settings, metrics),
@@ -229,6 +236,7 @@ async def running(
         await services.config_cache.start()
         await services.command_sweep.start()
         await services.rollouts.start()
+        await services.retention.start()
         await services.connection_age.start()
         yield services
     finally:
@@ -236,6 +244,7 @@ async def running(
         await services.connection_age.stop()
         await services.rollouts.stop()
         await services.command_sweep.stop()
+        await services.retention.stop()
         await services.config_cache.stop()
         await auth.stop()
         await services.presence.stop()

@@ -17,6 +17,7 @@ ENV_PREFIX = "OPAMP_GATEWAY_"
 LogFormat = Literal["text", "json"]
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 _REFRESH_INTERVAL = re.compile(r"^(-1|[0-9]+(ms|s|m|h))$")
 _POSITIVE = (
     "offline_after",
@@ -40,6 +41,8 @@ _AT_LEAST_ONE = (
     "max_inflight",
     "enrollment_burst",
     "max_config_bytes",
+    "max_description_bytes",
+    "max_inflight_bytes",
     "store_breaker_failures",
 )
 
@@ -58,9 +61,23 @@ class Settings:
     port: int = field(default=4320, metadata={"help": "OpAMP port (POST /v1/opamp)"})
     admin_host: str = field(default="127.0.0.1", metadata={"help": "address of the admin port"})
     admin_port: int = field(default=4321, metadata={"help": "admin port (/api/v1, /metrics)"})
+    admin_allowed_hosts: str = field(
+        default="",
+        metadata={
+            "help": "comma-separated host names the admin port also answers to (besides IP addresses, "
+            "loopback names and --admin-host); others get 421 (DNS rebinding)"
+        },
+    )
     sqlite_path: str = field(default="./opamp-gateway.db", metadata={"help": "SQLite store file"})
     offline_after: float = field(
         default=300.0, metadata={"help": "seconds without a message before an agent is offline"}
+    )
+    forget_after: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds without a message after which an agent's record is deleted (e.g. 2592000 "
+            "for 30 days); 0: never. Above --offline-after"
+        },
     )
     node_id: str = field(default_factory=_default_node_id, metadata={"help": "this node's name"})
     log_level: str = field(default="info", metadata={"help": "|".join(_LOG_LEVELS)})
@@ -96,7 +113,22 @@ class Settings:
         },
     )
     max_config_bytes: int = field(
-        default=1024 * 1024, metadata={"help": "largest config (all its files) the admin API accepts"}
+        default=1024 * 1024,
+        metadata={"help": "largest config (its files and selector) the admin API accepts"},
+    )
+    max_inflight_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "help": "most bytes of partly received WebSocket messages a node holds, all sockets "
+            "together; the socket that goes over is closed with 1008"
+        },
+    )
+    max_description_bytes: int = field(
+        default=64 * 1024,
+        metadata={
+            "help": "largest agent_description kept (serialized); a larger one gets BadRequest and the "
+            "agent keeps its old record"
+        },
     )
     insecure_allow_anonymous: bool = field(
         default=False,
@@ -120,6 +152,13 @@ class Settings:
         default="",
         metadata={
             "help": "file of admin API tokens, one per line; /api/v1 needs Authorization: Bearer <token>"
+        },
+    )
+    strict_key_file: bool = field(
+        default=False,
+        metadata={
+            "help": "refuse every agent while the agent key file is unreadable, empty or malformed "
+            "(default: keep the previous keys and log an error)"
         },
     )
     auth_reload_interval: float = field(
@@ -262,6 +301,9 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("--redis-url: must start with redis://, rediss:// or unix://")
         self._check_elasticsearch()
+        for entry in self.allowed_admin_hosts:
+            if not _HOST_NAME.match(entry):
+                raise SettingsError(f"--admin-allowed-hosts: {entry[:80]!r} is not a host name")
 
     def _check_numbers(self) -> None:
         for f in dataclasses.fields(self):
@@ -302,6 +344,9 @@ class Settings:
             raise SettingsError("--node-ttl: must be at least 1.5 and at most --owner-ttl")
         if not 0 <= self.max_connection_age_jitter <= 1:
             raise SettingsError("--max-connection-age-jitter: must be between 0 and 1")
+        # A connected agent's stored last_seen lags by up to ~0.6 x --offline-after (node/liveness.py).
+        if self.forget_after != 0 and self.forget_after <= self.offline_after:
+            raise SettingsError("--forget-after: must be 0 (never) or more than --offline-after")
 
     def _check_elasticsearch(self) -> None:
         if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):
@@ -339,6 +384,11 @@ class Settings:
     def admin_auth(self) -> bool:
         """The admin API needs a token."""
         return bool(self.admin_token_file)
+
+    @property
+    def allowed_admin_hosts(self) -> tuple[str, ...]:
+        """--admin-allowed-hosts as a list of names."""
+        return tuple(part.strip() for part in self.admin_allowed_hosts.split(",") if part.strip())
 
     @property
     def tls(self) -> bool:

@@ -15,9 +15,15 @@ PER_PROCESS = 15_000
 # Locust warns that more than 100 new users per second per worker "is known to cause issues": a
 # worker busy connecting falls behind on everything else.
 SPAWN_PER_WORKER = 100.0
-# --transport: the Locust user class. "websocket-client" is the former WebSocket user, kept to compare
-# the load generator's cost (loadtest/websocket_client_user.py).
-USER_CLASS = {"websocket": "WebSocketAgent", "websocket-client": "WebSocketClientAgent", "http": "HttpAgent"}
+# --transport: the Locust user class. "websocket-greenlet" (each agent waiting in its own greenlet) and
+# "websocket-client" (loadtest/websocket_client_user.py) are former WebSocket users, kept to compare
+# the load generator's cost.
+USER_CLASS = {
+    "websocket": "WebSocketAgent",
+    "websocket-greenlet": "WebSocketGreenletAgent",
+    "websocket-client": "WebSocketClientAgent",
+    "http": "HttpAgent",
+}
 
 
 @dataclass(frozen=True)

@@ -6,22 +6,29 @@ simulated agents at any gateway.
 
 from __future__ import annotations
 
+import functools
 import gc
 import resource
 import uuid
 from typing import Any
 
-from locust import events, runners
+from locust import argument_parser, events, runners
 
-from loadtest.users import AGENTS, HttpAgent, Phase, WebSocketAgent
+from loadtest.users import AGENTS, HttpAgent, Phase, WebSocketAgent, WebSocketGreenletAgent
 from loadtest.websocket_client_user import WebSocketClientAgent
 
-__all__ = ["HttpAgent", "WebSocketAgent", "WebSocketClientAgent"]
+__all__ = ["HttpAgent", "WebSocketAgent", "WebSocketClientAgent", "WebSocketGreenletAgent"]
 
 # A worker holding ten thousand sockets on a busy machine can miss its 1-s heartbeats to the master
 # for several seconds while it connects agents. With Locust's default (3 missed heartbeats) the
 # master declares it missing and, when it was the last worker, stops the whole test.
 runners.HEARTBEAT_LIVENESS = 60
+# A worker handling the master's spawn message calls `default_args_dict()` once per option of the
+# message, and each call builds and parses Locust's whole argument parser: about 0.2 s of CPU per
+# spawn message, one a second per worker for the whole ramp, and still running when the hold starts
+# (py-spy: 92 % of a worker's samples in the first seconds of a hold). The defaults never change
+# within a process: build them once.
+argument_parser.default_args_dict = functools.cache(argument_parser.default_args_dict)
 
 
 @events.init_command_line_parser.add_listener

@@ -16,6 +16,7 @@ import select
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.proto import opamp_pb2 as pb
@@ -124,17 +125,26 @@ class WsSession:
         # the server answers each message once, in order.
         self.pending: deque[tuple[str, float]] = deque()
         self.next_heartbeat = 0.0
+        # When a wait the server asked for (retry_info) ends (time.monotonic()), 0.0 when none.
+        self.resume_at = 0.0
+        # The back-off to use if the connection fails next: the server's retry hint, else 1 s.
+        self.backoff = 1.0
 
-    def live(self) -> None:
+    def live(self, drive: Callable[[WsSession], float] | None = None) -> None:
         """One connection's life: connect, report, heartbeat and react until it fails, then back
-        off (as long as the server said, if it did)."""
+        off (as long as the server said, if it did). `drive` runs the connected session and returns
+        the back-off once it has failed (loadtest/driver.py: one greenlet for every session of a
+        process); without it, this greenlet waits on the socket itself (`step`)."""
         if not self.open():
             return
         backoff = 1.0
         try:
             self.start()
-            while True:
-                backoff = self.step()
+            if drive is not None:
+                backoff = drive(self)
+            else:
+                while True:
+                    backoff = self.step()
         except FAILURES as exc:
             self.fail(exc)
         time.sleep(backoff * (0.5 + random.random()))
@@ -209,39 +219,90 @@ class WsSession:
     def step(self) -> float:
         """Wait for frames or the next heartbeat, whichever comes first; the back-off to use if the
         connection fails next."""
+        self.backoff = 1.0
+        now = time.monotonic()
+        if now < self.due(now):
+            data, self._backlog = self._backlog, b""
+            if not data:
+                sock = self._sock
+                assert sock is not None
+                # Wait first, then read: a read that finds nothing raises (EAGAIN) inside gevent.
+                if not self._readable(sock, min(self.due(now) - now, self.options.reply_timeout)):
+                    return self.tick(time.monotonic())
+                data = sock.recv(_RECV_BYTES)
+            self.received(data)
+        if self.resume_at:
+            # The gateway is shedding load: wait as told, then report in full again.
+            time.sleep(max(0.0, self.resume_at - time.monotonic()))
+        self.tick(time.monotonic())
+        return self.backoff
+
+    def due(self, now: float) -> float:
+        """When (time.monotonic(), `now` being the present) something falls due next: a heartbeat,
+        the end of a retry wait, or --reply-timeout for the message waiting longest."""
+        due = self.next_heartbeat
+        resume = self.resume_at
+        if resume and resume < due:
+            due = resume
+        pending = self.pending
+        if pending:
+            # Sent on time.perf_counter()'s clock: how long it may still wait, from now.
+            left = pending[0][1] + self.options.reply_timeout - time.perf_counter()
+            due = min(due, now + max(0.0, left))
+        return due
+
+    def tick(self, now: float) -> float:
+        """Do what has fallen due by `now` (time.monotonic()): fail a message left unanswered past
+        --reply-timeout, end a retry wait with a full report, send a heartbeat. Returns the back-off
+        to use if the connection fails next."""
         pending = self.pending
         if pending and time.perf_counter() - pending[0][1] > self.options.reply_timeout:
             raise NoReply(f"no reply to {pending[0][0]} in {self.options.reply_timeout:g} s")
-        now = time.monotonic()
-        if now >= self.next_heartbeat:
-            self.next_heartbeat = max(self.next_heartbeat + self.options.heartbeat, now)
+        if self.resume_at and now >= self.resume_at:
+            self.resume_at = 0.0
             if not pending:
                 self._send(*next_frame(self.agent, self._heartbeats))
-            return 1.0
-        data, self._backlog = self._backlog, b""
-        if not data:
-            sock = self._sock
-            assert sock is not None
-            # Wait first, then read: a read that finds nothing raises (EAGAIN) inside gevent.
-            if not self._readable(sock, min(self.next_heartbeat - now, self.options.reply_timeout)):
-                return 1.0
-            data = sock.recv(_RECV_BYTES)
-            if not data:
-                raise ConnectionClosed("the gateway closed the connection without a close frame")
-        backoff = 1.0
-        for opcode, payload in self._reader.feed(data):
-            backoff = self._on_message(opcode, payload)
-        return backoff
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = max(self.next_heartbeat + self.options.heartbeat, now)
+            self.backoff = 1.0
+            if not pending and not self.resume_at:
+                self._send(*next_frame(self.agent, self._heartbeats))
+        return self.backoff
 
-    def _on_message(self, opcode: int, payload: bytes) -> float:
+    def received(self, data: bytes) -> None:
+        """Answer the frames in `data` (bytes read from the socket, possibly part of a frame)."""
+        if not data:
+            raise ConnectionClosed("the gateway closed the connection without a close frame")
+        for opcode, payload in self._reader.feed(data):
+            self._on_message(opcode, payload)
+
+    @property
+    def connection(self) -> socket.socket | None:
+        """The connected socket, if any."""
+        return self._sock
+
+    def take_backlog(self) -> bytes:
+        """Bytes that came in with the handshake's answer and are not read as frames yet."""
+        data, self._backlog = self._backlog, b""
+        return data
+
+    def replace_socket(self, sock: socket.socket) -> socket.socket:
+        """Use `sock` (the same connection, e.g. as a non-blocking standard socket) from now on;
+        returns the one it replaces."""
+        old, self._sock = self._sock, sock
+        assert old is not None
+        return old
+
+    def _on_message(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_BINARY and payload[:1] == b"\x00":
-            return self._on_reply(payload)
+            self._on_reply(payload)
+            return
         assert self._sock is not None
         if opcode == OP_PING:
             self._sock.sendall(client_frame(OP_PONG, payload))
-            return 1.0
+            return
         if opcode == OP_PONG:
-            return 1.0
+            return
         if opcode == OP_CLOSE:
             code, reason = close_payload(payload)
             # RFC 6455 5.5.1: answer a close with a close (echoing its code), then drop the socket.
@@ -250,7 +311,7 @@ class WsSession:
             raise ConnectionClosed(f"closed by the gateway: {code} {reason!r}")
         raise ServerRefused(f"not an OpAMP frame: opcode {opcode}, {payload[:16]!r}")
 
-    def _on_reply(self, payload: bytes) -> float:
+    def _on_reply(self, payload: bytes) -> None:
         reply = pb.ServerToAgent.FromString(payload[1:])
         if self.pending:
             name, started = self.pending.popleft()
@@ -258,13 +319,11 @@ class WsSession:
         reaction = self.agent.react(reply)
         self._reporter.reacted(reaction)
         if reaction.retry_after is not None:
-            # The gateway is shedding load: wait as told, then report in full again.
-            time.sleep(reaction.retry_after)
-            if not self.pending:
-                self._send(*next_frame(self.agent, self._heartbeats))
+            # The gateway is shedding load: the full report waits as long as it said (`tick`).
+            self.resume_at = time.monotonic() + reaction.retry_after
+            self.backoff = reaction.retry_after or 1.0
         for name, msg in reaction.send:
             self._send(name, binary_frame(b"\x00" + msg.SerializeToString()))
-        return reaction.retry_after or 1.0
 
     def fail(self, exc: Exception) -> None:
         """Every message still waiting fails with `exc` (or the connection does, if none was); the

@@ -1,6 +1,7 @@
 """Locust users that behave like OpAMP agents: `WebSocketAgent` (the lean one, on plain sockets:
-loadtest/session.py) and `HttpAgent`; `WebSocketClientAgent` (loadtest/websocket_client_user.py)
-is the former WebSocket user, kept to compare costs.
+loadtest/session.py, run by one driver greenlet per process: loadtest/driver.py) and `HttpAgent`;
+`WebSocketGreenletAgent` (each agent waiting in its own greenlet) and `WebSocketClientAgent`
+(loadtest/websocket_client_user.py) are former WebSocket users, kept to compare costs.
 
 Every message's round trip is reported through Locust's request event (request type `WS` or
 `POST`, name `connect`, `full report`, `heartbeat`, `config applying`, `config applied`), and every
@@ -22,9 +23,10 @@ from locust.env import Environment
 
 from gateway.proto import opamp_pb2 as pb
 from harness.agent import Reaction, SimAgent
+from loadtest.driver import DRIVER
 from loadtest.hubwait import HubWait
 from loadtest.options import OPAMP_PATH, Options, Targets, source_address
-from loadtest.session import ServerRefused, WsSession
+from loadtest.session import Readable, ServerRefused, WsSession
 
 logger = logging.getLogger("loadtest.users")
 
@@ -85,23 +87,45 @@ class AgentUser:
             self.request("restart command", time.perf_counter(), 0, None)
 
 
-class WebSocketAgent(AgentUser, User):
+class _WebSocketUser(AgentUser, User):
     """An agent on one WebSocket: replies and pushes arrive on the same socket."""
 
+    abstract = True
     wait_time = constant(0)
 
     def __init__(self, environment: Environment) -> None:
         User.__init__(self, environment)
         self._setup(environment)
         source = source_address(self.number, self.options.source_addresses)
-        self.session = WsSession(self.agent, self.options, self, self.targets, source, HubWait())
+        self.session = WsSession(self.agent, self.options, self, self.targets, source, self._readable())
+
+    def _readable(self) -> Readable | None:
+        """How the session waits on its socket itself (None: it does not, the driver does)."""
+        return None
+
+    def on_stop(self) -> None:
+        self.session.close()
+
+
+class WebSocketAgent(_WebSocketUser):
+    """The user connects; while connected, the process's driver (loadtest/driver.py) runs its
+    session and the user parks until the session fails."""
+
+    @task
+    def live(self) -> None:
+        self.session.live(DRIVER.drive)
+
+
+class WebSocketGreenletAgent(_WebSocketUser):
+    """The same agent waiting on its own socket in its own greenlet (`--transport
+    websocket-greenlet`): the former lean user, kept to compare costs."""
+
+    def _readable(self) -> Readable | None:
+        return HubWait()
 
     @task
     def live(self) -> None:
         self.session.live()
-
-    def on_stop(self) -> None:
-        self.session.close()
 
 
 class HttpAgent(AgentUser, FastHttpUser):

@@ -179,3 +179,22 @@ def test_gc_pauses_are_counted_by_generation() -> None:
     seconds = metrics.registry.get_sample_value("opamp_gateway_gc_seconds_total", {"generation": "1"})
     assert seconds is not None and seconds > 0
     assert metrics.registry.get_sample_value("opamp_gateway_gc_seconds_total", {"generation": "2"}) == 0
+
+
+def test_unknown_config_statuses_share_one_series() -> None:
+    """Issue 20, finding 7: each unknown remote_config_status value made a series of its own."""
+    metrics = Metrics()
+    for value in range(100, 150):
+        metrics.config_reported(str(value))
+    metrics.config_reported("APPLIED")
+    registry = metrics.registry
+    assert registry.get_sample_value("opamp_gateway_remote_config_reports_total", {"status": "unknown"}) == 50
+    assert registry.get_sample_value("opamp_gateway_remote_config_reports_total", {"status": "APPLIED"}) == 1
+    assert registry.get_sample_value("opamp_gateway_remote_config_reports_total", {"status": "100"}) is None
+    statuses = {
+        sample.labels["status"]
+        for family in registry.collect()
+        if family.name == "opamp_gateway_remote_config_reports"
+        for sample in family.samples
+    }
+    assert statuses == {"UNSET", "APPLIED", "APPLYING", "FAILED", "unknown"}

@@ -38,6 +38,9 @@ def test_every_field_has_a_flag_and_an_env_var() -> None:
         (["--offline-after", "-1"], {}, "--offline-after"),
         (["--offline-after", "inf"], {}, "--offline-after"),
         (["--offline-after", "nan"], {}, "--offline-after"),
+        (["--forget-after", "300"], {}, "--forget-after"),
+        (["--forget-after", "-1"], {}, "--forget-after"),
+        ([], {"OPAMP_GATEWAY_FORGET_AFTER": "30d"}, "OPAMP_GATEWAY_FORGET_AFTER"),
         ([], {"OPAMP_GATEWAY_FLUSH_INTERVAL": "nan"}, "OPAMP_GATEWAY_FLUSH_INTERVAL|--flush-interval"),
         (["--log-level", "loud"], {}, "--log-level"),
         (["--log-format", "xml"], {}, "--log-format"),
@@ -48,6 +51,12 @@ def test_every_field_has_a_flag_and_an_env_var() -> None:
 def test_errors_name_the_bad_key(argv: list[str], env: dict[str, str], names: str) -> None:
     with pytest.raises(s.SettingsError, match=names):
         s.load(argv, env)
+
+
+def test_forget_after() -> None:
+    assert s.load([]).forget_after == 0
+    assert s.load(["--forget-after", "2592000"]).forget_after == 2592000
+    assert s.load(["--offline-after", "10", "--forget-after", "11"]).forget_after == 11
 
 
 def test_boolean_env() -> None:

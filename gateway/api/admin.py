@@ -1,4 +1,5 @@
-"""The admin JSON API: /api/v1/agents, /api/v1/agents/{instance_uid}, /api/v1/fleet/summary.
+"""The admin JSON API: /api/v1/agents, /api/v1/agents/{instance_uid} (GET, DELETE),
+/api/v1/fleet/summary.
 
 (Configs: configs.py; commands and drain: commands.py.)
 """
@@ -6,23 +7,31 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from typing import Any, get_args
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api.agent_path import path_agent
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
 from gateway.bus.base import BusUnavailable
-from gateway.fleet.agent import InvalidInstanceUid, uid_bytes
+from gateway.fleet.agent import uid_bytes
 from gateway.fleet.render import agent_json
 from gateway.fleet.rollout import CONFIG_STATUSES, config_sync, counted
 from gateway.fleet.status import Status
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreError
 
+logger = logging.getLogger("gateway.api.admin")
+
 _STATUSES = get_args(Status)
 _KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status"})
 _ATTR_PREFIX = "attr."
+# ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses, and a bounded
+# length keeps int() away from its 4,300-digit limit.
+_LIMIT = re.compile(r"[0-9]{1,7}")
 
 
 class BadQuery(ValueError):
@@ -40,7 +49,7 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if status is not None and status not in _STATUSES:
         raise BadQuery(f"status: must be one of {', '.join(_STATUSES)}")
     limit_text = params.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
+    if not _LIMIT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
         raise BadQuery(f"limit: must be an integer from 1 to {MAX_PAGE_SIZE}")
     attributes = {k[len(_ATTR_PREFIX) :]: v for k, v in params.items() if k.startswith(_ATTR_PREFIX)}
     if any(not key for key in attributes):
@@ -105,17 +114,9 @@ async def list_agents(request: Request) -> Response:
 
 async def get_agent(request: Request) -> Response:
     services = node_of(request)
-    text = request.path_params["instance_uid"]
-    try:
-        uid = uid_bytes(text)
-    except InvalidInstanceUid:
-        return error(404, f"no agent {text!r}: instance_uid must be a canonical UUID string")
-    try:
-        state = services.liveness.fresher(await services.writer.get(uid))
-    except StoreError as exc:
-        return store_down(exc)
-    if state is None:
-        return error(404, f"no agent {text}")
+    state = await path_agent(request, services)
+    if isinstance(state, JSONResponse):
+        return state
     now = services.clock()
     where = await services.router.connection_info([state], now)
     body = agent_json(
@@ -125,10 +126,45 @@ async def get_agent(request: Request) -> Response:
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
     )
-    if state.instance_uid != uid:
+    text = request.path_params["instance_uid"]
+    if state.instance_uid != uid_bytes(text):
         # The uid was moved: say where to, so scripts holding the old uid can follow.
         body["moved_from"] = text
     return JSONResponse(body)
+
+
+async def forget_agent(request: Request) -> Response:
+    """DELETE /api/v1/agents/{instance_uid}: 204 once the record is gone; 409 while the agent is
+    connected (its next message would enroll it again)."""
+    services = node_of(request)
+    state = await path_agent(request, services)
+    if isinstance(state, JSONResponse):
+        return state
+    where = (await services.router.connection_info([state], services.clock())).get(state.instance_uid)
+    if where is not None and where.connected:
+        return error(
+            409,
+            f"agent {state.uid} is connected ({where.transport or 'unknown transport'} on node "
+            f"{where.node or 'unknown'}): its next message would enroll it again; stop it or revoke "
+            "its key first, or wait until it is offline",
+            "connected",
+        )
+    try:
+        forgotten = await services.store.forget(state.instance_uid)
+    except StoreError as exc:
+        return store_down(exc)
+    if forgotten is None:
+        return error(404, f"no agent {request.path_params['instance_uid']}")
+    services.metrics.agents_forgotten.labels(reason="admin").inc()
+    logger.info("agent forgotten by an administrator", extra={"instance_uid": state.uid})
+    return Response(status_code=204)
+
+
+async def agent_resource(request: Request) -> Response:
+    """/api/v1/agents/{instance_uid}: one route for its two methods, so a 405 lists both."""
+    if request.method == "DELETE":
+        return await forget_agent(request)
+    return await get_agent(request)
 
 
 async def fleet_summary(request: Request) -> Response:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api.agent_path import path_agent
 from gateway.api.context import node_of
-from gateway.api.errors import error, store_down, store_unavailable
+from gateway.api.errors import error, store_unavailable
 from gateway.bus.base import BusUnavailable
-from gateway.fleet.agent import InvalidInstanceUid, uid_bytes, uid_str
+from gateway.fleet.agent import uid_str
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
@@ -20,17 +21,9 @@ async def restart_agent(request: Request) -> Response:
     """202 once the restart is stored on the agent's record: "pushed" if a socket took it (this node's
     or the owning node's), else "pending" until the agent's next message or reconnect."""
     services = node_of(request)
-    text = request.path_params["instance_uid"]
-    try:
-        uid = uid_bytes(text)
-    except InvalidInstanceUid:
-        return error(404, f"no agent {text!r}: instance_uid must be a canonical UUID string")
-    try:
-        state = await services.writer.get(uid)
-    except StoreError as exc:
-        return store_down(exc)
-    if state is None:
-        return error(404, f"no agent {text}")
+    state = await path_agent(request, services, fresher=False)
+    if isinstance(state, JSONResponse):
+        return state
     command = pb.CommandType_Restart
     if not engine.accepts_command(state, command):
         return error(

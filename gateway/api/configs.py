@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -12,13 +13,24 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
-from gateway.fleet.configs import Config, InvalidConfig, check_name, parse_request, spec_json
+from gateway.fleet.configs import (
+    MAX_VERSION,
+    Config,
+    InvalidConfig,
+    check_name,
+    parse_request,
+    shown_key,
+    spec_json,
+)
 from gateway.fleet.render import timestamp
 from gateway.fleet.rollout import RolloutCounts, config_sync
 from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, StoreError, VersionConflict
 
 logger = logging.getLogger("gateway.api.configs")
 
+# ASCII digits (str.isdigit() also takes '²', which int() refuses), few enough for int().
+_VERSION = re.compile(r"[0-9]{1,19}")
+_MAX_INT_DIGITS = 30
 # Room for the rest of a ServerToAgent around the config files.
 _REPLY_OVERHEAD = 64 * 1024
 
@@ -78,15 +90,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one too long for any field (or for int(), past 4,300 digits) is read as a float
+    (inf if huge), which the field's own check then refuses by name."""
+    return int(text) if len(text) <= _MAX_INT_DIGITS else float(text)
+
+
 def _expected_version(request: Request) -> int | None:
     unknown = sorted(set(request.query_params) - {"version"})
     if unknown:
-        raise InvalidConfig(unknown[0], "unknown query parameter; only version is accepted")
+        raise InvalidConfig(shown_key(unknown[0]), "unknown query parameter; only version is accepted")
     text = request.query_params.get("version")
     if text is None:
         return None
-    if not text.isdigit():
-        raise InvalidConfig("version", "must be a non-negative integer")
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
+        raise InvalidConfig("version", f"must be an integer from 0 to {MAX_VERSION}")
     return int(text)
 
 
@@ -126,13 +144,15 @@ async def put_config(request: Request) -> Response:
     except ClientDisconnect:
         return Response(status_code=400)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_json_int)
         # JSON may escape lone surrogates (\ud800) that no UTF-8 file or reply can carry.
         json.dumps(body, ensure_ascii=False).encode()
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return error(400, f"body: not valid JSON: {exc}")
     except UnicodeEncodeError:
         return error(400, "body: contains an escaped lone surrogate, which is not valid Unicode")
+    except RecursionError:
+        return error(400, "body: arrays or objects nested too deeply")
     try:
         parsed = parse_request(name, body, max_bytes=limit)
     except InvalidConfig as exc:

@@ -1,4 +1,8 @@
-"""Liveness and readiness, served on both ports."""
+"""Liveness and readiness, served on both ports.
+
+The OpAMP port is open to anyone who can reach it (no key is asked for /readyz), so its /readyz says
+only ready or not ready; the admin port's /readyz names the node and says what is wrong (the store's
+error, the bus and its state), which can hold host names and ports."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ async def healthz(_request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """The admin port's readiness: 200 or 503, with the details."""
     services = node_of(request)
     problems: dict[str, str] = {}
     if services.drain.draining:
@@ -41,3 +46,11 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(
         {"status": "ready", "node": services.settings.node_id, "bus": bus, "store_circuit": circuit}
     )
+
+
+async def readyz_plain(request: Request) -> JSONResponse:
+    """The OpAMP port's readiness: the same decision as `readyz`, without any detail."""
+    verdict = await readyz(request)
+    if verdict.status_code == 200:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "unavailable"}, status_code=verdict.status_code)

@@ -75,6 +75,14 @@ SCHEMAS: dict[str, Schema] = {
             "encoding": {"enum": ["utf-8", "base64"]},
         },
     },
+    "Component": {
+        "type": "object",
+        "required": ["metadata", "components"],
+        "properties": {
+            "metadata": {"type": "object"},
+            "components": {"type": "object", "additionalProperties": _ref("Component")},
+        },
+    },
     "Agent": {
         "type": "object",
         "required": [
@@ -90,6 +98,8 @@ SCHEMAS: dict[str, Schema] = {
             "effective_config",
             "remote_config",
             "previous_instance_uids",
+            "duplicate_of",
+            "available_components",
         ],
         "properties": {
             "instance_uid": _UID,
@@ -131,6 +141,25 @@ SCHEMAS: dict[str, Schema] = {
                 }
             ),
             "previous_instance_uids": {"type": "array", "items": _UID},
+            "duplicate_of": _nullable(
+                {
+                    **_UID,
+                    "description": "the uid a live agent held when this one arrived with it: this agent is "
+                    "its clone and was given a uid of its own",
+                }
+            ),
+            "available_components": _nullable(
+                {
+                    "type": "object",
+                    "description": "what the agent can run (ReportsAvailableComponents): the hash it "
+                    "reported, and each component with its metadata and sub-components",
+                    "required": ["hash", "components"],
+                    "properties": {
+                        "hash": {"type": "string", "description": "hex"},
+                        "components": {"type": "object", "additionalProperties": _ref("Component")},
+                    },
+                }
+            ),
             "connected": {"type": "boolean"},
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),
@@ -278,6 +307,21 @@ def _operation(
     return operation
 
 
+def _forget_operation() -> dict[str, Any]:
+    operation = _operation(
+        "forgetAgent",
+        "Delete an agent's record (and the old uids that lead to it)",
+        {404: None, 409: None, 503: None},
+        parameters=[_UID_PARAM],
+        description="Refused with 409 while the agent is connected, since its next message would "
+        "enroll it again: stop the agent (or revoke its key) first. An agent that comes back later "
+        "enrolls again as a new one.",
+    )
+    operation["responses"]["204"] = {"description": "Deleted"}
+    operation["responses"]["409"]["description"] = "The agent is connected"
+    return operation
+
+
 def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
@@ -341,7 +385,8 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
     "/api/v1/agents/{instance_uid}": {
         "get": _operation(
             "getAgent", "One agent", {200: "Agent", 404: None, 503: None}, parameters=[_UID_PARAM]
-        )
+        ),
+        "delete": _forget_operation(),
     },
     "/api/v1/agents/{instance_uid}/restart": {
         "post": _operation(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.fleet.configs import CONTENT_TYPE_PATTERN, MAX_FILE_NAME, MAX_FILES, MAX_PRIORITY
+from gateway.fleet.configs import (
+    CONTENT_TYPE_PATTERN,
+    FILE_NAME_PATTERN,
+    MAX_FILE_NAME,
+    MAX_FILES,
+    MAX_PRIORITY,
+    MAX_VERSION,
+)
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.selector import MAX_KEY_LENGTH, MAX_TERMS, MAX_VALUE_LENGTH
 from gateway.fleet.versions import KEEP_VERSIONS
@@ -32,7 +39,7 @@ _VERSION = {
     "name": "version",
     "in": "query",
     "required": False,
-    "schema": {"type": "integer", "minimum": 0},
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
     "description": "only if the stored version is this one (409 otherwise)",
 }
 
@@ -118,12 +125,13 @@ SCHEMAS: dict[str, Schema] = {
                 "propertyNames": {
                     "minLength": 1,
                     "maxLength": MAX_FILE_NAME,
-                    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
+                    # A plain name: no '/', '\\', '..' or control characters (C0, DEL, C1).
+                    "pattern": FILE_NAME_PATTERN,
                 },
                 "additionalProperties": _ref("ConfigFileSpec"),
             },
             "version": {
-                "anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}],
+                "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, {"type": "null"}],
                 "description": "precondition: the stored version (0: must not exist yet); null: none",
             },
             # What a GET returns may be PUT back: the server's own fields are accepted and ignored.

@@ -76,6 +76,12 @@ class AgentState:
     offered_config_hash: bytes | None = None
     offered_at: float = 0.0
     failed_config_hash: bytes | None = None
+    # The uid a live agent held when this one arrived with it: this agent is its clone and was given
+    # a uid of its own (gateway/node/duplicates.py). None: not a duplicate.
+    duplicate_of: bytes | None = None
+    # The agent's AvailableComponents (serialized), stored only when it carries the details, not just
+    # the hash (the engine asks for them with ReportAvailableComponents when the hash is new).
+    available_components: bytes | None = None
     # Reported parts (description, health, effective_config, remote_config_status) the store left
     # out because the record would exceed its size bound (Elasticsearch, docs/opamp.md section 10).
     oversized: tuple[str, ...] = ()

@@ -29,11 +29,17 @@ from gateway.fleet.waves import ALL_AT_ONCE, InvalidRollout, RolloutStrategy, pa
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
 CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$"
 _CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A file name is a plain name: agents may write it under their own directory, so nothing that
+# leaves it (/, \, ..) and no control characters (C0, DEL, C1) that hide in logs and terminals.
+_NOT_PLAIN = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]|\.\.|^\.$")
+# The same rule as a JSON Schema pattern, for the OpenAPI document.
+FILE_NAME_PATTERN = r"^(?!\.$)(?!.*\.\.)[^/\\\x00-\x1f\x7f-\x9f]+$"
 DEFAULT_CONTENT_TYPE = "text/yaml"
 MAX_FILES = 64
 MAX_FILE_NAME = 255
 MAX_PRIORITY = 1_000_000
+# Within a signed 64-bit integer (SQLite's, Elasticsearch's long), with room to count up.
+MAX_VERSION = 10**18
 # Fields of a config's JSON that the server computes: accepted back in a PUT (so GET -> edit -> PUT
 # works, and so does copying a config to another name) and ignored. `version` is different: when
 # given, it is a precondition.
@@ -132,6 +138,11 @@ def _integer(value: object) -> int | None:
     return None
 
 
+def shown_key(key: str) -> str:
+    """A JSON key as an error names it: quoted when it is empty, padded or unprintable."""
+    return key if key and key.isprintable() and key.strip() == key else repr(key[:64])
+
+
 def check_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise InvalidConfig(
@@ -143,9 +154,12 @@ def check_name(name: str) -> str:
 
 
 def _file(name: object, raw: object, field: str) -> tuple[str, ConfigFile]:
-    if not isinstance(name, str) or not name or len(name) > MAX_FILE_NAME or _CONTROL.search(name):
+    if not isinstance(name, str) or not name or len(name) > MAX_FILE_NAME or _NOT_PLAIN.search(name):
+        shown = name[:64] if isinstance(name, str) else name
         raise InvalidConfig(
-            field, f"file names must be 1-{MAX_FILE_NAME} characters without control characters"
+            field,
+            f"file name {shown!r} is not a plain name: 1-{MAX_FILE_NAME} characters, without '/', '\\', "
+            "'..' or control characters",
         )
     where = f"{field}.{name}"
     if not isinstance(raw, dict):
@@ -176,6 +190,11 @@ def _file(name: object, raw: object, field: str) -> tuple[str, ConfigFile]:
     return name, ConfigFile(content_type=content_type, body=body)
 
 
+def selector_size(selector: Selector) -> int:
+    """The selector's bytes as compact JSON, as counted in --max-config-bytes."""
+    return len(json.dumps(selector.to_json(), separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     """Validate a PUT body for config `name`; InvalidConfig names the first bad field."""
     check_name(name)
@@ -183,7 +202,7 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
         raise InvalidConfig("body", "must be a JSON object with selector, priority and files")
     unknown = set(raw) - {"selector", "priority", "files", "version", "rollout"} - _READ_ONLY
     if unknown:
-        raise InvalidConfig(sorted(unknown)[0], "unknown field")
+        raise InvalidConfig(shown_key(sorted(unknown)[0]), "unknown field")
     if "selector" not in raw:
         raise InvalidConfig("selector", "is required (use {} to stage a config that matches no agent)")
     try:
@@ -201,23 +220,26 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     if len(files_raw) > MAX_FILES:
         raise InvalidConfig("files", f"at most {MAX_FILES} files per config")
     files = tuple(sorted(_file(k, v, "files") for k, v in files_raw.items()))
-    size = ConfigSpec(selector=selector, priority=priority, files=files).size
-    if size > max_bytes:
-        raise InvalidConfig(
-            "files", f"the config is {size} bytes; the limit is {max_bytes} (--max-config-bytes)"
-        )
     spec = ConfigSpec(
         selector=selector,
         priority=priority,
         files=files,
         rollout=_strategy(raw["rollout"]) if "rollout" in raw else ALL_AT_ONCE,
     )
+    # The selector counts too: every agent's resolution and every listing walks it.
+    size = spec.size + selector_size(selector)
+    if size > max_bytes:
+        where = "files" if spec.size > max_bytes else "selector"
+        raise InvalidConfig(
+            where, f"the config is {size} bytes; the limit is {max_bytes} (--max-config-bytes)"
+        )
     version = raw.get("version")
     if version is not None:
         version = _integer(version)
-        if version is None or version < 0:
+        if version is None or not 0 <= version <= MAX_VERSION:
             raise InvalidConfig(
-                "version", "must be a non-negative integer (0: the config must not exist yet)"
+                "version",
+                f"must be an integer from 0 to {MAX_VERSION} (0: the config must not exist yet)",
             )
     return ConfigRequest(spec=spec, expected_version=version)
 

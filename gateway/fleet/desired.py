@@ -28,6 +28,11 @@ from gateway.proto import opamp_pb2 as pb
 
 # Desired configs remembered per (uid, description) in one ConfigSet; a new set starts empty.
 _CACHE_LIMIT = 1 << 18
+# Bytes of agent-supplied keys (descriptions, statuses) each cache may hold: the keys are the
+# agents' bytes, so an entry count alone would let one agent grow the node by sending big ones.
+CACHE_BYTES = 64 * 1024 * 1024
+# What an entry costs beyond its key's bytes (dict slot, tuple, bytes headers).
+_ENTRY_OVERHEAD = 200
 
 
 def config_hash(files: Iterable[tuple[str, ConfigFile]]) -> bytes:
@@ -78,6 +83,8 @@ class ConfigSet:
     _shared: dict[bytes, Desired] = field(init=False, repr=False)
     _reported: dict[bytes, bytes] = field(init=False, repr=False)
     _by_match: dict[tuple[tuple[int, bool], ...], Desired | None] = field(init=False, repr=False)
+    _cache_bytes: int = field(init=False, repr=False)
+    _reported_bytes: int = field(init=False, repr=False)
     _staged: dict[str, RolloutView] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +104,8 @@ class ConfigSet:
         self._shared = {}
         self._reported = {}
         self._by_match = {}
+        self._cache_bytes = 0
+        self._reported_bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self.configs)
@@ -166,9 +175,12 @@ class ConfigSet:
         except KeyError:
             pass
         digest: bytes = pb.RemoteConfigStatus.FromString(status).last_remote_config_hash
-        if len(self._reported) >= _CACHE_LIMIT:
+        cost = len(status) + _ENTRY_OVERHEAD
+        if len(self._reported) >= _CACHE_LIMIT or self._reported_bytes + cost > CACHE_BYTES:
             self._reported.clear()
+            self._reported_bytes = 0
         self._reported[status] = digest
+        self._reported_bytes += cost
         return digest
 
     def desired_for(self, state: AgentState) -> Desired | None:
@@ -181,7 +193,10 @@ class ConfigSet:
         except KeyError:
             pass
         desired = self.resolve(state.instance_uid, facts(state).attributes)
-        if len(self._cache) >= _CACHE_LIMIT:
+        cost = len(state.instance_uid) + len(state.description or b"") + _ENTRY_OVERHEAD
+        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + cost > CACHE_BYTES:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[key] = desired
+        self._cache_bytes += cost
         return desired

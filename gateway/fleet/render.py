@@ -65,6 +65,22 @@ def effective_config_json(data: bytes) -> dict[str, Any]:
     return {"hash": hashlib.sha256(data).hexdigest(), "files": config_map_json(config.config_map)}
 
 
+def _component_json(details: pb.ComponentDetails) -> dict[str, Any]:
+    return {
+        "metadata": key_values(details.metadata),
+        "components": {name: _component_json(sub) for name, sub in sorted(details.sub_component_map.items())},
+    }
+
+
+def available_components_json(data: bytes) -> dict[str, Any]:
+    """The stored AvailableComponents: its hash (hex) and the component tree with each one's metadata."""
+    components = pb.AvailableComponents.FromString(data)
+    return {
+        "hash": components.hash.hex(),
+        "components": {name: _component_json(d) for name, d in sorted(components.components.items())},
+    }
+
+
 def remote_config_json(data: bytes) -> dict[str, Any]:
     status = pb.RemoteConfigStatus.FromString(data)
     return {
@@ -112,6 +128,10 @@ def agent_json(
         if state.remote_config_status is None
         else remote_config_json(state.remote_config_status),
         "previous_instance_uids": [uid_str(uid) for uid in state.previous_instance_uids],
+        "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
+        "available_components": None
+        if state.available_components is None
+        else available_components_json(state.available_components),
     }
     if connection is not None:
         body["connected"] = connection.connected

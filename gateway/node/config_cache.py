@@ -31,7 +31,7 @@ from gateway.metrics import Metrics
 from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
 from gateway.node.rollout_views import RolloutSource, rollout_views
-from gateway.opamp.engine import FleetView
+from gateway.opamp.engine import DEFAULT_MAX_DESCRIPTION_BYTES, FleetView
 from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
 from gateway.store.base import StoreError
@@ -62,6 +62,7 @@ class ConfigCache:
         refresh_interval: float,
         push_rate: float,
         resend_after: float,
+        max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._configs = configs
@@ -70,7 +71,7 @@ class ConfigCache:
         self._metrics = metrics
         self._push_rate = push_rate
         self._clock = clock
-        self._fleet = FleetView(config_resend_after=resend_after)
+        self._fleet = FleetView(config_resend_after=resend_after, max_description_bytes=max_description_bytes)
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
         # time.monotonic() of the last read, or of a message's failed attempt at one (a failing

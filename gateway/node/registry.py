@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Protocol
 
 from gateway.fleet.agent import AgentState
+from gateway.node.duplicates import Takeovers
 from gateway.opamp.push import Push
 
 
@@ -29,6 +30,10 @@ class Holder(Protocol):
         """Send a server-initiated message to the push's agent and keep its record (here and in the
         store); False if the socket is gone or no longer serves that agent."""
 
+    async def answers(self, recent: float, within: float) -> bool:
+        """Whether the peer is alive: heard from within `recent` seconds, or answering a probe
+        within `within` seconds (gateway/node/duplicates.py)."""
+
     async def taken_over(self, uid: bytes, where: str) -> None:
         """`uid` connected again elsewhere: stop serving it here (closing the socket if it was the
         socket's only agent)."""
@@ -44,6 +49,8 @@ class Registry:
         # was opened (monotonic clock; --max-connection-age counts from it).
         self._sockets: dict[Holder, float] = {}
         self._http_seen: dict[bytes, float] = {}
+        # How often each uid changed hands lately: takeovers are damped (gateway/node/duplicates.py).
+        self.takeovers = Takeovers()
 
     def attach(self, conn: Holder) -> None:
         self._sockets[conn] = time.monotonic()

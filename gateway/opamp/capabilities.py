@@ -9,6 +9,7 @@ REQUEST_INSTANCE_UID = pb.AgentToServerFlags_RequestInstanceUid
 
 # ServerToAgent.flags
 REPORT_FULL_STATE = pb.ServerToAgentFlags_ReportFullState
+REPORT_AVAILABLE_COMPONENTS = pb.ServerToAgentFlags_ReportAvailableComponents
 
 # AgentCapabilities bits the engine consults.
 REPORTS_STATUS = pb.AgentCapabilities_ReportsStatus
@@ -18,6 +19,7 @@ ACCEPTS_RESTART_COMMAND = pb.AgentCapabilities_AcceptsRestartCommand
 REPORTS_HEALTH = pb.AgentCapabilities_ReportsHealth
 REPORTS_REMOTE_CONFIG = pb.AgentCapabilities_ReportsRemoteConfig
 REPORTS_HEARTBEAT = pb.AgentCapabilities_ReportsHeartbeat
+REPORTS_AVAILABLE_COMPONENTS = pb.AgentCapabilities_ReportsAvailableComponents
 
 _AGENT_PREFIX = "AgentCapabilities_"
 _SERVER_PREFIX = "ServerCapabilities_"

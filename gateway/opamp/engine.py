@@ -50,6 +50,10 @@ _WIRE_NAMES = {
 # Seconds before a remote config the agent has not reported on is sent again (over HTTP, or on the
 # same WebSocket); a new connection does not wait.
 DEFAULT_CONFIG_RESEND_AFTER = 60.0
+# The largest agent_description kept (--max-description-bytes), and the most attributes it may
+# carry: a larger one is refused with BadRequest and the agent keeps its old record.
+DEFAULT_MAX_DESCRIPTION_BYTES = 64 * 1024
+MAX_DESCRIPTION_ATTRIBUTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class FleetView:
     server_capabilities: int = caps.SERVER_CAPABILITIES
     configs: ConfigSet = field(default_factory=ConfigSet)
     config_resend_after: float = DEFAULT_CONFIG_RESEND_AFTER
+    max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,24 @@ def _serialized(msg: pb.AgentToServer, name: str) -> bytes | None:
     sub = getattr(msg, wire)
     data: bytes = sub.SerializeToString(deterministic=True)
     return data
+
+
+def _components(msg: pb.AgentToServer, base: AgentState) -> bytes | None:
+    """The AvailableComponents to store from `msg`: only one with details, and only when new."""
+    if not msg.HasField("available_components") or not msg.available_components.components:
+        return None
+    data: bytes = msg.available_components.SerializeToString(deterministic=True)
+    return None if data == base.available_components else data
+
+
+def _components_wanted(msg: pb.AgentToServer, state: AgentState) -> bool:
+    """Ask for the details (ReportAvailableComponents) when an agent with ReportsAvailableComponents
+    reports a hash whose details are not stored (spec: the server MAY ask on an unknown hash)."""
+    if not state.capabilities & caps.REPORTS_AVAILABLE_COMPONENTS or not msg.HasField("available_components"):
+        return False
+    if state.available_components is None:
+        return True
+    return pb.AvailableComponents.FromString(state.available_components).hash != msg.available_components.hash
 
 
 def _is_full_report(msg: pb.AgentToServer, capabilities: int) -> bool:
@@ -192,6 +215,10 @@ def _reported(
         if data is not None and data != getattr(base, name):
             updates[name] = data
             changed.add(name)
+    components = _components(msg, base)
+    if components is not None:
+        updates["available_components"] = components
+        changed.add("available_components")
     if disconnecting != base.disconnected:
         updates["disconnected"] = disconnecting
         changed.add("disconnected")
@@ -207,17 +234,20 @@ def handle(
     fleet: FleetView,
     now: float,
     mint_uid: Callable[[], bytes],
+    duplicate_of: bytes | None = None,
 ) -> Outcome:
     """Decide the reply and the state change for one message.
 
     `state` is the record stored under msg.instance_uid, or the record that uid was moved to (the
-    agent has not adopted its new uid yet), or None for an agent never seen.
+    agent has not adopted its new uid yet), or None for an agent never seen. `duplicate_of`: the
+    message comes from a clone of the live agent holding that uid (with `state` None and
+    RequestInstanceUid set, so it is enrolled under a new uid); its record keeps the relation.
     """
     if state is not None:
         outcome = _heartbeat(state, msg, fleet, now)
         if outcome is not None:
             return outcome
-    return _handle(state, msg, fleet, now, mint_uid)
+    return _handle(state, msg, fleet, now, mint_uid, duplicate_of)
 
 
 def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: float) -> Outcome | None:
@@ -244,6 +274,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("effective_config")
         or msg.HasField("remote_config_status")
         or msg.HasField("connection_settings_request")
+        or msg.HasField("available_components")
     ):
         return None
     new_state = state.touched(now, seq)
@@ -259,15 +290,14 @@ def _handle(
     fleet: FleetView,
     now: float,
     mint_uid: Callable[[], bytes],
+    duplicate_of: bytes | None = None,
 ) -> Outcome:
     """`handle` for every message: the full rules."""
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
-    # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
-    if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
-        return _rejected(msg, f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}")
     disconnecting = msg.HasField("agent_disconnect")
-    if wants_uid and disconnecting:
-        return _rejected(msg, "RequestInstanceUid cannot be combined with agent_disconnect")
+    refusal = _refusal(state, msg, fleet, wants_uid, disconnecting)
+    if refusal:
+        return _rejected(msg, refusal)
 
     reply = pb.ServerToAgent(instance_uid=msg.instance_uid, capabilities=fleet.server_capabilities)
 
@@ -276,6 +306,8 @@ def _handle(
         return Outcome(reply, None, False, "disconnected", None)
 
     base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid)
+    if state is None and duplicate_of is not None:
+        base = replace(base, duplicate_of=duplicate_of)
     changed: set[str] = set()
     if state is None:
         changed.add("enrolled")
@@ -292,6 +324,8 @@ def _handle(
     unknown_config = gap and not disconnecting and _config_unknown(msg, new_state, fleet, now)
     if (lacks_state or unknown_config) and not disconnecting:
         reply.flags |= caps.REPORT_FULL_STATE
+    if not disconnecting and _components_wanted(msg, new_state):
+        reply.flags |= caps.REPORT_AVAILABLE_COMPONENTS
 
     if disconnecting:
         event = "disconnected"
@@ -310,6 +344,36 @@ def _handle(
         # After a config change every agent sends both at once, so this halves the commits to wait for.
         durable_changes = set()
     return Outcome(reply, write, bool(durable_changes), event, new_state)
+
+
+def _refusal(
+    state: AgentState | None, msg: pb.AgentToServer, fleet: FleetView, wants_uid: bool, disconnecting: bool
+) -> str:
+    """Why the message is refused as a whole ("" if it is not)."""
+    # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
+    if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
+        return f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}"
+    too_big = _description_too_big(msg, fleet.max_description_bytes)
+    if too_big:
+        return too_big
+    if wants_uid and disconnecting:
+        return "RequestInstanceUid cannot be combined with agent_disconnect"
+    return ""
+
+
+def _description_too_big(msg: pb.AgentToServer, max_bytes: int) -> str:
+    """Why the message's agent_description is refused ("" if it is not): over the size or
+    attribute bound, it would be stored, cached and listed at the agent's chosen size."""
+    if not msg.HasField("agent_description"):
+        return ""
+    desc = msg.agent_description
+    size: int = desc.ByteSize()
+    if size > max_bytes:
+        return f"agent_description is {size} bytes; the limit is {max_bytes}"
+    count = len(desc.identifying_attributes) + len(desc.non_identifying_attributes)
+    if count > MAX_DESCRIPTION_ATTRIBUTES:
+        return f"agent_description has {count} attributes; the limit is {MAX_DESCRIPTION_ATTRIBUTES}"
+    return ""
 
 
 def _csr_refused(

@@ -26,6 +26,8 @@ MAX_PAGE_SIZE = 1000
 # The most pending commands one pending_commands() call returns (also Elasticsearch's default
 # `index.max_result_window`, the largest page one search may return).
 MAX_PENDING_COMMANDS = 10_000
+# The most records one forget_unseen() call deletes (a sweep calls again while it gets this many).
+MAX_FORGET_BATCH = 10_000
 # Bytes of an instance_uid, the only thing a cursor carries.
 _UID_LENGTH = 16
 
@@ -142,6 +144,18 @@ class Store(Protocol):
         one, those seen most recently (highest `last_seen`), i.e. the connected ones rather than
         agents gone for good with a command they will never fetch. Keyed by the uid each record lives
         under now (never an old, moved uid). Elasticsearch answers from the last refreshed view."""
+
+    async def forget(self, uid: bytes) -> bytes | None:
+        """Delete the record stored under `uid`, or the record `uid` was moved to, with the aliases
+        that lead to it; the uid it was stored under (None: there was none). A later write for that
+        uid enrolls it again."""
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        """Delete the records whose `last_seen` is before `before`, at most `limit` (clamped to
+        0..MAX_FORGET_BATCH; which ones when more match is the store's choice); how many were
+        deleted. Idempotent and safe to run on several nodes at once: a record already gone is not
+        counted, and one written since (seen again) stays.
+        Elasticsearch matches against its last refreshed view."""
 
     async def summary(self, now: float, offline_after: float) -> FleetSummary: ...
 

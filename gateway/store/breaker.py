@@ -155,6 +155,12 @@ class CircuitBreaker:
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         return await self._call(lambda: self.store.pending_commands(limit))
 
+    async def forget(self, uid: bytes) -> bytes | None:
+        return await self._call(lambda: self.store.forget(uid))
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        return await self._call(lambda: self.store.forget_unseen(before, limit))
+
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return await self._call(lambda: self.store.summary(now, offline_after))
 

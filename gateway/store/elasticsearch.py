@@ -31,6 +31,7 @@ from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
 from gateway.store import elasticsearch_queries as queries
 from gateway.store.base import (
+    MAX_FORGET_BATCH,
     MAX_PAGE_SIZE,
     MAX_PENDING_COMMANDS,
     AgentPage,
@@ -433,6 +434,46 @@ class ElasticsearchStore:
         return None
 
     # -- configs -----------------------------------------------------------------------------------
+
+    # -- retention ---------------------------------------------------------------------------------
+
+    async def forget(self, uid: bytes) -> bytes | None:
+        """Realtime: deletes the document read through `uid` (a moved uid's stub too), in the index
+        it was read from."""
+        state = await self.get(uid)
+        if state is None:
+            return None
+        target = state.instance_uid
+        for doc_uid in {uid, target}:
+            known = self._known.get(doc_uid)
+            index = known.index if known is not None and known.index else self.agents_alias
+            await self._request(
+                "delete",
+                self._client.options(ignore_status=404).delete(
+                    index=index, id=uid_str(doc_uid), refresh=self._refresh
+                ),
+            )
+            self._known.forget(doc_uid)
+        return target
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        """One `_delete_by_query` over the refreshed view, `conflicts=proceed`: a record written since
+        that refresh (the agent came back, or another node deleted it first) is a version conflict,
+        skipped, never an error."""
+        bound = max(0, min(int(limit), MAX_FORGET_BATCH))
+        if bound == 0:
+            return 0
+        response = await self._request(
+            "delete_by_query",
+            self._client.delete_by_query(
+                index=self.agents_alias,
+                query=queries.unseen_before(before),
+                conflicts="proceed",
+                max_docs=bound,
+                refresh=True,
+            ),
+        )
+        return int(response.body["deleted"])
 
     async def list_configs(self) -> list[Config]:
         return await self._configs.list()

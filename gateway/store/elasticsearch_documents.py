@@ -49,7 +49,7 @@ MAX_DOCUMENT_BYTES = 8 << 20
 # The admin API renders from the exact bytes in `opamp.raw`, which are always kept.
 FILES_COPY_LIMIT = 64 << 10
 # Reported parts, in the order they are dropped when equally large (never the identity).
-REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description")
+REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description", "available_components")
 
 
 class UnreadableDocument(ValueError):
@@ -173,12 +173,14 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             "pending_command": state.pending_command,
             "command_id": state.command_id or None,
             "previous_instance_uids": [uid_str(u) for u in state.previous_instance_uids],
+            "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
             "offered_at": float(state.offered_at),
             "raw": {
                 "description": _b64(state.description),
                 "health": _b64(state.health),
                 "effective_config": _b64(state.effective_config),
                 "remote_config_status": _b64(state.remote_config_status),
+                "available_components": _b64(state.available_components),
             },
         },
     }
@@ -226,6 +228,8 @@ def _without(state: AgentState, part: str) -> AgentState:
         return dataclasses.replace(state, health=None)
     if part == "remote_config_status":
         return dataclasses.replace(state, remote_config_status=None)
+    if part == "available_components":
+        return dataclasses.replace(state, available_components=None)
     return dataclasses.replace(state, description=None)
 
 
@@ -292,10 +296,12 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             health=_unb64(raw.get("health")),
             effective_config=_unb64(raw.get("effective_config")),
             remote_config_status=_unb64(raw.get("remote_config_status")),
+            available_components=_unb64(raw.get("available_components")),
             disconnected=source["last_checkin_status"] == "disconnected",
             previous_instance_uids=tuple(_uid(u) for u in opamp.get("previous_instance_uids") or ()),
             pending_command=opamp.get("pending_command"),
             command_id=opamp.get("command_id") or "",
+            duplicate_of=_uid(opamp["duplicate_of"]) if opamp.get("duplicate_of") else None,
             node=connection.get("node") or "",
             transport=_transport(connection.get("transport")),
             offered_config_hash=_hex(remote.get("offered_hash")),

@@ -166,6 +166,12 @@ def pending_commands_body(size: int) -> dict[str, Any]:
     }
 
 
+def unseen_before(before: float) -> dict[str, Any]:
+    """Agent records last seen before `before` (`--forget-after`); moved-uid stubs have no
+    `last_seen` and are not matched."""
+    return {"bool": {"filter": [{"range": {LAST_SEEN: {"lt": float(before)}}}]}}
+
+
 class UnreadableHit(ValueError):
     """A search hit that is not an agent document of this gateway."""
 

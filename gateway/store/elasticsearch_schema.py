@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
-AGENTS_MAPPING_VERSION = 2
+# 3: opamp.duplicate_of, opamp.raw.available_components.
+AGENTS_MAPPING_VERSION = 3
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 CONFIGS_MAPPING_VERSION = 2
 META_KEY = "opamp_gateway"
@@ -94,6 +95,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
         command_id={"type": "keyword"},
         previous_instance_uids={"type": "keyword"},
         moved_to={"type": "keyword"},
+        duplicate_of={"type": "keyword"},
         offered_at={"type": "double"},
         # Reported parts left out because the document would exceed MAX_DOCUMENT_BYTES.
         oversized={"type": "keyword"},
@@ -102,6 +104,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
             health={"type": "binary"},
             effective_config={"type": "binary"},
             remote_config_status={"type": "binary"},
+            available_components={"type": "binary"},
         ),
     ),
 }

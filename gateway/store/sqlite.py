@@ -27,8 +27,9 @@ from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.status import STATUSES
 from gateway.fleet.versions import ConfigVersion
-from gateway.store import sqlite_configs, sqlite_rollouts
+from gateway.store import sqlite_configs, sqlite_retention, sqlite_rollouts
 from gateway.store.base import (
+    MAX_FORGET_BATCH,
     MAX_PAGE_SIZE,
     MAX_PENDING_COMMANDS,
     AgentPage,
@@ -266,6 +267,19 @@ class SQLiteStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._on_writer(self._with_writer, sqlite_configs.delete_config, name, expected_version)
+
+    async def forget(self, uid: bytes) -> bytes | None:
+        target: bytes | None = await self._on_writer(self._with_writer, sqlite_retention.forget, uid)
+        if target is not None:
+            self._cache.drop(target)
+        return target
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        bound = max(0, min(int(limit), MAX_FORGET_BATCH))
+        uids = await self._on_writer(self._with_writer, sqlite_retention.forget_unseen, before, bound)
+        for uid in uids:
+            self._cache.drop(uid)
+        return len(uids)
 
     async def config_versions(self, name: str) -> list[ConfigVersion]:
         return await self._on_reader(sqlite_configs.config_versions, name)

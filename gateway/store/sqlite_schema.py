@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -78,7 +78,9 @@ SCHEMA = (
         attrs TEXT NOT NULL,
         search TEXT NOT NULL,
         rev INTEGER NOT NULL DEFAULT 0,
-        command_id TEXT NOT NULL DEFAULT ''
+        command_id TEXT NOT NULL DEFAULT '',
+        duplicate_of BLOB,
+        available_components BLOB
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -114,9 +116,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: (_PENDING_COMMAND_INDEX,),
     4: ("ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0",),
     5: ("ALTER TABLE agents ADD COLUMN command_id TEXT NOT NULL DEFAULT ''",),
+    6: (
+        "ALTER TABLE agents ADD COLUMN duplicate_of BLOB",
+        "ALTER TABLE agents ADD COLUMN available_components BLOB",
+    ),
     # Each existing config starts its history at its current version (files from before configs
     # existed get the table first).
-    6: (
+    7: (
         _CONFIGS,
         _CONFIG_VERSIONS,
         "INSERT INTO config_versions (name, version, spec, hash, created_at) "
@@ -151,6 +157,8 @@ COLUMNS = (
     "attrs",
     "search",
     "command_id",
+    "duplicate_of",
+    "available_components",
 )
 # Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
 # cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
@@ -174,7 +182,8 @@ SET_PENDING_COMMAND = "UPDATE agents SET pending_command = ?, command_id = ?, re
 STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
-    "offered_config_hash, offered_at, failed_config_hash, command_id"
+    "offered_config_hash, offered_at, failed_config_hash, command_id, duplicate_of, "
+    "available_components"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -258,6 +267,8 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         json.dumps(derived.attributes, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
         derived.search_text(uid_text),
         state.command_id,
+        state.duplicate_of,
+        state.available_components,
     )
 
 
@@ -281,6 +292,8 @@ def state_of(row: Sequence[Any]) -> AgentState:
         offered_at=row[15],
         failed_config_hash=row[16],
         command_id=row[17],
+        duplicate_of=None if row[18] is None else bytes(row[18]),
+        available_components=None if row[19] is None else bytes(row[19]),
     )
 
 

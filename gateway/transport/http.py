@@ -16,6 +16,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import limits
 from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, key_in
+from gateway.fleet.agent import uid_str
+from gateway.node import duplicates
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.transport import pipeline
@@ -137,7 +139,21 @@ class OpampHttp:
 
         try:
             state = await pipeline.load_state(node, msg)
-            outcome = await pipeline.process(node, state, msg, "http", _saw)
+            clone = duplicates.http_clone(state, msg)
+            if clone:
+                # The first agent keeps its record; this one is enrolled under a uid of its own.
+                msg, state = duplicates.as_clone(msg), None
+            outcome = await pipeline.process(
+                node, state, msg, "http", _saw, duplicate_of=msg.instance_uid if clone else None
+            )
+            if clone and outcome.state is not None:
+                node.metrics.duplicates.labels(transport="http").inc()
+                logger.info(
+                    "duplicate instance_uid %s: its sequence_num went back with another description; "
+                    "the newcomer now has %s",
+                    uid_str(msg.instance_uid),
+                    uid_str(outcome.state.instance_uid),
+                )
         except pipeline.Shed as exc:
             return await self._unavailable(send, exc.reason)
         reply = outcome.reply.SerializeToString()

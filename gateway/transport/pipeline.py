@@ -69,6 +69,7 @@ def decide(
     msg: pb.AgentToServer,
     transport: Transport = "http",
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
+    duplicate_of: bytes | None = None,
 ) -> engine.Outcome:
     """Run the engine (Shed when the message would enroll an agent over the enrollment rate).
 
@@ -76,7 +77,7 @@ def decide(
     """
     if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
-    outcome = engine.handle(state, msg, node.config_cache.fleet, node.clock(), node.mint_uid)
+    outcome = engine.handle(state, msg, node.config_cache.fleet, node.clock(), node.mint_uid, duplicate_of)
     outcome = _stamped(outcome, node.settings.node_id, transport)
     if decided is not None:
         decided(node, outcome)
@@ -116,7 +117,7 @@ def observe(node: OpampNode, outcome: engine.Outcome, msg: pb.AgentToServer) -> 
     if outcome.write is not None and "remote_config_status" in outcome.write.changed:
         value = msg.remote_config_status.status
         # An open enum: a newer agent may send a value this gateway does not know.
-        name = _CONFIG_STATUS_NAMES.get(value, str(value))
+        name = _CONFIG_STATUS_NAMES.get(value, "unknown")
         node.metrics.config_reported(name)
     if outcome.rejected:
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
@@ -131,6 +132,7 @@ async def process(
     transport: Transport = "http",
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
     admit: Callable[[AgentWrite], bool] | None = None,
+    duplicate_of: bytes | None = None,
 ) -> engine.Outcome:
     """Run the engine and hand its write to the writer (awaiting the commit when it matters).
 
@@ -138,7 +140,7 @@ async def process(
     whose liveness the node persists later, gateway/node/liveness.py).
     """
     await node.config_cache.refresh_if_stale()
-    outcome = decide(node, state, msg, transport, decided)
+    outcome = decide(node, state, msg, transport, decided, duplicate_of)
     if outcome.write is not None and (admit is None or admit(outcome.write)):
         if outcome.durable:
             await store_durable(node, outcome)

@@ -16,14 +16,21 @@ instance_uid. Close codes the gateway sends:
 - 1002 protocol error: the client broke RFC 6455 (an unmasked frame, a bad opcode; ws_frames.py).
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: a close frame whose reason is not UTF-8.
+- 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
+  from the key file, or --strict-key-file with a broken file), at the next re-read.
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
 - 1012 service restart: the node stops without a drain.
-- 4000 taken over: the same instance_uid connected again, here or on another node; the newer
-  connection wins. A private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a
-  policy violation of this connection (1008), and a distinct code lets clients and operators tell a
-  duplicate agent from a failing one.
+- 1013 try again later: the socket's instance_uid changed hands too often (gateway/node/duplicates.py);
+  sent after the ServerToAgent{Unavailable, retry_info} and that many seconds of holding the socket, so
+  a client that ignores retry_info (opamp-go) still waits.
+- 4000 taken over: the same instance_uid connected again. On this node only when the older socket
+  did not answer a probe (a genuine reconnect; while it is alive the newcomer is a clone and gets a
+  new instance_uid, gateway/node/duplicates.py); on another node the newer connection wins. A
+  private-use code (RFC 6455 7.4.2): this is neither a protocol error (1002) nor a policy violation
+  of this connection (1008), and a distinct code lets clients and operators tell a
+duplicate agent from a failing one.
 
 A binary message that is not an AgentToServer (after an optional header 0, opamp/framing.py) is
 answered with ServerErrorResponse{BadRequest} and the socket stays open (spec: bad request).
@@ -36,6 +43,7 @@ without a close frame: it would not read that either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -48,9 +56,10 @@ from google.protobuf.message import DecodeError
 from starlette.datastructures import Headers
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, presented_key
+from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, KeyMatch, presented_key
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
+from gateway.node import duplicates
 from gateway.opamp import engine, framing
 from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
@@ -70,6 +79,10 @@ CLOSE_UNSUPPORTED_DATA = ws_frames.CLOSE_UNSUPPORTED_DATA
 CLOSE_INVALID_PAYLOAD = ws_frames.CLOSE_INVALID_PAYLOAD
 CLOSE_TOO_BIG = ws_frames.CLOSE_TOO_BIG
 CLOSE_TAKEN_OVER = 4000
+CLOSE_TRY_AGAIN = 1013
+# How often a probe of a socket (Connection.answers) looks for its answer.
+_PROBE_POLL_SECONDS = 0.05
+CLOSE_POLICY = 1008
 # Fire-and-forget tasks must be referenced until they finish.
 _background: set[asyncio.Task[None]] = set()
 
@@ -79,6 +92,14 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     _background.add(task)
     task.add_done_callback(_background.discard)
     return task
+
+
+class _Damped(pipeline.Shed):
+    """The uid changed hands too often: refuse the newcomer for `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("takeover_damped")
+        self.retry_after = retry_after
 
 
 class OpampEndpoint:
@@ -91,13 +112,16 @@ class OpampEndpoint:
         self._node = node
         self._credentials = credentials
         self._on_auth_failure = on_auth_failure
+        credentials.on_change(self._revoke)
 
     def open(self, request: Request, socket: WebSocketProtocol) -> Connection:
         node = self._node
+        match: KeyMatch | None = None
         if self._credentials.enabled:
             # Spec: 401 on failure, decided on the HTTP request, before the upgrade.
             key = presented_key(Headers(raw=request.headers), AGENT_SCHEMES)
-            if not self._credentials.check(key):
+            match = self._credentials.identify(key)
+            if match is None:
                 self._on_auth_failure("missing" if key is None else "invalid")
                 raise Refusal(401, AGENT_DENIAL, dict(AGENT_CHALLENGE))
         if node.drain.draining:
@@ -106,7 +130,18 @@ class OpampEndpoint:
         if not node.limits.open_connection():
             text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
             raise self._shed("max_connections", text, limits.retry_after())
-        return Connection(socket, node)
+        return Connection(socket, node, match)
+
+    def _revoke(self) -> None:
+        """The keys changed: close every socket whose key is no longer accepted (1008)."""
+        closed = 0
+        sockets = [h for h in self._node.registry.sockets() if isinstance(h, Connection)]
+        for conn in sockets:
+            if conn.key is not None and not self._credentials.holds(conn.key.digest):
+                conn.close(CLOSE_POLICY, "agent key revoked")
+                closed += 1
+        if closed:
+            logger.warning("closed %d WebSockets whose agent key is no longer accepted", closed)
 
     def _shed(self, reason: str, text: str, retry: int) -> Refusal:
         """503 + Retry-After (spec: a server too loaded to upgrade)."""
@@ -123,11 +158,13 @@ class Connection:
     # almost always empty are created when first needed.
     __slots__ = (
         *("_socket", "_node", "_limit", "epoch", "_states", "_aliases", "_displaced", "_closed"),
-        *("_inbox", "_worker"),
+        *("_inbox", "_worker", "key"),
     )
 
-    def __init__(self, socket: WebSocketProtocol, node: OpampNode) -> None:
+    def __init__(self, socket: WebSocketProtocol, node: OpampNode, key: KeyMatch | None = None) -> None:
         self._socket = socket
+        # The agent key the socket authenticated with (None with authentication off).
+        self.key = key
         self._node = node
         self._limit = node.settings.max_message_bytes
         # Identifies this connection in owner records: a node never closes a newer connection.
@@ -233,6 +270,15 @@ class Connection:
         node.limits.track_message()
         try:
             outcome = await self._process(msg)
+        except _Damped as exc:
+            node.limits.end_message()
+            self._shed(msg, exc, started)
+            # Holding the socket (it reads nothing meanwhile) is what slows a client that ignores
+            # retry_info: it reconnects only once the socket closes.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._socket.wait_closed(), exc.retry_after)
+            self.close(CLOSE_TRY_AGAIN, "instance_uid changed hands too often: try again later")
+            return
         except pipeline.Shed as exc:
             self._shed(msg, exc, started)
             return
@@ -262,13 +308,51 @@ class Connection:
         state = self._states.get(key)
         # A cached record is never re-read per message: commands another node stored for it arrive
         # through the bus or the node's periodic sweep (command_sweep.py).
+        clone = False
         if state is None:
-            state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
+            clone = key == uid and await self._is_clone(uid)
+            if clone:
+                # The first agent keeps its record; this one is enrolled under a uid of its own.
+                msg = duplicates.as_clone(msg)
+            else:
+                state = self._node.liveness.fresher(await pipeline.load_state(self._node, msg))
             if state is not None:
                 state = engine.on_new_connection(state)
-        outcome = await pipeline.process(self._node, state, msg, "websocket", admit=self._node.liveness.admit)
+        outcome = await pipeline.process(
+            self._node,
+            state,
+            msg,
+            "websocket",
+            admit=self._node.liveness.admit,
+            duplicate_of=uid if clone else None,
+        )
         self._track(msg, key, outcome)
+        if clone and outcome.state is not None:
+            self._node.metrics.duplicates.labels(transport="websocket").inc()
+            logger.info(
+                "duplicate instance_uid %s: a live agent holds it; the newcomer now has %s",
+                uid_str(uid),
+                uid_str(outcome.state.instance_uid),
+            )
         return outcome
+
+    async def _is_clone(self, uid: bytes) -> bool:
+        """Whether `uid`, new on this socket, is held by another live socket on this node (a clone);
+        raises _Damped if it may not change hands now."""
+        registry = self._node.registry
+        held = registry.get(uid)
+        if held is None or held is self or len(uid) != engine.UID_LENGTH:
+            return False
+        alive = await held.answers(duplicates.RECENT_SECONDS, duplicates.PROBE_SECONDS)
+        if registry.get(uid) is not held:
+            # It left (or was taken over) while probed: no one to clone.
+            return False
+        now = time.monotonic()
+        verdict = duplicates.verdict(alive, registry.takeovers, uid, now)
+        if verdict == "refused":
+            retry = max(1.0, registry.takeovers.retry_after(uid, now)) + random.uniform(0, 1)
+            raise _Damped(retry)
+        return verdict == "clone"
 
     # -- incoming ---------------------------------------------------------------------------------
 
@@ -285,7 +369,10 @@ class Connection:
 
     def _shed(self, msg: pb.AgentToServer, exc: pipeline.Shed, started: float) -> None:
         self._node.metrics.shed.labels(reason=exc.reason).inc()
-        retry = RETRY_AFTER_SECONDS + random.uniform(0, RETRY_JITTER_SECONDS)
+        if isinstance(exc, _Damped):
+            retry = exc.retry_after
+        else:
+            retry = RETRY_AFTER_SECONDS + random.uniform(0, RETRY_JITTER_SECONDS)
         reply = engine.unavailable(msg.instance_uid, f"service unavailable: {exc.reason}", retry)
         self._reply(reply, "unavailable", started)
 
@@ -374,6 +461,24 @@ class Connection:
         except (WriterFull, WriterStopped, StoreError):
             pass
         return True
+
+    async def answers(self, recent: float, within: float) -> bool:
+        """Whether the peer is alive: heard from within `recent` seconds, busy with a message, or
+        answering a ping within `within` seconds."""
+        socket = self._socket
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        if self._closed or not socket.open:
+            return False
+        if self._worker is not None or start - socket.last_received < recent:
+            return True
+        socket.ping(b"duplicate-probe", start)
+        deadline = start + within
+        while not self._closed and loop.time() < deadline:
+            await asyncio.sleep(_PROBE_POLL_SECONDS)
+            if socket.last_received > start:
+                return not self._closed
+        return False
 
     async def taken_over(self, uid: bytes, where: str) -> None:
         if uid not in self._states:

@@ -90,12 +90,15 @@ class WebSocketProtocol(asyncio.Protocol):
     limit: ClassVar[int]
     send_timeout: ClassVar[float]
     close_timeout: ClassVar[float]
+    inflight_limit: ClassVar[int] = 1 << 62
+    # The bytes of unfinished messages all sockets of this class hold (one mutable cell per node).
+    inflight: ClassVar[list[int]] = [0]
 
     # A node holds one per agent socket: no instance dict.
     __slots__ = (
         *("loop", "transport", "_server_state", "_state", "_reader", "session", "_head"),
         *("last_received", "last_message", "ping_payload", "ping_sent_at", "_timer", "_writing_paused"),
-        *("_held", "_closed_waiter"),
+        *("_held", "_closed_waiter", "_counted"),
     )
 
     def __init__(
@@ -120,6 +123,8 @@ class WebSocketProtocol(asyncio.Protocol):
         # The session handles a message in a task: read nothing more until it is done.
         self._held = False
         self._closed_waiter: asyncio.Future[None] | None = None
+        # Bytes of unfinished messages this socket counts in its node's `inflight` total.
+        self._counted = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -135,6 +140,8 @@ class WebSocketProtocol(asyncio.Protocol):
                 events = self._reader.feed(data)
             except frames.FrameError as exc:
                 self.fail(exc.code, exc.reason)
+                return
+            if self._count_inflight():
                 return
             for opcode, payload in events:
                 self._event(opcode, payload)
@@ -158,6 +165,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
+        self.inflight[0] -= self._counted
+        self._counted = 0
         self._cancel_timer()
         self._server_state.connections.discard(self)
         self.sockets.discard(self)
@@ -300,6 +309,21 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             self._peer_closed(payload)
 
+    def _count_inflight(self) -> bool:
+        """Count this socket's unfinished message bytes in the node's total; True if that took the
+        total over --max-inflight-bytes (the socket is then failed with 1008: the ceiling is the
+        setting, not --max-connections x --max-message-bytes)."""
+        held = self._reader.buffered
+        grown = held - self._counted
+        if not grown:
+            return False
+        self.inflight[0] += grown
+        self._counted = held
+        if grown < 0 or self.inflight[0] <= self.inflight_limit:
+            return False
+        self.fail(frames.CLOSE_POLICY, "unfinished messages on this node are over its in-flight byte limit")
+        return True
+
     def _peer_closed(self, payload: bytes) -> None:
         transport = self.transport
         if transport is None:
@@ -350,9 +374,11 @@ def protocol_class(
     limit: int,
     send_timeout: float,
     close_timeout: float = CLOSE_TIMEOUT,
+    inflight_limit: int | None = None,
 ) -> type[WebSocketProtocol]:
     """The `ws` protocol class for uvicorn's Config, serving `endpoint` on one node. `limit`: the
-    largest message payload read, in bytes."""
+    largest message payload read, in bytes; `inflight_limit`: the most bytes of unfinished messages
+    all of the node's sockets may hold together (None: no bound beyond `limit` per socket)."""
 
     class NodeWebSocket(WebSocketProtocol):
         __slots__ = ()
@@ -362,4 +388,6 @@ def protocol_class(
     NodeWebSocket.limit = limit
     NodeWebSocket.send_timeout = send_timeout
     NodeWebSocket.close_timeout = close_timeout
+    NodeWebSocket.inflight_limit = (1 << 62) if inflight_limit is None else inflight_limit
+    NodeWebSocket.inflight = [0]
     return NodeWebSocket

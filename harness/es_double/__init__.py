@@ -3,9 +3,10 @@
 A real HTTP server (uvicorn on a free loopback port, on its own thread) that the official
 `AsyncElasticsearch` client talks to. It implements exactly what the gateway and `migrate` send
 (bulk, mget, get/index/delete by id, search with the queries and aggregations the admin API uses,
-index templates, indices, aliases, settings, reindex, refresh), with Elasticsearch's response shapes,
-headers and error bodies, and its refresh semantics: GET and mget are realtime, searches see only
-what the last refresh made visible (every `index.refresh_interval`, or `?refresh`).
+index templates, indices, aliases, settings, reindex, delete-by-query (by_query.py), refresh), with
+Elasticsearch's response shapes, headers and error bodies, and its refresh semantics: GET and mget
+are realtime, searches see only what the last refresh made visible (every `index.refresh_interval`,
+or `?refresh`).
 
     with EsDouble() as es:
         es.url                       # http://127.0.0.1:<port>

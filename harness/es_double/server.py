@@ -19,7 +19,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from harness.es_double import documents, errors
+from harness.es_double import by_query, documents, errors
 from harness.es_double.cluster import Cluster, nested_settings
 from harness.es_double.faults import Faults, Stats
 
@@ -252,6 +252,13 @@ class Handler:
             (f({"PUT"}), ("_index_template", "{t}"), "put_index_template", f(), self._put_template),
             (f({"GET"}), ("_index_template", "{t}"), "get_index_template", f(), self._get_template),
             (f({"DELETE"}), ("_index_template", "{t}"), "delete_index_template", f(), self._delete_template),
+            (
+                f({"POST"}),
+                ("{i}", "_delete_by_query"),
+                "delete_by_query",
+                by_query.PARAMS,
+                self._delete_by_query,
+            ),
             (f({"POST"}), ("_reindex",), "reindex", f({"wait_for_completion", "refresh"}), self._reindex),
             (f({"HEAD"}), ("{i}",), "exists", f(), self._exists),
             (f({"PUT"}), ("{i}",), "create_index", f(), self._create_index),
@@ -475,6 +482,11 @@ class Handler:
         with self.cluster.lock:
             response, touched = documents.reindex(self.cluster, call.json())
         return 200, response, touched
+
+    def _delete_by_query(self, call: Call) -> tuple[int, Any, set[str]]:
+        by_query.check_params(call.params)
+        with self.cluster.lock:
+            return by_query.delete_by_query(self.cluster, call.parts[0], call.json(), call.params)
 
     def _exists(self, call: Call) -> tuple[int, Any, set[str]]:
         with self.cluster.lock:

@@ -21,6 +21,7 @@ from tests.support.waiting import uid
 pytestmark = pytest.mark.anyio
 
 ACCEPTS = caps.REPORTS_STATUS | caps.ACCEPTS_REMOTE_CONFIG | caps.REPORTS_REMOTE_CONFIG
+JSON = {"Content-Type": "application/json"}
 Poll = Callable[..., Awaitable[pb.ServerToAgent]]
 
 
@@ -136,9 +137,9 @@ async def test_bad_input_is_400_naming_the_field(
 
 
 async def test_not_json_and_too_large(admin: httpx2.AsyncClient) -> None:
-    response = await admin.put("/api/v1/configs/x", content=b"{nope")
+    response = await admin.put("/api/v1/configs/x", content=b"{nope", headers=JSON)
     assert response.status_code == 400 and response.json()["error"]["message"].startswith("body: ")
-    huge = await admin.put("/api/v1/configs/x", content=b"[" + b" " * 100_000 + b"]")
+    huge = await admin.put("/api/v1/configs/x", content=b"[" + b" " * 100_000 + b"]", headers=JSON)
     assert huge.status_code == 413
     bad_version = await admin.delete("/api/v1/configs/x?version=abc")
     assert bad_version.status_code == 400
@@ -249,6 +250,6 @@ async def test_integral_floats_and_lone_surrogates(admin: httpx2.AsyncClient) ->
     assert ok.status_code == 201 and ok.json()["priority"] == 3
     assert (await admin.put("/api/v1/configs/g", json=config_body(priority=3.5))).status_code == 400
     surrogate = b'{"selector": {}, "files": {"a": {"body": "\\ud800"}}}'
-    response = await admin.put("/api/v1/configs/h", content=surrogate)
+    response = await admin.put("/api/v1/configs/h", content=surrogate, headers=JSON)
     assert response.status_code == 400
     assert "lone surrogate" in response.json()["error"]["message"]

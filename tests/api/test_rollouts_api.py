@@ -206,7 +206,9 @@ async def test_pause_resume_and_rollback(node: Node, admin: httpx2.AsyncClient, 
     ],
 )
 async def test_a_bad_rollback_body_is_400(admin: httpx2.AsyncClient, body: bytes, message: str) -> None:
-    response = await admin.post("/api/v1/configs/base/rollout/rollback", content=body)
+    response = await admin.post(
+        "/api/v1/configs/base/rollout/rollback", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["error"]["message"].startswith(message)
 
 

@@ -122,3 +122,15 @@ def test_errors_name_the_field(raw: object, field: str) -> None:
         parse_request("base", raw, max_bytes=LIMIT)
     assert caught.value.field == field, str(caught.value)
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_the_selector_counts_in_the_config_size() -> None:
+    """Issue 20, finding 8: a huge selector was not counted in --max-config-bytes."""
+    files = {"a": {"body": "x" * 100}}
+    small = body(files=files, selector={"match": {"service.name": "otelcol-contrib"}})
+    assert parse_request("base", small, max_bytes=200).spec
+    huge = body(files=files, selector={"match": {f"k{i}": "v" for i in range(20)}})
+    with pytest.raises(InvalidConfig) as caught:
+        parse_request("base", huge, max_bytes=200)
+    assert caught.value.field == "selector"
+    assert "(--max-config-bytes)" in str(caught.value)

@@ -3,6 +3,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
+import pytest
+
+from gateway.fleet import desired as desired_mod
 from gateway.fleet.agent import AgentState
 from gateway.fleet.configs import Config, ConfigFile, ConfigSpec
 from gateway.fleet.desired import ConfigSet, config_hash
@@ -146,3 +149,22 @@ def test_reported_hash_reads_the_status() -> None:
     assert configs.reported_hash(data) == digest
     assert configs.reported_hash(data) == digest
     assert configs.reported_hash(pb.RemoteConfigStatus().SerializeToString()) == b""
+
+
+def test_caches_keyed_by_agent_bytes_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, finding 4: an agent sending a new big description (or status) with each message
+    must not grow the caches past their byte budget."""
+    monkeypatch.setattr(desired_mod, "CACHE_BYTES", 10_000)
+    configs = ConfigSet((config("base", {"a": "a"}),))
+    for i in range(50):
+        state = AgentState(
+            instance_uid=UID,
+            enrolled_at=1.0,
+            last_seen=1.0,
+            description=description({"service.name": "otelcol-contrib", "filler": f"{i:04}" * 500}),
+        )
+        assert configs.desired_for(state) is not None
+        status = pb.RemoteConfigStatus(error_message=f"{i:04}" * 500).SerializeToString()
+        assert configs.reported_hash(status) == b""
+        assert configs._cache_bytes <= 10_000 and configs._reported_bytes <= 10_000
+    assert 0 < len(configs._cache) < 50 and 0 < len(configs._reported) < 50

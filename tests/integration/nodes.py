@@ -48,7 +48,8 @@ async def owned_by(gateway: GatewayProcess, uid: bytes, node: str) -> bool:
 
 
 async def bus_state(gateway: GatewayProcess) -> str:
-    async with httpx2.AsyncClient(base_url=gateway.opamp_base_url) as http:
+    # The admin port's /readyz has the details; the OpAMP port's says only ready or not.
+    async with httpx2.AsyncClient(base_url=gateway.admin_url) as http:
         response = await http.get("/readyz")
         # A Redis outage never makes a node unready: it still serves every agent.
         assert response.status_code == 200, response.text

@@ -84,7 +84,7 @@ def test_serve_is_unready_until_migrate_has_run(tmp_path: Path, es_aliases: EsAl
     aliases = new_aliases(es_aliases.target)
     node = start_gateway(tmp_path, "unmigrated", aliases.flags(), ready=None)
     try:
-        with httpx2.Client(base_url=node.opamp_base_url, timeout=5, trust_env=False) as client:
+        with httpx2.Client(base_url=node.admin_url, timeout=5, trust_env=False) as client:
 
             def answered() -> httpx2.Response | None:
                 try:

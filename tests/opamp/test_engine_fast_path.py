@@ -193,6 +193,8 @@ def test_touched_copies_every_field() -> None:
         "offered_config_hash": HASH,
         "offered_at": 5.0,
         "failed_config_hash": OLD,
+        "duplicate_of": OTHER_UID,
+        "available_components": b"c",
         "oversized": ("health",),
     }
     assert set(values) == {f.name for f in fields(AgentState)}

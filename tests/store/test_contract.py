@@ -101,6 +101,8 @@ async def test_roundtrip_every_field(store: Store) -> None:
         offered_config_hash=b"\x02" * 32,
         offered_at=1_700_000_100.5,
         failed_config_hash=b"\x03" * 32,
+        duplicate_of=new_uid(),
+        available_components=b"\x0a\x05hash!",
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])

@@ -51,6 +51,8 @@ def records(draw: st.DrawFn) -> AgentState:
         offered_config_hash=maybe(st.binary(max_size=32)),
         offered_at=draw(FINITE),
         failed_config_hash=maybe(st.binary(max_size=32)),
+        duplicate_of=maybe(st.binary(min_size=16, max_size=16)),
+        available_components=maybe(st.binary(max_size=40)),
     )
 
 

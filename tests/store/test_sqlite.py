@@ -369,11 +369,12 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
             None,
             0.0,
         )
+        assert state.duplicate_of is None
         assert await store.list_configs() == []
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -455,5 +456,29 @@ async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0
+
+
+@pytest.mark.anyio
+async def test_a_failed_forget_rolls_back(tmp_path: Path) -> None:
+    """A delete that fails half-way (here a trigger refuses it) leaves the file as it was."""
+    store = SQLiteStore(str(tmp_path / "agents.db"))
+    await store.open()
+    try:
+        state = agent(last_seen=10.0)
+        await store.write([full(state)])
+        conn = sqlite3.connect(tmp_path / "agents.db")
+        conn.execute(
+            "CREATE TRIGGER no_delete BEFORE DELETE ON agents BEGIN SELECT RAISE(ABORT, 'kept'); END"
+        )
+        conn.commit()
+        conn.close()
+        with pytest.raises(StoreError, match="kept"):
+            await store.forget(state.instance_uid)
+        with pytest.raises(StoreError, match="kept"):
+            await store.forget_unseen(50.0, 10)
+        assert await store.get(state.instance_uid) == state
+        assert await store.forget_unseen(5.0, 10) == 0
+    finally:
+        await store.close()

@@ -1,4 +1,4 @@
-"""SQLite's config history across a schema upgrade: a version 5 file (before config versions) gets
+"""SQLite's config history across a schema upgrade: a version 6 file (before config versions) gets
 each config's current version as the first entry of its history."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tests.store.test_contract_rollouts import rollout
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_version_5_file_gets_a_history_per_config(tmp_path: Path) -> None:
-    db_path = str(tmp_path / "v5.db")
+async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "v6.db")
     store = SQLiteStore(db_path)
     await store.open()
     try:
@@ -29,7 +29,7 @@ async def test_a_version_5_file_gets_a_history_per_config(tmp_path: Path) -> Non
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
         conn.execute("DROP TABLE config_versions")
-        conn.execute("PRAGMA user_version = 5")
+        conn.execute("PRAGMA user_version = 6")
         conn.commit()
     store = SQLiteStore(db_path)
     await store.open()
@@ -44,7 +44,7 @@ async def test_a_version_5_file_gets_a_history_per_config(tmp_path: Path) -> Non
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
 
 
 async def test_an_unreadable_rollout_record_is_a_store_error(tmp_path: Path) -> None:

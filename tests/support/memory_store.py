@@ -72,6 +72,19 @@ class MemoryStore:
         newest = sorted(((seen, uid, c) for seen, uid, c in found if c is not None), reverse=True)
         return {uid: command for _, uid, command in newest[: max(0, min(limit, MAX_PENDING_COMMANDS))]}
 
+    async def forget(self, uid: bytes) -> bytes | None:
+        target = self.aliases.get(uid, uid)
+        if self.records.pop(target, None) is None:
+            return None
+        self.aliases = {old: new for old, new in self.aliases.items() if new != target}
+        return target
+
+    async def forget_unseen(self, before: float, limit: int) -> int:
+        old = sorted((s.last_seen, uid) for uid, s in self.records.items() if s.last_seen < before)
+        for _, uid in old[: max(0, limit)]:
+            await self.forget(uid)
+        return min(len(old), max(0, limit))
+
     async def summary(self, now: float, offline_after: float) -> FleetSummary:
         return FleetSummary(total=len(self.records), by_status={}, by_type_version={}, by_os={})
 

@@ -83,7 +83,7 @@ async def test_an_elasticsearch_outage_opens_the_circuit_until_it_is_back(
             assert "circuit_open" in reply.error_response.error_message
             retry = reply.error_response.retry_info.retry_after_nanoseconds / 1e9
             assert RETRY_AFTER_SECONDS <= retry <= RETRY_AFTER_SECONDS + RETRY_JITTER_SECONDS
-            readiness = await http.get("/readyz")
+            readiness = await admin.get("/readyz")
             assert readiness.status_code == 503
             assert readiness.json()["store_circuit"] in ("open", "half_open")
             assert "circuit open" in readiness.json()["problems"]["store"]
@@ -95,10 +95,10 @@ async def test_an_elasticsearch_outage_opens_the_circuit_until_it_is_back(
 
         async def ready() -> bool:
             # Each readiness check may be the half-open probe that closes the circuit.
-            return (await http.get("/readyz")).status_code == 200
+            return (await admin.get("/readyz")).status_code == 200
 
         await _until(ready)
-        assert (await http.get("/readyz")).json()["store_circuit"] == "closed"
+        assert (await admin.get("/readyz")).json()["store_circuit"] == "closed"
         metrics = (await admin.get("/metrics")).text
         assert 'opamp_gateway_store_circuit_state{state="closed"} 1.0' in metrics
         assert 'opamp_gateway_store_circuit_transitions_total{state="half_open"}' in metrics

@@ -12,6 +12,7 @@ import httpx2
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from gateway.node import duplicates
 from gateway.opamp import capabilities as caps
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
@@ -25,6 +26,7 @@ from tests.support.ws import (
     recv,
     report,
 )
+from tests.support.ws_raw import RawAgent
 
 pytestmark = pytest.mark.anyio
 
@@ -260,26 +262,43 @@ async def test_several_agents_on_one_socket(node: Node, admin: httpx2.AsyncClien
         assert registry.get(uid(10)) is None and registry.get(uid(11)) is conn
 
 
-async def test_same_uid_again_closes_the_older_connection(node: Node) -> None:
-    async with agent_socket(node.opamp_url) as old, agent_socket(node.opamp_url) as new:
-        await exchange(old, report(uid(40)))
-        await exchange(new, report(uid(40), 1))
-        code, reason = await closed_with(old)
-        assert code == 4000 and "taken over" in reason and str(uuid.UUID(int=40)) in reason
-        assert (await exchange(new, heartbeat(uid(40), 2))).instance_uid == uid(40)
-        assert node.services.registry.get(uid(40)) is not None
+async def test_same_uid_again_from_a_silent_socket_closes_it(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A genuine reconnect: the older socket answers no probe (a live one would make this a clone,
+    # tests/transport/test_websocket_duplicates.py).
+    monkeypatch.setattr(duplicates, "RECENT_SECONDS", 0.0)
+    monkeypatch.setattr(duplicates, "PROBE_SECONDS", 0.2)
+    old = await RawAgent.open(node.opamp_url)
+    try:
+        await old.exchange(report(uid(40)))
+        async with agent_socket(node.opamp_url) as new:
+            await exchange(new, report(uid(40), 1))
+            assert await old.closed_with() == 4000
+            assert (await exchange(new, heartbeat(uid(40), 2))).instance_uid == uid(40)
+            assert node.services.registry.get(uid(40)) is not None
+    finally:
+        old.close()
 
 
-async def test_takeover_of_one_agent_keeps_a_multiplexed_socket(node: Node) -> None:
-    async with agent_socket(node.opamp_url) as proxy, agent_socket(node.opamp_url) as single:
-        await exchange(proxy, report(uid(41)))
-        await exchange(proxy, report(uid(42)))
-        await exchange(single, report(uid(41), 1))
-        await eventually(
-            lambda: node.services.registry.get(uid(41)) is not node.services.registry.get(uid(42))
-        )
-        # The proxy's other agent is still served on the same socket.
-        assert (await exchange(proxy, heartbeat(uid(42), 1))).instance_uid == uid(42)
+async def test_takeover_of_one_agent_keeps_a_multiplexed_socket(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(duplicates, "RECENT_SECONDS", 0.0)
+    monkeypatch.setattr(duplicates, "PROBE_SECONDS", 0.2)
+    proxy = await RawAgent.open(node.opamp_url)
+    try:
+        await proxy.exchange(report(uid(41)))
+        await proxy.exchange(report(uid(42)))
+        async with agent_socket(node.opamp_url) as single:
+            await exchange(single, report(uid(41), 1))
+            await eventually(
+                lambda: node.services.registry.get(uid(41)) is not node.services.registry.get(uid(42))
+            )
+            # The proxy's other agent is still served on the same socket.
+            assert (await proxy.exchange(heartbeat(uid(42), 1))).instance_uid == uid(42)
+    finally:
+        proxy.close()
 
 
 async def test_get_without_upgrade_is_not_allowed(node: Node) -> None:
@@ -328,7 +347,7 @@ async def test_refused_upgrade_while_draining(node: Node, admin: httpx2.AsyncCli
 
 
 async def test_readyz_shows_the_bus(node: Node) -> None:
-    async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
+    async with httpx2.AsyncClient(base_url=node.admin_url) as http:
         body = (await http.get("/readyz")).json()
         assert body["bus"] == {"kind": "local", "state": "up"}
 

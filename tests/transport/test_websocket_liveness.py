@@ -11,11 +11,13 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from gateway.node import duplicates
 from gateway.proto import opamp_pb2 as pb
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import run_node
 from tests.support.waiting import eventually, uid
 from tests.support.ws import agent_socket, exchange, heartbeat, report
+from tests.support.ws_raw import RawAgent
 
 pytestmark = pytest.mark.anyio
 
@@ -72,13 +74,24 @@ async def test_the_next_node_sees_no_gap_after_the_socket_closed(tmp_path: Path)
         assert reply.flags == 0 and not reply.HasField("error_response")
 
 
-async def test_reconnecting_before_the_old_socket_closed_sees_no_gap(tmp_path: Path) -> None:
-    async with run_node(tmp_path, store=MemoryStore()) as node, agent_socket(node.opamp_url) as old:
-        await exchange(old, report(uid(3)))
-        await _heartbeats(old, 3, 1, 3)
-        # The agent's network dropped without a close; it reconnects to the same node.
-        async with agent_socket(node.opamp_url) as new:
-            await _heartbeats(new, 3, 4, 5)
+async def test_reconnecting_before_the_old_socket_closed_sees_no_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old socket is probed at once and briefly (a live one would make the newcomer a clone).
+    monkeypatch.setattr(duplicates, "RECENT_SECONDS", 0.0)
+    monkeypatch.setattr(duplicates, "PROBE_SECONDS", 0.2)
+    async with run_node(tmp_path, store=MemoryStore()) as node:
+        old = await RawAgent.open(node.opamp_url)
+        try:
+            await old.exchange(report(uid(3)))
+            for seq in range(1, 4):
+                assert (await old.exchange(heartbeat(uid(3), seq))).flags == 0
+            # The agent's network dropped without a close (the old socket answers nothing more); it
+            # reconnects to the same node.
+            async with agent_socket(node.opamp_url) as new:
+                await _heartbeats(new, 3, 4, 5)
+        finally:
+            old.close()
 
 
 async def test_the_sweep_keeps_a_connected_agent_online_in_the_store(tmp_path: Path) -> None:

@@ -11,7 +11,12 @@ import urllib.request
 timeout = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 port = os.environ.get("OPAMP_GATEWAY_ADMIN_PORT", "4321")
 drain_seconds = float(os.environ.get("OPAMP_GATEWAY_DRAIN_SECONDS", "30"))
-request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/drain", data=b"", method="POST")
+request = urllib.request.Request(
+    f"http://127.0.0.1:{port}/api/v1/drain",
+    data=b"{}",
+    method="POST",
+    headers={"Content-Type": "application/json"},  # the admin port refuses other bodies (415)
+)
 token_file = os.environ.get("OPAMP_GATEWAY_ADMIN_TOKEN_FILE")
 started = time.monotonic()
 try:

@@ -133,3 +133,28 @@ async def test_a_store_failure_waits_for_the_next_look(caplog: pytest.LogCapture
     controller = _controller(_DownStore())
     await controller._on_timer()
     assert "trying again next time" in caplog.text
+
+
+async def test_agents_that_cannot_hold_a_wave_back_are_not_counted() -> None:
+    store = await _store(waves=[100])
+    now = time.time()
+    offline = AgentState(
+        uid(90), enrolled_at=now, last_seen=now - 3600, capabilities=ACCEPTS, description=_description()
+    )
+    refusing = AgentState(
+        uid(91), enrolled_at=now, last_seen=now, capabilities=caps.REPORTS_STATUS, description=_description()
+    )
+    await store.write([AgentWrite(s, frozenset({"description"})) for s in (offline, refusing)])
+    controller = _controller(store)
+    await controller.tick()
+    reported = {r.uid for r in (await controller.survey("base")).reports}
+    assert reported == set(AGENTS)
+
+
+async def test_a_strategy_only_change_starts_nothing() -> None:
+    store = MemoryStore()
+    await _put(store, "v: 1\n")
+    config = await _put(store, "v: 1\n", rollout={"strategy": "staged"})
+    assert config.version == 2
+    assert await _controller(store).begin(config) is None
+    assert await store.get_rollout("base") is None

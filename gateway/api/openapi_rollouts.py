@@ -5,11 +5,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.api.openapi_configs import _NAME, _STORE_DOWN, _UNAUTHORIZED, _ref, _responses
+from gateway.fleet.configs import NAME_PATTERN
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.waves import MAX_MIN_WAVE_SECONDS, MAX_WAVES, ROLLOUT_STATES
 
 Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _responses(codes: dict[int, tuple[str, str]]) -> dict[str, Any]:
+    return {
+        str(code): {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+        for code, (description, schema) in codes.items()
+    }
+
+
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": NAME_PATTERN.pattern},
+    "description": "the config's name",
+}
+_UNAUTHORIZED = ("No or a wrong admin token", "Error")
+_STORE_DOWN = ("The store is unavailable; retry after Retry-After seconds", "Error")
 
 _COUNTS = ("matched", *CONFIG_STATUSES[:-1], "offline", "disconnected")
 _WAVE: Schema = {

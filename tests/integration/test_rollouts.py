@@ -24,6 +24,7 @@ from harness.gateway import GatewayProcess
 from harness.waiting import eventually
 from tests.integration.conftest import GatewayFactory
 from tests.integration.nodes import admin_json
+from tests.support.es import EsAliases
 from tests.support.opamp_http import poll as http_poll
 from tests.support.redis_server import RedisFactory
 from tests.support.waiting import uid
@@ -202,7 +203,22 @@ async def test_a_good_version_walks_through_every_wave(nodes: tuple[GatewayProce
 
 
 async def test_a_failing_version_halts_and_rolls_back(nodes: tuple[GatewayProcess, GatewayProcess]) -> None:
-    a, b = nodes
+    await _halts_and_rolls_back(*nodes)
+
+
+async def test_on_elasticsearch_a_failing_version_halts_and_rolls_back(
+    gateways: GatewayFactory, redis_factory: RedisFactory, es_aliases: EsAliases
+) -> None:
+    """The same on the Elasticsearch store: the record's compare-and-set is the config document's
+    `if_seq_no`, and the counts come from searches."""
+    redis = redis_factory()
+    flags = {"config_refresh_interval": 3600, "rollout_interval": 0.2, **es_aliases.flags()}
+    a, b = gateways("node-a", redis.url, **flags), gateways("node-b", redis.url, **flags)
+    await _halts_and_rolls_back(a, b)
+    assert not a.sqlite_path.exists()  # the nodes used Elasticsearch alone
+
+
+async def _halts_and_rolls_back(a: GatewayProcess, b: GatewayProcess) -> None:
     async with fleet_on(a, b) as fleet:
         await admin_json(a, "PUT", "/api/v1/configs/collector", expect=201, json=_body(GOOD))
         await _converged(fleet, GOOD, "every agent to apply version 1")

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api import (
     admin,
+    agent_keys,
     browser_guard,
     commands,
     config_versions,
@@ -87,6 +88,7 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/agents", admin.list_agents, methods=["GET"]),
             Route("/api/v1/agents/{instance_uid}", admin.agent_resource, methods=["GET", "DELETE"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
+            Route("/api/v1/agents/{instance_uid}/key", agent_keys.move_agent_key, methods=["PUT"]),
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
             Route("/api/v1/configs/{name}/versions", config_versions.list_versions, methods=["GET"]),

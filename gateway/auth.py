@@ -53,6 +53,14 @@ def _is_token(text: str) -> bool:
     return all(33 <= ord(c) <= 126 for c in text)
 
 
+def valid_key_id(text: str) -> bool:
+    """Whether `text` is shaped like a key id: a group name, or `sha256:` and 12 lower-case hex."""
+    if text.startswith("sha256:"):
+        rest = text[7:]
+        return len(rest) == KEY_ID_HEX and all(c in "0123456789abcdef" for c in rest)
+    return _GROUP.fullmatch(text) is not None
+
+
 def key_id_of(digest: bytes) -> str:
     """The non-secret name of a key outside any group: a short prefix of its SHA-256."""
     return "sha256:" + digest.hex()[:KEY_ID_HEX]
@@ -145,6 +153,11 @@ class Credentials:
     @property
     def count(self) -> int:
         return len(self._inline.keys() | self._from_file.keys())
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The ids of the keys accepted now (never a key)."""
+        return frozenset((self._inline | self._from_file).values())
 
     @property
     def refusing_all(self) -> bool:
@@ -304,6 +317,9 @@ def _reason(headers: Headers, schemes: Iterable[str]) -> tuple[str | None, str]:
 # What an agent without a valid key is told (401), here and in the raw POST /v1/opamp handler.
 AGENT_DENIAL = "unauthorized: send Authorization: Bearer <agent key> (or ApiKey <agent key>)"
 AGENT_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="opamp", ApiKey realm="opamp"'}
+# What a client with a valid key is told when it speaks for an agent bound to another key (HTTP 401;
+# a WebSocket is closed with 1008 and this reason).
+KEY_MISMATCH = "unauthorized: this instance_uid is bound to another agent key"
 
 
 class AgentGuard:

@@ -25,6 +25,8 @@ RATE_LIMITED = frozenset({"enrollment_rate"})
 # Every reason the gateway sheds for (metric label values, created at zero so dashboards see them).
 SHED_REASONS = (
     "max_connections",
+    "max_unfinished_per_ip",
+    "max_unfinished",
     "max_inflight",
     "enrollment_rate",
     "writer_queue_full",

@@ -127,6 +127,15 @@ class Metrics:
         for port in ("opamp", "admin"):
             for reason in ("missing", "invalid"):
                 self.auth_failures.labels(port=port, reason=reason)
+        self.key_mismatches = Counter(
+            "opamp_gateway_agent_key_mismatches_total",
+            "Messages refused because their instance_uid is bound to another agent key "
+            "(HTTP 401, WebSocket close 1008), by transport",
+            ["transport"],
+            registry=r,
+        )
+        for transport in ("http", "websocket"):
+            self.key_mismatches.labels(transport=transport)
         self.credential_file_errors = Counter(
             "opamp_gateway_credential_file_errors_total",
             "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
@@ -138,6 +147,13 @@ class Metrics:
         self.inflight = Gauge(
             "opamp_gateway_inflight_messages", "Agent messages being handled right now", registry=r
         )
+        self.unfinished = Gauge(
+            "opamp_gateway_unfinished_requests",
+            "HTTP connections whose request has not fully arrived, by port and by what is awaited "
+            "(head: request line and headers; body: the rest)",
+            ["port", "stage"],
+            registry=r,
+        )
         self.limits = Gauge(
             "opamp_gateway_limit",
             "Configured bounds: max_connections, max_inflight, enrollment_rate (per s), enrollment_burst",
@@ -146,12 +162,14 @@ class Metrics:
         )
         self.client_timeouts = Counter(
             "opamp_gateway_client_timeouts_total",
-            "Clients dropped for being slow or silent: read (HTTP body), send (WebSocket peer not "
-            "reading), idle (WebSocket silent past --idle-timeout)",
+            "Clients dropped for being slow or silent: header (HTTP request head past "
+            "--header-timeout), body (HTTP request not fully arrived 1.5 x --read-timeout after its "
+            "head), read (HTTP body), send (WebSocket peer not reading), idle (WebSocket silent past "
+            "--idle-timeout)",
             ["kind"],
             registry=r,
         )
-        for kind in ("read", "send", "idle"):
+        for kind in ("header", "body", "read", "send", "idle"):
             self.client_timeouts.labels(kind=kind)
 
     def _connection_metrics(self, r: CollectorRegistry) -> None:
@@ -314,6 +332,13 @@ class Metrics:
         self.limits.labels(limit="max_inflight").set(limits.max_inflight)
         self.limits.labels(limit="enrollment_rate").set(limits.enrollments.rate)
         self.limits.labels(limit="enrollment_burst").set(limits.enrollments.burst)
+
+    def watch_unfinished(self, port: str, heads: Callable[[], float], bodies: Callable[[], float]) -> None:
+        self.unfinished.labels(port=port, stage="head").set_function(heads)
+        self.unfinished.labels(port=port, stage="body").set_function(bodies)
+
+    def key_mismatch(self, transport: str) -> None:
+        self.key_mismatches.labels(transport=transport).inc()
 
     def credential_file_failed(self, kind: str) -> None:
         self.credential_file_errors.labels(kind=kind).inc()

@@ -14,9 +14,12 @@ import uvicorn
 
 from gateway import tls
 from gateway.app import admin_app, opamp_app
+from gateway.file_limit import raise_file_limit
 from gateway.services import Services, running
 from gateway.settings import Settings
+from gateway.transport.http_protocol import SlowClientProtocol, http_protocol_class
 from gateway.transport.keepalive import Keepalive
+from gateway.transport.unfinished import UnfinishedRequests
 from gateway.transport.websocket import OpampEndpoint
 from gateway.transport.ws_protocol import WebSocketProtocol, protocol_class
 
@@ -37,6 +40,7 @@ def _config(
     port: int,
     settings: Settings,
     *,
+    http: type[SlowClientProtocol] | None = None,
     client_certs: bool = False,
     websocket: type[WebSocketProtocol] | None = None,
 ) -> uvicorn.Config:
@@ -46,6 +50,8 @@ def _config(
         host=host,
         port=port,
         lifespan="off",
+        # httptools, with slow clients bounded (gateway/transport/http_protocol.py).
+        http="httptools" if http is None else http,
         log_config=None,
         access_log=False,
         # The OpAMP port's upgrades go to its own protocol (no compression: OpAMP messages are
@@ -58,10 +64,36 @@ def _config(
     )
 
 
+def _http(services: Services, port: str) -> type[SlowClientProtocol]:
+    """One port's HTTP protocol: its own unfinished requests, so slow clients on one port never
+    crowd out the other (the liveness probe's)."""
+    s = services.settings
+    metrics = services.metrics
+
+    def count(what: str) -> None:
+        if what in ("header", "body"):
+            metrics.client_timeouts.labels(kind=what).inc()
+        else:
+            metrics.shed.labels(
+                reason="max_unfinished" if what == "evicted" else "max_unfinished_per_ip"
+            ).inc()
+
+    # The whole request gets more than --read-timeout, so POST /v1/opamp answers 408 first.
+    unfinished = UnfinishedRequests(
+        header_timeout=s.header_timeout,
+        body_timeout=1.5 * s.read_timeout,
+        per_address=s.max_unfinished_per_ip,
+        total=s.max_unfinished,
+        count=count,
+    )
+    metrics.watch_unfinished(port, lambda: unfinished.heads, lambda: unfinished.bodies)
+    return http_protocol_class(unfinished)
+
+
 def _websocket(services: Services) -> type[WebSocketProtocol]:
     s = services.settings
     endpoint = OpampEndpoint(services, services.auth.agents, services.metrics.auth_failed("opamp"))
-    sweep = Keepalive(s.ws_ping_interval, s.ws_ping_timeout, s.idle_timeout)
+    sweep = Keepalive(s.ws_ping_interval, s.ws_ping_timeout, s.ws_idle_timeout)
     # Pings keep idle sockets alive through proxies and find dead peers (the spec is silent). The
     # limit is enforced from each frame's header, closing with 1009 (spec 2.2) before a byte of an
     # oversized message is buffered; the limit counts the OpAMP header (spec 2.2).
@@ -136,9 +168,17 @@ def build_servers(services: Services) -> list[uvicorn.Server]:
     s = services.settings
     return [
         _Server(
-            _config(opamp_app(services), s.host, s.port, s, client_certs=True, websocket=_websocket(services))
+            _config(
+                opamp_app(services),
+                s.host,
+                s.port,
+                s,
+                http=_http(services, "opamp"),
+                client_certs=True,
+                websocket=_websocket(services),
+            )
         ),
-        _Server(_config(admin_app(services), s.admin_host, s.admin_port, s)),
+        _Server(_config(admin_app(services), s.admin_host, s.admin_port, s, http=_http(services, "admin"))),
     ]
 
 
@@ -146,6 +186,7 @@ async def serve(settings: Settings) -> None:
     """Run the node until a signal stops it. Raises TLSConfigError or CredentialError (naming the
     file) before listening if a TLS, key or token file is unusable."""
     tls.check(settings)
+    raise_file_limit(settings)
     async with running(settings) as services:
         servers = build_servers(services)
         _tune_gc(services)

@@ -100,6 +100,7 @@ class Services:
             push_rate=s.config_push_rate,
             resend_after=s.config_resend_after,
             max_description_bytes=s.max_description_bytes,
+            heartbeat_interval=s.agent_heartbeat_interval,
             clock=self.clock,
         )
         self.rollouts = RolloutController(
@@ -122,7 +123,7 @@ class Services:
             self.writer,
             self.config_cache,
             self.metrics,
-            offline_after=s.offline_after,
+            offline_after=s.offline_window,
             on_pushed=self.command_sweep.pushed_elsewhere,
         )
         self.drain = Drain(
@@ -145,7 +146,7 @@ class Services:
 
     def watch(self) -> None:
         """Point the scrape-time gauges at this node's live objects."""
-        registry, bus, offline_after = self.registry, self.bus, self.settings.offline_after
+        registry, bus, offline_after = self.registry, self.bus, self.settings.offline_window
         self.metrics.watch_node(
             websocket_agents=lambda: registry.websocket_agents,
             http_agents=lambda: registry.http_agents(self.clock(), offline_after),

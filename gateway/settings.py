@@ -18,6 +18,10 @@ LogFormat = Literal["text", "json"]
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+# Heartbeats an agent may miss before it shows offline (and its WebSocket counts as idle).
+HEARTBEATS_MISSED = 3
+# Beyond a uint32 of seconds (136 years) an interval means nothing.
+_MAX_HEARTBEAT_INTERVAL = 2**32 - 1
 _REFRESH_INTERVAL = re.compile(r"^(-1|[0-9]+(ms|s|m|h))$")
 _POSITIVE = (
     "offline_after",
@@ -26,6 +30,7 @@ _POSITIVE = (
     "ws_ping_timeout",
     "auth_reload_interval",
     "read_timeout",
+    "header_timeout",
     "send_timeout",
     "config_refresh_interval",
     "config_resend_after",
@@ -43,6 +48,8 @@ _AT_LEAST_ONE = (
     "max_config_bytes",
     "max_description_bytes",
     "max_inflight_bytes",
+    "max_unfinished",
+    "max_unfinished_per_ip",
     "store_breaker_failures",
 )
 
@@ -70,7 +77,19 @@ class Settings:
     )
     sqlite_path: str = field(default="./opamp-gateway.db", metadata={"help": "SQLite store file"})
     offline_after: float = field(
-        default=300.0, metadata={"help": "seconds without a message before an agent is offline"}
+        default=300.0,
+        metadata={
+            "help": "seconds without a message before an agent is offline (or 3 x --agent-heartbeat-interval "
+            "if longer)"
+        },
+    )
+    agent_heartbeat_interval: int = field(
+        default=30,
+        metadata={
+            "help": "heartbeat interval in seconds offered to agents with ReportsHeartbeat and "
+            "AcceptsOpAMPConnectionSettings (0: offer none); an agent reporting heartbeats is offline "
+            "after 3 of them are missed, never sooner than --offline-after"
+        },
     )
     forget_after: float = field(
         default=0.0,
@@ -273,11 +292,33 @@ class Settings:
     idle_timeout: float = field(
         default=600.0,
         metadata={
-            "help": "seconds a WebSocket may stay silent before it is closed (0: never); above the heartbeat"
+            "help": "seconds a WebSocket may stay silent before it is closed (0: never); at least 3 x "
+            "--agent-heartbeat-interval, and never a socket with an agent without ReportsHeartbeat"
         },
     )
     read_timeout: float = field(
         default=30.0, metadata={"help": "seconds to receive a whole HTTP request body (408 after)"}
+    )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds for an HTTP request line and headers (a WebSocket handshake included) to "
+            "arrive, on both ports; the connection gets 408 and is closed after"
+        },
+    )
+    max_unfinished_per_ip: int = field(
+        default=256,
+        metadata={
+            "help": "most connections one client address (an IPv6 /64) may hold on a port whose request "
+            "has not fully arrived; more are answered 429 and closed"
+        },
+    )
+    max_unfinished: int = field(
+        default=4096,
+        metadata={
+            "help": "most connections a port holds whose request has not fully arrived; past it the "
+            "oldest is dropped, so slow clients never take the files agents and probes need"
+        },
     )
     send_timeout: float = field(
         default=30.0,
@@ -323,6 +364,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_flag(name)}: must be at least 1")
         for name in (
+            "agent_heartbeat_interval",
             "enrollment_rate",
             "idle_timeout",
             "drain_seconds",
@@ -331,6 +373,8 @@ class Settings:
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{_flag(name)}: must be 0 or more")
+        if self.agent_heartbeat_interval > _MAX_HEARTBEAT_INTERVAL:
+            raise SettingsError(f"--agent-heartbeat-interval: must be at most {_MAX_HEARTBEAT_INTERVAL}")
         self._check_node_timing()
 
     def _check_node_timing(self) -> None:
@@ -345,8 +389,11 @@ class Settings:
         if not 0 <= self.max_connection_age_jitter <= 1:
             raise SettingsError("--max-connection-age-jitter: must be between 0 and 1")
         # A connected agent's stored last_seen lags by up to ~0.6 x --offline-after (node/liveness.py).
-        if self.forget_after != 0 and self.forget_after <= self.offline_after:
-            raise SettingsError("--forget-after: must be 0 (never) or more than --offline-after")
+        if self.forget_after != 0 and self.forget_after <= self.offline_window:
+            raise SettingsError(
+                "--forget-after: must be 0 (never) or more than --offline-after and more than "
+                f"{HEARTBEATS_MISSED} x --agent-heartbeat-interval"
+            )
 
     def _check_elasticsearch(self) -> None:
         if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):
@@ -374,6 +421,20 @@ class Settings:
             raise SettingsError(
                 "--elasticsearch-refresh-interval: must be a time like 5s, 500ms or 1m, or -1 (refresh off)"
             )
+
+    @property
+    def offline_window(self) -> float:
+        """Seconds without a message before an agent shows offline: --offline-after, or three
+        heartbeat intervals when that is longer (an agent is offline after 3 missed heartbeats)."""
+        return max(self.offline_after, HEARTBEATS_MISSED * self.agent_heartbeat_interval)
+
+    @property
+    def ws_idle_timeout(self) -> float:
+        """Seconds a WebSocket may carry no message before it is handed to its connection (0:
+        never): --idle-timeout, or three heartbeat intervals when that is longer."""
+        if self.idle_timeout <= 0:
+            return 0.0
+        return max(self.idle_timeout, HEARTBEATS_MISSED * self.agent_heartbeat_interval)
 
     @property
     def agent_auth(self) -> bool:

@@ -46,6 +46,10 @@ def test_every_field_has_a_flag_and_an_env_var() -> None:
         (["--log-format", "xml"], {}, "--log-format"),
         ([], {"OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS": "perhaps"}, "OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS"),
         (["--flush-batch", "0"], {}, "--flush-batch"),
+        (["--agent-heartbeat-interval", "-1"], {}, "--agent-heartbeat-interval"),
+        (["--agent-heartbeat-interval", "1.5"], {}, "--agent-heartbeat-interval"),
+        (["--agent-heartbeat-interval", str(2**32)], {}, "--agent-heartbeat-interval"),
+        ([], {"OPAMP_GATEWAY_AGENT_HEARTBEAT_INTERVAL": "often"}, "OPAMP_GATEWAY_AGENT_HEARTBEAT_INTERVAL"),
     ],
 )
 def test_errors_name_the_bad_key(argv: list[str], env: dict[str, str], names: str) -> None:
@@ -56,7 +60,16 @@ def test_errors_name_the_bad_key(argv: list[str], env: dict[str, str], names: st
 def test_forget_after() -> None:
     assert s.load([]).forget_after == 0
     assert s.load(["--forget-after", "2592000"]).forget_after == 2592000
-    assert s.load(["--offline-after", "10", "--forget-after", "11"]).forget_after == 11
+    assert s.load(["--offline-after", "100", "--forget-after", "101"]).forget_after == 101
+    assert (
+        s.load(
+            ["--offline-after", "10", "--agent-heartbeat-interval", "0", "--forget-after", "11"]
+        ).forget_after
+        == 11
+    )
+    # An agent polling every 30 s is online for 90 s: its record must outlive that.
+    with pytest.raises(s.SettingsError, match="--forget-after"):
+        s.load(["--offline-after", "10", "--forget-after", "11"])
 
 
 def test_boolean_env() -> None:
@@ -125,3 +138,25 @@ def test_elasticsearch_settings_from_the_environment() -> None:
     assert loaded.elasticsearch_refresh_interval == "-1"
     # Secrets stay out of logs that print the settings.
     assert "c2VjcmV0" not in repr(loaded)
+
+
+@pytest.mark.parametrize(
+    ("argv", "window", "idle"),
+    [
+        # The defaults: 3 x 30 s is within both, which keep their values.
+        ([], 300.0, 600.0),
+        (["--agent-heartbeat-interval", "200"], 600.0, 600.0),
+        (["--agent-heartbeat-interval", "300"], 900.0, 900.0),
+        (["--agent-heartbeat-interval", "0"], 300.0, 600.0),
+        (["--agent-heartbeat-interval", "300", "--idle-timeout", "0"], 900.0, 0.0),
+    ],
+)
+def test_liveness_window_and_idle_timeout_follow_the_heartbeat(
+    argv: list[str], window: float, idle: float
+) -> None:
+    """Offline after 3 missed heartbeats, never sooner than --offline-after; a WebSocket is idle only
+    after 3 heartbeat intervals, never sooner than --idle-timeout (0 stays "never")."""
+    loaded = s.load(argv, {})
+    assert loaded.agent_heartbeat_interval == (30 if not argv else int(argv[1]))
+    assert loaded.offline_window == window
+    assert loaded.ws_idle_timeout == idle

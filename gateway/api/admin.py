@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.api.agent_path import path_agent
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
+from gateway.auth import valid_key_id
 from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import uid_bytes
 from gateway.fleet.render import agent_json
@@ -27,7 +28,7 @@ from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreEr
 logger = logging.getLogger("gateway.api.admin")
 
 _STATUSES = get_args(Status)
-_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status"})
+_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status", "key_id"})
 _ATTR_PREFIX = "attr."
 # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses, and a bounded
 # length keeps int() away from its 4,300-digit limit.
@@ -43,7 +44,7 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if unknown:
         raise BadQuery(
             f"unknown query parameter {unknown[0]!r}; "
-            "use status, q, limit, cursor, config, config_status or attr.<key>"
+            "use status, q, limit, cursor, config, config_status, key_id or attr.<key>"
         )
     status = params.get("status")
     if status is not None and status not in _STATUSES:
@@ -57,10 +58,14 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     config_status = params.get("config_status")
     if config_status is not None and config_status not in CONFIG_STATUSES:
         raise BadQuery(f"config_status: must be one of {', '.join(CONFIG_STATUSES)}")
+    key_id = params.get("key_id")
+    if key_id and not valid_key_id(key_id):
+        raise BadQuery("key_id: must be a key group name or sha256: and 12 hex digits (empty: no key)")
     return AgentQuery(
         status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
         q=params.get("q") or None,
         attributes=attributes,
+        key_id=key_id,
         limit=int(limit_text),
         cursor=params.get("cursor") or None,
     )
@@ -75,7 +80,7 @@ async def list_agents(request: Request) -> Response:
         query = parse_query(params)
     except BadQuery as exc:
         return error(400, str(exc))
-    now, offline_after = services.clock(), services.settings.offline_after
+    now, offline_after = services.clock(), services.settings.offline_window
     try:
         if params.get("config"):
             config = await services.store.get_config(params["config"])
@@ -122,7 +127,7 @@ async def get_agent(request: Request) -> Response:
     body = agent_json(
         state,
         now,
-        services.settings.offline_after,
+        services.settings.offline_window,
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
     )
@@ -170,7 +175,7 @@ async def agent_resource(request: Request) -> Response:
 async def fleet_summary(request: Request) -> Response:
     services = node_of(request)
     try:
-        summary = await services.store.summary(services.clock(), services.settings.offline_after)
+        summary = await services.store.summary(services.clock(), services.settings.offline_window)
     except StoreError as exc:
         return store_down(exc)
     return JSONResponse({**dataclasses.asdict(summary), "websockets": await _websockets(services)})

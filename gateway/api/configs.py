@@ -66,7 +66,7 @@ async def rollout(services: AdminNode, config: Config) -> RolloutCounts:
         await services.config_cache.refresh("rollout read")
         configs = services.config_cache.fleet.configs
     query = AgentQuery(selector=config.selector, limit=MAX_PAGE_SIZE)
-    now, offline_after = services.clock(), services.settings.offline_after
+    now, offline_after = services.clock(), services.settings.offline_window
     while True:
         page = await services.store.list_agents(query, now, offline_after)
         fresher = services.liveness.fresher

@@ -12,6 +12,7 @@ from typing import Protocol
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
+from gateway.auth import Auth
 from gateway.bus.base import Bus
 from gateway.node.parts import NodeParts
 from gateway.node.rebalance import Rebalance
@@ -35,6 +36,9 @@ class AdminNode(NodeParts, Protocol):
 
     @property
     def rollouts(self) -> RolloutController: ...
+
+    @property
+    def auth(self) -> Auth: ...
 
 
 def attach(app: Starlette, node: AdminNode) -> None:

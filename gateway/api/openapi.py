@@ -20,6 +20,8 @@ from gateway.fleet.status import STATUSES
 from gateway.store.base import MAX_PAGE_SIZE
 
 PATH = "/api/v1/openapi.json"
+# What gateway/auth.py's valid_key_id accepts.
+_KEY_ID_PATTERN = "^sha256:[0-9a-f]{12}$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 Schema = dict[str, Any]
 
@@ -160,6 +162,14 @@ SCHEMAS: dict[str, Schema] = {
                     },
                 }
             ),
+            "key_id": _nullable(
+                {
+                    "type": "string",
+                    "description": "the id of the agent key (group) the agent is bound to, never the key; "
+                    "null: bound to no key (enrolled while agent keys were off), adopted by the first key "
+                    "that speaks for it",
+                }
+            ),
             "connected": {"type": "boolean"},
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),
@@ -217,6 +227,26 @@ SCHEMAS: dict[str, Schema] = {
             "node": _nullable({"type": "string"}),
             "command_id": {"type": "string"},
         },
+    },
+    "KeyMove": {
+        "type": "object",
+        "required": ["key_id"],
+        "additionalProperties": False,
+        "properties": {
+            "key_id": _nullable(
+                {
+                    "type": "string",
+                    "pattern": _KEY_ID_PATTERN,
+                    "description": "a key id configured on this node (a group name, or sha256: and 12 hex "
+                    "digits); null binds the agent to no key",
+                }
+            )
+        },
+    },
+    "KeyMoved": {
+        "type": "object",
+        "required": ["instance_uid", "key_id"],
+        "properties": {"instance_uid": _UID, "key_id": _nullable({"type": "string"})},
     },
     "DrainStarted": {
         "type": "object",
@@ -377,6 +407,11 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                     "only agents in this state with their desired config (a page may then hold fewer "
                     "than limit agents)",
                 ),
+                _query(
+                    "key_id",
+                    {"type": "string", "pattern": f"^$|{_KEY_ID_PATTERN}"},
+                    "only agents bound to this agent key id (empty: agents bound to no key)",
+                ),
             ],
             description="Also filters by attribute: attr.<key>=<value> (identifying or non-identifying, "
             "exact text match), e.g. attr.service.name=otelcol-contrib.",
@@ -395,6 +430,20 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             {202: "CommandAccepted", 404: None, 409: None, 503: None},
             parameters=[_UID_PARAM],
         )
+    },
+    "/api/v1/agents/{instance_uid}/key": {
+        "put": {
+            **_operation(
+                "moveAgentKey",
+                "Bind the agent to another agent key",
+                {200: "KeyMoved", 400: None, 404: None, 503: None},
+                parameters=[_UID_PARAM],
+                description="The record is rebound first, then the agent's WebSocket (on any node) is "
+                "closed so that it authenticates again; from then on only a client with that key may "
+                "speak for it (docs/security.md).",
+            ),
+            "requestBody": {"required": True, "content": _json(_ref("KeyMove"))},
+        }
     },
     "/api/v1/drain": {
         "post": _operation(

@@ -76,6 +76,9 @@ class AgentState:
     offered_config_hash: bytes | None = None
     offered_at: float = 0.0
     failed_config_hash: bytes | None = None
+    # The hash of the ConnectionSettingsOffers (the heartbeat interval, gateway/opamp/heartbeat.py)
+    # last sent to the agent, so it is not offered again; None: none since its last (re)connection.
+    offered_settings_hash: bytes | None = None
     # The uid a live agent held when this one arrived with it: this agent is its clone and was given
     # a uid of its own (gateway/node/duplicates.py). None: not a duplicate.
     duplicate_of: bytes | None = None
@@ -85,6 +88,10 @@ class AgentState:
     # Reported parts (description, health, effective_config, remote_config_status) the store left
     # out because the record would exceed its size bound (Elasticsearch, docs/opamp.md section 10).
     oversized: tuple[str, ...] = ()
+    # The id of the agent key (or key group) the agent is bound to (gateway/auth.py, docs/security.md):
+    # only a client with that key may speak for it. "" for an agent enrolled while no keys were
+    # configured: bound to nothing, adopted by the first key that speaks for it.
+    key_id: str = ""
 
     @property
     def uid(self) -> str:

@@ -132,6 +132,8 @@ def agent_json(
         "available_components": None
         if state.available_components is None
         else available_components_json(state.available_components),
+        # The agent key (group) it is bound to, never the key; null: bound to none (docs/security.md).
+        "key_id": state.key_id or None,
     }
     if connection is not None:
         body["connected"] = connection.connected

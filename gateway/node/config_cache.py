@@ -31,6 +31,7 @@ from gateway.metrics import Metrics
 from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
 from gateway.node.rollout_views import RolloutSource, rollout_views
+from gateway.opamp import capabilities as caps, heartbeat
 from gateway.opamp.engine import DEFAULT_MAX_DESCRIPTION_BYTES, FleetView
 from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
@@ -63,6 +64,7 @@ class ConfigCache:
         push_rate: float,
         resend_after: float,
         max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES,
+        heartbeat_interval: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._configs = configs
@@ -71,7 +73,13 @@ class ConfigCache:
         self._metrics = metrics
         self._push_rate = push_rate
         self._clock = clock
-        self._fleet = FleetView(config_resend_after=resend_after, max_description_bytes=max_description_bytes)
+        offer = heartbeat.settings_offer(heartbeat_interval)
+        self._fleet = FleetView(
+            server_capabilities=caps.server_capabilities(offer is not None),
+            config_resend_after=resend_after,
+            max_description_bytes=max_description_bytes,
+            connection_settings=offer,
+        )
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
         # time.monotonic() of the last read, or of a message's failed attempt at one (a failing

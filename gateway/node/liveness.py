@@ -10,6 +10,9 @@ node's sockets stays in memory, and reaches the store:
   `last_seen` is `offline_after / 2` old or more: the whole node's due heartbeats in one batch, so
   the store's `last_seen` of a connected agent is never more than about 0.6 x `offline_after` old and
   it never shows offline;
+- for an agent that reports capabilities without ReportsHeartbeat (it speaks only when it has
+  something to say), the sweep counts its socket answering pings as a heartbeat at the sweep's time
+  (`Holder.alive`), so it stays online while its socket is open;
 - when its socket closes (goodbye, idle, drain, a dead peer), so the next node to get the agent reads
   its last sequence number and sees no gap; not when another connection took the agent over, which
   has written a newer record already (the stores also drop a write older than what they hold);
@@ -27,6 +30,7 @@ from collections.abc import Callable
 
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite, uid_str
 from gateway.node.registry import Registry
+from gateway.opamp.heartbeat import heartbeats_expected
 from gateway.periodic import Periodic
 from gateway.store.writer import Writer, WriterFull, WriterStopped
 
@@ -101,6 +105,11 @@ class Liveness:
             if last is None or now - last < threshold:
                 continue
             state = holder.state(uid)
+            if state is not None and not heartbeats_expected(state.capabilities) and state.last_seen >= last:
+                # No heartbeats to wait for: its socket answering pings is its liveness. (A cached
+                # record older than the stored one means a write of a newer one is in flight, whose
+                # changes this touch must not overtake: the next sweep comes soon enough.)
+                state = holder.alive(uid, now)
             if state is None or state.last_seen <= last or state.instance_uid != uid:
                 continue
             if not self._submit(state):

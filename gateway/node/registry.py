@@ -26,6 +26,10 @@ class Holder(Protocol):
     def state(self, uid: bytes) -> AgentState | None:
         """`uid`'s record as this connection holds it; None if it does not serve `uid` (any more)."""
 
+    def alive(self, uid: bytes, now: float) -> AgentState | None:
+        """The socket answers pings: `uid`'s record with last_seen moved to `now`, kept as this
+        connection's record; None if it does not serve `uid` (any more)."""
+
     async def send(self, push: Push) -> bool:
         """Send a server-initiated message to the push's agent and keep its record (here and in the
         store); False if the socket is gone or no longer serves that agent."""

@@ -98,6 +98,37 @@ class Router:
         self._metrics.pushes.labels(kind="command", delivery="pending").inc()
         return Delivery("pending", owner, command_id)
 
+    async def rebind(self, uid: bytes, key_id: str) -> AgentState | None:
+        """Bind the agent to another agent key (`key_id`; "" binds it to none), committed before this
+        returns, then close its socket (this node's, or the live owner's over the bus) so that it
+        authenticates again: its next message is checked against the stored binding. None if there
+        is no such agent. Raises StoreError (and writer errors) if the record cannot be written."""
+        state = await self._writer.get(uid)
+        if state is None:
+            return None
+        bound = replace(state, key_id=key_id)
+        await self._writer.submit_durable(AgentWrite(state=bound, changed=frozenset({"key_id"})))
+        current = state.instance_uid
+        where = f"node {self._node_id}: its agent key changed"
+        conn = self._registry.get(current)
+        if conn is not None:
+            await conn.taken_over(current, where)
+            return bound
+        try:
+            owner = (await self._bus.owners([current])).get(current)
+            if owner is not None and owner.node != self._bus.node_id:
+                event = ConnectionTakenOver(uid=current, new_node=self._node_id, epoch=owner.epoch)
+                await self._bus.send(owner.node, event)
+                self._metrics.bus_events.labels(direction="sent", event="ConnectionTakenOver").inc()
+        except BusUnavailable as exc:
+            # The record is moved all the same; the socket keeps its cached copy until it reconnects.
+            logger.warning(
+                "bus unavailable, the agent's socket elsewhere stays open until it reconnects: %s",
+                exc,
+                extra={"instance_uid": uid_str(current)},
+            )
+        return bound
+
     async def _deliver_from_bus(self, event: AgentCommand) -> None:
         """Another node stored a command for an agent whose socket it believes this node holds: push it
         if the record still holds it (an agent that moved and got it elsewhere must not get it twice)."""

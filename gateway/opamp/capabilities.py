@@ -20,6 +20,8 @@ REPORTS_HEALTH = pb.AgentCapabilities_ReportsHealth
 REPORTS_REMOTE_CONFIG = pb.AgentCapabilities_ReportsRemoteConfig
 REPORTS_HEARTBEAT = pb.AgentCapabilities_ReportsHeartbeat
 REPORTS_AVAILABLE_COMPONENTS = pb.AgentCapabilities_ReportsAvailableComponents
+ACCEPTS_OPAMP_CONNECTION_SETTINGS = pb.AgentCapabilities_AcceptsOpAMPConnectionSettings
+REPORTS_CONNECTION_SETTINGS_STATUS = pb.AgentCapabilities_ReportsConnectionSettingsStatus
 
 _AGENT_PREFIX = "AgentCapabilities_"
 _SERVER_PREFIX = "ServerCapabilities_"
@@ -39,6 +41,13 @@ SERVER_CAPABILITIES = (
     | pb.ServerCapabilities_OffersRemoteConfig
     | pb.ServerCapabilities_AcceptsEffectiveConfig
 )
+# ... and with a heartbeat interval to offer (gateway/opamp/heartbeat.py): connection settings.
+OFFERS_CONNECTION_SETTINGS = pb.ServerCapabilities_OffersConnectionSettings
+
+
+def server_capabilities(offers_settings: bool) -> int:
+    """The ServerCapabilities this gateway sends: OffersConnectionSettings only while it offers some."""
+    return SERVER_CAPABILITIES | (OFFERS_CONNECTION_SETTINGS if offers_settings else 0)
 
 
 def capability_names(mask: int, names: dict[int, str] = AGENT_CAPABILITY_NAMES) -> list[str]:

@@ -12,12 +12,12 @@ from typing import Literal
 
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
 from gateway.fleet.desired import ConfigSet
-from gateway.opamp import capabilities as caps
+from gateway.opamp import capabilities as caps, heartbeat
 from gateway.proto import opamp_pb2 as pb
 
 UID_LENGTH = 16
 
-Event = Literal["enrolled", "moved", "reported", "heartbeat", "disconnected", "rejected"]
+Event = Literal["enrolled", "moved", "reported", "heartbeat", "disconnected", "rejected", "forbidden"]
 
 # Changes that are committed before the reply goes out (design principle 4).
 _DURABLE_FIELDS = frozenset(
@@ -31,6 +31,8 @@ _DURABLE_FIELDS = frozenset(
         "capabilities",
         # A command is cleared before the reply that carries it goes out: delivered at most once.
         "pending_command",
+        # An anonymous agent adopted by the key that spoke for it: bound before the reply.
+        "key_id",
     }
 )
 # The capability an agent must report for each ServerToAgentCommand type (spec 8.4).
@@ -64,6 +66,8 @@ class FleetView:
     configs: ConfigSet = field(default_factory=ConfigSet)
     config_resend_after: float = DEFAULT_CONFIG_RESEND_AFTER
     max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES
+    # The heartbeat interval offered to agents (gateway/opamp/heartbeat.py); None: none offered.
+    connection_settings: pb.ConnectionSettingsOffers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,25 @@ class Outcome:
     @property
     def rejected(self) -> bool:
         return self.event == "rejected"
+
+    @property
+    def forbidden(self) -> bool:
+        """The message spoke for an agent bound to another key: nothing was decided or stored, and
+        the transport refuses it (HTTP 401, WebSocket close 1008)."""
+        return self.event == "forbidden"
+
+
+def may_speak_for(state: AgentState, key_id: str | None) -> bool:
+    """Whether a client that authenticated with `key_id` (None: agent keys are off) may speak for the
+    agent of `state`: the key it is bound to, or any key if it is bound to none (anonymous)."""
+    return key_id is None or not state.key_id or state.key_id == key_id
+
+
+def _forbidden(msg: pb.AgentToServer) -> Outcome:
+    reply = pb.ServerToAgent(instance_uid=msg.instance_uid)
+    reply.error_response.type = pb.ServerErrorResponseType_BadRequest
+    reply.error_response.error_message = "this instance_uid is bound to another agent key"
+    return Outcome(reply, None, False, "forbidden", None)
 
 
 def bad_request(instance_uid: bytes, message: str) -> pb.ServerToAgent:
@@ -174,6 +197,7 @@ def _identity(
     reply: pb.ServerToAgent,
     now: float,
     mint_uid: Callable[[], bytes],
+    key_id: str | None,
 ) -> tuple[AgentState, Event, bool, bytes | None]:
     """Which record this message updates, under which uid: (base record, event, sequence gap?,
     uid the record moves away from). Sets agent_identification on the reply when the uid changes."""
@@ -181,7 +205,13 @@ def _identity(
         uid = mint_uid() if wants_uid else msg.instance_uid
         if wants_uid:
             reply.agent_identification.new_instance_uid = uid
-        base = AgentState(instance_uid=uid, enrolled_at=now, last_seen=now, sequence_num=msg.sequence_num)
+        base = AgentState(
+            instance_uid=uid,
+            enrolled_at=now,
+            last_seen=now,
+            sequence_num=msg.sequence_num,
+            key_id=key_id or "",
+        )
         return base, "enrolled", True, None
     gap = msg.sequence_num != state.sequence_num + 1
     if state.instance_uid != msg.instance_uid:
@@ -234,7 +264,9 @@ def handle(
     fleet: FleetView,
     now: float,
     mint_uid: Callable[[], bytes],
+    *,
     duplicate_of: bytes | None = None,
+    key_id: str | None = None,
 ) -> Outcome:
     """Decide the reply and the state change for one message.
 
@@ -242,12 +274,19 @@ def handle(
     agent has not adopted its new uid yet), or None for an agent never seen. `duplicate_of`: the
     message comes from a clone of the live agent holding that uid (with `state` None and
     RequestInstanceUid set, so it is enrolled under a new uid); its record keeps the relation.
+    `key_id`: the id of the
+    agent key the client authenticated with (None: agent keys are off). A message for an agent bound
+    to another key is refused ("forbidden") before anything else; a new agent is bound to `key_id`,
+    an anonymous one (bound to none) is adopted by it, and a uid it moves to keeps its key.
     """
     if state is not None:
-        outcome = _heartbeat(state, msg, fleet, now)
-        if outcome is not None:
-            return outcome
-    return _handle(state, msg, fleet, now, mint_uid, duplicate_of)
+        if not may_speak_for(state, key_id):
+            return _forbidden(msg)
+        if key_id is None or state.key_id == key_id:
+            outcome = _heartbeat(state, msg, fleet, now)
+            if outcome is not None:
+                return outcome
+    return _handle(state, msg, fleet, now, mint_uid, duplicate_of=duplicate_of, key_id=key_id)
 
 
 def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: float) -> Outcome | None:
@@ -257,7 +296,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
     unchanged: the sub-message comparisons, the `changed` bookkeeping and `replace()`. The result
     is the one `_handle` gives (tests/opamp/test_engine_fast_path.py compares them). It applies
     when the agent is in step (its own uid, sequence_num + 1, capabilities unset or unchanged),
-    reports nothing new, waits for no command and gets no config offer.
+    reports nothing new, waits for no command and gets no config or heartbeat offer.
     """
     seq = msg.sequence_num
     if (
@@ -275,7 +314,10 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("remote_config_status")
         or msg.HasField("connection_settings_request")
         or msg.HasField("available_components")
+        or msg.HasField("connection_settings_status")
     ):
+        return None
+    if fleet.connection_settings is not None and heartbeat.settings_due(state, fleet.connection_settings):
         return None
     new_state = state.touched(now, seq)
     if fleet.configs and config_to_offer(new_state, fleet, now) is not None:
@@ -290,7 +332,9 @@ def _handle(
     fleet: FleetView,
     now: float,
     mint_uid: Callable[[], bytes],
+    *,
     duplicate_of: bytes | None = None,
+    key_id: str | None = None,
 ) -> Outcome:
     """`handle` for every message: the full rules."""
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
@@ -305,7 +349,7 @@ def _handle(
         # A goodbye from an agent we never knew carries nothing worth enrolling.
         return Outcome(reply, None, False, "disconnected", None)
 
-    base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid)
+    base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid, key_id)
     if state is None and duplicate_of is not None:
         base = replace(base, duplicate_of=duplicate_of)
     changed: set[str] = set()
@@ -313,6 +357,10 @@ def _handle(
         changed.add("enrolled")
     elif previous_uid is not None:
         changed.add("instance_uid")
+    if key_id is not None and base.key_id != key_id:
+        # An anonymous agent (bound to no key): the first key that speaks for it adopts it.
+        base = replace(base, key_id=key_id)
+        changed.add("key_id")
 
     new_state = _reported(base, msg, now, disconnecting, changed)
 
@@ -335,6 +383,7 @@ def _handle(
         return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
     if not disconnecting and not unknown_config:
         new_state = offer_config(new_state, fleet, now, reply, changed)
+    new_state = heartbeat.settle(new_state, msg, fleet.connection_settings, reply, changed, disconnecting)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
     durable_changes = changed & _DURABLE_FIELDS

@@ -82,6 +82,8 @@ class AgentQuery:
     attributes: dict[str, str] = field(default_factory=dict)
     # Only agents the selector matches (fleet/selector.py semantics; an empty selector matches none).
     selector: Selector | None = None
+    # Only agents bound to this key id ("": agents bound to no key).
+    key_id: str | None = None
     limit: int = DEFAULT_PAGE_SIZE
     # Opaque token from the previous page's `next_cursor`.
     cursor: str | None = None

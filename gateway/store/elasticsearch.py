@@ -403,6 +403,7 @@ class ElasticsearchStore:
                     after.command_id,
                     after.moved_to,
                     str(item.get("_index", "")),
+                    after.key_id,
                 ),
             )
             return None
@@ -508,7 +509,15 @@ def _known(doc: Mapping[str, Any], record: AgentState | Moved) -> Known:
     seq_no, term, index = int(doc["_seq_no"]), int(doc["_primary_term"]), str(doc.get("_index", ""))
     if isinstance(record, Moved):
         return Known(seq_no, term, moved_to=record.to, index=index)
-    return Known(seq_no, term, record.last_seen, record.pending_command, record.command_id, index=index)
+    return Known(
+        seq_no,
+        term,
+        record.last_seen,
+        record.pending_command,
+        record.command_id,
+        index=index,
+        key_id=record.key_id,
+    )
 
 
 def store_error_from_item(error: object, status: int, what: str) -> StoreError:

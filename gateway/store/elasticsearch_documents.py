@@ -172,9 +172,13 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             "capabilities_bitmask": state.capabilities,
             "pending_command": state.pending_command,
             "command_id": state.command_id or None,
+            "key_id": state.key_id or None,
             "previous_instance_uids": [uid_str(u) for u in state.previous_instance_uids],
             "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
             "offered_at": float(state.offered_at),
+            "offered_settings_hash": None
+            if state.offered_settings_hash is None
+            else state.offered_settings_hash.hex(),
             "raw": {
                 "description": _b64(state.description),
                 "health": _b64(state.health),
@@ -302,10 +306,12 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             pending_command=opamp.get("pending_command"),
             command_id=opamp.get("command_id") or "",
             duplicate_of=_uid(opamp["duplicate_of"]) if opamp.get("duplicate_of") else None,
+            key_id=opamp.get("key_id") or "",
             node=connection.get("node") or "",
             transport=_transport(connection.get("transport")),
             offered_config_hash=_hex(remote.get("offered_hash")),
             offered_at=float(opamp.get("offered_at") or 0.0),
+            offered_settings_hash=_hex(opamp.get("offered_settings_hash")),
             failed_config_hash=_hex(remote.get("failed_hash")),
             oversized=tuple(str(p) for p in opamp.get("oversized") or ()),
         )

@@ -26,6 +26,7 @@ _BUCKETS = 10_000
 ACTIVE: dict[str, Any] = {"term": {"active": True}}
 LAST_SEEN = "opamp.last_seen"
 PENDING_COMMAND = "opamp.pending_command"
+KEY_ID = "opamp.key_id"
 
 
 def _order_key(x: float) -> int:
@@ -131,6 +132,10 @@ def agents_query(query: AgentQuery, now: float, offline_after: float) -> dict[st
     if query.q:
         # search_text is stored lower-cased; wildcard characters in q are literal, as in SQLite.
         filters.append({"wildcard": {"search_text": {"value": f"*{_escape_wildcard(query.q.lower())}*"}}})
+    if query.key_id == "":
+        filters.append({"bool": {"must_not": [{"exists": {"field": KEY_ID}}]}})
+    elif query.key_id is not None:
+        filters.append({"term": {KEY_ID: query.key_id}})
     for key, value in sorted(query.attributes.items()):
         filters.append({"term": {_attribute(key): value}})
     if query.selector is not None:

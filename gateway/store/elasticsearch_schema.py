@@ -19,7 +19,9 @@ from typing import Any
 
 # 2: ignore_above on every keyword filled from agent-supplied bytes; opamp.oversized; opamp.command_id.
 # 3: opamp.duplicate_of, opamp.raw.available_components.
-AGENTS_MAPPING_VERSION = 3
+# 4: opamp.offered_settings_hash.
+# 5: opamp.key_id, the agent key (group) an agent is bound to.
+AGENTS_MAPPING_VERSION = 5
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 CONFIGS_MAPPING_VERSION = 2
 META_KEY = "opamp_gateway"
@@ -93,10 +95,13 @@ AGENT_PROPERTIES: dict[str, Any] = {
         capabilities_bitmask={"type": "unsigned_long"},
         pending_command={"type": "long"},
         command_id={"type": "keyword"},
+        key_id={"type": "keyword"},
         previous_instance_uids={"type": "keyword"},
         moved_to={"type": "keyword"},
         duplicate_of={"type": "keyword"},
         offered_at={"type": "double"},
+        # The hash (hex) of the connection settings last offered (gateway/opamp/heartbeat.py).
+        offered_settings_hash={"type": "keyword"},
         # Reported parts left out because the document would exceed MAX_DOCUMENT_BYTES.
         oversized={"type": "keyword"},
         raw=_object(

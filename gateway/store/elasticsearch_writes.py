@@ -10,7 +10,8 @@ applies in SQL:
 - a write whose `last_seen` is older than the stored one is dropped (only a named `pending_command`
   still lands);
 - a touch (heartbeat) writes only the heartbeat fields, as a partial update;
-- `pending_command` changes only when a write names it;
+- `pending_command` changes only when a write names it, and so does `key_id` (an adoption or an
+  admin's move to another key: a node's stale copy of the record never undoes it);
 - a write for a uid that moved is dropped (the record lives on under the new uid);
 - a move writes the new document and turns every older uid into a `Moved` document.
 
@@ -47,6 +48,7 @@ class Known:
     # `migrate` makes, so a conditional write names this index rather than the alias: after a
     # roll-over it meets the old index's write block instead of matching another version.
     index: str = ""
+    key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ def plan(position: int, write: AgentWrite, known: Callable[[bytes], Known | None
     uid = state.instance_uid
     current = known(uid)
     named = "pending_command" in write.changed
+    rebound = "key_id" in write.changed
     old = write.previous_uid if write.previous_uid not in (None, uid) else None
     actions: list[Action] = []
     if old is not None:
@@ -119,35 +122,54 @@ def plan(position: int, write: AgentWrite, known: Callable[[bytes], Known | None
     elif current is not None and current.moved_to is not None:
         return []  # a late write for a uid that has moved: recreating it would resurrect a ghost
     if current is not None and current.moved_to is None and current.last_seen > state.last_seen:
-        if named and (current.pending_command, current.command_id) != (
-            state.pending_command,
-            state.command_id,
-        ):
-            body = {
-                "doc": {
-                    "opamp": {
-                        "pending_command": state.pending_command,
-                        "command_id": state.command_id or None,
-                    }
-                }
-            }
-            after = Known(0, 0, current.last_seen, state.pending_command, state.command_id)
-            actions.append(Action(position, uid, "update", body, current, after))
+        late = _named_fields(write, current)
+        if late:
+            after = Known(
+                0,
+                0,
+                current.last_seen,
+                state.pending_command if named else current.pending_command,
+                state.command_id if named else current.command_id,
+                key_id=state.key_id if rebound else current.key_id,
+            )
+            actions.append(Action(position, uid, "update", {"doc": {"opamp": late}}, current, after))
         return actions
     if write.is_touch and current is not None and current.moved_to is None:
-        after = Known(0, 0, state.last_seen, current.pending_command, current.command_id)
+        after = Known(
+            0, 0, state.last_seen, current.pending_command, current.command_id, key_id=current.key_id
+        )
         actions.append(Action(position, uid, "update", {"doc": heartbeat_fields(state)}, current, after))
         return actions
-    pending, command_id = state.pending_command, state.command_id
-    if not named and current is not None and current.moved_to is None:
-        pending, command_id = current.pending_command, current.command_id
+    pending, command_id, key_id = state.pending_command, state.command_id, state.key_id
+    if current is not None and current.moved_to is None:
+        if not named:
+            pending, command_id = current.pending_command, current.command_id
+        if not rebound:
+            key_id = current.key_id
     document = bounded_agent_document(state)
     document["opamp"]["pending_command"] = pending
     document["opamp"]["command_id"] = command_id or None
+    document["opamp"]["key_id"] = key_id or None
     kind, condition = _conditional(current)
-    after = Known(0, 0, state.last_seen, pending, command_id)
+    after = Known(0, 0, state.last_seen, pending, command_id, key_id=key_id)
     actions.append(Action(position, uid, kind, document, condition, after))
     return actions
+
+
+def _named_fields(write: AgentWrite, current: Known) -> dict[str, Any]:
+    """The fields only a write naming them changes, where this late write changes them (it is older
+    than the stored record, so nothing else of it lands)."""
+    state = write.state
+    out: dict[str, Any] = {}
+    if "pending_command" in write.changed and (current.pending_command, current.command_id) != (
+        state.pending_command,
+        state.command_id,
+    ):
+        out["pending_command"] = state.pending_command
+        out["command_id"] = state.command_id or None
+    if "key_id" in write.changed and current.key_id != state.key_id:
+        out["key_id"] = state.key_id or None
+    return out
 
 
 def rounds(writes: Sequence[AgentWrite]) -> list[list[int]]:

@@ -49,6 +49,7 @@ from gateway.store.sqlite_schema import (
     SELECT_PENDING_COMMANDS,
     SELECT_STATE,
     SELECT_STATE_REV,
+    SET_KEY_ID,
     SET_PENDING_COMMAND,
     STATE_COLUMNS,
     STATUS_CASE,
@@ -225,6 +226,9 @@ class SQLiteStore:
             if query.status not in STATUS_SQL:
                 raise ValueError(f"unknown status: {query.status!r}")
             where.append(f"({STATUS_SQL[query.status]})")
+        if query.key_id is not None:
+            where.append("key_id = :key_id")
+            params["key_id"] = query.key_id
         if query.q:
             # instr() on the lower-cased column: a plain substring, so % and _ are literal.
             where.append("instr(search, :q) > 0")
@@ -531,6 +535,9 @@ class SQLiteStore:
             # Whatever its last_seen: a restart requested on one node must not be undone by a status
             # write flushed later by the node holding the agent, nor survive its own delivery.
             conn.execute(SET_PENDING_COMMAND, (state.pending_command, state.command_id, new_rev(), uid))
+        if "key_id" in write.changed:
+            # Likewise an adoption or an admin's move to another key, whatever the write's last_seen.
+            conn.execute(SET_KEY_ID, (state.key_id, new_rev(), uid))
         if old is not None:
             conn.execute("DELETE FROM agents WHERE uid = ?", (old,))
             conn.execute("UPDATE uid_aliases SET new_uid = ? WHERE new_uid = ?", (uid, old))

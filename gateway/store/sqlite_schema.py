@@ -17,7 +17,7 @@ from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 9
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -80,7 +80,9 @@ SCHEMA = (
         rev INTEGER NOT NULL DEFAULT 0,
         command_id TEXT NOT NULL DEFAULT '',
         duplicate_of BLOB,
-        available_components BLOB
+        available_components BLOB,
+        offered_settings_hash BLOB,
+        key_id TEXT NOT NULL DEFAULT ''
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -128,6 +130,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "INSERT INTO config_versions (name, version, spec, hash, created_at) "
         "SELECT name, version, spec, hash, updated_at FROM configs",
     ),
+    8: ("ALTER TABLE agents ADD COLUMN offered_settings_hash BLOB",),
+    # Agents enrolled before keys were bound get '': bound to none, adopted by the next key that speaks.
+    9: ("ALTER TABLE agents ADD COLUMN key_id TEXT NOT NULL DEFAULT ''",),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -159,15 +164,20 @@ COLUMNS = (
     "command_id",
     "duplicate_of",
     "available_components",
+    "offered_settings_hash",
+    "key_id",
 )
+# Columns an upsert of an existing row keeps: they change only through a write that names them.
+_NAMED_ONLY = ("pending_command", "command_id", "key_id")
 # Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
 # cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
 # read. Random rather than counted, so a row deleted and created again never repeats an old rev.
 UPSERT = (
     f"INSERT INTO agents ({', '.join(COLUMNS)}, rev) VALUES ({', '.join('?' for _ in COLUMNS)}, ?) "
     "ON CONFLICT (uid) DO UPDATE SET "
-    # pending_command and its id are left out: only a write that names it may change it (see _apply).
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", "pending_command", "command_id"))
+    # pending_command and its id, and key_id, are left out: only a write that names one may change it
+    # (see _apply), so a node's stale copy never undoes a command or an admin's key move.
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", *_NAMED_ONLY))
     + ", rev = excluded.rev WHERE excluded.last_seen >= agents.last_seen"
 )
 TOUCH = (
@@ -178,12 +188,13 @@ TOUCH = (
 # whole row after it without reading it back.
 TOUCH_CACHED = TOUCH + " AND rev = ?"
 SET_PENDING_COMMAND = "UPDATE agents SET pending_command = ?, command_id = ?, rev = ? WHERE uid = ?"
+SET_KEY_ID = "UPDATE agents SET key_id = ?, rev = ? WHERE uid = ?"
 # The columns an AgentState is read back from, in `state_of()` order.
 STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
     "offered_config_hash, offered_at, failed_config_hash, command_id, duplicate_of, "
-    "available_components"
+    "available_components, offered_settings_hash, key_id"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -269,6 +280,8 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         state.command_id,
         state.duplicate_of,
         state.available_components,
+        state.offered_settings_hash,
+        state.key_id,
     )
 
 
@@ -294,6 +307,8 @@ def state_of(row: Sequence[Any]) -> AgentState:
         command_id=row[17],
         duplicate_of=None if row[18] is None else bytes(row[18]),
         available_components=None if row[19] is None else bytes(row[19]),
+        offered_settings_hash=None if row[20] is None else bytes(row[20]),
+        key_id=row[21],
     )
 
 

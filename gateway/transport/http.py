@@ -15,7 +15,15 @@ from google.protobuf.message import DecodeError
 from starlette.types import Receive, Scope, Send
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, key_in
+from gateway.auth import (
+    AGENT_CHALLENGE,
+    AGENT_DENIAL,
+    AGENT_SCHEMES,
+    KEY_MISMATCH,
+    Credentials,
+    KeyMatch,
+    key_in,
+)
 from gateway.fleet.agent import uid_str
 from gateway.node import duplicates
 from gateway.opamp import engine
@@ -72,27 +80,24 @@ class OpampHttp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope["headers"])
-        if self._credentials.enabled and not self._authorized(headers):
-            await send_text(send, 401, AGENT_DENIAL, AGENT_CHALLENGE)
-            return
-        node = self._node
+        key_id: str | None = None
+        if self._credentials.enabled:
+            match = self._identify(headers)
+            if match is None:
+                await send_text(send, 401, AGENT_DENIAL, AGENT_CHALLENGE)
+                return
+            key_id = match.key_id
         started = time.perf_counter()
-        if not node.limits.begin_message():
-            status = await self._unavailable(send, "max_inflight")
-        else:
-            try:
-                status = await self._handle(headers, receive, send)
-            finally:
-                node.limits.end_message()
-        node.metrics.handled("http", str(status), time.perf_counter() - started)
+        status = await self._handle(headers, receive, send, key_id)
+        self._node.metrics.handled("http", str(status), time.perf_counter() - started)
 
-    def _authorized(self, headers: RequestHeaders) -> bool:
+    def _identify(self, headers: RequestHeaders) -> KeyMatch | None:
         # Spec: 401 decided on the HTTP request, before the body is read.
         key = key_in(headers.authorization, AGENT_SCHEMES)
-        if self._credentials.check(key):
-            return True
-        self._on_auth_failure("missing" if key is None else "invalid")
-        return False
+        match = self._credentials.identify(key)
+        if match is None:
+            self._on_auth_failure("missing" if key is None else "invalid")
+        return match
 
     async def _unavailable(self, send: Send, reason: str) -> int:
         """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
@@ -108,7 +113,7 @@ class OpampHttp:
         await send_text(send, status, message)
         return status
 
-    async def _handle(self, headers: RequestHeaders, receive: Receive, send: Send) -> int:
+    async def _handle(self, headers: RequestHeaders, receive: Receive, send: Send, key_id: str | None) -> int:
         node = self._node
         settings = node.settings
         limit = settings.max_message_bytes
@@ -137,14 +142,37 @@ class OpampHttp:
         except DecodeError as exc:
             return await self._refuse(send, 400, f"body is not a valid AgentToServer: {exc}")
 
+        # The slot in flight is taken only now: a client that trickles its body holds none
+        # (issue 20: 9).
+        if not node.limits.begin_message():
+            return await self._unavailable(send, "max_inflight")
+        try:
+            return await self._process(msg, headers, send, key_id)
+        finally:
+            node.limits.end_message()
+
+    async def _process(
+        self, msg: pb.AgentToServer, headers: RequestHeaders, send: Send, key_id: str | None
+    ) -> int:
+        node = self._node
+        limit = node.settings.max_message_bytes
         try:
             state = await pipeline.load_state(node, msg)
-            clone = duplicates.http_clone(state, msg)
+            # A message from another key is refused by the engine, never taken for a clone.
+            clone = (state is None or engine.may_speak_for(state, key_id)) and duplicates.http_clone(
+                state, msg
+            )
             if clone:
                 # The first agent keeps its record; this one is enrolled under a uid of its own.
                 msg, state = duplicates.as_clone(msg), None
             outcome = await pipeline.process(
-                node, state, msg, "http", _saw, duplicate_of=msg.instance_uid if clone else None
+                node,
+                state,
+                msg,
+                "http",
+                _saw,
+                duplicate_of=msg.instance_uid if clone else None,
+                key_id=key_id,
             )
             if clone and outcome.state is not None:
                 node.metrics.duplicates.labels(transport="http").inc()
@@ -156,6 +184,11 @@ class OpampHttp:
                 )
         except pipeline.Shed as exc:
             return await self._unavailable(send, exc.reason)
+        if outcome.forbidden:
+            # The key is valid, but not for this agent: the same 401 as a wrong key (spec: 401 on
+            # failed authentication), with a message that says which rule refused it.
+            await send_text(send, 401, KEY_MISMATCH, AGENT_CHALLENGE)
+            return 401
         reply = outcome.reply.SerializeToString()
         if len(reply) > limit:
             # Spec: never send a message over the limit; say why instead of silently dropping it.

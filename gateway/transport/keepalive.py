@@ -3,10 +3,11 @@
 A socket is pinged only when the peer sent nothing for --ws-ping-interval seconds (anything it sends
 proves it alive, and keeps balancers' idle timers open as a ping would), and is dropped with 1011 when
 that ping's pong has not come within --ws-ping-timeout. A socket whose peer sent no message (pongs do
-not count) for --idle-timeout is handed to its session, which closes it with 1000. One timer per node
-sweeps the open sockets every quarter of the shortest of those settings, so a ping goes out at most
-that much later, and a dead peer is dropped at most interval + timeout + two sweeps after it last
-spoke. The sweep runs only while the node holds sockets.
+not count) for the idle timeout (--idle-timeout, at least 3 x --agent-heartbeat-interval) is handed
+to its session, which closes it with 1000 unless it carries an agent without ReportsHeartbeat. One
+timer per node sweeps the open sockets every quarter of the shortest of those settings, so a ping
+goes out at most that much later, and a dead peer is dropped at most interval + timeout + two sweeps
+after it last spoke. The sweep runs only while the node holds sockets.
 
 A socket costs the sweep one dict entry; no timer, task or future per socket.
 """

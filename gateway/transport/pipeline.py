@@ -70,14 +70,32 @@ def decide(
     transport: Transport = "http",
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
     duplicate_of: bytes | None = None,
+    key_id: str | None = None,
 ) -> engine.Outcome:
     """Run the engine (Shed when the message would enroll an agent over the enrollment rate).
 
     `decided`: the transport's own bookkeeping of the outcome, before the write (which may shed it).
+    `key_id`: the id of the agent key the client authenticated with (None: keys are off); the engine
+    refuses a message for an agent bound to another key ("forbidden", counted here).
     """
     if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
-    outcome = engine.handle(state, msg, node.config_cache.fleet, node.clock(), node.mint_uid, duplicate_of)
+    outcome = engine.handle(
+        state,
+        msg,
+        node.config_cache.fleet,
+        node.clock(),
+        node.mint_uid,
+        duplicate_of=duplicate_of,
+        key_id=key_id,
+    )
+    if outcome.forbidden:
+        node.metrics.key_mismatch(transport)
+        logger.warning(
+            "refused a message for an agent bound to another agent key (key id %s)",
+            key_id,
+            extra={"instance_uid": uid_str(msg.instance_uid)},
+        )
     outcome = _stamped(outcome, node.settings.node_id, transport)
     if decided is not None:
         decided(node, outcome)
@@ -133,14 +151,15 @@ async def process(
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
     admit: Callable[[AgentWrite], bool] | None = None,
     duplicate_of: bytes | None = None,
+    key_id: str | None = None,
 ) -> engine.Outcome:
     """Run the engine and hand its write to the writer (awaiting the commit when it matters).
 
     `admit`: asked before the write goes to the writer; False keeps it back (a WebSocket heartbeat
-    whose liveness the node persists later, gateway/node/liveness.py).
+    whose liveness the node persists later, gateway/node/liveness.py). `key_id`: see `decide`.
     """
     await node.config_cache.refresh_if_stale()
-    outcome = decide(node, state, msg, transport, decided, duplicate_of)
+    outcome = decide(node, state, msg, transport, decided, duplicate_of, key_id)
     if outcome.write is not None and (admit is None or admit(outcome.write)):
         if outcome.durable:
             await store_durable(node, outcome)

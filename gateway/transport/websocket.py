@@ -11,13 +11,17 @@ the socket reads nothing more until it is done, so each socket has at most one m
 socket may carry several agents (a concentrating proxy): state and registration are per
 instance_uid. Close codes the gateway sends:
 
-- 1000 normal closure: the agent sent nothing for --idle-timeout seconds.
+- 1000 normal closure: the agent sent nothing for --idle-timeout seconds (at least 3 x
+  --agent-heartbeat-interval); not a socket carrying an agent without ReportsHeartbeat, which
+  speaks only when it has something to say and is alive while it answers pings.
 - 1001 going away: the node drains (after a last ServerToAgent{Unavailable, retry_info}).
 - 1002 protocol error: the client broke RFC 6455 (an unmasked frame, a bad opcode; ws_frames.py).
 - 1003 unsupported data: a text message (OpAMP is binary only).
 - 1007 invalid payload: a close frame whose reason is not UTF-8.
 - 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
-  from the key file, or --strict-key-file with a broken file), at the next re-read.
+  from the key file, or --strict-key-file with a broken file), at the next re-read; or a message
+  spoke for an instance_uid bound to another agent key (counted in
+  opamp_gateway_agent_key_mismatches_total; docs/security.md).
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
@@ -56,11 +60,19 @@ from google.protobuf.message import DecodeError
 from starlette.datastructures import Headers
 
 from gateway import limits
-from gateway.auth import AGENT_CHALLENGE, AGENT_DENIAL, AGENT_SCHEMES, Credentials, KeyMatch, presented_key
+from gateway.auth import (
+    AGENT_CHALLENGE,
+    AGENT_DENIAL,
+    AGENT_SCHEMES,
+    KEY_MISMATCH,
+    Credentials,
+    KeyMatch,
+    presented_key,
+)
 from gateway.fleet.agent import AgentState, uid_str
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.node import duplicates
-from gateway.opamp import engine, framing
+from gateway.opamp import engine, framing, heartbeat
 from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
@@ -186,6 +198,11 @@ class Connection:
     def uids(self) -> list[bytes]:
         return list(self._states)
 
+    @property
+    def key_id(self) -> str | None:
+        """The id of the agent key this socket authenticated with (None with agent keys off)."""
+        return None if self.key is None else self.key.key_id
+
     # -- the socket's session ---------------------------------------------------------------------
 
     def on_message(self, data: bytes) -> None:
@@ -200,12 +217,14 @@ class Connection:
         uid = msg.instance_uid
         key = self._aliases.get(uid, uid)
         state = self._states.get(key)
-        if state is None or node.config_cache.stale():
+        # A cached record was accepted for this socket's key; one that is not (it cannot be, short of
+        # a bug) takes the path that refuses it.
+        if state is None or node.config_cache.stale() or not engine.may_speak_for(state, self.key_id):
             self._wait(self._handle_decoded(msg, started))
             return
         node.limits.track_message()
         try:
-            outcome = pipeline.decide(node, state, msg, "websocket")
+            outcome = pipeline.decide(node, state, msg, "websocket", key_id=self.key_id)
             write = outcome.write
             if write is not None and node.liveness.admit(write):
                 if outcome.durable:
@@ -226,8 +245,12 @@ class Connection:
         self.close(CLOSE_UNSUPPORTED_DATA, "OpAMP uses binary WebSocket messages only")
 
     def on_idle(self) -> None:
+        if any(not heartbeat.heartbeats_expected(s.capabilities) for s in self._states.values()):
+            # An agent without ReportsHeartbeat speaks only when it has something to say; its socket
+            # answers pings (the keepalive sweep drops it otherwise), so it is alive, not idle.
+            return
         self._node.metrics.client_timeouts.labels(kind="idle").inc()
-        self.close(CLOSE_NORMAL, f"idle: no message for {self._node.settings.idle_timeout:g}s")
+        self.close(CLOSE_NORMAL, f"idle: no message for {self._node.settings.ws_idle_timeout:g}s")
 
     def on_stalled(self) -> None:
         self._closed = True
@@ -284,6 +307,10 @@ class Connection:
             return
         finally:
             node.limits.end_message()
+        if outcome.forbidden:
+            # Nothing was stored or registered: the socket that spoke for another key's agent goes.
+            self.close(CLOSE_POLICY, KEY_MISMATCH)
+            return
         self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
 
     async def _finish_durable(
@@ -325,6 +352,7 @@ class Connection:
             "websocket",
             admit=self._node.liveness.admit,
             duplicate_of=uid if clone else None,
+            key_id=self.key_id,
         )
         self._track(msg, key, outcome)
         if clone and outcome.state is not None:
@@ -342,6 +370,10 @@ class Connection:
         registry = self._node.registry
         held = registry.get(uid)
         if held is None or held is self or len(uid) != engine.UID_LENGTH:
+            return False
+        holding = held.state(uid)
+        if holding is not None and not engine.may_speak_for(holding, self.key_id):
+            # Another key's agent: the engine refuses the message, no uid of its own is handed out.
             return False
         alive = await held.answers(duplicates.RECENT_SECONDS, duplicates.PROBE_SECONDS)
         if registry.get(uid) is not held:
@@ -443,6 +475,14 @@ class Connection:
 
     def state(self, uid: bytes) -> AgentState | None:
         return None if self._closed else self._states.get(uid)
+
+    def alive(self, uid: bytes, now: float) -> AgentState | None:
+        state = None if self._closed else self._states.get(uid)
+        if state is None:
+            return None
+        state = state.touched(now, state.sequence_num)
+        self._states[uid] = state
+        return state
 
     async def send(self, push: Push) -> bool:
         uid = push.state.instance_uid

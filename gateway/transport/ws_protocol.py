@@ -365,6 +365,8 @@ class WebSocketProtocol(asyncio.Protocol):
         """Called by the sweep once no message came for the idle timeout."""
         if self.session is not None and self._state == _OPEN:
             self.session.on_idle()
+            # A session that keeps the socket is asked again only after another whole timeout.
+            self.last_message = self.loop.time()
 
 
 def protocol_class(

@@ -122,6 +122,7 @@ function summary(agent) {
     ["Connected", agent.connected === undefined ? "—" : agent.connected ? "yes" : "no"],
     ["Node", agent.node || "—"],
     ["Transport", agent.transport || "—"],
+    ["Agent key", agent.key_id ? h("code", { id: "agent-key-id" }, agent.key_id) : "none"],
     ["Last seen", time(agent.last_seen)],
     ["Enrolled", time(agent.enrolled_at)],
     ["Sequence number", agent.sequence_num],

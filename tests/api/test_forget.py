@@ -28,7 +28,7 @@ def _text(n: int) -> str:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    async with run_node(tmp_path, offline_after=0.5) as running:
+    async with run_node(tmp_path, offline_after=0.5, agent_heartbeat_interval=0) as running:
         yield running
 
 
@@ -120,7 +120,7 @@ async def test_the_route_lists_both_methods(admin: httpx2.AsyncClient) -> None:
 
 async def test_forget_after_sweeps_agents_not_seen(tmp_path: Path) -> None:
     async with (
-        run_node(tmp_path, offline_after=0.2, forget_after=0.5) as node,
+        run_node(tmp_path, offline_after=0.2, forget_after=0.5, agent_heartbeat_interval=0) as node,
         httpx2.AsyncClient(base_url=node.admin_url) as admin,
         httpx2.AsyncClient(base_url=node.opamp_url) as opamp,
     ):
@@ -164,7 +164,7 @@ class _Flaky(MemoryStore):
 async def test_delete_when_the_store_fails_or_another_node_was_first(tmp_path: Path) -> None:
     store = _Flaky()
     async with (
-        run_node(tmp_path, store=store, offline_after=0.2) as node,
+        run_node(tmp_path, store=store, offline_after=0.2, agent_heartbeat_interval=0) as node,
         httpx2.AsyncClient(base_url=node.admin_url) as admin,
         httpx2.AsyncClient(base_url=node.opamp_url) as opamp,
     ):

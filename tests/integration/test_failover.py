@@ -184,7 +184,8 @@ async def test_rollout_counts_connected_agents_and_shows_offline_and_disconnecte
     gateways: GatewayFactory,
 ) -> None:
     with anyio.fail_after(BOUND):
-        node = gateways("node-a", offline_after=2)
+        # Offline after --offline-after: no heartbeat interval (3 x 30 s by default) stretches it.
+        node = gateways("node-a", offline_after=2, agent_heartbeat_interval=0)
         async with httpx2.AsyncClient(trust_env=False) as http:
             applies, goes_quiet, leaves = (http_agent(http, node) for _ in range(3))
             for agent in (applies, goes_quiet, leaves):

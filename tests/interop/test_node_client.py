@@ -201,7 +201,9 @@ def wait_for_successes(agent: NodeAgent, count: int, timeout: float, uid: str | 
 
 
 def test_enroll_heartbeat_then_offline(gateway_factory: GatewayFactory, node_agent: NodeAgentFactory) -> None:
-    gateway = gateway_factory(offline_after=OFFLINE_AFTER)
+    # Offline after 3 missed heartbeats of 1 s, or --offline-after if longer (the agent is offered no
+    # interval: it lacks AcceptsOpAMPConnectionSettings).
+    gateway = gateway_factory(offline_after=OFFLINE_AFTER, agent_heartbeat_interval=1)
     name = unique_name("node-interop")
     agent = node_agent(
         gateway,
@@ -263,7 +265,7 @@ def test_enroll_heartbeat_then_offline(gateway_factory: GatewayFactory, node_age
     for event in successes:
         s2a = event["s2a"]
         assert s2a["instanceUid"] == uid
-        assert s2a["capabilities"] == caps.SERVER_CAPABILITIES
+        assert s2a["capabilities"] == caps.server_capabilities(offers_settings=True)
         assert s2a["flags"] == 0, f"unexpected flags (ReportFullState?) in reply to {event['a2s']}"
         assert "errorResponse" not in s2a
         assert "agentIdentification" not in s2a

@@ -57,7 +57,8 @@ DEFAULT_CAPABILITY_NAMES = [
     "ReportsRemoteConfig",
     "ReportsStatus",
 ]
-SERVER_CAPABILITIES = caps.SERVER_CAPABILITIES
+# With the default --agent-heartbeat-interval the gateway offers connection settings.
+SERVER_CAPABILITIES = caps.server_capabilities(offers_settings=True)
 
 
 @dataclass

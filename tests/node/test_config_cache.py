@@ -215,6 +215,9 @@ class _Socket:
         self.pushed_at.append(time.monotonic())
         return True
 
+    def alive(self, uid: bytes, now: float) -> AgentState | None:
+        raise AssertionError("no liveness sweep here")
+
     async def answers(self, recent: float, within: float) -> bool:
         raise AssertionError("no duplicates here")
 

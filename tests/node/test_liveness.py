@@ -5,6 +5,7 @@ another connection took the agent over."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
 from gateway.node.liveness import Liveness
 from gateway.node.registry import Holder, Registry
+from gateway.opamp import capabilities as caps
 from gateway.store.writer import Writer
 from tests.support.memory_store import MemoryStore
 from tests.support.waiting import uid
@@ -31,6 +33,13 @@ class _Conn:
 
     def state(self, key: bytes) -> AgentState | None:
         return self.states.get(key)
+
+    def alive(self, key: bytes, now: float) -> AgentState | None:
+        state = self.states.get(key)
+        if state is None:
+            return None
+        self.states[key] = state = state.touched(now, state.sequence_num)
+        return state
 
 
 class _Clock:
@@ -125,3 +134,50 @@ async def test_a_record_read_from_the_store_gets_the_liveness_this_node_holds(pa
     merged = liveness.fresher(stored)
     assert merged == stored.touched(1090.0, 7)
     assert liveness.fresher(None) is None
+
+
+async def test_a_held_agent_without_heartbeats_is_alive_while_its_socket_is(parts: Any) -> None:
+    """An agent that reports capabilities without ReportsHeartbeat speaks only when it has something
+    to say: the sweep counts its open socket (which answers pings) as liveness at the sweep's time.
+    One that reports heartbeats (or no capabilities) is written only when a message came."""
+    liveness, registry, writer, clock, conn = parts
+    silent = replace(_record(1, 1000.0, 3), capabilities=caps.REPORTS_STATUS)
+    beating = replace(_record(2, 1000.0, 3), capabilities=caps.REPORTS_STATUS | caps.REPORTS_HEARTBEAT)
+    for state in (silent, beating):
+        liveness.admit(AgentWrite(state, frozenset({"enrolled"})))
+        _hold(registry, conn, state)
+    clock.now = 1049.0
+    assert liveness.sweep() == 0
+    assert conn.states[uid(1)] == silent
+    clock.now = 1060.0
+    assert liveness.sweep() == 1
+    (write,) = _pending(writer).values()
+    assert write.state == silent.touched(1060.0, 3) and write.changed == TOUCHED
+    # The connection keeps the newer record, so its later writes are not older than the store's.
+    assert conn.states[uid(1)] == silent.touched(1060.0, 3)
+    assert conn.states[uid(2)] == beating
+    # Not again until its stored liveness is old enough once more.
+    clock.now = 1100.0
+    assert liveness.sweep() == 0
+    clock.now = 1111.0
+    assert liveness.sweep() == 1
+    assert _pending(writer)[uid(1)].state.last_seen == 1111.0
+
+
+async def test_no_touch_overtakes_a_write_in_flight(parts: Any) -> None:
+    """A message whose write must be committed before the reply is admitted (noted as stored) before
+    the connection caches its record: until then the cached record is older than the stored one,
+    and a touch built from it would carry the old record over the new one in the writer."""
+    liveness, registry, writer, clock, conn = parts
+    silent = replace(_record(1, 1000.0, 3), capabilities=caps.REPORTS_STATUS)
+    liveness.admit(AgentWrite(silent, frozenset({"enrolled"})))
+    _hold(registry, conn, silent)
+    newer = replace(silent.touched(1040.0, 4), health=b"new")
+    assert liveness.admit(AgentWrite(newer, frozenset({"health", "last_seen", "sequence_num"})))
+    clock.now = 1100.0
+    assert liveness.sweep() == 0
+    assert conn.states[uid(1)] == silent
+    # Once the connection keeps the new record, the sweep touches that one.
+    conn.states[uid(1)] = newer
+    assert liveness.sweep() == 1
+    assert _pending(writer)[uid(1)].state == newer.touched(1100.0, 4)

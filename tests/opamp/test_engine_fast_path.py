@@ -2,7 +2,8 @@
 
 States and messages are drawn around a plain heartbeat: each condition the fast path checks is
 sometimes broken (sequence gap, other uid, RequestInstanceUid, changed capabilities, a sub-message,
-a goodbye, a pending command, a disconnected record, a config to offer or to resend), so both paths
+a goodbye, a pending command, a disconnected record, a config to offer or to resend, a heartbeat
+interval to offer, a connection settings status), so both paths
 meet every case in which the fast path must step aside.
 """
 
@@ -16,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 
 from gateway.fleet.agent import AgentState
 from gateway.fleet.desired import ConfigSet
-from gateway.opamp import capabilities as caps, engine
+from gateway.opamp import capabilities as caps, engine, heartbeat as heartbeat_offers
 from gateway.opamp.engine import FleetView, Outcome
 from gateway.proto import opamp_pb2 as pb
 from tests.opamp.test_engine import NOW, REPORTING, UID, description, heartbeat
@@ -26,6 +27,17 @@ OTHER_UID = bytes(range(1, 17))
 NO_CONFIGS = FleetView()
 OTHER_CONFIG = FleetView(configs=config_set(body="exporters: {}\n", name="other"), config_resend_after=60.0)
 EMPTY_SET = FleetView(configs=ConfigSet())
+
+
+def _offer(interval: int) -> pb.ConnectionSettingsOffers:
+    offer = heartbeat_offers.settings_offer(interval)
+    assert offer is not None
+    return offer
+
+
+OFFER = _offer(60)
+HEARTBEATS = FleetView(connection_settings=OFFER)
+CONFIG_AND_HEARTBEATS = replace(CONFIG_FLEET, connection_settings=OFFER)
 
 
 def _status(config_hash: bytes, value: int) -> bytes:
@@ -43,7 +55,14 @@ def states(draw: st.DrawFn) -> AgentState:
         last_seen=NOW - draw(st.sampled_from([1.0, 30.0])),
         sequence_num=draw(st.integers(0, 5)),
         capabilities=draw(
-            st.sampled_from([REPORTING, caps.REPORTS_STATUS, REPORTING | caps.ACCEPTS_RESTART_COMMAND])
+            st.sampled_from(
+                [
+                    REPORTING,
+                    caps.REPORTS_STATUS,
+                    REPORTING | caps.ACCEPTS_RESTART_COMMAND,
+                    REPORTING | heartbeat_offers.NEEDED,
+                ]
+            )
         ),
         description=draw(st.sampled_from([None, description().SerializeToString()])),
         health=draw(st.sampled_from([None, pb.ComponentHealth(healthy=True).SerializeToString()])),
@@ -64,6 +83,8 @@ def states(draw: st.DrawFn) -> AgentState:
         offered_config_hash=draw(_hashes),
         offered_at=draw(st.sampled_from([0.0, NOW - 10, NOW - 100])),
         failed_config_hash=draw(_hashes),
+        offered_settings_hash=draw(st.sampled_from([None, OFFER.hash, b"\x01" * 32])),
+        key_id=draw(st.sampled_from(["", "edge"])),
     )
 
 
@@ -77,7 +98,8 @@ def heartbeats(draw: st.DrawFn, state: AgentState) -> pb.AgentToServer:
     msg.capabilities = caps_value
     extra = draw(
         st.sampled_from(
-            ["none"] * 10 + ["flags", "disconnect", "description", "health", "effective", "status"]
+            ["none"] * 10
+            + ["flags", "disconnect", "description", "health", "effective", "status", "settings"]
         )
     )
     if extra == "flags":
@@ -92,6 +114,9 @@ def heartbeats(draw: st.DrawFn, state: AgentState) -> pb.AgentToServer:
         msg.effective_config.config_map.config_map["a.yaml"].body = b"a: 1\n"
     elif extra == "status":
         msg.remote_config_status.last_remote_config_hash = HASH
+    elif extra == "settings":
+        msg.connection_settings_status.last_connection_settings_hash = OFFER.hash
+        msg.connection_settings_status.status = pb.ConnectionSettingsStatuses_APPLIED
     return msg
 
 
@@ -110,14 +135,19 @@ def _mint() -> bytes:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.data(), st.sampled_from([NO_CONFIGS, CONFIG_FLEET, OTHER_CONFIG, EMPTY_SET]))
+@given(
+    st.data(),
+    st.sampled_from([NO_CONFIGS, CONFIG_FLEET, OTHER_CONFIG, EMPTY_SET, HEARTBEATS, CONFIG_AND_HEARTBEATS]),
+)
 def test_fast_and_full_rules_agree(data: st.DataObject, fleet: FleetView) -> None:
     state = data.draw(states())
     msg = data.draw(heartbeats(state))
+    # The key the client spoke with: keys off, or the one the agent is bound to (or adopts it).
+    key_id = data.draw(st.sampled_from([None, "edge"]))
     fast = engine._heartbeat(state, msg, fleet, NOW)
-    full = engine._handle(state, msg, fleet, NOW, _mint)
-    assert _comparable(engine.handle(state, msg, fleet, NOW, _mint)) == _comparable(full)
-    if fast is not None:
+    full = engine._handle(state, msg, fleet, NOW, _mint, key_id=key_id)
+    assert _comparable(engine.handle(state, msg, fleet, NOW, _mint, key_id=key_id)) == _comparable(full)
+    if fast is not None and (key_id is None or state.key_id == key_id):
         assert _comparable(fast) == _comparable(full)
         assert full.event == "heartbeat"
 
@@ -196,6 +226,8 @@ def test_touched_copies_every_field() -> None:
         "duplicate_of": OTHER_UID,
         "available_components": b"c",
         "oversized": ("health",),
+        "offered_settings_hash": b"s",
+        "key_id": "edge",
     }
     assert set(values) == {f.name for f in fields(AgentState)}
     state = AgentState(**values)

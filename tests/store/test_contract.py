@@ -103,6 +103,8 @@ async def test_roundtrip_every_field(store: Store) -> None:
         failed_config_hash=b"\x03" * 32,
         duplicate_of=new_uid(),
         available_components=b"\x0a\x05hash!",
+        offered_settings_hash=b"\x04" * 32,
+        key_id="edge-eu",
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])
@@ -597,6 +599,51 @@ async def test_a_command_id_travels_with_its_command_and_only_a_named_write_chan
     delivered = replace(status, last_seen=22.0, pending_command=None, command_id="")
     await store.write([AgentWrite(state=delivered, changed=frozenset({"pending_command", "last_seen"}))])
     assert (await store.get(stored.instance_uid)) == delivered
+
+
+async def test_key_id_is_stored_and_changes_only_when_a_write_names_it(store_factory: StoreFactory) -> None:
+    node_a, node_b = await store_factory(), await store_factory()
+    enrolled = agent(last_seen=10.0, key_id="edge-eu")
+    await node_a.write([full(enrolled)])
+    assert (await node_b.get(enrolled.instance_uid)) == enrolled
+    # An admin moves it to another key, from an older read of the record.
+    rebound = replace(enrolled, last_seen=5.0, key_id="sha256:0123456789ab")
+    await node_b.write([AgentWrite(state=rebound, changed=frozenset({"key_id"}))])
+    got = await node_a.get(enrolled.instance_uid)
+    assert got is not None and (got.last_seen, got.key_id) == (10.0, "sha256:0123456789ab")
+    # Node A still holds its cached copy bound to the old key: its later writes keep the new binding.
+    status = replace(enrolled, last_seen=20.0, health=None)
+    await node_a.write([full(status)])
+    await node_a.write([touch(replace(status, last_seen=21.0, sequence_num=status.sequence_num + 1))])
+    got = await node_b.get(enrolled.instance_uid)
+    assert got is not None and (got.last_seen, got.key_id) == (21.0, "sha256:0123456789ab")
+    # Bound to no key again (an admin's null): "" round-trips.
+    anonymous = replace(got, last_seen=22.0, key_id="")
+    await node_b.write([AgentWrite(state=anonymous, changed=frozenset({"key_id", "last_seen"}))])
+    assert (await node_a.get(enrolled.instance_uid)) == anonymous
+
+
+async def test_a_moved_record_keeps_its_key_id(store: Store) -> None:
+    stored = agent(last_seen=10.0, key_id="edge-eu")
+    await store.write([full(stored)])
+    new = new_uid()
+    await store.write([moved(stored, new, 11.0)])
+    got = await store.get(stored.instance_uid)
+    assert got is not None and (got.instance_uid, got.key_id) == (new, "edge-eu")
+
+
+async def test_key_id_filter(store: Store) -> None:
+    eu, us, anonymous = agent(key_id="edge-eu"), agent(key_id="edge-us"), agent()
+    await store.write([full(eu), full(us), full(anonymous)])
+
+    async def bound_to(key_id: str) -> set[bytes]:
+        query = AgentQuery(key_id=key_id, limit=MAX_PAGE_SIZE)
+        return {a.instance_uid for a in await list_all(store, query)}
+
+    assert await bound_to("edge-eu") == {eu.instance_uid}
+    assert await bound_to("edge-us") == {us.instance_uid}
+    assert await bound_to("") == {anonymous.instance_uid}
+    assert await bound_to("nobody") == set()
 
 
 # -- pending_commands ------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ def records(draw: st.DrawFn) -> AgentState:
         failed_config_hash=maybe(st.binary(max_size=32)),
         duplicate_of=maybe(st.binary(min_size=16, max_size=16)),
         available_components=maybe(st.binary(max_size=40)),
+        offered_settings_hash=maybe(st.binary(max_size=32)),
+        key_id=draw(st.sampled_from(["", "edge-eu", "sha256:0123456789ab"])),
     )
 
 
@@ -75,6 +77,15 @@ def test_every_record_is_a_valid_document_and_round_trips(state: AgentState) -> 
     merged = {**document, **touch, "opamp": {**document["opamp"], **touch["opamp"]}}  # type: ignore[dict-item]
     mapping.validate(state.uid, merged, MAPPINGS)
     assert agent_from_source(merged) == state
+
+
+def test_a_document_of_mapping_version_2_is_bound_to_no_key() -> None:
+    state = AgentState(instance_uid=b"\x01" * 16, enrolled_at=1.0, last_seen=2.0, key_id="edge")
+    document = _wire(agent_document(state))
+    del document["opamp"]["key_id"]  # type: ignore[attr-defined]
+    assert agent_from_source(document) == AgentState(
+        instance_uid=b"\x01" * 16, enrolled_at=1.0, last_seen=2.0
+    )
 
 
 @given(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16))

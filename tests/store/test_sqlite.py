@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -370,11 +371,12 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
             0.0,
         )
         assert state.duplicate_of is None
+        assert state.offered_settings_hash is None
         assert await store.list_configs() == []
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -456,7 +458,7 @@ async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0
 
 
@@ -482,3 +484,35 @@ async def test_a_failed_forget_rolls_back(tmp_path: Path) -> None:
         assert await store.forget_unseen(5.0, 10) == 0
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_version_5_file_gets_key_ids_bound_to_no_key(tmp_path: Path) -> None:
+    db_path = str(tmp_path / "v5.db")
+    uid = uuid.uuid4()
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(_V1_AGENTS)
+        for statement in _V2_COLUMNS:
+            conn.execute(statement)
+        conn.execute("ALTER TABLE agents ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE agents ADD COLUMN command_id TEXT NOT NULL DEFAULT ''")
+        conn.execute(
+            "INSERT INTO agents VALUES (?, ?, 1.0, 2.0, 3, 4, NULL, NULL, NULL, NULL, 0, x'', NULL, 'n', "
+            "'http', NULL, '', '', '', '{}', '', NULL, 0, NULL, 7, '')",
+            (uid.bytes, str(uid)),
+        )
+        conn.execute("PRAGMA user_version = 5")
+        conn.commit()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        state = await store.get(uid.bytes)
+        # Enrolled before keys were bound: bound to none, so the next key that speaks adopts it.
+        assert state is not None and (state.sequence_num, state.key_id) == (3, "")
+        await store.write([AgentWrite(state=replace(state, key_id="edge"), changed=frozenset({"key_id"}))])
+        again = await store.get(uid.bytes)
+        assert again is not None and again.key_id == "edge"
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9

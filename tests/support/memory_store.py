@@ -46,16 +46,21 @@ class MemoryStore:
     async def write(self, writes: Sequence[AgentWrite]) -> None:
         """The semantics proposed for every adapter: `pending_command` is set or cleared only by a
         write that names it in `changed`, whatever its `last_seen` (an admin request on one node must
-        not be undone by a heartbeat flushed by another); the rest of the record never moves back
-        in time."""
+        not be undone by a heartbeat flushed by another); `key_id` likewise; the rest of the record
+        never moves back in time."""
         for write in writes:
             state = write.state
             stored = self.records.get(state.instance_uid)
             if "pending_command" not in write.changed and stored is not None:
                 state = replace(state, pending_command=stored.pending_command)
+            if "key_id" not in write.changed and stored is not None:
+                state = replace(state, key_id=stored.key_id)
             if stored is not None and stored.last_seen > state.last_seen:
                 if "pending_command" in write.changed:
-                    self.records[state.instance_uid] = replace(stored, pending_command=state.pending_command)
+                    stored = replace(stored, pending_command=state.pending_command)
+                if "key_id" in write.changed:
+                    stored = replace(stored, key_id=state.key_id)
+                self.records[state.instance_uid] = stored
                 continue
             self.records[state.instance_uid] = state
             if write.previous_uid is not None and write.previous_uid != state.instance_uid:

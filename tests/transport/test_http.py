@@ -54,7 +54,9 @@ def reply_of(response: httpx2.Response) -> pb.ServerToAgent:
 async def test_report_gets_a_reply_and_enrolls(client: httpx2.AsyncClient, node: Node) -> None:
     reply = reply_of(await post(client, report().SerializeToString()))
     assert reply.instance_uid == UID
-    assert reply.capabilities == caps.SERVER_CAPABILITIES
+    assert reply.capabilities == caps.server_capabilities(
+        offers_settings=True
+    )  # --agent-heartbeat-interval 30
     assert not reply.HasField("error_response")
     stored = await node.services.store.get(UID)  # enrollment is durable before the reply
     assert stored is not None and stored.description is not None

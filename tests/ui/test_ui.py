@@ -203,6 +203,9 @@ def test_agent_page_shows_the_effective_config_and_restart_reaches_the_agent(
     config_text = agent.effective[""].decode()
     expect(page.locator('details.file[data-file=""] pre')).to_have_text(config_text)
     expect(page.locator(".tree")).to_contain_text("healthy")
+    # This gateway has no agent keys: the agent is bound to none.
+    expect(page.get_by_text("Agent key", exact=True)).to_be_visible()
+    expect(page.locator("#agent-key-id")).to_have_count(0)
     expect(page.get_by_role("table", name="Identifying attributes", exact=True)).to_contain_text(
         "otelcol-contrib"
     )

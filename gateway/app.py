@@ -23,6 +23,7 @@ from gateway.api import (
     context as api_context,
     health,
     openapi,
+    rollouts,
     ui,
 )
 from gateway.api.errors import http_exception
@@ -91,6 +92,10 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/configs", configs.list_configs, methods=["GET"]),
             Route("/api/v1/configs/{name}", configs.config_resource, methods=["GET", "PUT", "DELETE"]),
             Route("/api/v1/configs/{name}/versions", config_versions.list_versions, methods=["GET"]),
+            Route("/api/v1/configs/{name}/rollout", rollouts.get_rollout, methods=["GET"]),
+            Route("/api/v1/configs/{name}/rollout/pause", rollouts.pause_rollout, methods=["POST"]),
+            Route("/api/v1/configs/{name}/rollout/resume", rollouts.resume_rollout, methods=["POST"]),
+            Route("/api/v1/configs/{name}/rollout/rollback", rollouts.rollback_rollout, methods=["POST"]),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),
             Route("/api/v1/rebalance", commands.rebalance, methods=["POST"]),
             Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),

@@ -223,6 +223,19 @@ class Metrics:
             registry=r,
         )
         self.configs = Gauge("opamp_gateway_configs", "Configs this node knows", registry=r)
+        self.rollouts = Gauge(
+            "opamp_gateway_rollouts",
+            "Rollout records in the store by state, as this node's rollout controller last read them",
+            ["state"],
+            registry=r,
+        )
+        self.rollout_changes = Counter(
+            "opamp_gateway_rollout_changes_total",
+            "Rollout records this node wrote, by the state written: progressing (a start, a wave "
+            "advance or a resume), paused, completed, halted (an automatic rollback), rolled_back",
+            ["state"],
+            registry=r,
+        )
         self.config_reports = Counter(
             "opamp_gateway_remote_config_reports_total",
             "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET, unknown)",

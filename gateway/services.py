@@ -29,6 +29,7 @@ from gateway.node.presence import Presence
 from gateway.node.rebalance import ConnectionAge, Rebalance
 from gateway.node.registry import Registry
 from gateway.node.retention import RetentionSweep
+from gateway.node.rollouts import RolloutController
 from gateway.node.routing import Router
 from gateway.settings import Settings
 from gateway.store.base import Store
@@ -79,6 +80,7 @@ class Services:
     drain: Drain = field(init=False)
     connection_age: ConnectionAge = field(init=False)
     rebalance: Rebalance = field(init=False)
+    rollouts: RolloutController = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -99,6 +101,14 @@ class Services:
             resend_after=s.config_resend_after,
             max_description_bytes=s.max_description_bytes,
             heartbeat_interval=s.agent_heartbeat_interval,
+            clock=self.clock,
+        )
+        self.rollouts = RolloutController(
+            self.store,
+            self.config_cache.changed,
+            self.metrics,
+            interval=s.rollout_interval,
+            offline_after=s.offline_after,
             clock=self.clock,
         )
         self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
@@ -226,12 +236,14 @@ async def running(
         await services.liveness.start()
         await services.config_cache.start()
         await services.command_sweep.start()
+        await services.rollouts.start()
         await services.retention.start()
         await services.connection_age.start()
         yield services
     finally:
         await services.rebalance.stop()
         await services.connection_age.stop()
+        await services.rollouts.stop()
         await services.command_sweep.stop()
         await services.retention.stop()
         await services.config_cache.stop()

@@ -34,6 +34,7 @@ _POSITIVE = (
     "send_timeout",
     "config_refresh_interval",
     "config_resend_after",
+    "rollout_interval",
     "elasticsearch_timeout",
     "store_breaker_reset",
 )
@@ -118,6 +119,10 @@ class Settings:
     config_resend_after: float = field(
         default=60.0,
         metadata={"help": "seconds before a remote config the agent has not reported on is sent again"},
+    )
+    rollout_interval: float = field(
+        default=5.0,
+        metadata={"help": "seconds between the rollout controller's looks at staged rollouts (each node)"},
     )
     config_push_rate: float = field(
         default=1000.0,

@@ -48,6 +48,7 @@ def config_json(config: Config) -> dict[str, Any]:
     return {
         "name": config.name,
         **spec_json(config.spec),
+        "rollout": config.spec.rollout.to_json(),
         "version": config.version,
         "hash": config.hash,
         "created_at": timestamp(config.created_at),
@@ -126,7 +127,9 @@ async def get_config(request: Request) -> Response:
         counts = await rollout(services, config)
     except StoreError as exc:
         return store_down(exc)
-    return JSONResponse({**config_json(config), "rollout": counts.to_json()})
+    body = config_json(config)
+    # One `rollout` object: the strategy a PUT sets and the counts the server computes (read-only).
+    return JSONResponse({**body, "rollout": {**body["rollout"], **counts.to_json()}})
 
 
 async def put_config(request: Request) -> Response:
@@ -162,6 +165,12 @@ async def put_config(request: Request) -> Response:
         return store_down(exc)
     if changed:
         logger.info("config %s is now version %d (%s)", name, config.version, config.hash[:12])
+        try:
+            # Before the change is announced: every node then sees the new version with its rollout.
+            await services.rollouts.begin(config)
+        except StoreError as exc:
+            # Stored: the controller starts the rollout on its next look; until then it is at wave 0.
+            logger.warning("config %s: its rollout starts on the controller's next look: %s", name, exc)
         await services.config_cache.changed(f"config {name} v{config.version}")
     status = 201 if changed and config.version == 1 else 200
     return JSONResponse(config_json(config), status_code=status)

@@ -16,6 +16,7 @@ from gateway.auth import Auth
 from gateway.bus.base import Bus
 from gateway.node.parts import NodeParts
 from gateway.node.rebalance import Rebalance
+from gateway.node.rollouts import RolloutController
 from gateway.node.routing import Router
 from gateway.store.base import Store
 
@@ -32,6 +33,9 @@ class AdminNode(NodeParts, Protocol):
 
     @property
     def rebalance(self) -> Rebalance: ...
+
+    @property
+    def rollouts(self) -> RolloutController: ...
 
     @property
     def auth(self) -> Auth: ...

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway import __version__
-from gateway.api import openapi_configs
+from gateway.api import openapi_configs, openapi_rollouts
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.status import STATUSES
 from gateway.store.base import MAX_PAGE_SIZE
@@ -535,11 +535,11 @@ def build() -> dict[str, Any]:
             "and /readyz are always open.",
         },
         "components": {
-            "schemas": {**SCHEMAS, **openapi_configs.SCHEMAS},
+            "schemas": {**SCHEMAS, **openapi_configs.SCHEMAS, **openapi_rollouts.SCHEMAS},
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"adminToken": []}],
-        "paths": {**PATHS, **openapi_configs.PATHS},
+        "paths": {**PATHS, **openapi_configs.PATHS, **openapi_rollouts.PATHS},
     }
 
 

@@ -139,7 +139,7 @@ SCHEMAS: dict[str, Schema] = {
             "hash": {"description": "ignored"},
             "created_at": {"description": "ignored"},
             "updated_at": {"description": "ignored"},
-            "rollout": {"description": "ignored"},
+            "rollout": _ref("Rollout"),
         },
         "additionalProperties": False,
     },
@@ -162,16 +162,6 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["configs"],
         "properties": {"configs": {"type": "array", "items": _ref("Config")}},
-    },
-    "Rollout": {
-        "type": "object",
-        "description": "matched and the config statuses count the connected agents the selector "
-        "matches; offline and disconnected ones are counted apart and never hold a rollout back",
-        "required": ["matched", *CONFIG_STATUSES[:-1], "offline", "disconnected"],
-        "properties": {
-            name: {"type": "integer", "minimum": 0}
-            for name in ("matched", *CONFIG_STATUSES[:-1], "offline", "disconnected")
-        },
     },
     "ConfigVersion": {
         "type": "object",

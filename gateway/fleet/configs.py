@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.fleet import selector as selector_mod
 from gateway.fleet.selector import Selector
+from gateway.fleet.waves import ALL_AT_ONCE, InvalidRollout, RolloutStrategy, parse_strategy
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
 CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;.*)?$"
@@ -42,7 +43,13 @@ MAX_VERSION = 10**18
 # Fields of a config's JSON that the server computes: accepted back in a PUT (so GET -> edit -> PUT
 # works, and so does copying a config to another name) and ignored. `version` is different: when
 # given, it is a precondition.
-_READ_ONLY = frozenset({"name", "hash", "created_at", "updated_at", "rollout"})
+_READ_ONLY = frozenset({"name", "hash", "created_at", "updated_at"})
+# The `rollout` object of a config's GET holds its strategy (which a PUT sets) and the counts of its
+# agents by config status (gateway/fleet/rollout.py RolloutCounts, which the server computes): a PUT
+# ignores the counts, so GET -> edit -> PUT works there too.
+ROLLOUT_COUNT_KEYS = frozenset(
+    {"matched", "applied", "applying", "failed", "pending", "unsupported", "offline", "disconnected"}
+)
 
 
 class InvalidConfig(ValueError):
@@ -67,25 +74,31 @@ class ConfigSpec:
     priority: int
     # Sorted by file name.
     files: tuple[tuple[str, ConfigFile], ...]
+    # How a new version reaches the agents (waves.py): all at once, or in waves.
+    rollout: RolloutStrategy = ALL_AT_ONCE
 
     @property
     def size(self) -> int:
         return sum(len(name) + len(f.content_type) + len(f.body) for name, f in self.files)
 
     def digest(self) -> str:
-        """SHA-256 hex of the canonical encoding: equal specs hash equal on every node."""
-        canonical = json.dumps(
-            {
-                "selector": self.selector.to_json(),
-                "priority": self.priority,
-                "files": [
-                    [name, f.content_type, base64.b64encode(f.body).decode("ascii")] for name, f in self.files
-                ],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        """SHA-256 hex of the canonical encoding: equal specs hash equal on every node. A staged
+        strategy is part of it (the default is not, so a config's hash stays what it was)."""
+        content: dict[str, Any] = {
+            "selector": self.selector.to_json(),
+            "priority": self.priority,
+            "files": [
+                [name, f.content_type, base64.b64encode(f.body).decode("ascii")] for name, f in self.files
+            ],
+        }
+        if self.rollout.staged:
+            content["rollout"] = self.rollout.to_json()
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def same_content(self, other: ConfigSpec) -> bool:
+        """Whether the agents get the same from both: everything but the rollout strategy is equal."""
+        return (self.selector, self.priority, self.files) == (other.selector, other.priority, other.files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +200,7 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     check_name(name)
     if not isinstance(raw, dict):
         raise InvalidConfig("body", "must be a JSON object with selector, priority and files")
-    unknown = set(raw) - {"selector", "priority", "files", "version"} - _READ_ONLY
+    unknown = set(raw) - {"selector", "priority", "files", "version", "rollout"} - _READ_ONLY
     if unknown:
         raise InvalidConfig(shown_key(sorted(unknown)[0]), "unknown field")
     if "selector" not in raw:
@@ -207,7 +220,12 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     if len(files_raw) > MAX_FILES:
         raise InvalidConfig("files", f"at most {MAX_FILES} files per config")
     files = tuple(sorted(_file(k, v, "files") for k, v in files_raw.items()))
-    spec = ConfigSpec(selector=selector, priority=priority, files=files)
+    spec = ConfigSpec(
+        selector=selector,
+        priority=priority,
+        files=files,
+        rollout=_strategy(raw["rollout"]) if "rollout" in raw else ALL_AT_ONCE,
+    )
     # The selector counts too: every agent's resolution and every listing walks it.
     size = spec.size + selector_size(selector)
     if size > max_bytes:
@@ -226,6 +244,16 @@ def parse_request(name: str, raw: object, *, max_bytes: int) -> ConfigRequest:
     return ConfigRequest(spec=spec, expected_version=version)
 
 
+def _strategy(raw: object) -> RolloutStrategy:
+    """The `rollout` object of a PUT body: its strategy, the read-only counts left out."""
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k not in ROLLOUT_COUNT_KEYS}
+    try:
+        return parse_strategy(raw)
+    except InvalidRollout as exc:
+        raise InvalidConfig(exc.field, str(exc).split(": ", 1)[1]) from None
+
+
 def file_json(f: ConfigFile) -> dict[str, str]:
     try:
         return {"content_type": f.content_type, "body": f.body.decode()}
@@ -234,11 +262,15 @@ def file_json(f: ConfigFile) -> dict[str, str]:
 
 
 def spec_json(spec: ConfigSpec) -> dict[str, Any]:
-    return {
+    """The spec as a PUT body gives it (the default strategy left out)."""
+    body = {
         "selector": spec.selector.to_json(),
         "priority": spec.priority,
         "files": {name: file_json(f) for name, f in spec.files},
     }
+    if spec.rollout.staged:
+        body["rollout"] = spec.rollout.to_json()
+    return body
 
 
 def spec_from_json(raw: Mapping[str, Any]) -> ConfigSpec:

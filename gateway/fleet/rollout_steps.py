@@ -1,6 +1,7 @@
 """How a rollout record moves: pure functions from a record (and what the fleet reports) to the next
 record, for the controller loop and the admin API to write by compare-and-set.
 
+    staging    whether a config's current version is rolled out in waves, and from which version
     start      a new version of a staged config: progressing at wave 0
     step       a progressing rollout after counting its wave: wait (None), next wave, completed, or
                halted (failure ratio over the limit; agents are offered the previous version again)
@@ -12,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.fleet.configs import Config
 from gateway.fleet.rollout_record import Rollout
+from gateway.fleet.versions import ConfigVersion
 from gateway.fleet.waves import RolloutStrategy, cutoff_for, in_wave, next_step, position
 
 
@@ -60,6 +63,34 @@ def wave_counts(rollout: Rollout, agents: Iterable[AgentReport]) -> WaveCounts:
         else:
             pending += 1
     return WaveCounts(targeted, applied, applying, failed, unhealthy, pending)
+
+
+@dataclass(frozen=True, slots=True)
+class Staging:
+    """A staged config's current version that needs a rollout, and the version the agents outside
+    its waves keep (None: there is none, they get nothing from the config until their wave)."""
+
+    version: int
+    previous_version: int | None
+
+
+def staging(config: Config, kept: Sequence[ConfigVersion], record: Rollout | None) -> Staging | None:
+    """Whether `config` (its current version) is rolled out in waves: its strategy is staged and the
+    agents would get something new from it. The version the others keep is the last good one: an
+    unfinished rollout's own previous version (a halted or rolled-back one's is the version it went
+    back to), else the newest older version kept. Content equal to that one needs no rollout; a
+    change of the strategy alone during a rollout restarts it at wave 0 of the new strategy."""
+    if not config.spec.rollout.staged:
+        return None
+    unfinished = record is not None and record.version < config.version and record.state != "completed"
+    if record is not None and unfinished:
+        base = record.previous_version
+    else:
+        base = max((v.version for v in kept if v.version < config.version), default=None)
+    previous = next((v for v in kept if v.version == base), None)
+    if previous is not None and previous.spec.same_content(config.spec):
+        return None
+    return Staging(config.version, base)
 
 
 def start(
@@ -147,12 +178,23 @@ def resume(rollout: Rollout, now: float) -> Rollout:
     return rollout.moved(now, "progressing", "resumed by the admin API", wave_started_at=now)
 
 
-def rollback(rollout: Rollout, now: float) -> Rollout:
-    """Every agent is offered the previous version again."""
-    if rollout.previous_version is None:
+def rollback(rollout: Rollout, now: float, version: int | None = None) -> Rollout:
+    """Every agent is offered the previous version again, or `version` (an older one the caller
+    checked is still kept); a halted rollout may be sent back to another version too."""
+    target = rollout.previous_version if version is None else version
+    if target is None:
         raise RolloutConflict(f"version {rollout.version} of {rollout.name!r} has no previous version")
-    if rollout.state in ("rolled_back", "halted"):
-        raise RolloutConflict(f"the rollout of {rollout.name!r} is {rollout.state} already")
+    if target >= rollout.version:
+        raise RolloutConflict(
+            f"version {target}: a rollback goes to a version older than {rollout.version}, the one rolled out"
+        )
+    if rollout.state in ("rolled_back", "halted") and target == rollout.previous_version:
+        raise RolloutConflict(
+            f"the rollout of {rollout.name!r} is {rollout.state}: its agents have version {target} already"
+        )
     return rollout.moved(
-        now, "rolled_back", f"rolled back to version {rollout.previous_version} by the admin API"
+        now,
+        "rolled_back",
+        f"rolled back to version {target} by the admin API",
+        previous_version=target,
     )

@@ -260,6 +260,8 @@ export async function showConfig(view, ctx) {
     let request;
     try {
       request = body(form, config ? config.version : 0);
+      // The form does not edit the rollout strategy: keep the config's (the API ignores the counts).
+      if (config && config.rollout) request.rollout = config.rollout;
     } catch (exc) {
       if (!(exc instanceof FieldError)) throw exc;
       showError(form, exc.field, exc.message);

@@ -159,6 +159,7 @@ async def test_http_agent_converges_and_rollout_shows_it(admin: httpx2.AsyncClie
 
     rollout = (await admin.get("/api/v1/configs/base")).json()["rollout"]
     assert rollout == {
+        "strategy": "all",
         "matched": 2,
         "applied": 0,
         "applying": 1,

@@ -125,10 +125,24 @@ def test_pause_resume_rollback() -> None:
     assert (
         back.state == "rolled_back" and back.events[-1].reason == "rolled back to version 1 by the admin API"
     )
-    with pytest.raises(RolloutConflict, match="rolled_back already"):
+    with pytest.raises(RolloutConflict, match="rolled_back: its agents have version 1 already"):
         rollback(back, 131.0)
     with pytest.raises(RolloutConflict, match="no previous version"):
         rollback(start("fresh", 1, None, STRATEGY, 1.0, []), 2.0)
+
+
+def test_rollback_to_a_chosen_version() -> None:
+    rollout = start("base", 5, 4, STRATEGY, 100.0, POSITIONS)
+    back = rollback(rollout, 110.0, 2)
+    assert (back.state, back.previous_version) == ("rolled_back", 2)
+    assert back.events[-1].reason == "rolled back to version 2 by the admin API"
+    # A rolled-back (or halted) rollout may still be sent to another older version.
+    again = rollback(back, 120.0, 3)
+    assert (again.state, again.previous_version) == ("rolled_back", 3)
+    with pytest.raises(RolloutConflict, match="older than 5"):
+        rollback(rollout, 130.0, 5)
+    with pytest.raises(RolloutConflict, match="older than 5"):
+        rollback(rollout, 130.0, 7)
 
 
 def _config(version: int, body: str) -> Config:

@@ -209,6 +209,7 @@ async def test_rollout_counts_connected_agents_and_shows_offline_and_disconnecte
             await eventually(settled, timeout=10, what="the quiet agent to be offline")
             counts = await rollout(node, "c")
         assert counts == {
+            "strategy": "all",
             "matched": 1,
             "applied": 1,
             "applying": 0,

@@ -198,6 +198,7 @@ async def test_config_put_on_one_node_reaches_a_websocket_agent_on_another_withi
             }
             counts = await rollout(node, "collector")
             assert counts == {
+                "strategy": "all",
                 "matched": 1,
                 "applied": 1,
                 "applying": 0,
@@ -428,6 +429,7 @@ async def test_rollout_counts_on_every_node_after_agents_apply(
         assert not (await other.heartbeat()).HasField("remote_config")
 
         expected = {
+            "strategy": "all",
             "matched": 6,
             "applied": 2,
             "applying": 1,

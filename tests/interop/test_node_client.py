@@ -428,6 +428,7 @@ def test_remote_config_applied_and_never_sent_without_accepts_remote_config(
         "configs": ["node-both"],
     }
     assert gateway.admin.config("node-both")["rollout"] == {
+        "strategy": "all",
         "matched": 2,
         "applied": 1,
         "applying": 0,

@@ -412,6 +412,7 @@ def test_remote_config_is_applied_and_the_admin_api_shows_it(gateway_factory: Ga
         ]
         config = gateway.admin.config("py-sdk")
         assert config["rollout"] == {
+            "strategy": "all",
             "matched": 1,
             "applied": 1,
             "applying": 0,
@@ -442,6 +443,36 @@ def test_remote_config_is_applied_and_the_admin_api_shows_it(gateway_factory: Ga
     }
     assert reports == {(h, pb.RemoteConfigStatuses_APPLIED) for h in hashes}
     assert recorder.connect_failures == []
+
+
+def test_a_staged_rollout_reaches_completed(gateway_factory: GatewayFactory) -> None:
+    """The real client under a staged change: it applies the new version in its wave, and the
+    gateway's controller walks the rollout to `completed`."""
+    gateway = gateway_factory(rollout_interval=0.2)
+    name = unique_name("py-staged")
+    recorder = ConfigApplier()
+    _client, agent = make_agent(gateway, name, recorder)
+    selector = {"match": {"service.name": name}}
+    staged = {"strategy": "staged", "waves": [100], "min_wave_seconds": 0, "max_failure_ratio": 0}
+
+    with running(agent):
+        uid = wait_until(lambda: find_agent(gateway, name), 5, f"agent {name} to enroll")["instance_uid"]
+        gateway.admin.put_config("py-staged", config_spec(selector, sdk_files(0.25)))
+        first = expected_hash(sdk_files(0.25)).hex()
+        gateway.admin.wait_for_agent(uid, applied_config(first), 5 * HEARTBEAT_SECONDS + 5, "version 1")
+        gateway.admin.put_config("py-staged", {**config_spec(selector, sdk_files(0.5)), "rollout": staged})
+        second = expected_hash(sdk_files(0.5)).hex()
+        gateway.admin.wait_for_agent(uid, applied_config(second), 5 * HEARTBEAT_SECONDS + 5, "version 2")
+
+        def completed() -> dict[str, Any] | None:
+            rollout: dict[str, Any] = gateway.admin.get_json("/api/v1/configs/py-staged/rollout")
+            return rollout if rollout["state"] == "completed" else None
+
+        done = wait_until(completed, 10, "the rollout to complete")
+        assert (done["version"], done["previous_version"], done["applied"], done["failed"]) == (2, 1, 1, 0)
+        recorder.wait_for_reply(after=recorder.connects)
+        agent.stop(timeout=5)
+    assert [h.hex() for h, _ in recorder.applied] == [first, second]
 
 
 def test_a_client_without_accepts_remote_config_never_receives_one(gateway_factory: GatewayFactory) -> None:
@@ -482,6 +513,7 @@ def test_a_client_without_accepts_remote_config_never_receives_one(gateway_facto
             "configs": ["py-both"],
         }
         assert gateway.admin.config("py-both")["rollout"] == {
+            "strategy": "all",
             "matched": 2,
             "applied": 1,
             "applying": 0,

@@ -89,3 +89,27 @@ async def test_a_websocket_agent_follows_the_stored_rollout(node: Node) -> None:
         # Nothing changed since: nothing more is pushed or sent.
         assert await cache.refresh("again") == 0
         assert not (await exchange(ws, heartbeat(uid(1), 1, CONFIG_CAPS))).HasField("remote_config")
+
+
+async def test_a_staged_version_without_its_record_waits_at_wave_zero() -> None:
+    """Between the admin API's two writes (or after a node died between them) no agent gets the new
+    version: the view is a rollout at cutoff 0 from the previous version."""
+    store = MemoryStore()
+    await _put(store, "v: 1\n")
+    staged = parse_request(
+        "collector",
+        {
+            "selector": {"match": {"service.name": "otelcol-contrib"}},
+            "files": {"c.yaml": {"body": "v: 2\n"}},
+            "rollout": {"strategy": "staged", "waves": [50]},
+        },
+        max_bytes=1 << 20,
+    )
+    await store.put_config("collector", staged, time.time())
+    configs = await store.list_configs()
+    view = (await rollout_views(store, configs))["collector"]
+    assert (view.version, view.state, view.cutoff) == (2, "progressing", 0.0)
+    assert view.previous is not None and view.previous.version == 1
+    # Once its record is stored, the record decides.
+    await _record(store, "progressing")
+    assert (await rollout_views(store, configs))["collector"].cutoff == 0.5

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.fleet.configs import ConfigFile
 from gateway.fleet.selector import Selector
 from gateway.fleet.versions import KEEP_VERSIONS, ConfigVersion
+from gateway.fleet.waves import parse_strategy
 from gateway.store.base import Store
 from tests.store.store_helpers import StoreFactory
 from tests.store.test_contract_configs import put, spec
@@ -68,3 +71,16 @@ async def test_versions_are_shared_by_nodes(store_factory: StoreFactory) -> None
     await node_a.put_config("shared", put(spec()), 1.0)
     await node_b.put_config("shared", put(spec("y: 2\n"), expected=1), 2.0)
     assert [v.version for v in await node_a.config_versions("shared")] == [2, 1]
+
+
+async def test_a_staged_strategy_is_kept_with_the_config_and_its_versions(store: Store) -> None:
+    staged = replace(
+        spec(),
+        rollout=parse_strategy({"strategy": "staged", "waves": [{"count": 3}, 50], "min_wave_seconds": 5}),
+    )
+    await store.put_config("base", put(spec()), 100.0)
+    config, changed = await store.put_config("base", put(staged), 200.0)
+    # The strategy alone is a change: a new version.
+    assert changed and config.version == 2 and config.spec.rollout == staged.rollout
+    assert await store.get_config("base") == config
+    assert [v.spec.rollout.staged for v in await store.config_versions("base")] == [True, False]

@@ -254,6 +254,24 @@ def test_a_validation_error_is_shown_at_its_field(page: Page, gateway: Gateway) 
     expect(page.locator("#name-error")).to_contain_text("not a valid config name")
 
 
+def test_saving_a_staged_config_in_the_form_keeps_its_strategy(page: Page, gateway: Gateway) -> None:
+    staged = {"strategy": "staged", "waves": [10, 100], "min_wave_seconds": 5, "max_failure_ratio": 0.1}
+    gateway.admin.put_config(
+        "staged",
+        {
+            "selector": {},
+            "files": {"a.yaml": {"content_type": "text/yaml", "body": "a: 1"}},
+            "rollout": staged,
+        },
+    )
+    sign_in(page, gateway, "#/configs/staged")
+    page.get_by_label("Body", exact=True).fill("a: 2\n")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.get_by_text("Version 2, updated")).to_be_visible()
+    rollout = gateway.admin.config("staged")["rollout"]
+    assert {k: rollout[k] for k in staged} == staged
+
+
 def test_a_config_is_deleted_after_confirmation(page: Page, gateway: Gateway) -> None:
     gateway.admin.put_config(
         "short-lived", {"selector": {}, "files": {"a.yaml": {"content_type": "text/yaml", "body": "a: 1"}}}

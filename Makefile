@@ -18,6 +18,8 @@ RUNTIME_TESTS := tests --ignore=tests/deploy --ignore=tests/bench --ignore=tests
 # What `make test` runs again at the dependency floors: the Elasticsearch client's (the floor most
 # likely to be wrong: make_client passes options that appeared in 9.5) store, migrate and double tests.
 FLOOR_TESTS := tests/store tests/test_migrate.py tests/harness/test_es_double.py
+# Tests that start gateways, Locust, browsers or fuzzers: `make test` runs them beside the others.
+PROCESS_TESTS := tests/integration tests/interop tests/loadtest tests/ui tests/bench tests/fuzz
 FLOORS_TESTS ?= $(RUNTIME_TESTS)
 
 .PHONY: venv run test lint proto bench loadtest check-python install test-deps clean lock test-floors test-latest test-es
@@ -51,8 +53,20 @@ test-deps: $(STAMP)
 	bash scripts/install-test-deps.sh
 
 test: test-deps lint
-	rm -f .coverage .coverage.*
+	rm -f .coverage .coverage.* build/test-processes.*
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@# The suite waits on sockets and child processes far more than it computes (about one core busy
+	@# of two): the tests that start processes run beside the rest, each half with its own coverage
+	@# data (combined below); that half's output follows once both are done.
+	mkdir -p build
+	($(BIN)/coverage run -m pytest -q -p no:cacheprovider $(PROCESS_TESTS) > build/test-processes.log 2>&1; \
+	  echo $$? > build/test-processes.rc) & \
+	$(BIN)/coverage run -m pytest -p no:cacheprovider $(addprefix --ignore=,$(PROCESS_TESTS)); rest=$$?; \
+	wait; echo "--- $(PROCESS_TESTS):"; cat build/test-processes.log; \
+	test $$rest -eq 0 && test "$$(cat build/test-processes.rc)" -eq 0
+else
 	$(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+endif
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report --fail-under=$$(cat .coverage-floor)
 	$(MAKE) --no-print-directory test-floors FLOORS_TESTS="$(FLOOR_TESTS)" PYTEST_ARGS=

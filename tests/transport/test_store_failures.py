@@ -61,8 +61,10 @@ async def test_an_elasticsearch_outage_opens_the_circuit_until_it_is_back(
 ) -> None:
     double = es_aliases.double
     store = es_aliases.store(refresh=None)
+    # The reset must outlast the steps that expect an open circuit, even on a loaded machine; a
+    # shorter one lets a half-open probe answer "store" instead of "circuit_open".
     async with (
-        run_node(tmp_path, store=store, store_breaker_failures=2, store_breaker_reset=0.3) as node,
+        run_node(tmp_path, store=store, store_breaker_failures=2, store_breaker_reset=3.0) as node,
         httpx2.AsyncClient(base_url=node.opamp_url) as http,
         httpx2.AsyncClient(base_url=node.admin_url) as admin,
         agent_socket(node.opamp_url) as ws,
@@ -97,7 +99,7 @@ async def test_an_elasticsearch_outage_opens_the_circuit_until_it_is_back(
             # Each readiness check may be the half-open probe that closes the circuit.
             return (await admin.get("/readyz")).status_code == 200
 
-        await _until(ready)
+        await _until(ready, timeout=20.0)
         assert (await admin.get("/readyz")).json()["store_circuit"] == "closed"
         metrics = (await admin.get("/metrics")).text
         assert 'opamp_gateway_store_circuit_state{state="closed"} 1.0' in metrics

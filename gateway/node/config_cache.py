@@ -32,6 +32,7 @@ from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
 from gateway.node.rollout_views import RolloutSource, rollout_views
 from gateway.opamp import capabilities as caps, heartbeat
+from gateway.opamp.connection_offers import SettingsSet
 from gateway.opamp.engine import DEFAULT_MAX_DESCRIPTION_BYTES, FleetView
 from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
@@ -78,7 +79,7 @@ class ConfigCache:
             server_capabilities=caps.server_capabilities(offer is not None),
             config_resend_after=resend_after,
             max_description_bytes=max_description_bytes,
-            connection_settings=offer,
+            settings=SettingsSet(heartbeat_offer=offer),
         )
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)

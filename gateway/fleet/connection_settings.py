@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,20 @@ MAX_OTHER_CONNECTIONS = 64
 MAX_TEXT = 8 * 1024
 # A CA bundle in PEM: a few certificates.
 MAX_PEM = 64 * 1024
-_ENDPOINT_SCHEMES = ("https://", "http://")
+MAX_ENDPOINT = 2048
+MAX_NAME = 256
+MAX_TLS_VERSION = 16
+# The rules as JSON Schema patterns too (the OpenAPI document uses them): an http(s) URL without
+# whitespace; an HTTP header name (RFC 9110 token); a header value without line breaks; a name of an
+# other connection or setting without control characters; PEM certificates, or nothing.
+ENDPOINT_PATTERN = r"^https?://\S+$"
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+HEADER_VALUE_PATTERN = r"^[^\r\n]*$"
+PLAIN_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+PEM_PATTERN = r"(^$)|(-----BEGIN CERTIFICATE-----)"
+_ENDPOINT = re.compile(ENDPOINT_PATTERN)
+_HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+_PLAIN_NAME = re.compile(PLAIN_NAME_PATTERN)
 _TLS_FIELDS = frozenset(
     {"ca_pem_contents", "include_system_ca_certs_pool", "insecure_skip_verify", "min_version", "max_version"}
 )
@@ -127,9 +141,11 @@ def _pairs(raw: object, field: str, *, header: bool) -> tuple[tuple[str, str], .
     if len(raw) > MAX_HEADERS:
         raise InvalidConnectionSettings(field, f"at most {MAX_HEADERS} entries")
     out: list[tuple[str, str]] = []
+    pattern = _HEADER_NAME if header else _PLAIN_NAME
     for key, value in raw.items():
-        if not key or (header and not key.isprintable()) or key.strip() != key:
-            raise InvalidConnectionSettings(f"{field}.{shown_key(key)}", "is not a valid name")
+        if len(key) > MAX_NAME or not pattern.fullmatch(key):
+            what = "an HTTP header name" if header else "a name without control characters"
+            raise InvalidConnectionSettings(f"{field}.{shown_key(key)}", f"is not {what}")
         text = _text(value, f"{field}.{shown_key(key)}")
         if header and ("\n" in text or "\r" in text):
             raise InvalidConnectionSettings(f"{field}.{key}", "must not contain line breaks")
@@ -154,8 +170,8 @@ def _tls(raw: object, field: str) -> TLSSpec:
         raise InvalidConnectionSettings(f"{field}.ca_pem_contents", "must be PEM certificates")
     return TLSSpec(
         ca_pem_contents=pem,
-        min_version=_text(raw.get("min_version", ""), f"{field}.min_version", 16),
-        max_version=_text(raw.get("max_version", ""), f"{field}.max_version", 16),
+        min_version=_text(raw.get("min_version", ""), f"{field}.min_version", MAX_TLS_VERSION),
+        max_version=_text(raw.get("max_version", ""), f"{field}.max_version", MAX_TLS_VERSION),
         **flags,
     )
 
@@ -166,8 +182,8 @@ def _connection(raw: object, field: str, *, other: bool) -> Connection:
     unknown = set(raw) - (_OTHER_FIELDS if other else _TELEMETRY_FIELDS)
     if unknown:
         raise InvalidConnectionSettings(f"{field}.{shown_key(sorted(unknown)[0])}", "unknown field")
-    endpoint = _text(raw.get("destination_endpoint"), f"{field}.destination_endpoint", 2048)
-    if not endpoint.startswith(_ENDPOINT_SCHEMES) or len(endpoint) <= len("https://") or " " in endpoint:
+    endpoint = _text(raw.get("destination_endpoint"), f"{field}.destination_endpoint", MAX_ENDPOINT)
+    if not _ENDPOINT.fullmatch(endpoint):
         raise InvalidConnectionSettings(
             f"{field}.destination_endpoint", f"must be an https:// (or http://) URL, got {endpoint[:140]!r}"
         )
@@ -182,12 +198,14 @@ def _connection(raw: object, field: str, *, other: bool) -> Connection:
 def _others(raw: object) -> tuple[tuple[str, Connection], ...]:
     if not isinstance(raw, dict):
         raise InvalidConnectionSettings("other_connections", "must be an object of name -> connection")
-    if len(raw) > MAX_OTHER_CONNECTIONS:
-        raise InvalidConnectionSettings("other_connections", f"at most {MAX_OTHER_CONNECTIONS} entries")
+    if not raw or len(raw) > MAX_OTHER_CONNECTIONS:
+        raise InvalidConnectionSettings("other_connections", f"from 1 to {MAX_OTHER_CONNECTIONS} entries")
     out = []
     for key, value in raw.items():
-        if not key or len(key) > 256 or not key.isprintable():
-            raise InvalidConnectionSettings(f"other_connections.{shown_key(key)}", "is not a valid name")
+        if len(key) > MAX_NAME or not _PLAIN_NAME.fullmatch(key):
+            raise InvalidConnectionSettings(
+                f"other_connections.{shown_key(key)}", "is not a name without control characters"
+            )
         out.append((key, _connection(value, f"other_connections.{key}", other=True)))
     return tuple(sorted(out, key=lambda item: item[0]))
 

@@ -80,9 +80,14 @@ def settle(
     changed: set[str],
     disconnecting: bool,
 ) -> AgentState:
-    """The engine's step for connection settings: what `msg` reports of them, then the offer if it
-    is due (not in the reply to a goodbye)."""
+    """The engine's step for connection settings: what `msg` reports of them (the status is kept),
+    then the offer if it is due (not in the reply to a goodbye)."""
     if msg.HasField("connection_settings_status"):
+        reported = msg.connection_settings_status.SerializeToString(deterministic=True)
+        if reported != state.connection_settings_status:
+            # Kept as reported, to show in the agent's JSON (status compression: only when sent).
+            state = replace(state, connection_settings_status=reported)
+            changed.add("connection_settings_status")
         state = on_settings_report(state, msg.connection_settings_status, changed)
     return state if disconnecting else offer_settings(state, offer, reply, changed)
 

@@ -105,6 +105,7 @@ def test_round_trip() -> None:
             "own_logs.tls.min_version",
         ),
         ({"selector": {}, "other_connections": []}, "other_connections"),
+        ({"selector": {}, "other_connections": {}}, "other_connections"),
         ({"selector": {}, "other_connections": {"": {}}}, "other_connections.''"),
         (
             {

@@ -229,6 +229,7 @@ def test_touched_copies_every_field() -> None:
         "oversized": ("health",),
         "offered_settings_hash": b"s",
         "key_id": "edge",
+        "connection_settings_status": b"cs",
     }
     assert set(values) == {f.name for f in fields(AgentState)}
     state = AgentState(**values)

@@ -92,7 +92,10 @@ async def test_admin_api_round_trip_and_bad_fields(tmp_path: Path) -> None:
 async def test_websocket_agent_is_offered_own_metrics_pushed_on_change_and_status_shown(
     tmp_path: Path,
 ) -> None:
-    async with run_node(tmp_path, agent_heartbeat_interval=0) as node, httpx2.AsyncClient(base_url=node.admin_url) as admin:
+    async with (
+        run_node(tmp_path, agent_heartbeat_interval=0) as node,
+        httpx2.AsyncClient(base_url=node.admin_url) as admin,
+    ):
         async with agent_socket(node.opamp_url) as ws:
             first = await exchange(ws, report(uid(1), capabilities=WANTS))
             assert _metrics_endpoint(first) is None

@@ -134,8 +134,9 @@ class SettingsSet:
     def offer_for(self, state: AgentState) -> pb.ConnectionSettingsOffers | None:
         capabilities = state.capabilities & _RELEVANT
         if not self.settings or not capabilities & ~heartbeat.NEEDED:
-            # Nothing but the heartbeat part can apply: no resolution needed.
-            return build_offer(Parts(), capabilities, self.heartbeat_offer)
+            # Nothing but the heartbeat part can apply: no resolution, no allocation (every
+            # heartbeat of the fleet asks this).
+            return self.heartbeat_offer if capabilities & heartbeat.NEEDED == heartbeat.NEEDED else None
         key = (state.instance_uid, state.description, capabilities)
         try:
             return self._cache[key]

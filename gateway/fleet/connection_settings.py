@@ -40,10 +40,10 @@ MAX_PEM = 64 * 1024
 MAX_ENDPOINT = 2048
 MAX_NAME = 256
 MAX_TLS_VERSION = 16
-# The rules as JSON Schema patterns too (the OpenAPI document uses them): an http(s) URL without
-# whitespace; an HTTP header name (RFC 9110 token); a header value without line breaks; a name of an
+# The rules as JSON Schema patterns too (the OpenAPI document uses them; character classes only, so
+# Python and ECMA-262 agree): an http(s) URL without spaces or control characters; an HTTP header name (RFC 9110 token); a header value without line breaks; a name of an
 # other connection or setting without control characters; PEM certificates, or nothing.
-ENDPOINT_PATTERN = r"^https?://\S+$"
+ENDPOINT_PATTERN = r"^https?://[^\x00-\x20\x7f-\x9f]+$"
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE_PATTERN = r"^[^\r\n]*$"
 PLAIN_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"

@@ -41,8 +41,9 @@ MAX_ENDPOINT = 2048
 MAX_NAME = 256
 MAX_TLS_VERSION = 16
 # The rules as JSON Schema patterns too (the OpenAPI document uses them; character classes only, so
-# Python and ECMA-262 agree): an http(s) URL without spaces or control characters; an HTTP header name (RFC 9110 token); a header value without line breaks; a name of an
-# other connection or setting without control characters; PEM certificates, or nothing.
+# Python and ECMA-262 agree): an http(s) URL without spaces or control characters; an HTTP header
+# name (RFC 9110 token); a header value without line breaks; a name of an other connection or
+# setting without control characters; PEM certificates, or nothing.
 ENDPOINT_PATTERN = r"^https?://[^\x00-\x20\x7f-\x9f]+$"
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 HEADER_VALUE_PATTERN = r"^[^\r\n]*$"

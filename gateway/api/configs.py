@@ -79,7 +79,7 @@ async def rollout(services: AdminNode, config: Config) -> RolloutCounts:
         query = replace(query, cursor=page.next_cursor)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -90,7 +90,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _json_int(text: str) -> int | float:
+def json_int(text: str) -> int | float:
     """A JSON integer; one too long for any field (or for int(), past 4,300 digits) is read as a float
     (inf if huge), which the field's own check then refuses by name."""
     return int(text) if len(text) <= _MAX_INT_DIGITS else float(text)
@@ -138,13 +138,13 @@ async def put_config(request: Request) -> Response:
     limit = max_config_bytes(services)
     try:
         # JSON escaping can double a body (and base64 adds a third): allow for it before parsing.
-        raw = await _read_body(request, 2 * limit + _REPLY_OVERHEAD)
+        raw = await read_body(request, 2 * limit + _REPLY_OVERHEAD)
     except BodyTooLarge:
         return error(413, f"the request body is too large for a config of at most {limit} bytes")
     except ClientDisconnect:
         return Response(status_code=400)
     try:
-        body = json.loads(raw, parse_int=_json_int)
+        body = json.loads(raw, parse_int=json_int)
         # JSON may escape lone surrogates (\ud800) that no UTF-8 file or reply can carry.
         json.dumps(body, ensure_ascii=False).encode()
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

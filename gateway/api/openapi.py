@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway import __version__
-from gateway.api import openapi_configs, openapi_rollouts
+from gateway.api import openapi_configs, openapi_rollouts, openapi_settings
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.status import STATUSES
 from gateway.store.base import MAX_PAGE_SIZE
@@ -99,6 +99,7 @@ SCHEMAS: dict[str, Schema] = {
             "health",
             "effective_config",
             "remote_config",
+            "connection_settings",
             "previous_instance_uids",
             "duplicate_of",
             "available_components",
@@ -139,6 +140,20 @@ SCHEMAS: dict[str, Schema] = {
                         "status": {"type": "string"},
                         "last_remote_config_hash": {"type": "string"},
                         "error_message": {"type": "string"},
+                    },
+                }
+            ),
+            "connection_settings": _nullable(
+                {
+                    "type": "object",
+                    "description": "the agent's last connection_settings_status, and the hash of the "
+                    "ConnectionSettingsOffers it was last offered",
+                    "required": ["status", "last_connection_settings_hash", "error_message", "offered_hash"],
+                    "properties": {
+                        "status": {"enum": ["UNSET", "APPLIED", "APPLYING", "FAILED"]},
+                        "last_connection_settings_hash": {"type": "string"},
+                        "error_message": {"type": "string"},
+                        "offered_hash": {"type": ["string", "null"]},
                     },
                 }
             ),
@@ -535,11 +550,16 @@ def build() -> dict[str, Any]:
             "and /readyz are always open.",
         },
         "components": {
-            "schemas": {**SCHEMAS, **openapi_configs.SCHEMAS, **openapi_rollouts.SCHEMAS},
+            "schemas": {
+                **SCHEMAS,
+                **openapi_configs.SCHEMAS,
+                **openapi_rollouts.SCHEMAS,
+                **openapi_settings.SCHEMAS,
+            },
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"adminToken": []}],
-        "paths": {**PATHS, **openapi_configs.PATHS, **openapi_rollouts.PATHS},
+        "paths": {**PATHS, **openapi_configs.PATHS, **openapi_rollouts.PATHS, **openapi_settings.PATHS},
     }
 
 

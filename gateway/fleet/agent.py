@@ -92,6 +92,9 @@ class AgentState:
     # only a client with that key may speak for it. "" for an agent enrolled while no keys were
     # configured: bound to nothing, adopted by the first key that speaks for it.
     key_id: str = ""
+    # The agent's last ConnectionSettingsStatus (serialized; ReportsConnectionSettingsStatus), None:
+    # never reported.
+    connection_settings_status: bytes | None = None
 
     @property
     def uid(self) -> str:

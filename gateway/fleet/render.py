@@ -90,6 +90,25 @@ def remote_config_json(data: bytes) -> dict[str, Any]:
     }
 
 
+_SETTINGS_STATUS = {
+    pb.ConnectionSettingsStatuses_UNSET: "UNSET",
+    pb.ConnectionSettingsStatuses_APPLIED: "APPLIED",
+    pb.ConnectionSettingsStatuses_APPLYING: "APPLYING",
+    pb.ConnectionSettingsStatuses_FAILED: "FAILED",
+}
+
+
+def connection_settings_json(data: bytes, offered: bytes | None) -> dict[str, Any]:
+    """The agent's last ConnectionSettingsStatus, with the hash of the offer it last got."""
+    status = pb.ConnectionSettingsStatus.FromString(data)
+    return {
+        "status": _SETTINGS_STATUS.get(status.status, str(status.status)),
+        "last_connection_settings_hash": status.last_connection_settings_hash.hex(),
+        "error_message": status.error_message,
+        "offered_hash": None if offered is None else offered.hex(),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """Where an agent is connected: for WebSocket agents, which node holds the socket; for HTTP
@@ -127,6 +146,9 @@ def agent_json(
         "remote_config": None
         if state.remote_config_status is None
         else remote_config_json(state.remote_config_status),
+        "connection_settings": None
+        if state.connection_settings_status is None
+        else connection_settings_json(state.connection_settings_status, state.offered_settings_hash),
         "previous_instance_uids": [uid_str(uid) for uid in state.previous_instance_uids],
         "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
         "available_components": None

@@ -26,12 +26,14 @@ from typing import Protocol
 
 from gateway.bus.base import Bus, BusUnavailable, ConfigsChanged
 from gateway.fleet.configs import Config
+from gateway.fleet.connection_settings import ConnectionSettings
 from gateway.fleet.desired import ConfigSet
 from gateway.metrics import Metrics
 from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
 from gateway.node.rollout_views import RolloutSource, rollout_views
 from gateway.opamp import capabilities as caps, heartbeat
+from gateway.opamp.connection_offers import SettingsSet
 from gateway.opamp.engine import DEFAULT_MAX_DESCRIPTION_BYTES, FleetView
 from gateway.opamp.push import config_due
 from gateway.periodic import Periodic
@@ -50,6 +52,8 @@ class ConfigSource(RolloutSource, Protocol):
     """Where the configs, and their rollouts, are read from (the store)."""
 
     async def list_configs(self) -> list[Config]: ...
+
+    async def list_connection_settings(self) -> list[ConnectionSettings]: ...
 
 
 class ConfigCache:
@@ -73,12 +77,13 @@ class ConfigCache:
         self._metrics = metrics
         self._push_rate = push_rate
         self._clock = clock
-        offer = heartbeat.settings_offer(heartbeat_interval)
+        self._heartbeat_offer = heartbeat.settings_offer(heartbeat_interval)
+        offer = self._heartbeat_offer
         self._fleet = FleetView(
             server_capabilities=caps.server_capabilities(offer is not None),
             config_resend_after=resend_after,
             max_description_bytes=max_description_bytes,
-            connection_settings=offer,
+            settings=SettingsSet(heartbeat_offer=offer),
         )
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
@@ -166,13 +171,29 @@ class ConfigCache:
         """Read the configs into `fleet` (the caller holds the lock); True if they changed."""
         listed = tuple(await self._configs.list_configs())
         configs = ConfigSet(listed, rollouts=await rollout_views(self._configs, listed))
+        settings = SettingsSet(
+            tuple(await self._configs.list_connection_settings()), heartbeat_offer=self._heartbeat_offer
+        )
         self._read_at = time.monotonic()
         self.loaded = True
-        if configs.generation == self._fleet.configs.generation:
+        fleet = self._fleet
+        if (configs.generation, settings.generation) == (fleet.configs.generation, fleet.settings.generation):
             return False
-        self._fleet = replace(self._fleet, configs=configs)
-        self._metrics.configs.set(len(configs.configs))
-        logger.info("configs changed (%s): %d known", reason, len(configs.configs))
+        if configs.generation != fleet.configs.generation:
+            fleet = replace(fleet, configs=configs)
+            self._metrics.configs.set(len(configs.configs))
+        if settings.generation != fleet.settings.generation:
+            # OffersConnectionSettings while there is anything to offer (spec: server capabilities).
+            fleet = replace(
+                fleet, settings=settings, server_capabilities=caps.server_capabilities(settings.offers_any)
+            )
+        self._fleet = fleet
+        logger.info(
+            "configs changed (%s): %d configs, %d connection settings known",
+            reason,
+            len(configs.configs),
+            len(settings.settings),
+        )
         return True
 
     async def _push_all(self) -> int:

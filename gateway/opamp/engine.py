@@ -13,6 +13,7 @@ from typing import Literal
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
 from gateway.fleet.desired import ConfigSet
 from gateway.opamp import capabilities as caps, heartbeat
+from gateway.opamp.connection_offers import SettingsSet
 from gateway.proto import opamp_pb2 as pb
 
 UID_LENGTH = 16
@@ -66,8 +67,8 @@ class FleetView:
     configs: ConfigSet = field(default_factory=ConfigSet)
     config_resend_after: float = DEFAULT_CONFIG_RESEND_AFTER
     max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES
-    # The heartbeat interval offered to agents (gateway/opamp/heartbeat.py); None: none offered.
-    connection_settings: pb.ConnectionSettingsOffers | None = None
+    # The heartbeat interval and connection settings offered to agents (connection_offers.py).
+    settings: SettingsSet = field(default_factory=SettingsSet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +318,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("connection_settings_status")
     ):
         return None
-    if fleet.connection_settings is not None and heartbeat.settings_due(state, fleet.connection_settings):
+    if fleet.settings.offers_any and heartbeat.settings_due(state, fleet.settings.offer_for(state)):
         return None
     new_state = state.touched(now, seq)
     if fleet.configs and config_to_offer(new_state, fleet, now) is not None:
@@ -383,7 +384,8 @@ def _handle(
         return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
     if not disconnecting and not unknown_config:
         new_state = offer_config(new_state, fleet, now, reply, changed)
-    new_state = heartbeat.settle(new_state, msg, fleet.connection_settings, reply, changed, disconnecting)
+    offer = fleet.settings.offer_for(new_state) if fleet.settings.offers_any else None
+    new_state = heartbeat.settle(new_state, msg, offer, reply, changed, disconnecting)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
     durable_changes = changed & _DURABLE_FIELDS

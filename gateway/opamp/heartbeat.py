@@ -1,11 +1,13 @@
-"""Heartbeat offers: the interval the gateway asks agents to send heartbeats at (spec 3.5, 8.1).
+"""Heartbeat offers, and when any connection settings offer is due (spec 3.5, 5, 8.1).
 
 Pure. The offer is a `ConnectionSettingsOffers` whose only setting is
 `opamp.heartbeat_interval_seconds` (always set explicitly: an `opamp` offer without it means 0,
 "disable heartbeats"), with a `hash` over every setting it carries, so the hash changes exactly when
 the interval does. It goes to agents with both `ReportsHeartbeat` (spec: offer an interval only to
 them) and `AcceptsOpAMPConnectionSettings` (spec: offer `opamp` settings only to them), once: the
-record keeps the hash of the offer the agent last got (`offered_settings_hash`).
+record keeps the hash of the offer the agent last got (`offered_settings_hash`). The operator's
+connection settings ride in the same offer, with one hash (gateway/opamp/connection_offers.py);
+the rules below hold for that combined offer.
 
 It is offered again when the interval changes (a new hash), and when an agent with
 `ReportsConnectionSettingsStatus` reports a hash other than the offered one (spec: the server MUST
@@ -50,12 +52,9 @@ def settings_offer(interval_seconds: int) -> pb.ConnectionSettingsOffers | None:
 
 
 def settings_due(state: AgentState, offer: pb.ConnectionSettingsOffers | None) -> bool:
-    """Whether the agent should get `offer` now: it has both capabilities and has not got this offer."""
-    return (
-        offer is not None
-        and state.capabilities & NEEDED == NEEDED
-        and state.offered_settings_hash != offer.hash
-    )
+    """Whether the agent should get `offer` now: the offer made for it (connection_offers.py, which
+    applies the capabilities) is one it has not got."""
+    return offer is not None and state.offered_settings_hash != offer.hash
 
 
 def offer_settings(
@@ -81,9 +80,14 @@ def settle(
     changed: set[str],
     disconnecting: bool,
 ) -> AgentState:
-    """The engine's step for connection settings: what `msg` reports of them, then the offer if it
-    is due (not in the reply to a goodbye)."""
+    """The engine's step for connection settings: what `msg` reports of them (the status is kept),
+    then the offer if it is due (not in the reply to a goodbye)."""
     if msg.HasField("connection_settings_status"):
+        reported = msg.connection_settings_status.SerializeToString(deterministic=True)
+        if reported != state.connection_settings_status:
+            # Kept as reported, to show in the agent's JSON (status compression: only when sent).
+            state = replace(state, connection_settings_status=reported)
+            changed.add("connection_settings_status")
         state = on_settings_report(state, msg.connection_settings_status, changed)
     return state if disconnecting else offer_settings(state, offer, reply, changed)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.opamp import heartbeat
 from gateway.opamp.engine import FleetView, accepts_command, command_message, config_to_offer, offer_config
 from gateway.proto import opamp_pb2 as pb
 
@@ -29,20 +30,25 @@ class Push:
         return self.write.state
 
 
+def _settings_offer(state: AgentState, fleet: FleetView) -> pb.ConnectionSettingsOffers | None:
+    return fleet.settings.offer_for(state) if fleet.settings.offers_any else None
+
+
 def config_due(state: AgentState, fleet: FleetView, now: float) -> bool:
-    """Whether `config_push` would push now. Cheap and allocation-free: a config change asks this for
-    every agent on the node, and most need nothing."""
-    return config_to_offer(state, fleet, now) is not None
+    """Whether `config_push` would push now. Cheap: a config (or connection settings) change asks
+    this for every agent on the node, and most need nothing (a dict lookup each)."""
+    return config_to_offer(state, fleet, now) is not None or heartbeat.settings_due(
+        state, _settings_offer(state, fleet)
+    )
 
 
 def config_push(state: AgentState, fleet: FleetView, now: float) -> Push | None:
-    """The agent's remote config if the engine's rules say it should get it now, else None. Not
-    durable: a lost offer record only means the config may be sent once more."""
-    if not config_due(state, fleet, now):
-        return None
+    """The agent's remote config and its connection settings offer, each if the engine's rules say it
+    should get it now, else None. Not durable: a lost offer record only means it may be sent once more."""
     changed: set[str] = set()
     reply = pb.ServerToAgent(instance_uid=state.instance_uid, capabilities=fleet.server_capabilities)
     offered = offer_config(state, fleet, now, reply, changed)
+    offered = heartbeat.offer_settings(offered, _settings_offer(offered, fleet), reply, changed)
     if not changed:
         return None
     return Push(reply, AgentWrite(state=offered, changed=frozenset(changed)), durable=False)

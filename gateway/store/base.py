@@ -16,6 +16,7 @@ from typing import Protocol
 
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
@@ -177,6 +178,20 @@ class Store(Protocol):
     async def config_versions(self, name: str) -> list[ConfigVersion]:
         """The config's stored versions, newest first: the last KEEP_VERSIONS of its changes since it
         was last created ([] when there is no such config)."""
+
+    async def list_connection_settings(self) -> list[ConnectionSettings]:
+        """Every connection setting (gateway/fleet/connection_settings.py), by name."""
+
+    async def get_connection_settings(self, name: str) -> ConnectionSettings | None: ...
+
+    async def put_connection_settings(
+        self, name: str, spec: SettingsSpec, now: float
+    ) -> tuple[ConnectionSettings, bool]:
+        """Create or replace; (the stored settings, whether their content changed). The version goes
+        up by one on a change and stays on an identical PUT."""
+
+    async def delete_connection_settings(self, name: str) -> bool:
+        """False if there was no such connection setting."""
 
     async def get_rollout(self, name: str) -> StoredRollout | None:
         """The config's rollout record (read through: never an older copy), or None."""

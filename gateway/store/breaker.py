@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
 from gateway.store.base import (
@@ -166,6 +167,20 @@ class CircuitBreaker:
 
     async def list_configs(self) -> list[Config]:
         return await self._call(self.store.list_configs)
+
+    async def list_connection_settings(self) -> list[ConnectionSettings]:
+        return await self._call(self.store.list_connection_settings)
+
+    async def get_connection_settings(self, name: str) -> ConnectionSettings | None:
+        return await self._call(lambda: self.store.get_connection_settings(name))
+
+    async def put_connection_settings(
+        self, name: str, spec: SettingsSpec, now: float
+    ) -> tuple[ConnectionSettings, bool]:
+        return await self._call(lambda: self.store.put_connection_settings(name, spec, now))
+
+    async def delete_connection_settings(self, name: str) -> bool:
+        return await self._call(lambda: self.store.delete_connection_settings(name))
 
     async def get_config(self, name: str) -> Config | None:
         return await self._call(lambda: self.store.get_config(name))

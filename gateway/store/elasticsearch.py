@@ -27,6 +27,7 @@ from elasticsearch import AsyncElasticsearch
 
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
 from gateway.store import elasticsearch_queries as queries
@@ -54,6 +55,7 @@ from gateway.store.elasticsearch_client import (
 from gateway.store.elasticsearch_configs import ConfigsIndex
 from gateway.store.elasticsearch_documents import Moved, UnreadableDocument, agent_from_source
 from gateway.store.elasticsearch_schema import agents_index, configs_index, mapping_version
+from gateway.store.elasticsearch_settings import SettingsDocuments
 from gateway.store.elasticsearch_writes import Action, Known, KnownDocuments, plan, rounds
 
 if TYPE_CHECKING:
@@ -114,6 +116,7 @@ class ElasticsearchStore:
         self._on_oversized = on_oversized
         self._known = KnownDocuments()
         self._configs = ConfigsIndex(client, configs_alias, self._request)
+        self._settings = SettingsDocuments(client, configs_alias, self._request)
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
         self._get_batches: set[asyncio.Task[None]] = set()
 
@@ -487,6 +490,20 @@ class ElasticsearchStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._configs.delete(name, expected_version)
+
+    async def list_connection_settings(self) -> list[ConnectionSettings]:
+        return await self._settings.list()
+
+    async def get_connection_settings(self, name: str) -> ConnectionSettings | None:
+        return await self._settings.get(name)
+
+    async def put_connection_settings(
+        self, name: str, spec: SettingsSpec, now: float
+    ) -> tuple[ConnectionSettings, bool]:
+        return await self._settings.put(name, spec, now)
+
+    async def delete_connection_settings(self, name: str) -> bool:
+        return await self._settings.delete(name)
 
     async def config_versions(self, name: str) -> list[ConfigVersion]:
         return await self._configs.versions(name)

@@ -56,7 +56,8 @@ class ConfigsIndex:
         after: builtins.list[Any] | None = None
         while True:
             body: dict[str, Any] = {
-                "query": {"match_all": {}},
+                # Connection settings share the index (elasticsearch_settings.py): not configs.
+                "query": {"bool": {"must_not": [{"exists": {"field": "kind"}}]}},
                 "sort": [{"name": "asc"}],
                 "size": _PAGE,
                 "_source": fields,

@@ -185,6 +185,7 @@ def agent_document(state: AgentState) -> dict[str, Any]:
                 "effective_config": _b64(state.effective_config),
                 "remote_config_status": _b64(state.remote_config_status),
                 "available_components": _b64(state.available_components),
+                "connection_settings_status": _b64(state.connection_settings_status),
             },
         },
     }
@@ -301,6 +302,7 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             effective_config=_unb64(raw.get("effective_config")),
             remote_config_status=_unb64(raw.get("remote_config_status")),
             available_components=_unb64(raw.get("available_components")),
+            connection_settings_status=_unb64(raw.get("connection_settings_status")),
             disconnected=source["last_checkin_status"] == "disconnected",
             previous_instance_uids=tuple(_uid(u) for u in opamp.get("previous_instance_uids") or ()),
             pending_command=opamp.get("pending_command"),

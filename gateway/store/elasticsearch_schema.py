@@ -21,9 +21,11 @@ from typing import Any
 # 3: opamp.duplicate_of, opamp.raw.available_components.
 # 4: opamp.offered_settings_hash.
 # 5: opamp.key_id, the agent key (group) an agent is bound to.
-AGENTS_MAPPING_VERSION = 5
+# 6: opamp.raw.connection_settings_status.
+AGENTS_MAPPING_VERSION = 6
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
-CONFIGS_MAPPING_VERSION = 2
+# 3: `kind`: "connection_settings" on a connection setting's document (elasticsearch_settings.py).
+CONFIGS_MAPPING_VERSION = 3
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
 # of equal priority.
@@ -110,12 +112,14 @@ AGENT_PROPERTIES: dict[str, Any] = {
             effective_config={"type": "binary"},
             remote_config_status={"type": "binary"},
             available_components={"type": "binary"},
+            connection_settings_status={"type": "binary"},
         ),
     ),
 }
 
 CONFIG_PROPERTIES: dict[str, Any] = {
     "name": {"type": "keyword"},
+    "kind": {"type": "keyword"},
     "version": {"type": "long"},
     "hash": {"type": "keyword"},
     "priority": {"type": "integer"},

@@ -24,10 +24,11 @@ from typing import Any, TypeVar
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.status import STATUSES
 from gateway.fleet.versions import ConfigVersion
-from gateway.store import sqlite_configs, sqlite_retention, sqlite_rollouts
+from gateway.store import sqlite_configs, sqlite_retention, sqlite_rollouts, sqlite_settings
 from gateway.store.base import (
     MAX_FORGET_BATCH,
     MAX_PAGE_SIZE,
@@ -271,6 +272,20 @@ class SQLiteStore:
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
         return await self._on_writer(self._with_writer, sqlite_configs.delete_config, name, expected_version)
+
+    async def list_connection_settings(self) -> list[ConnectionSettings]:
+        return await self._on_reader(sqlite_settings.list_settings)
+
+    async def get_connection_settings(self, name: str) -> ConnectionSettings | None:
+        return await self._on_reader(sqlite_settings.get_settings, name)
+
+    async def put_connection_settings(
+        self, name: str, spec: SettingsSpec, now: float
+    ) -> tuple[ConnectionSettings, bool]:
+        return await self._on_writer(self._with_writer, sqlite_settings.put_settings, name, spec, now)
+
+    async def delete_connection_settings(self, name: str) -> bool:
+        return await self._on_writer(self._with_writer, sqlite_settings.delete_settings, name)
 
     async def forget(self, uid: bytes) -> bytes | None:
         target: bytes | None = await self._on_writer(self._with_writer, sqlite_retention.forget, uid)

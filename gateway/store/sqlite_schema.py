@@ -16,8 +16,9 @@ from typing import Any
 from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
+from gateway.store.sqlite_settings import TABLE as _CONNECTION_SETTINGS
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -82,7 +83,8 @@ SCHEMA = (
         duplicate_of BLOB,
         available_components BLOB,
         offered_settings_hash BLOB,
-        key_id TEXT NOT NULL DEFAULT ''
+        key_id TEXT NOT NULL DEFAULT '',
+        connection_settings_status BLOB
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -107,6 +109,8 @@ SCHEMA = (
         rev INTEGER NOT NULL
     )
     """,
+    # Named connection settings (gateway/fleet/connection_settings.py), spec as JSON.
+    _CONNECTION_SETTINGS,
 )
 # Statements that bring a file of schema version N-1 to N, by N; run before SCHEMA, in order.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -133,6 +137,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     8: ("ALTER TABLE agents ADD COLUMN offered_settings_hash BLOB",),
     # Agents enrolled before keys were bound get '': bound to none, adopted by the next key that speaks.
     9: ("ALTER TABLE agents ADD COLUMN key_id TEXT NOT NULL DEFAULT ''",),
+    # Connection settings (issue 19): their table, and each agent's reported status of them.
+    10: (_CONNECTION_SETTINGS, "ALTER TABLE agents ADD COLUMN connection_settings_status BLOB"),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -166,6 +172,7 @@ COLUMNS = (
     "available_components",
     "offered_settings_hash",
     "key_id",
+    "connection_settings_status",
 )
 # Columns an upsert of an existing row keeps: they change only through a write that names them.
 _NAMED_ONLY = ("pending_command", "command_id", "key_id")
@@ -194,7 +201,7 @@ STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
     "offered_config_hash, offered_at, failed_config_hash, command_id, duplicate_of, "
-    "available_components, offered_settings_hash, key_id"
+    "available_components, offered_settings_hash, key_id, connection_settings_status"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -282,6 +289,7 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         state.available_components,
         state.offered_settings_hash,
         state.key_id,
+        state.connection_settings_status,
     )
 
 
@@ -309,6 +317,7 @@ def state_of(row: Sequence[Any]) -> AgentState:
         available_components=None if row[19] is None else bytes(row[19]),
         offered_settings_hash=None if row[20] is None else bytes(row[20]),
         key_id=row[21],
+        connection_settings_status=None if row[22] is None else bytes(row[22]),
     )
 
 

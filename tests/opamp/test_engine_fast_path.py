@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from gateway.fleet.agent import AgentState
 from gateway.fleet.desired import ConfigSet
 from gateway.opamp import capabilities as caps, engine, heartbeat as heartbeat_offers
+from gateway.opamp.connection_offers import SettingsSet
 from gateway.opamp.engine import FleetView, Outcome
 from gateway.proto import opamp_pb2 as pb
 from tests.opamp.test_engine import NOW, REPORTING, UID, description, heartbeat
@@ -36,8 +37,8 @@ def _offer(interval: int) -> pb.ConnectionSettingsOffers:
 
 
 OFFER = _offer(60)
-HEARTBEATS = FleetView(connection_settings=OFFER)
-CONFIG_AND_HEARTBEATS = replace(CONFIG_FLEET, connection_settings=OFFER)
+HEARTBEATS = FleetView(settings=SettingsSet(heartbeat_offer=OFFER))
+CONFIG_AND_HEARTBEATS = replace(CONFIG_FLEET, settings=SettingsSet(heartbeat_offer=OFFER))
 
 
 def _status(config_hash: bytes, value: int) -> bytes:
@@ -228,6 +229,7 @@ def test_touched_copies_every_field() -> None:
         "oversized": ("health",),
         "offered_settings_hash": b"s",
         "key_id": "edge",
+        "connection_settings_status": b"cs",
     }
     assert set(values) == {f.name for f in fields(AgentState)}
     state = AgentState(**values)

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.fleet.agent import AgentState
 from gateway.opamp import capabilities as caps, heartbeat
+from gateway.opamp.connection_offers import SettingsSet
 from gateway.opamp.engine import FleetView, Outcome, handle
 from gateway.proto import opamp_pb2 as pb
 from tests.opamp.test_engine import NOW, full_report, heartbeat as heartbeat_msg
@@ -22,7 +23,8 @@ WANTS = BASE | caps.REPORTS_HEARTBEAT | caps.ACCEPTS_OPAMP_CONNECTION_SETTINGS
 def _fleet(interval: int) -> FleetView:
     offer = heartbeat.settings_offer(interval)
     return FleetView(
-        server_capabilities=caps.server_capabilities(offer is not None), connection_settings=offer
+        server_capabilities=caps.server_capabilities(offer is not None),
+        settings=SettingsSet(heartbeat_offer=offer),
     )
 
 
@@ -161,14 +163,14 @@ def test_a_reported_other_hash_gets_the_offer_again() -> None:
 
 def test_the_reported_offered_hash_needs_nothing() -> None:
     fleet = _fleet(60)
-    assert fleet.connection_settings is not None
+    assert fleet.settings.heartbeat_offer is not None
     # A record that forgot the offer (say, written before this feature) learns it from the report.
     state = replace(_record(fleet), offered_settings_hash=None)
-    msg = _status(state, 1, fleet.connection_settings.hash, pb.ConnectionSettingsStatuses_APPLIED)
+    msg = _status(state, 1, fleet.settings.heartbeat_offer.hash, pb.ConnectionSettingsStatuses_APPLIED)
     outcome = _run(state, msg, fleet)
     assert not outcome.reply.HasField("connection_settings")
     assert outcome.state is not None
-    assert outcome.state.offered_settings_hash == fleet.connection_settings.hash
+    assert outcome.state.offered_settings_hash == fleet.settings.heartbeat_offer.hash
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import ConfigRequest, parse_request
+from gateway.fleet.connection_settings import parse_spec
 from gateway.store.base import AgentPage, AgentQuery, InvalidCursor, StoreError, StoreUnavailable
 from gateway.store.breaker import CircuitBreaker, CircuitOpen, State
 from tests.store.store_helpers import agent, full
@@ -207,6 +208,11 @@ async def test_every_store_method_goes_through_the_breaker(
     assert await breaker.get_rollout("x") is None
     assert await breaker.list_rollouts() == []
     assert await breaker.put_rollout(rollout("x"), None) is None
+    settings = parse_spec("x", {"selector": {}, "own_logs": {"destination_endpoint": "https://x.example"}})
+    stored, _ = await breaker.put_connection_settings("x", settings, 0.0)
+    assert await breaker.get_connection_settings("x") == stored
+    assert await breaker.list_connection_settings() == [stored]
+    assert await breaker.delete_connection_settings("x") is True
     store.failing = StoreUnavailable("down")
     await _fail(breaker, 3)
     for call in (
@@ -220,6 +226,9 @@ async def test_every_store_method_goes_through_the_breaker(
         breaker.summary(0.0, 1.0),
         breaker.list_agents(AgentQuery(), 0.0, 1.0),
         breaker.pending_commands(10),
+        breaker.list_connection_settings(),
+        breaker.get_connection_settings("x"),
+        breaker.delete_connection_settings("x"),
     ):
         with pytest.raises(CircuitOpen):
             await call

@@ -105,6 +105,7 @@ async def test_roundtrip_every_field(store: Store) -> None:
         available_components=b"\x0a\x05hash!",
         offered_settings_hash=b"\x04" * 32,
         key_id="edge-eu",
+        connection_settings_status=b"\x0a\x20" + b"\x05" * 32 + b"\x10\x01",
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])

@@ -31,6 +31,8 @@ async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> Non
         conn.execute("DROP TABLE config_versions")
         conn.execute("ALTER TABLE agents DROP COLUMN offered_settings_hash")
         conn.execute("ALTER TABLE agents DROP COLUMN key_id")
+        conn.execute("ALTER TABLE agents DROP COLUMN connection_settings_status")
+        conn.execute("DROP TABLE connection_settings")
         conn.execute("PRAGMA user_version = 6")
         conn.commit()
     store = SQLiteStore(db_path)
@@ -46,7 +48,7 @@ async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> Non
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
 
 
 async def test_an_unreadable_rollout_record_is_a_store_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
+from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion, oldest_kept, version_of
 from gateway.store.base import (
@@ -29,6 +30,7 @@ class MemoryStore:
         self.configs: dict[str, Config] = {}
         self.versions: dict[str, list[ConfigVersion]] = {}
         self.rollouts: dict[str, tuple[Rollout, int]] = {}
+        self.connection_settings: dict[str, ConnectionSettings] = {}
 
     async def open(self) -> None:
         pass
@@ -95,6 +97,28 @@ class MemoryStore:
 
     async def list_configs(self) -> list[Config]:
         return [self.configs[name] for name in sorted(self.configs)]
+
+    async def list_connection_settings(self) -> list[ConnectionSettings]:
+        return [self.connection_settings[name] for name in sorted(self.connection_settings)]
+
+    async def get_connection_settings(self, name: str) -> ConnectionSettings | None:
+        return self.connection_settings.get(name)
+
+    async def put_connection_settings(
+        self, name: str, spec: SettingsSpec, now: float
+    ) -> tuple[ConnectionSettings, bool]:
+        current = self.connection_settings.get(name)
+        digest = spec.digest()
+        if current is not None and current.hash == digest:
+            return current, False
+        version = 1 if current is None else current.version + 1
+        created = now if current is None else current.created_at
+        stored = ConnectionSettings(name, spec, version, created, now, digest)
+        self.connection_settings[name] = stored
+        return stored, True
+
+    async def delete_connection_settings(self, name: str) -> bool:
+        return self.connection_settings.pop(name, None) is not None
 
     async def get_config(self, name: str) -> Config | None:
         return self.configs.get(name)

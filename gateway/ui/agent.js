@@ -1,4 +1,5 @@
-// One agent: identity, connection, health tree, config state, effective config text, restart.
+// One agent: identity, connection, health tree, config state, connection settings state, effective
+// config text, restart.
 import { ApiError, api } from "./api.js";
 import { announce, attr, badge, dl, h, refresh, replace, table, time } from "./dom.js";
 
@@ -75,6 +76,41 @@ function configState(agent) {
   ]);
 }
 
+const SETTINGS_CAPABILITY = "ReportsConnectionSettingsStatus";
+
+// The agent's last connection_settings_status beside the offer it last got (docs/opamp.md §1.7).
+function settingsState(agent) {
+  const cs = agent.connection_settings;
+  if (!cs) {
+    const can = (agent.capabilities || []).includes(SETTINGS_CAPABILITY);
+    return h(
+      "p",
+      { id: "settings-state" },
+      can
+        ? "This agent has not reported a connection settings status yet."
+        : `This agent does not report its connection settings status (no ${SETTINGS_CAPABILITY} capability).`,
+    );
+  }
+  const reported = cs.last_connection_settings_hash;
+  const offered = cs.offered_hash;
+  let step = "no offer recorded for this agent";
+  if (offered) {
+    step = reported === offered ? "yes: the agent reports the offer it last got" : "no: the agent reports another hash (still applying, failed, or an older offer)";
+  }
+  return h(
+    "div",
+    { id: "settings-state" },
+    dl([
+      ["Settings status", badge(cs.status, cs.status.toLowerCase())],
+      ["Reported hash", reported ? h("code", {}, reported) : "—"],
+      ["Offered hash", offered ? h("code", {}, offered) : "—"],
+      ["In step with the offer", step],
+      ["Agent's error", cs.error_message ? h("span", { class: "error" }, cs.error_message) : "—"],
+    ]),
+    h("p", { class: "help" }, "Which ", h("a", { href: "#/connection-settings" }, "connection settings"), " make up the offer: those whose selector matches this agent, by priority."),
+  );
+}
+
 function relations(agent) {
   const items = [];
   if (agent.moved_from) items.push(h("li", {}, "You followed the old uid ", h("code", {}, agent.moved_from), "; this is its new uid."));
@@ -141,6 +177,7 @@ function render(agent) {
       h("section", { "aria-labelledby": "h-health" }, h("h2", { id: "h-health" }, "Health"), healthTree(agent.health)),
     ),
     h("section", { "aria-labelledby": "h-config" }, h("h2", { id: "h-config" }, "Remote config"), configState(agent)),
+    h("section", { "aria-labelledby": "h-settings" }, h("h2", { id: "h-settings" }, "Connection settings"), settingsState(agent)),
     h(
       "section",
       { "aria-labelledby": "h-effective" },

@@ -1,5 +1,6 @@
 // The router: one view per hash route (#/overview, #/agents, #/agents/<uid>, #/configs,
-// #/configs/new, #/configs/<name>), sign-in when the API asks for a token, and the refresh timer
+// #/configs/new, #/configs/<name>, #/connection-settings, #/connection-settings/new,
+// #/connection-settings/<name>), sign-in when the API asks for a token, and the refresh timer
 // of the view on screen.
 import { ApiError, api, forgetToken, keepToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
@@ -7,6 +8,7 @@ import { showAgent } from "./agent.js";
 import { showAgents } from "./agents.js";
 import { showConfig, showConfigs } from "./configs.js";
 import { showOverview } from "./overview.js";
+import { showSettings, showSettingsList } from "./settings.js";
 
 const main = document.getElementById("main");
 const signOut = document.getElementById("sign-out");
@@ -24,6 +26,7 @@ function pick(parts) {
   const [section, item] = parts;
   if (section === "agents") return item ? showAgent : showAgents;
   if (section === "configs") return item ? showConfig : showConfigs;
+  if (section === "connection-settings") return item ? showSettings : showSettingsList;
   return showOverview;
 }
 

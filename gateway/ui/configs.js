@@ -1,11 +1,12 @@
 // Configs: the list with rollout counts, and one form to create or edit a config, with the API's
 // validation errors shown at the field they name ("files.x.content_type: ..." -> that input).
 import { ApiError, api } from "./api.js";
-import { announce, h, refresh, replace, table } from "./dom.js";
+import { announce, h, refresh, table } from "./dom.js";
+import { FieldError, clearErrors, deleteDialog, field, fieldOf, parsePriority, showError } from "./form.js";
 import { rolloutCells, ROLLOUT_STATES } from "./rollout.js";
+import { readSelector, selectorFieldset, selectorInput } from "./selector.js";
 
 const REFRESH_MS = 3000;
-const OPERATORS = ["In", "NotIn", "Exists", "DoesNotExist"];
 
 export async function showConfigs(view, ctx) {
   const body = h("div");
@@ -39,34 +40,6 @@ export async function showConfigs(view, ctx) {
   ctx.every(REFRESH_MS, update);
 }
 
-function field(id, label, input, help) {
-  return h(
-    "div",
-    { class: "field" },
-    h("label", { for: id }, label),
-    input,
-    help ? h("span", { class: "help", id: `${id}-help` }, help) : "",
-    h("span", { class: "error field-error", id: `${id}-error`, "aria-live": "polite" }),
-  );
-}
-
-function expressionRow(list, expr = { key: "", operator: "In", values: [] }) {
-  const i = list.children.length;
-  const row = h(
-    "div",
-    { class: "row expression" },
-    field(`expr-${i}-key`, "Key", h("input", { id: `expr-${i}-key`, class: "expr-key", value: expr.key })),
-    field(
-      `expr-${i}-op`,
-      "Operator",
-      h("select", { id: `expr-${i}-op`, class: "expr-op" }, OPERATORS.map((o) => h("option", { selected: o === expr.operator }, o))),
-    ),
-    field(`expr-${i}-values`, "Values (comma-separated)", h("input", { id: `expr-${i}-values`, class: "expr-values", value: (expr.values || []).join(", ") })),
-    h("button", { type: "button", class: "remove", onclick: () => row.remove() }, "Remove expression"),
-  );
-  list.append(row);
-}
-
 function fileRow(list, name = "", file = { content_type: "text/yaml", body: "" }) {
   const i = list.children.length;
   const binary = file.body_base64 !== undefined;
@@ -84,36 +57,9 @@ function fileRow(list, name = "", file = { content_type: "text/yaml", body: "" }
   list.append(row);
 }
 
-function lines(text) {
-  return text.split("\n").map((l) => l.trim()).filter(Boolean);
-}
-
-class FieldError extends Error {
-  constructor(field, problem) {
-    super(`${field}: ${problem}`);
-    this.field = field;
-  }
-}
-
 // The form -> the API's JSON body; a line the API could not mean anything by is refused here.
 function body(form, version) {
-  const match = {};
-  for (const line of lines(form.querySelector("#match").value)) {
-    const at = line.indexOf("=");
-    if (at < 1) throw new FieldError("selector.match", `"${line}" is not key=value`);
-    match[line.slice(0, at).trim()] = line.slice(at + 1).trim();
-  }
-  const expressions = [...form.querySelectorAll(".expression")].map((row) => {
-    const operator = row.querySelector(".expr-op").value;
-    const expr = { key: row.querySelector(".expr-key").value.trim(), operator };
-    if (operator === "In" || operator === "NotIn") {
-      expr.values = row.querySelector(".expr-values").value.split(",").map((v) => v.trim()).filter(Boolean);
-    }
-    return expr;
-  });
-  const selector = { match, expressions };
-  const uids = lines(form.querySelector("#uids").value);
-  if (uids.length) selector.instance_uids = uids;
+  const selector = readSelector(form);
   const files = {};
   for (const row of form.querySelectorAll(".file-row")) {
     const name = row.querySelector(".file-name").value;
@@ -122,9 +68,7 @@ function body(form, version) {
       ? { content_type: type, body_base64: row.dataset.base64 }
       : { content_type: type, body: row.querySelector(".file-body").value };
   }
-  const priorityText = form.querySelector("#priority").value.trim() || "0";
-  if (!/^-?\d+$/.test(priorityText)) throw new FieldError("priority", "must be a whole number");
-  return { selector, priority: Number(priorityText), files, version };
+  return { selector, priority: parsePriority(form), files, version };
 }
 
 // The input an error's field path names: "selector.expressions[1].values" -> expression 1's values.
@@ -132,14 +76,8 @@ function inputFor(form, path) {
   const byId = (id) => form.querySelector(`#${id}`);
   if (path === "name") return byId("name");
   if (path === "priority" || path === "version") return byId("priority");
-  if (path.startsWith("selector.match") || path === "selector") return byId("match");
-  if (path.startsWith("selector.instance_uids")) return byId("uids");
-  const expr = /^selector\.expressions\[(\d+)\](?:\.(\w+))?/.exec(path);
-  if (expr) {
-    const row = form.querySelectorAll(".expression")[Number(expr[1])];
-    const part = { operator: ".expr-op", values: ".expr-values" }[expr[2]] || ".expr-key";
-    return row ? row.querySelector(part) : byId("add-expression");
-  }
+  const selector = selectorInput(form, path);
+  if (selector !== undefined) return selector;
   if (path.startsWith("files")) {
     const rows = [...form.querySelectorAll(".file-row")];
     const rest = path.slice("files.".length);
@@ -156,58 +94,6 @@ function inputFor(form, path) {
   return null;
 }
 
-function clearErrors(form) {
-  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
-  form.querySelector("#form-error").textContent = "";
-}
-
-function showError(form, path, message) {
-  const input = path ? inputFor(form, path) : null;
-  const slot = input ? form.querySelector(`#${input.id}-error`) : null;
-  if (input && slot) {
-    input.setAttribute("aria-invalid", "true");
-    input.setAttribute("aria-describedby", [`${input.id}-error`, input.getAttribute("aria-describedby")].filter(Boolean).join(" "));
-    slot.textContent = message;
-    input.focus();
-  } else {
-    form.querySelector("#form-error").textContent = message;
-  }
-  announce(message);
-}
-
-function fieldOf(message) {
-  const at = message.indexOf(": ");
-  return at > 0 && !message.slice(0, at).includes(" ") ? message.slice(0, at) : null;
-}
-
-function deleteDialog(config) {
-  const dialog = h(
-    "dialog",
-    { "aria-labelledby": "delete-title" },
-    h("h2", { id: "delete-title" }, `Delete config ${config.name}?`),
-    h("p", {}, "Agents it matched stop receiving its files with their next config update."),
-    h(
-      "form",
-      { method: "dialog" },
-      h("button", { value: "cancel", autofocus: true }, "Cancel"),
-      " ",
-      h("button", { value: "delete", class: "danger", id: "confirm-delete" }, "Delete"),
-    ),
-  );
-  dialog.addEventListener("close", async () => {
-    if (dialog.returnValue !== "delete") return;
-    try {
-      await api("DELETE", `/api/v1/configs/${encodeURIComponent(config.name)}?version=${config.version}`);
-      announce(`Config ${config.name} deleted.`);
-      location.hash = "#/configs";
-    } catch (exc) {
-      document.getElementById("form-error").textContent = exc.message;
-    }
-  });
-  return dialog;
-}
-
 export async function showConfig(view, ctx) {
   const name = ctx.parts[1] === "new" ? null : ctx.parts[1];
   let config = null;
@@ -222,35 +108,19 @@ export async function showConfig(view, ctx) {
       return;
     }
   }
-  const expressions = h("div", { class: "expressions" });
   const files = h("div", { class: "files" });
   const form = h(
     "form",
     { class: "config-form", novalidate: true },
     field("name", "Name", h("input", { id: "name", value: name || "", readonly: Boolean(name), required: true, "aria-describedby": "name-help" }), "a-z, 0-9, '.', '_', '-'; cannot be changed later"),
     field("priority", "Priority", h("input", { id: "priority", inputmode: "numeric", value: config ? config.priority : 0, "aria-describedby": "priority-help" }), "higher wins when two configs give a file of the same name"),
-    h(
-      "fieldset",
-      {},
-      h("legend", {}, "Selector: which agents get this config"),
-      field(
-        "match",
-        "Match (one key=value per line)",
-        h("textarea", { id: "match", rows: 3, "aria-describedby": "match-help" }, config ? Object.entries(config.selector.match || {}).map(([k, v]) => `${k}=${v}`).join("\n") : ""),
-        "every line must hold; an empty selector matches no agent",
-      ),
-      h("h3", {}, "Expressions"),
-      expressions,
-      h("button", { type: "button", id: "add-expression", onclick: () => expressionRow(expressions) }, "Add expression"),
-      field("uids", "Instance uids (one per line)", h("textarea", { id: "uids", rows: 2 }, config ? (config.selector.instance_uids || []).join("\n") : "")),
-    ),
+    selectorFieldset(config && config.selector, "which agents get this config"),
     h("h2", {}, "Files"),
     files,
     h("button", { type: "button", id: "add-file", onclick: () => fileRow(files) }, "Add file"),
     h("p", { id: "form-error", class: "error", role: "alert" }),
     h("div", { class: "actions" }, h("button", { type: "submit", id: "save" }, name ? "Save changes" : "Create config"), name ? h("button", { type: "button", class: "danger", id: "delete" }, "Delete…") : "", h("a", { href: "#/configs" }, "Cancel")),
   );
-  for (const expr of config ? config.selector.expressions || [] : []) expressionRow(expressions, expr);
   const fileEntries = config ? Object.entries(config.files) : [["collector.yaml", { content_type: "text/yaml", body: "" }]];
   for (const [fileName, file] of fileEntries) fileRow(files, fileName, file);
   form.addEventListener("submit", async (event) => {
@@ -264,14 +134,15 @@ export async function showConfig(view, ctx) {
       if (config && config.rollout) request.rollout = config.rollout;
     } catch (exc) {
       if (!(exc instanceof FieldError)) throw exc;
-      showError(form, exc.field, exc.message);
+      showError(form, inputFor(form, exc.field), exc.message);
       return;
     }
     try {
       await api("PUT", `/api/v1/configs/${encodeURIComponent(target)}`, request);
     } catch (exc) {
       if (!(exc instanceof ApiError)) throw exc;
-      showError(form, exc.status === 400 ? fieldOf(exc.message) : null, exc.message);
+      const path = exc.status === 400 ? fieldOf(exc.message) : null;
+      showError(form, path ? inputFor(form, path) : null, exc.message);
       return;
     }
     announce(`Config ${target} saved.`);
@@ -295,7 +166,13 @@ export async function showConfig(view, ctx) {
       const fresh = await api("GET", `/api/v1/configs/${encodeURIComponent(name)}`);
       if (ctx.live()) paint(fresh);
     });
-    const dialog = deleteDialog(config);
+    const dialog = deleteDialog({
+      title: `Delete config ${config.name}?`,
+      text: "Agents it matched stop receiving its files with their next config update.",
+      path: `/api/v1/configs/${encodeURIComponent(config.name)}?version=${config.version}`,
+      done: `Config ${config.name} deleted.`,
+      back: "#/configs",
+    });
     view.append(dialog);
     form.querySelector("#delete").addEventListener("click", () => dialog.showModal());
   }

@@ -1,6 +1,7 @@
 """Real OpAMP WebSocket agents for the browser tests: `SimAgent`s (harness/agent.py) on the `websockets`
 client, on an event loop of their own thread, so a synchronous Playwright test can look at the page
-while they heartbeat, apply pushed configs and receive restart commands."""
+while they heartbeat, apply pushed configs, answer connection settings offers and receive restart
+commands."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
-from harness.agent import SimAgent
+from harness.agent import Reaction, SimAgent
 
 START_TIMEOUT = 10.0
 
@@ -27,6 +28,10 @@ class UiAgent(SimAgent):
     healthy: bool = True
     restarts: int = 0
     restarted: threading.Event = field(default_factory=threading.Event)
+    # With ReportsConnectionSettingsStatus: every offer is answered APPLIED, or FAILED with this error.
+    settings_error: str | None = None
+    offers: list[pb.ConnectionSettingsOffers] = field(default_factory=list)
+    offered: threading.Event = field(default_factory=threading.Event)
 
     def full_report(self) -> pb.AgentToServer:
         msg = super().full_report()
@@ -43,6 +48,24 @@ class UiAgent(SimAgent):
             msg.health.last_error = "exporter otlphttp: connection refused"
             msg.health.status = "StatusRecoverableError"
         return msg
+
+    def react(self, reply: pb.ServerToAgent, now: float | None = None) -> Reaction:
+        reaction = super().react(reply, now)
+        if reply.HasField("connection_settings"):
+            offer = reply.connection_settings
+            self.offers.append(offer)
+            if self.capabilities & pb.AgentCapabilities_ReportsConnectionSettingsStatus:
+                msg = self.heartbeat()
+                status = msg.connection_settings_status
+                status.last_connection_settings_hash = offer.hash
+                if self.settings_error is None:
+                    status.status = pb.ConnectionSettingsStatuses_APPLIED
+                else:
+                    status.status = pb.ConnectionSettingsStatuses_FAILED
+                    status.error_message = self.settings_error
+                reaction.send.append(("connection settings status", msg))
+            self.offered.set()
+        return reaction
 
 
 class Fleet:

@@ -6,21 +6,15 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx2
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from harness.agent import COLLECTOR_CAPABILITIES
 from tests.support.process import Gateway, start_gateway
+from tests.ui.browser import CHROMIUM, ROLLOUT_MS, TOKEN, WAIT_MS, shot, sign_in
 from tests.ui.fleet import Fleet, UiAgent
-
-CHROMIUM = Path("/usr/bin/chromium")
-TOKEN = "ui-test-admin-token-0123456789"
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
-WAIT_MS = 10_000
-ROLLOUT_MS = 20_000
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make test-deps)")
 
@@ -52,52 +46,6 @@ def fleet(gateway: Gateway) -> Iterator[dict[str, UiAgent]]:
         yield made
     finally:
         agents.close()
-
-
-@pytest.fixture(scope="module")
-def browser(fleet: dict[str, UiAgent]) -> Iterator[Browser]:
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=WAIT_MS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser, gateway: Gateway) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(WAIT_MS)
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda exc: errors.append(str(exc)))
-    # Chromium logs every 4xx as "Failed to load resource"; the page handles those (sign-in, field
-    # errors). Anything else on the console, and every uncaught exception, fails the test.
-    opened.on(
-        "console",
-        lambda msg: (
-            errors.append(msg.text)
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    try:
-        yield opened
-    finally:
-        context.close()
-    assert not errors, f"the page reported errors: {errors}"
-
-
-def sign_in(page: Page, gateway: Gateway, hash_: str = "#/overview") -> None:
-    page.goto(f"{gateway.admin_url}/ui/{hash_}")
-    page.get_by_label("Admin token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-
-
-def shot(page: Page, name: str) -> None:
-    page.evaluate("() => window.scrollTo(0, 0)")
-    page.screenshot(path=str(IMAGES / f"ui-{name}.png"))
 
 
 def test_files_are_served_with_strict_headers_and_no_token(gateway: Gateway) -> None:

@@ -181,9 +181,23 @@ def test_the_apis_errors_are_shown_at_their_fields(page: Page, gateway: Gateway,
     assert api.get(f"{SETTINGS}/bad-endpoint").status_code == 404
 
     header.fill("X-Tenant")
+    # A name with a dot: the error's path "other_connections.backup.eu.tls..." still finds its row.
+    page.get_by_role("button", name="Add other connection").click()
+    other = page.get_by_role("group", name="Other connection 1")
+    other.get_by_label("Connection name").fill("backup.eu")
+    other.get_by_label("Destination endpoint").fill("https://backup.example.eu")
+    other.get_by_text("TLS", exact=True).click()
+    ca = other.get_by_label("CA certificates (PEM)")
+    ca.fill("not a certificate")
+    page.get_by_role("button", name="Create connection settings").click()
+    expect(ca).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#other-0-tls-ca-error")).to_contain_text("must be PEM certificates")
+    ca.fill("")
     page.get_by_role("button", name="Create connection settings").click()
     expect(page.get_by_role("heading", name="Connection settings bad-endpoint")).to_be_visible()
-    assert _get(api, "bad-endpoint")["own_metrics"]["headers"] == {"X-Tenant": "x"}
+    stored = _get(api, "bad-endpoint")
+    assert stored["own_metrics"]["headers"] == {"X-Tenant": "x"}
+    assert stored["other_connections"] == {"backup.eu": {"destination_endpoint": "https://backup.example.eu"}}
 
 
 def test_settings_are_edited_then_deleted_after_confirmation(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -295,3 +296,24 @@ def test_the_settings_form_needs_no_sideways_scrolling_in_a_narrow_window(
     expect(page.get_by_role("group", name="Other connection 1")).to_be_visible()
     widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], widths
+
+
+def test_without_an_admin_token_the_pages_open_without_sign_in(page: Page, tmp_path: Path) -> None:
+    open_node = start_gateway(tmp_path, "open", {"log_level": "info"})
+    try:
+        page.goto(f"{open_node.admin_url}/ui/#/connection-settings")
+        expect(page.get_by_role("heading", name="Connection settings", exact=True)).to_be_visible()
+        expect(page.get_by_text("No connection settings yet.")).to_be_visible()
+        expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+        page.get_by_role("link", name="New connection settings").click()
+        page.get_by_label("Name", exact=True).fill("open")
+        page.get_by_role("group", name="Own logs").get_by_label("Destination endpoint").fill(
+            "http://127.0.0.1:4318/v1/logs"
+        )
+        page.get_by_role("button", name="Create connection settings").click()
+        expect(page.get_by_role("heading", name="Connection settings open")).to_be_visible()
+        assert open_node.admin.get_json(f"{SETTINGS}/open")["own_logs"] == {
+            "destination_endpoint": "http://127.0.0.1:4318/v1/logs"
+        }
+    finally:
+        open_node.stop()

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
-from gateway.fleet.configs import InvalidConfig, check_name
+from gateway.fleet.configs import InvalidConfig, check_name, shown_key
 from gateway.fleet.render import timestamp
 from gateway.fleet.rollout_steps import RolloutConflict
 from gateway.node.rollouts import Action, NoRollout, RolloutBusy, RolloutController, Survey
@@ -122,7 +122,7 @@ def _rollback_version(raw: bytes, unit: str = "version", what: str = "config") -
         raise BadRollback(f'body: must be a JSON object, {{}} or {{"{unit}": N}}')
     unknown = sorted(set(body) - {unit})
     if unknown:
-        raise BadRollback(f"{unknown[0]}: unknown field; only {unit} is accepted")
+        raise BadRollback(f"{shown_key(unknown[0])}: unknown field; only {unit} is accepted")
     version = body.get(unit)
     if version is None:
         return None

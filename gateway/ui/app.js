@@ -1,5 +1,5 @@
 // The router: one view per hash route (#/overview, #/agents, #/agents/<uid>, #/configs,
-// #/configs/new, #/configs/<name>), sign-in when the API asks for a token, and the refresh timer
+// #/configs/new, #/configs/<name>, #/packages, #/packages/new, #/packages/<name>), sign-in when the API asks for a token, and the refresh timer
 // of the view on screen.
 import { ApiError, api, forgetToken, keepToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
@@ -7,6 +7,7 @@ import { showAgent } from "./agent.js";
 import { showAgents } from "./agents.js";
 import { showConfig, showConfigs } from "./configs.js";
 import { showOverview } from "./overview.js";
+import { showPackage, showPackages } from "./packages.js";
 
 const main = document.getElementById("main");
 const signOut = document.getElementById("sign-out");
@@ -24,6 +25,7 @@ function pick(parts) {
   const [section, item] = parts;
   if (section === "agents") return item ? showAgent : showAgents;
   if (section === "configs") return item ? showConfig : showConfigs;
+  if (section === "packages") return item ? showPackage : showPackages;
   return showOverview;
 }
 

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.proto import anyvalue_pb2 as av, opamp_pb2 as pb
-from harness.agent import SimAgent
+from harness.agent import Reaction, SimAgent
 
 START_TIMEOUT = 10.0
 
@@ -42,6 +42,46 @@ class UiAgent(SimAgent):
         if not self.healthy:
             msg.health.last_error = "exporter otlphttp: connection refused"
             msg.health.status = "StatusRecoverableError"
+        return msg
+
+
+@dataclass
+class PackageAgent(UiAgent):
+    """A UiAgent that accepts packages: it reports each offer DOWNLOADING, then INSTALLED."""
+
+    offers: list[pb.PackagesAvailable] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.capabilities |= (
+            pb.AgentCapabilities_AcceptsPackages | pb.AgentCapabilities_ReportsPackageStatuses
+        )
+
+    def react(self, reply: pb.ServerToAgent, now: float | None = None) -> Reaction:
+        reaction = super().react(reply, now)
+        if reply.HasField("packages_available"):
+            offer = pb.PackagesAvailable()
+            offer.CopyFrom(reply.packages_available)
+            self.offers.append(offer)
+            reaction.send += [("packages downloading", self._statuses(offer, False))]
+            reaction.send += [("packages installed", self._statuses(offer, True))]
+        return reaction
+
+    def _statuses(self, offer: pb.PackagesAvailable, installed: bool) -> pb.AgentToServer:
+        msg = self.heartbeat()
+        msg.package_statuses.server_provided_all_packages_hash = offer.all_packages_hash
+        for name, available in offer.packages.items():
+            status = msg.package_statuses.packages[name]
+            status.name = name
+            status.server_offered_version = available.version
+            status.server_offered_hash = available.hash
+            if installed:
+                status.status = pb.PackageStatusEnum_Installed
+                status.agent_has_version = available.version
+                status.agent_has_hash = available.hash
+            else:
+                status.status = pb.PackageStatusEnum_Downloading
+                status.download_details.download_percent = 30.0
         return msg
 
 

@@ -24,6 +24,7 @@ from gateway.api import (
     context as api_context,
     health,
     openapi,
+    packages,
     rollouts,
     ui,
 )
@@ -103,6 +104,25 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/configs/{name}/rollout/pause", rollouts.pause_rollout, methods=["POST"]),
             Route("/api/v1/configs/{name}/rollout/resume", rollouts.resume_rollout, methods=["POST"]),
             Route("/api/v1/configs/{name}/rollout/rollback", rollouts.rollback_rollout, methods=["POST"]),
+            Route("/api/v1/packages", packages.list_packages, methods=["GET"]),
+            Route("/api/v1/packages/{name}", packages.package_resource, methods=["GET", "PUT", "DELETE"]),
+            Route("/api/v1/packages/{name}/versions", packages.list_versions, methods=["GET"]),
+            Route("/api/v1/packages/{name}/rollout", rollouts.PACKAGE_ROLLOUTS.get, methods=["GET"]),
+            Route(
+                "/api/v1/packages/{name}/rollout/pause",
+                rollouts.PACKAGE_ROLLOUTS.action("pause"),
+                methods=["POST"],
+            ),
+            Route(
+                "/api/v1/packages/{name}/rollout/resume",
+                rollouts.PACKAGE_ROLLOUTS.action("resume"),
+                methods=["POST"],
+            ),
+            Route(
+                "/api/v1/packages/{name}/rollout/rollback",
+                rollouts.PACKAGE_ROLLOUTS.action("rollback"),
+                methods=["POST"],
+            ),
             Route("/api/v1/drain", commands.drain, methods=["POST"]),
             Route("/api/v1/rebalance", commands.rebalance, methods=["POST"]),
             Route("/api/v1/fleet/summary", admin.fleet_summary, methods=["GET"]),

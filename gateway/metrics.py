@@ -236,6 +236,26 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.package_rollouts = Gauge(
+            "opamp_gateway_package_rollouts",
+            "Package rollout records in the store by state, as this node's rollout controller last read them",
+            ["state"],
+            registry=r,
+        )
+        self.package_rollout_changes = Counter(
+            "opamp_gateway_package_rollout_changes_total",
+            "Package rollout records this node wrote, by the state written (as rollout_changes_total)",
+            ["state"],
+            registry=r,
+        )
+        self.packages = Gauge("opamp_gateway_packages", "Packages this node knows", registry=r)
+        self.package_reports = Counter(
+            "opamp_gateway_package_status_reports_total",
+            "Per-package statuses in PackageStatuses reports that changed, by status (INSTALLED, "
+            "INSTALL_PENDING, INSTALLING, INSTALL_FAILED, DOWNLOADING, unknown)",
+            ["status"],
+            registry=r,
+        )
         self.config_reports = Counter(
             "opamp_gateway_remote_config_reports_total",
             "RemoteConfigStatus reports received, by status (APPLIED, APPLYING, FAILED, UNSET, unknown)",
@@ -386,6 +406,11 @@ class Metrics:
         # series of its own (an agent could otherwise make one per value).
         child = self._config_reports.get(status) or self._config_reports["unknown"]
         child.inc()
+
+    def package_reported(self, status: str) -> None:
+        """One package's status in a changed PackageStatuses (an unknown value: "unknown")."""
+        known = ("INSTALLED", "INSTALL_PENDING", "INSTALLING", "INSTALL_FAILED", "DOWNLOADING")
+        self.package_reports.labels(status=status if status in known else "unknown").inc()
 
     def observe_flush(self, size: int, seconds: float) -> None:
         self.flush_size.observe(size)

@@ -29,7 +29,7 @@ from gateway.node.presence import Presence
 from gateway.node.rebalance import ConnectionAge, Rebalance
 from gateway.node.registry import Registry
 from gateway.node.retention import RetentionSweep
-from gateway.node.rollouts import RolloutController
+from gateway.node.rollouts import PackageSubject, RolloutController
 from gateway.node.routing import Router
 from gateway.settings import Settings
 from gateway.store.base import Store
@@ -81,6 +81,7 @@ class Services:
     connection_age: ConnectionAge = field(init=False)
     rebalance: Rebalance = field(init=False)
     rollouts: RolloutController = field(init=False)
+    package_rollouts: RolloutController = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -110,6 +111,15 @@ class Services:
             interval=s.rollout_interval,
             offline_after=s.offline_after,
             clock=self.clock,
+        )
+        self.package_rollouts = RolloutController(
+            self.store,
+            self.config_cache.changed,
+            self.metrics,
+            interval=s.rollout_interval,
+            offline_after=s.offline_after,
+            clock=self.clock,
+            subject=PackageSubject(self.store),
         )
         self.command_sweep = CommandSweep(self.store, self.registry, self.config_cache, self.metrics)
         self.retention = RetentionSweep(
@@ -237,6 +247,7 @@ async def running(
         await services.config_cache.start()
         await services.command_sweep.start()
         await services.rollouts.start()
+        await services.package_rollouts.start()
         await services.retention.start()
         await services.connection_age.start()
         yield services
@@ -244,6 +255,7 @@ async def running(
         await services.rebalance.stop()
         await services.connection_age.stop()
         await services.rollouts.stop()
+        await services.package_rollouts.stop()
         await services.command_sweep.stop()
         await services.retention.stop()
         await services.config_cache.stop()

@@ -135,6 +135,13 @@ class Settings:
         default=1024 * 1024,
         metadata={"help": "largest config (its files and selector) the admin API accepts"},
     )
+    allow_insecure_package_urls: bool = field(
+        default=False,
+        metadata={
+            "help": "accept http:// package download URLs in the admin API (default: https:// only; agents "
+            "download packages from them and only the content hash protects the bytes)"
+        },
+    )
     max_inflight_bytes: int = field(
         default=256 * 1024 * 1024,
         metadata={

@@ -19,7 +19,16 @@ from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
 from gateway.auth import valid_key_id
 from gateway.bus.base import BusUnavailable
-from gateway.fleet.agent import uid_bytes
+from gateway.fleet.agent import AgentState, facts, uid_bytes
+from gateway.fleet.package_set import PackageSet
+from gateway.fleet.package_status import (
+    PACKAGE_STATUSES,
+    REPORTED_STATUSES,
+    package_sync,
+    packages_sync_json,
+    term,
+)
+from gateway.fleet.packages import Package
 from gateway.fleet.render import agent_json
 from gateway.fleet.rollout import CONFIG_STATUSES, config_sync, counted
 from gateway.fleet.status import Status
@@ -28,7 +37,9 @@ from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreEr
 logger = logging.getLogger("gateway.api.admin")
 
 _STATUSES = get_args(Status)
-_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status", "key_id"})
+_KNOWN_PARAMS = frozenset(
+    {"status", "q", "limit", "cursor", "config", "config_status", "key_id", "package", "package_status"}
+)
 _ATTR_PREFIX = "attr."
 # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses, and a bounded
 # length keeps int() away from its 4,300-digit limit.
@@ -44,7 +55,8 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if unknown:
         raise BadQuery(
             f"unknown query parameter {unknown[0]!r}; "
-            "use status, q, limit, cursor, config, config_status, key_id or attr.<key>"
+            "use status, q, limit, cursor, config, config_status, key_id, package, package_status or "
+            "attr.<key>"
         )
     status = params.get("status")
     if status is not None and status not in _STATUSES:
@@ -58,6 +70,9 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     config_status = params.get("config_status")
     if config_status is not None and config_status not in CONFIG_STATUSES:
         raise BadQuery(f"config_status: must be one of {', '.join(CONFIG_STATUSES)}")
+    package_status = params.get("package_status")
+    if package_status is not None and package_status not in PACKAGE_STATUSES:
+        raise BadQuery(f"package_status: must be one of {', '.join(PACKAGE_STATUSES)}")
     key_id = params.get("key_id")
     if key_id and not valid_key_id(key_id):
         raise BadQuery("key_id: must be a key group name or sha256: and 12 hex digits (empty: no key)")
@@ -71,9 +86,50 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     )
 
 
+def _package_terms(
+    query: AgentQuery, package: Package, packages: PackageSet, wanted: str | None
+) -> AgentQuery:
+    """The store's part of ?package_status=: the terms of the hashes the package may be offered as now
+    (gateway/fleet/package_status.py). Each agent is then checked exactly (its own revision)."""
+    if wanted not in REPORTED_STATUSES and wanted != "pending":
+        return query
+    view = packages.by_name(package.name)
+    offers = packages.rollout_offers(view) if view is not None else ()
+    if wanted == "pending":
+        if len(offers) != 1:
+            return query  # during a rollout an agent may be pending for either revision
+        done = tuple(term(n, s, h) for n, h in offers for s in REPORTED_STATUSES)
+        return dataclasses.replace(query, without_package_states=done)
+    return dataclasses.replace(query, with_package_states=tuple(term(n, wanted, h) for n, h in offers))
+
+
+async def _package_filter(
+    services: AdminNode, query: AgentQuery, name: str, wanted: str | None
+) -> AgentQuery | JSONResponse:
+    package = await services.store.get_package(name)
+    if package is None:
+        return error(404, f"package: no package {name!r}")
+    packages = services.config_cache.fleet.packages
+    if packages.by_name(name) != package:
+        await services.config_cache.refresh("package filter")
+        packages = services.config_cache.fleet.packages
+    query = dataclasses.replace(query, selector=package.selector)
+    return _package_terms(query, package, packages, wanted)
+
+
+def _package_status_is(state: AgentState, packages: PackageSet, name: str | None, wanted: str) -> bool:
+    """Whether the agent is in `wanted` with package `name`; without a name, with any package it
+    should have (`none`: it should have none)."""
+    if name:
+        return package_sync(state, packages, name).status == wanted
+    shown = packages_sync_json(state, packages)
+    statuses = {p["status"] for p in shown["packages"].values()} if shown is not None else set()
+    return not statuses if wanted == "none" else wanted in statuses
+
+
 async def list_agents(request: Request) -> Response:
-    """With `config_status`, the filter runs on each store page: a page may hold fewer agents than
-    `limit` (even none) while `next_cursor` says there are more."""
+    """With `config_status` or `package_status`, the filter runs on each store page too: a page may
+    hold fewer agents than `limit` (even none) while `next_cursor` says there are more."""
     services = node_of(request)
     params = dict(request.query_params)
     try:
@@ -87,15 +143,25 @@ async def list_agents(request: Request) -> Response:
             if config is None:
                 return error(404, f"config: no config {params['config']!r}")
             query = dataclasses.replace(query, selector=config.selector)
+        also = None
+        if params.get("package"):
+            filtered = await _package_filter(services, query, params["package"], params.get("package_status"))
+            if isinstance(filtered, JSONResponse):
+                return filtered
+            # With config= too: the store matches the package's selector, the config's is checked here.
+            also, query = query.selector, filtered
         page = await services.store.list_agents(query, now, offline_after)
     except InvalidCursor as exc:
         return error(400, f"cursor: {exc}")
     except StoreError as exc:
         return store_down(exc)
     configs = services.config_cache.fleet.configs
+    packages = services.config_cache.fleet.packages
     # Agents on this node's sockets: their liveness as of their last message, not as last stored.
     fresher = services.liveness.fresher
     states = [fresher(state) or state for state in page.agents]
+    if also is not None:
+        states = [state for state in states if also.matches(state.instance_uid, facts(state).attributes)]
     syncs = [(state, config_sync(state, configs)) for state in states]
     wanted = params.get("config_status")
     if wanted is not None:
@@ -105,11 +171,27 @@ async def list_agents(request: Request) -> Response:
             for state, sync in syncs
             if sync.status == wanted and counted(state, now, offline_after)
         ]
+    package_wanted = params.get("package_status")
+    if package_wanted is not None:
+        # The store matched reported terms; each agent's own revision decides (and as the counts).
+        syncs = [
+            (state, sync)
+            for state, sync in syncs
+            if _package_status_is(state, packages, params.get("package"), package_wanted)
+            and counted(state, now, offline_after)
+        ]
     where = await services.router.connection_info([state for state, _ in syncs], now)
     return JSONResponse(
         {
             "agents": [
-                agent_json(state, now, offline_after, where.get(state.instance_uid), sync)
+                agent_json(
+                    state,
+                    now,
+                    offline_after,
+                    where.get(state.instance_uid),
+                    sync,
+                    packages_sync_json(state, packages),
+                )
                 for state, sync in syncs
             ],
             "next_cursor": page.next_cursor,
@@ -130,6 +212,7 @@ async def get_agent(request: Request) -> Response:
         services.settings.offline_window,
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
+        packages_sync_json(state, services.config_cache.fleet.packages),
     )
     text = request.path_params["instance_uid"]
     if state.instance_uid != uid_bytes(text):

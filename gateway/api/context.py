@@ -38,6 +38,9 @@ class AdminNode(NodeParts, Protocol):
     def rollouts(self) -> RolloutController: ...
 
     @property
+    def package_rollouts(self) -> RolloutController: ...
+
+    @property
     def auth(self) -> Auth: ...
 
 

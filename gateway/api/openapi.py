@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway import __version__
-from gateway.api import openapi_configs, openapi_rollouts, openapi_settings
+from gateway.api import openapi_configs, openapi_packages, openapi_rollouts, openapi_settings
+from gateway.fleet.package_status import PACKAGE_STATUSES
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.status import STATUSES
 from gateway.store.base import MAX_PAGE_SIZE
@@ -100,6 +101,7 @@ SCHEMAS: dict[str, Schema] = {
             "effective_config",
             "remote_config",
             "connection_settings",
+            "packages",
             "previous_instance_uids",
             "duplicate_of",
             "available_components",
@@ -157,6 +159,8 @@ SCHEMAS: dict[str, Schema] = {
                     },
                 }
             ),
+            "packages": _nullable(_ref("AgentPackages")),
+            "package_sync": _ref("PackageSync"),
             "previous_instance_uids": {"type": "array", "items": _UID},
             "duplicate_of": _nullable(
                 {
@@ -192,7 +196,16 @@ SCHEMAS: dict[str, Schema] = {
             "command_id": _nullable({"type": "string"}),
             "oversized": {
                 "type": "array",
-                "items": {"enum": ["description", "health", "effective_config", "remote_config_status"]},
+                "items": {
+                    "enum": [
+                        "description",
+                        "health",
+                        "effective_config",
+                        "remote_config_status",
+                        "available_components",
+                        "package_statuses",
+                    ]
+                },
                 "description": "reported parts the store left out: the record would exceed its size bound",
             },
             "config_sync": _ref("ConfigSync"),
@@ -427,6 +440,13 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                     {"type": "string", "pattern": f"^$|{_KEY_ID_PATTERN}"},
                     "only agents bound to this agent key id (empty: agents bound to no key)",
                 ),
+                _query("package", {"type": "string"}, "only agents this package's selector matches"),
+                _query(
+                    "package_status",
+                    {"enum": list(PACKAGE_STATUSES)},
+                    "only agents in this state with the package (without package: with any package they "
+                    "should have; none: they should have none); a page may then hold fewer than limit agents",
+                ),
             ],
             description="Also filters by attribute: attr.<key>=<value> (identifying or non-identifying, "
             "exact text match), e.g. attr.service.name=otelcol-contrib.",
@@ -555,11 +575,18 @@ def build() -> dict[str, Any]:
                 **openapi_configs.SCHEMAS,
                 **openapi_rollouts.SCHEMAS,
                 **openapi_settings.SCHEMAS,
+                **openapi_packages.SCHEMAS,
             },
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"adminToken": []}],
-        "paths": {**PATHS, **openapi_configs.PATHS, **openapi_rollouts.PATHS, **openapi_settings.PATHS},
+        "paths": {
+            **PATHS,
+            **openapi_configs.PATHS,
+            **openapi_rollouts.PATHS,
+            **openapi_settings.PATHS,
+            **openapi_packages.PATHS,
+        },
     }
 
 

@@ -1,5 +1,6 @@
 """The staged-rollout part of the admin API's OpenAPI document (see openapi.py): a config's rollout
-strategy and counts (its `rollout` object), and the /api/v1/configs/{name}/rollout routes."""
+strategy and counts (its `rollout` object), and the /api/v1/configs/{name}/rollout routes; the same
+routes of packages come from the same builders (openapi_packages.py)."""
 
 from __future__ import annotations
 
@@ -53,43 +54,39 @@ _STRATEGY: dict[str, Schema] = {
     "require_healthy": {"type": "boolean"},
 }
 
-# A count in a config's GET (an integer); in a PUT it is ignored, whatever it holds.
-_COUNT_PROPERTIES: dict[str, Schema] = {
-    name: {"description": "read-only count (ignored by a PUT)"} for name in _COUNTS
-}
 
-SCHEMAS: dict[str, Schema] = {
-    "Rollout": {
-        "description": "how a new version reaches the agents (strategy, set by a PUT: all at once, or "
-        "staged in cumulative waves) and, in a config's GET, the counts of the connected agents the "
-        "selector matches by config status (offline and disconnected ones apart): read-only, a PUT "
-        "ignores them. Staged waves must each be above the one before (400 otherwise).",
+def rollout_schema(counts: tuple[str, ...], description: str) -> Schema:
+    """A `rollout` object: the strategy a PUT sets, and the read-only `counts` a GET adds (in a PUT
+    they are ignored, whatever they hold)."""
+    ignored: dict[str, Schema] = {
+        name: {"description": "read-only count (ignored by a PUT)"} for name in counts
+    }
+    return {
+        "description": description,
         "oneOf": [
             {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"strategy": {"const": "all"}, **_COUNT_PROPERTIES},
+                "properties": {"strategy": {"const": "all"}, **ignored},
             },
             {
                 "type": "object",
                 "required": ["strategy"],
                 "additionalProperties": False,
-                "properties": {**_STRATEGY, "strategy": {"const": "staged"}, **_COUNT_PROPERTIES},
+                "properties": {**_STRATEGY, "strategy": {"const": "staged"}, **ignored},
             },
         ],
-    },
-    "RolloutStrategy": {
-        "type": "object",
-        "required": ["strategy"],
-        "additionalProperties": False,
-        "properties": _STRATEGY,
-    },
-    "RolloutStatus": {
+    }
+
+
+def rollout_status(unit: str) -> Schema:
+    """The schema of a rollout as the API answers it; `unit` names its versions."""
+    return {
         "type": "object",
         "required": [
             "name",
-            "version",
-            "previous_version",
+            unit,
+            f"previous_{unit}",
             "state",
             "strategy",
             "wave",
@@ -107,8 +104,8 @@ SCHEMAS: dict[str, Schema] = {
         ],  # fmt: skip
         "properties": {
             "name": {"type": "string"},
-            "version": {"type": "integer", "minimum": 1, "description": "the version rolled out"},
-            "previous_version": {
+            unit: {"type": "integer", "minimum": 1, "description": f"the {unit} rolled out"},
+            f"previous_{unit}": {
                 "anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
                 "description": "what agents outside the waves keep (and get back after a rollback)",
             },
@@ -141,7 +138,24 @@ SCHEMAS: dict[str, Schema] = {
                 },
             },
         },
+    }
+
+
+SCHEMAS: dict[str, Schema] = {
+    "Rollout": rollout_schema(
+        _COUNTS,
+        "how a new version reaches the agents (strategy, set by a PUT: all at once, or "
+        "staged in cumulative waves) and, in a config's GET, the counts of the connected agents the "
+        "selector matches by config status (offline and disconnected ones apart): read-only, a PUT "
+        "ignores them. Staged waves must each be above the one before (400 otherwise).",
+    ),
+    "RolloutStrategy": {
+        "type": "object",
+        "required": ["strategy"],
+        "additionalProperties": False,
+        "properties": _STRATEGY,
     },
+    "RolloutStatus": rollout_status("version"),
     "RollbackRequest": {
         "type": "object",
         "additionalProperties": False,
@@ -155,63 +169,72 @@ SCHEMAS: dict[str, Schema] = {
     },
 }
 
-_NO_ROLLOUT = ("No such config, or no rollout of its current version", "Error")
 
+def rollout_paths(
+    what: str, unit: str, status: str, rollback: str, prefix: str = ""
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The /api/v1/<what>s/{name}/rollout routes: `status` and `rollback` name the schemas of the
+    answer and of a rollback body; `prefix` starts each operationId (packages: "package")."""
+    name = {**_NAME, "description": f"the {what}'s name"}
+    missing = (f"No such {what}, or no rollout of its current {unit}", "Error")
 
-def _action(operation: str, summary: str, conflict: str) -> dict[str, Any]:
-    return {
-        "post": {
-            "operationId": operation,
-            "summary": summary,
-            "parameters": [_NAME],
-            "responses": _responses(
-                {
-                    200: ("The rollout after the action", "RolloutStatus"),
-                    400: ("Invalid name or body; the message names the field", "Error"),
-                    401: _UNAUTHORIZED,
-                    404: _NO_ROLLOUT,
-                    409: (conflict, "Error"),
-                    503: _STORE_DOWN,
-                }
-            ),
+    def op(verb: str) -> str:
+        return f"{verb}{prefix.capitalize()}Rollout" if prefix else f"{verb}Rollout"
+
+    def action(verb: str, summary: str, conflict: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": op(verb),
+                "summary": summary,
+                "parameters": [name],
+                "responses": _responses(
+                    {
+                        200: ("The rollout after the action", status),
+                        400: ("Invalid name or body; the message names the field", "Error"),
+                        401: _UNAUTHORIZED,
+                        404: missing,
+                        409: (conflict, "Error"),
+                        503: _STORE_DOWN,
+                    }
+                ),
+            }
         }
+
+    back = action(
+        "rollback",
+        f"Offer every agent the previous {unit} again (or {{{unit}: N}}, a kept older one)",
+        f"Nothing to roll back to, or the {unit} is not kept",
+    )
+    back["post"]["requestBody"] = {
+        "required": False,
+        "content": {"application/json": {"schema": _ref(rollback)}},
+    }
+    base = f"/api/v1/{what}s/{{name}}/rollout"
+    return {
+        base: {
+            "get": {
+                "operationId": op("get"),
+                "summary": f"The staged rollout of the {what}'s current {unit}: state, wave and counts",
+                "parameters": [name],
+                "responses": _responses(
+                    {
+                        200: ("OK", status),
+                        400: ("Invalid name", "Error"),
+                        401: _UNAUTHORIZED,
+                        404: missing,
+                        503: _STORE_DOWN,
+                    }
+                ),
+            }
+        },
+        f"{base}/pause": action("pause", "Hold the rollout at its wave", "Only a progressing rollout pauses"),
+        f"{base}/resume": action(
+            "resume",
+            "Let a paused rollout go on (its wave's min_wave_seconds starts again)",
+            "Only a paused one resumes",
+        ),
+        f"{base}/rollback": back,
     }
 
 
-_ROLLBACK = _action(
-    "rollbackRollout",
-    "Offer every agent the previous version again (or {version: N}, a kept older one)",
-    "Nothing to roll back to, or the version is not kept",
-)
-_ROLLBACK["post"]["requestBody"] = {
-    "required": False,
-    "content": {"application/json": {"schema": _ref("RollbackRequest")}},
-}
-
-PATHS: dict[str, dict[str, dict[str, Any]]] = {
-    "/api/v1/configs/{name}/rollout": {
-        "get": {
-            "operationId": "getRollout",
-            "summary": "The staged rollout of the config's current version: state, wave and counts",
-            "parameters": [_NAME],
-            "responses": _responses(
-                {
-                    200: ("OK", "RolloutStatus"),
-                    400: ("Invalid name", "Error"),
-                    401: _UNAUTHORIZED,
-                    404: _NO_ROLLOUT,
-                    503: _STORE_DOWN,
-                }
-            ),
-        }
-    },
-    "/api/v1/configs/{name}/rollout/pause": _action(
-        "pauseRollout", "Hold the rollout at its wave", "Only a progressing rollout pauses"
-    ),
-    "/api/v1/configs/{name}/rollout/resume": _action(
-        "resumeRollout",
-        "Let a paused rollout go on (its wave's min_wave_seconds starts again)",
-        "Only a paused one resumes",
-    ),
-    "/api/v1/configs/{name}/rollout/rollback": _ROLLBACK,
-}
+PATHS = rollout_paths("config", "version", "RolloutStatus", "RollbackRequest")

@@ -95,6 +95,12 @@ class AgentState:
     # The agent's last ConnectionSettingsStatus (serialized; ReportsConnectionSettingsStatus), None:
     # never reported.
     connection_settings_status: bytes | None = None
+    # The agent's last PackageStatuses (serialized; ReportsPackageStatuses), None: never reported.
+    package_statuses: bytes | None = None
+    # Package bookkeeping (gateway/opamp/package_offers.py), as for remote config: the
+    # all_packages_hash last offered to the agent and when (0: never).
+    offered_packages_hash: bytes | None = None
+    offered_packages_at: float = 0.0
 
     @property
     def uid(self) -> str:

@@ -143,11 +143,11 @@ def shown_key(key: str) -> str:
     return key if key and key.isprintable() and key.strip() == key else repr(key[:64])
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "config") -> str:
     if not NAME_PATTERN.match(name):
         raise InvalidConfig(
             "name",
-            f"{name[:140]!r} is not a valid config name: 1-128 characters of a-z, 0-9, '.', '_', '-', "
+            f"{name[:140]!r} is not a valid {what} name: 1-128 characters of a-z, 0-9, '.', '_', '-', "
             "starting and ending with a letter or digit",
         )
     return name

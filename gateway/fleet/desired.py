@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.configs import Config, ConfigFile
@@ -55,13 +56,21 @@ class Desired:
     sources: tuple[str, ...]
 
 
+class _Hashed(Protocol):
+    @property
+    def hash(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Hashed)
+
+
 @dataclass(frozen=True, slots=True)
-class RolloutView:
-    """What resolution needs of a config's rollout: which version it rolls out, the version agents
-    outside its waves keep (None: there is none), its state and its current cutoff."""
+class RolloutView(Generic[Item]):
+    """What resolution needs of a config's (or a package's) rollout: which version it rolls out, the
+    version agents outside its waves keep (None: there is none), its state and its current cutoff."""
 
     version: int
-    previous: Config | None
+    previous: Item | None
     state: RolloutState
     cutoff: float
 
@@ -76,7 +85,7 @@ class ConfigSet:
 
     configs: tuple[Config, ...] = ()
     # Config name -> its rollout; ignored unless it rolls out the config's current version.
-    rollouts: Mapping[str, RolloutView] = field(default_factory=dict)
+    rollouts: Mapping[str, RolloutView[Config]] = field(default_factory=dict)
     # Identifies the snapshot's content: equal on two nodes that know the same config versions.
     generation: str = field(init=False)
     _cache: dict[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
@@ -85,7 +94,7 @@ class ConfigSet:
     _by_match: dict[tuple[tuple[int, bool], ...], Desired | None] = field(init=False, repr=False)
     _cache_bytes: int = field(init=False, repr=False)
     _reported_bytes: int = field(init=False, repr=False)
-    _staged: dict[str, RolloutView] = field(init=False, repr=False)
+    _staged: dict[str, RolloutView[Config]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.configs = tuple(sorted(self.configs, key=lambda c: (-c.priority, c.name)))

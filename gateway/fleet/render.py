@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.fleet.agent import AgentState, facts, uid_str
 from gateway.fleet.attributes import key_values
+from gateway.fleet.package_status import package_statuses_json
 from gateway.fleet.rollout import ConfigSync
 from gateway.fleet.status import derive_status
 from gateway.opamp.capabilities import capability_names
@@ -125,6 +126,7 @@ def agent_json(
     offline_after: float,
     connection: ConnectionInfo | None = None,
     sync: ConfigSync | None = None,
+    package_sync: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     derived = facts(state)
     body: dict[str, Any] = {
@@ -149,6 +151,9 @@ def agent_json(
         "connection_settings": None
         if state.connection_settings_status is None
         else connection_settings_json(state.connection_settings_status, state.offered_settings_hash),
+        "packages": None
+        if state.package_statuses is None
+        else package_statuses_json(state.package_statuses, state.offered_packages_hash),
         "previous_instance_uids": [uid_str(uid) for uid in state.previous_instance_uids],
         "duplicate_of": None if state.duplicate_of is None else uid_str(state.duplicate_of),
         "available_components": None
@@ -163,6 +168,8 @@ def agent_json(
         body["node"] = connection.node
     if sync is not None:
         body["config_sync"] = sync.to_json()
+    if package_sync is not None:
+        body["package_sync"] = package_sync
     if state.pending_command is not None:
         body["pending_command"] = _COMMANDS.get(state.pending_command, str(state.pending_command))
         body["command_id"] = state.command_id or None

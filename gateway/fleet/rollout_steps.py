@@ -12,11 +12,42 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from gateway.fleet.configs import Config
 from gateway.fleet.rollout_record import Rollout
-from gateway.fleet.versions import ConfigVersion
 from gateway.fleet.waves import RolloutStrategy, cutoff_for, in_wave, next_step, position
+
+
+class StagedSpec(Protocol):
+    """What staging needs of a config's (or a package's) spec."""
+
+    @property
+    def rollout(self) -> RolloutStrategy: ...
+
+    def same_content(self, other: Any) -> bool: ...
+
+
+class Staged(Protocol):
+    """A config or a package: its name, current version (a package's revision) and spec."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def spec(self) -> StagedSpec: ...
+
+
+class Kept(Protocol):
+    """One stored version of a config or a package."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def spec(self) -> StagedSpec: ...
 
 
 class RolloutConflict(ValueError):
@@ -74,7 +105,7 @@ class Staging:
     previous_version: int | None
 
 
-def staging(config: Config, kept: Sequence[ConfigVersion], record: Rollout | None) -> Staging | None:
+def staging(config: Staged, kept: Sequence[Kept], record: Rollout | None) -> Staging | None:
     """Whether `config` (its current version) is rolled out in waves: its strategy is staged and the
     agents would get something new from it. The version the others keep is the last good one: an
     unfinished rollout's own previous version (a halted or rolled-back one's is the version it went
@@ -100,9 +131,11 @@ def start(
     strategy: RolloutStrategy,
     now: float,
     positions: Sequence[float],
+    unit: str = "version",
 ) -> Rollout:
     """The rollout of a new version: progressing, wave 0. `positions` are those (waves.position) of
-    the agents the new version targets now; a count wave needs them."""
+    the agents the new version targets now; a count wave needs them. `unit` names a version in the
+    events' reasons (a package's versions are its revisions)."""
     return Rollout(
         name=name,
         version=version,
@@ -114,14 +147,16 @@ def start(
         started_at=now,
         updated_at=now,
         wave_started_at=now,
-    ).moved(now, "progressing", f"version {version} started, wave 1 of {len(strategy.waves)}")
+    ).moved(now, "progressing", f"{unit} {version} started, wave 1 of {len(strategy.waves)}")
 
 
 def positions_of(uids: Iterable[bytes], version: int) -> list[float]:
     return [position(uid, version) for uid in uids]
 
 
-def step(rollout: Rollout, counts: WaveCounts, now: float, positions: Sequence[float]) -> Rollout | None:
+def step(
+    rollout: Rollout, counts: WaveCounts, now: float, positions: Sequence[float], unit: str = "version"
+) -> Rollout | None:
     """The next record of a progressing rollout, or None while it waits."""
     if rollout.state != "progressing":
         return None
@@ -145,10 +180,10 @@ def step(rollout: Rollout, counts: WaveCounts, now: float, positions: Sequence[f
             now,
             "halted",
             f"{bad} of {counts.targeted} agents failed (over max_failure_ratio {limit}): "
-            f"rolled back to version {rollout.previous_version}",
+            f"rolled back to {unit} {rollout.previous_version}",
         )
     if decided == "complete":
-        return rollout.moved(now, "completed", f"every wave applied version {rollout.version}", cutoff=1.0)
+        return rollout.moved(now, "completed", f"every wave applied {unit} {rollout.version}", cutoff=1.0)
     wave = rollout.wave + 1
     cutoff = cutoff_for(strategy.waves[wave], positions, previous=rollout.cutoff)
     return rollout.moved(
@@ -178,23 +213,23 @@ def resume(rollout: Rollout, now: float) -> Rollout:
     return rollout.moved(now, "progressing", "resumed by the admin API", wave_started_at=now)
 
 
-def rollback(rollout: Rollout, now: float, version: int | None = None) -> Rollout:
+def rollback(rollout: Rollout, now: float, version: int | None = None, unit: str = "version") -> Rollout:
     """Every agent is offered the previous version again, or `version` (an older one the caller
     checked is still kept); a halted rollout may be sent back to another version too."""
     target = rollout.previous_version if version is None else version
     if target is None:
-        raise RolloutConflict(f"version {rollout.version} of {rollout.name!r} has no previous version")
+        raise RolloutConflict(f"{unit} {rollout.version} of {rollout.name!r} has no previous {unit}")
     if target >= rollout.version:
         raise RolloutConflict(
-            f"version {target}: a rollback goes to a version older than {rollout.version}, the one rolled out"
+            f"{unit} {target}: a rollback goes to a {unit} older than {rollout.version}, the one rolled out"
         )
     if rollout.state in ("rolled_back", "halted") and target == rollout.previous_version:
         raise RolloutConflict(
-            f"the rollout of {rollout.name!r} is {rollout.state}: its agents have version {target} already"
+            f"the rollout of {rollout.name!r} is {rollout.state}: its agents have {unit} {target} already"
         )
     return rollout.moved(
         now,
         "rolled_back",
-        f"rolled back to version {target} by the admin API",
+        f"rolled back to {unit} {target} by the admin API",
         previous_version=target,
     )

@@ -1,5 +1,9 @@
 """Keeping a node's view of the configs current, and pushing changed configs to the sockets it holds.
 
+"Configs" here means everything the fleet view holds: the configs with their rollouts, the
+connection settings and the packages with their rollouts (gateway/fleet/package_set.py), all read
+together and all announced by the same ConfigsChanged event.
+
 Each node keeps every config in memory (a `ConfigSet` in the cache's `fleet`, which every message
 reads and only this module replaces): the engine resolves an agent's desired config on every
 message without a store read. The set (with the configs' rollout records, rollout_views.py) is
@@ -28,10 +32,17 @@ from gateway.bus.base import Bus, BusUnavailable, ConfigsChanged
 from gateway.fleet.configs import Config
 from gateway.fleet.connection_settings import ConnectionSettings
 from gateway.fleet.desired import ConfigSet
+from gateway.fleet.package_set import PackageSet
+from gateway.fleet.packages import Package
 from gateway.metrics import Metrics
 from gateway.node.push import push_config
 from gateway.node.registry import Holder, Registry
-from gateway.node.rollout_views import RolloutSource, rollout_views
+from gateway.node.rollout_views import (
+    PackageRolloutSource,
+    RolloutSource,
+    package_rollout_views,
+    rollout_views,
+)
 from gateway.opamp import capabilities as caps, heartbeat
 from gateway.opamp.connection_offers import SettingsSet
 from gateway.opamp.engine import DEFAULT_MAX_DESCRIPTION_BYTES, FleetView
@@ -48,12 +59,15 @@ _PUSH_CONCURRENCY = 256
 STALE_WITHOUT_BUS = 1.0
 
 
-class ConfigSource(RolloutSource, Protocol):
-    """Where the configs, and their rollouts, are read from (the store)."""
+class ConfigSource(RolloutSource, PackageRolloutSource, Protocol):
+    """Where the configs, connection settings and packages, and their rollouts, are read from (the
+    store)."""
 
     async def list_configs(self) -> list[Config]: ...
 
     async def list_connection_settings(self) -> list[ConnectionSettings]: ...
+
+    async def list_packages(self) -> list[Package]: ...
 
 
 class ConfigCache:
@@ -174,14 +188,20 @@ class ConfigCache:
         settings = SettingsSet(
             tuple(await self._configs.list_connection_settings()), heartbeat_offer=self._heartbeat_offer
         )
+        stored = tuple(await self._configs.list_packages())
+        packages = PackageSet(stored, rollouts=await package_rollout_views(self._configs, stored))
         self._read_at = time.monotonic()
         self.loaded = True
         fleet = self._fleet
-        if (configs.generation, settings.generation) == (fleet.configs.generation, fleet.settings.generation):
+        now = (configs.generation, settings.generation, packages.generation)
+        if now == (fleet.configs.generation, fleet.settings.generation, fleet.packages.generation):
             return False
         if configs.generation != fleet.configs.generation:
             fleet = replace(fleet, configs=configs)
             self._metrics.configs.set(len(configs.configs))
+        if packages.generation != fleet.packages.generation:
+            fleet = replace(fleet, packages=packages)
+            self._metrics.packages.set(len(packages.packages))
         if settings.generation != fleet.settings.generation:
             # OffersConnectionSettings while there is anything to offer (spec: server capabilities).
             fleet = replace(
@@ -189,10 +209,11 @@ class ConfigCache:
             )
         self._fleet = fleet
         logger.info(
-            "configs changed (%s): %d configs, %d connection settings known",
+            "configs changed (%s): %d configs, %d connection settings, %d packages known",
             reason,
             len(configs.configs),
             len(settings.settings),
+            len(packages.packages),
         )
         return True
 

@@ -1,5 +1,9 @@
-"""The rollout controller: every node runs one, and the stores' compare-and-set makes exactly one
-node's change of a given rollout revision count.
+"""The rollout controller: every node runs one for configs and one for packages, and the stores'
+compare-and-set makes exactly one node's change of a given rollout revision count. What differs
+between the two is a `Subject`: where its items, versions and rollout records are stored, and how an
+agent's status against an item's version is judged (config status, or package status mapped to the
+same applied/applying/failed/pending, gateway/fleet/package_status.py). Everything below speaks of
+configs; it holds for packages alike, whose versions are their revisions.
 
 Every `--rollout-interval` seconds a node reads the rollout records and, for each progressing one,
 counts the agents its waves gave the new version (rollout_steps.wave_counts) and writes the next
@@ -14,18 +18,23 @@ rolls them back through the same compare-and-set (`act`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
-from gateway.fleet.agent import facts
+from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.configs import Config
 from gateway.fleet.desired import ConfigSet
+from gateway.fleet.package_set import PackageSet
+from gateway.fleet.package_status import ROLLOUT_STATUS, package_sync
+from gateway.fleet.packages import Package, PackageVersion
 from gateway.fleet.rollout import config_sync, counted
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.rollout_steps import (
     AgentReport,
+    Kept,
     RolloutConflict,
+    Staged,
     WaveCounts,
     pause,
     positions_of,
@@ -36,10 +45,11 @@ from gateway.fleet.rollout_steps import (
     step,
     wave_counts,
 )
+from gateway.fleet.selector import Selector
 from gateway.fleet.versions import ConfigVersion
 from gateway.fleet.waves import ROLLOUT_STATES
 from gateway.metrics import Metrics
-from gateway.node.rollout_views import rollout_views
+from gateway.node.rollout_views import package_rollout_views, rollout_views
 from gateway.periodic import Periodic
 from gateway.store.base import MAX_PAGE_SIZE, AgentPage, AgentQuery, StoredRollout, StoreError
 
@@ -74,6 +84,128 @@ class RolloutStore(Protocol):
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage: ...
 
 
+class PackageRolloutStore(RolloutStore, Protocol):
+    async def get_package(self, name: str) -> Package | None: ...
+
+    async def list_packages(self) -> list[Package]: ...
+
+    async def package_versions(self, name: str) -> list[PackageVersion]: ...
+
+    async def get_package_rollout(self, name: str) -> StoredRollout | None: ...
+
+    async def list_package_rollouts(self) -> list[Rollout]: ...
+
+    async def put_package_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None: ...
+
+
+class Item(Staged, Protocol):
+    """A config or a package, as the controller needs it."""
+
+    @property
+    def selector(self) -> Selector: ...
+
+
+# How an agent stands against an item's current version: applied, applying, failed or pending, or
+# None when the rollout does not count it (it does not take the item, or the item gives it nothing).
+Judge = Callable[[AgentState, Item], str | None]
+
+
+class Subject(Protocol):
+    """What a rollout controller rolls out: configs or packages."""
+
+    @property
+    def what(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
+
+    async def get(self, name: str) -> Item | None: ...
+
+    async def items(self) -> Sequence[Item]: ...
+
+    async def versions(self, name: str) -> Sequence[Kept]: ...
+
+    async def get_rollout(self, name: str) -> StoredRollout | None: ...
+
+    async def list_rollouts(self) -> list[Rollout]: ...
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None: ...
+
+    async def judge(self) -> Judge:
+        """A judge of agents against what every item resolves to now (one store read of them all)."""
+
+
+class ConfigSubject:
+    what = "config"
+    unit = "version"
+
+    def __init__(self, store: RolloutStore) -> None:
+        self._store = store
+
+    async def get(self, name: str) -> Config | None:
+        return await self._store.get_config(name)
+
+    async def items(self) -> list[Config]:
+        return await self._store.list_configs()
+
+    async def versions(self, name: str) -> list[ConfigVersion]:
+        return await self._store.config_versions(name)
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        return await self._store.get_rollout(name)
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return await self._store.list_rollouts()
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._store.put_rollout(rollout, expected_rev)
+
+    async def judge(self) -> Judge:
+        configs = await self._store.list_configs()
+        resolved = ConfigSet(tuple(configs), rollouts=await rollout_views(self._store, configs))
+
+        def judged(state: AgentState, _item: Item) -> str | None:
+            status = config_sync(state, resolved).status
+            return None if status in ("unsupported", "none") else status
+
+        return judged
+
+
+class PackageSubject:
+    what = "package"
+    unit = "revision"
+
+    def __init__(self, store: PackageRolloutStore) -> None:
+        self._store = store
+
+    async def get(self, name: str) -> Package | None:
+        return await self._store.get_package(name)
+
+    async def items(self) -> list[Package]:
+        return await self._store.list_packages()
+
+    async def versions(self, name: str) -> list[PackageVersion]:
+        return await self._store.package_versions(name)
+
+    async def get_rollout(self, name: str) -> StoredRollout | None:
+        return await self._store.get_package_rollout(name)
+
+    async def list_rollouts(self) -> list[Rollout]:
+        return await self._store.list_package_rollouts()
+
+    async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._store.put_package_rollout(rollout, expected_rev)
+
+    async def judge(self) -> Judge:
+        packages = await self._store.list_packages()
+        resolved = PackageSet(tuple(packages), rollouts=await package_rollout_views(self._store, packages))
+
+        def judged(state: AgentState, item: Item) -> str | None:
+            return ROLLOUT_STATUS.get(package_sync(state, resolved, item.name).status)
+
+        return judged
+
+
 @dataclass(frozen=True, slots=True)
 class Survey:
     """A rollout and the connected agents its config's current version targets, as reported now."""
@@ -96,13 +228,30 @@ class RolloutController:
         interval: float,
         offline_after: float,
         clock: Callable[[], float],
+        subject: Subject | None = None,
     ) -> None:
         self._store = store
+        # Configs unless told otherwise.
+        self._subject: Subject = subject if subject is not None else ConfigSubject(store)
         self._on_change = on_change
         self._metrics = metrics
+        if self._subject.what == "config":
+            self._states, self._changes = metrics.rollouts, metrics.rollout_changes
+        else:
+            self._states, self._changes = metrics.package_rollouts, metrics.package_rollout_changes
         self._offline_after = offline_after
         self._clock = clock
-        self._timer = Periodic("rollouts", interval, self._on_timer)
+        self._timer = Periodic(f"{self._subject.what}-rollouts", interval, self._on_timer)
+
+    @property
+    def what(self) -> str:
+        """What it rolls out: "config" or "package"."""
+        return self._subject.what
+
+    @property
+    def unit(self) -> str:
+        """What a version of it is called: "version", or a package's "revision"."""
+        return self._subject.unit
 
     async def start(self) -> None:
         self._timer.start()
@@ -114,81 +263,85 @@ class RolloutController:
         try:
             await self.tick()
         except StoreError as exc:
-            logger.warning("rollout controller: store unavailable, trying again next time: %s", exc)
+            logger.warning(
+                "%s rollout controller: store unavailable, trying again next time: %s", self.what, exc
+            )
 
     async def tick(self) -> int:
         """Start what is due, advance every progressing rollout one step; how many records changed."""
-        configs = {c.name: c for c in await self._store.list_configs()}
-        records = {r.name: r for r in await self._store.list_rollouts()}
+        items = {c.name: c for c in await self._subject.items()}
+        records = {r.name: r for r in await self._subject.list_rollouts()}
         for state in ROLLOUT_STATES:
-            self._metrics.rollouts.labels(state=state).set(sum(r.state == state for r in records.values()))
+            self._states.labels(state=state).set(sum(r.state == state for r in records.values()))
         written = 0
-        for name, config in configs.items():
+        for name, item in items.items():
             record = records.get(name)
-            if record is None or record.version < config.version:
-                written += await self.begin(config) is not None
-            elif record.version == config.version and record.state == "progressing":
-                written += await self._advance(config)
+            if record is None or record.version < item.version:
+                written += await self.begin(item) is not None
+            elif record.version == item.version and record.state == "progressing":
+                written += await self._advance(item)
         return written
 
-    async def begin(self, config: Config) -> Rollout | None:
+    async def begin(self, config: Item) -> Rollout | None:
         """Start the rollout of a staged config's current version, unless it needs none or one is
         stored already; the record written, else None."""
-        if not config.spec.rollout.staged:
+        strategy = config.spec.rollout
+        if not strategy.staged:
             return None
         for _ in range(_ATTEMPTS):
-            stored = await self._store.get_rollout(config.name)
+            stored = await self._subject.get_rollout(config.name)
             if stored is not None and stored.rollout.version >= config.version:
                 return None
-            kept = await self._store.config_versions(config.name)
+            kept = await self._subject.versions(config.name)
             staged = staging(config, kept, None if stored is None else stored.rollout)
             if staged is None:
                 return None
             positions: list[float] = []
-            if config.spec.rollout.waves[0].count is not None:
-                reports = await self._reports(config, await self._config_set())
+            if strategy.waves[0].count is not None:
+                reports = await self._reports(config, await self._subject.judge())
                 positions = positions_of((r.uid for r in reports), config.version)
             record = start(
                 config.name,
                 config.version,
                 staged.previous_version,
-                config.spec.rollout,
+                strategy,
                 self._clock(),
                 positions,
+                self.unit,
             )
             if await self._write(record, stored):
                 return record
         return None
 
-    async def _advance(self, config: Config) -> int:
-        stored = await self._store.get_rollout(config.name)
+    async def _advance(self, config: Item) -> int:
+        stored = await self._subject.get_rollout(config.name)
         if stored is None or stored.rollout.version != config.version:
             return 0
-        survey = Survey(stored.rollout, await self._reports(config, await self._config_set()))
+        survey = Survey(stored.rollout, await self._reports(config, await self._subject.judge()))
         positions = positions_of((r.uid for r in survey.reports), config.version)
-        moved = step(survey.rollout, survey.counts, self._clock(), positions)
+        moved = step(survey.rollout, survey.counts, self._clock(), positions, self.unit)
         if moved is None:
             return 0
         return int(await self._write(moved, stored))
 
     async def survey(self, name: str) -> Survey:
         """The rollout of the config's current version (NoRollout if none) and its agents now."""
-        config = await self._store.get_config(name)
+        config = await self._subject.get(name)
         if config is None:
-            raise NoRollout(f"no config {name!r}")
-        stored = await self._store.get_rollout(name)
+            raise NoRollout(f"no {self.what} {name!r}")
+        stored = await self._subject.get_rollout(name)
         if stored is None or stored.rollout.version != config.version:
-            raise NoRollout(f"config {name!r} has no rollout of its version {config.version}")
-        return Survey(stored.rollout, await self._reports(config, await self._config_set()))
+            raise NoRollout(f"{self.what} {name!r} has no rollout of its {self.unit} {config.version}")
+        return Survey(stored.rollout, await self._reports(config, await self._subject.judge()))
 
     async def act(self, name: str, action: Action, version: int | None = None) -> Rollout:
         """Pause, resume or roll back the rollout of the config's current version. RolloutConflict
         when the action does not apply (or `version` is not kept), NoRollout, RolloutBusy."""
         for _ in range(_ATTEMPTS):
-            config = await self._store.get_config(name)
-            stored = await self._store.get_rollout(name)
+            config = await self._subject.get(name)
+            stored = await self._subject.get_rollout(name)
             if config is None or stored is None or stored.rollout.version != config.version:
-                raise NoRollout(f"config {name!r} has no rollout of its current version")
+                raise NoRollout(f"{self.what} {name!r} has no rollout of its current {self.unit}")
             now = self._clock()
             if action == "pause":
                 moved = pause(stored.rollout, now)
@@ -196,40 +349,41 @@ class RolloutController:
                 moved = resume(stored.rollout, now)
             else:
                 if version is not None:
-                    kept = {v.version for v in await self._store.config_versions(name)}
+                    kept = {v.version for v in await self._subject.versions(name)}
                     if version not in kept:
-                        raise RolloutConflict(f"version {version} of {name!r} is not kept (see its versions)")
-                moved = rollback(stored.rollout, now, version)
+                        raise RolloutConflict(
+                            f"{self.unit} {version} of {name!r} is not kept (see its versions)"
+                        )
+                moved = rollback(stored.rollout, now, version, self.unit)
             if await self._write(moved, stored):
                 return moved
         raise RolloutBusy(f"the rollout of {name!r} kept changing: try again")
 
     async def _write(self, record: Rollout, stored: StoredRollout | None) -> bool:
         """Compare-and-set `record` over `stored`; on success log, count and tell every node."""
-        if await self._store.put_rollout(record, None if stored is None else stored.rev) is None:
+        if await self._subject.put_rollout(record, None if stored is None else stored.rev) is None:
             return False
         reason = record.events[-1].reason if record.events else record.state
         # A halt is the gateway undoing a change on its own: worth a warning.
         logger.log(
             logging.WARNING if record.state == "halted" else logging.INFO,
-            "rollout of config %s version %d: %s (wave %d): %s",
+            "rollout of %s %s %s %d: %s (wave %d): %s",
+            self.what,
             record.name,
+            self.unit,
             record.version,
             record.state,
             record.wave + 1,
             reason,
         )
-        self._metrics.rollout_changes.labels(state=record.state).inc()
-        await self._on_change(f"rollout of {record.name} v{record.version} {record.state}")
+        self._changes.labels(state=record.state).inc()
+        prefix = "" if self.what == "config" else f"{self.what} "
+        await self._on_change(f"rollout of {prefix}{record.name} v{record.version} {record.state}")
         return True
 
-    async def _config_set(self) -> ConfigSet:
-        configs = await self._store.list_configs()
-        return ConfigSet(tuple(configs), rollouts=await rollout_views(self._store, configs))
-
-    async def _reports(self, config: Config, configs: ConfigSet) -> tuple[AgentReport, ...]:
-        """The connected agents the config's current version targets that take remote configs, with
-        their config status against what they should have now, and their health."""
+    async def _reports(self, config: Item, judge: Judge) -> tuple[AgentReport, ...]:
+        """The connected agents the config's current version targets that take it, with their status
+        against what they should have now, and their health."""
         reports: list[AgentReport] = []
         query = AgentQuery(selector=config.selector, limit=MAX_PAGE_SIZE)
         now = self._clock()
@@ -238,8 +392,8 @@ class RolloutController:
             for state in page.agents:
                 if not counted(state, now, self._offline_after):
                     continue
-                status = config_sync(state, configs).status
-                if status not in ("unsupported", "none"):
+                status = judge(state, config)
+                if status is not None:
                     reports.append(AgentReport(state.instance_uid, status, facts(state).healthy))
             if page.next_cursor is None:
                 return tuple(reports)

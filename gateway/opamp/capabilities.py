@@ -22,6 +22,8 @@ REPORTS_HEARTBEAT = pb.AgentCapabilities_ReportsHeartbeat
 REPORTS_AVAILABLE_COMPONENTS = pb.AgentCapabilities_ReportsAvailableComponents
 ACCEPTS_OPAMP_CONNECTION_SETTINGS = pb.AgentCapabilities_AcceptsOpAMPConnectionSettings
 REPORTS_CONNECTION_SETTINGS_STATUS = pb.AgentCapabilities_ReportsConnectionSettingsStatus
+ACCEPTS_PACKAGES = pb.AgentCapabilities_AcceptsPackages
+REPORTS_PACKAGE_STATUSES = pb.AgentCapabilities_ReportsPackageStatuses
 
 _AGENT_PREFIX = "AgentCapabilities_"
 _SERVER_PREFIX = "ServerCapabilities_"
@@ -40,6 +42,8 @@ SERVER_CAPABILITIES = (
     pb.ServerCapabilities_AcceptsStatus
     | pb.ServerCapabilities_OffersRemoteConfig
     | pb.ServerCapabilities_AcceptsEffectiveConfig
+    | pb.ServerCapabilities_OffersPackages
+    | pb.ServerCapabilities_AcceptsPackagesStatus
 )
 # ... and with a heartbeat interval to offer (gateway/opamp/heartbeat.py): connection settings.
 OFFERS_CONNECTION_SETTINGS = pb.ServerCapabilities_OffersConnectionSettings

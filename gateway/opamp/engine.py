@@ -12,7 +12,8 @@ from typing import Literal
 
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
 from gateway.fleet.desired import ConfigSet
-from gateway.opamp import capabilities as caps, heartbeat
+from gateway.fleet.package_set import PackageSet
+from gateway.opamp import capabilities as caps, heartbeat, package_offers
 from gateway.opamp.connection_offers import SettingsSet
 from gateway.proto import opamp_pb2 as pb
 
@@ -34,6 +35,8 @@ _DURABLE_FIELDS = frozenset(
         "pending_command",
         # An anonymous agent adopted by the key that spoke for it: bound before the reply.
         "key_id",
+        # Except when only download progress moved (see _handle).
+        "package_statuses",
     }
 )
 # The capability an agent must report for each ServerToAgentCommand type (spec 8.4).
@@ -41,12 +44,13 @@ COMMAND_CAPABILITY: dict[int, int] = {pb.CommandType_Restart: caps.ACCEPTS_RESTA
 # The only fields `command` may travel with (spec 8.4: "send commands in a message of their own").
 _COMMAND_COMPANIONS = frozenset({"instance_uid", "capabilities"})
 # Sub-messages the agent may omit when unchanged (status compression).
-_SUB_MESSAGES = ("description", "health", "effective_config", "remote_config_status")
+_SUB_MESSAGES = ("description", "health", "effective_config", "remote_config_status", "package_statuses")
 _WIRE_NAMES = {
     "description": "agent_description",
     "health": "health",
     "effective_config": "effective_config",
     "remote_config_status": "remote_config_status",
+    "package_statuses": "package_statuses",
 }
 
 
@@ -69,6 +73,8 @@ class FleetView:
     max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES
     # The heartbeat interval and connection settings offered to agents (connection_offers.py).
     settings: SettingsSet = field(default_factory=SettingsSet)
+    # The packages offered to agents (package_offers.py).
+    packages: PackageSet = field(default_factory=PackageSet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +262,8 @@ def _reported(
     new_state = replace(base, **updates)  # type: ignore[arg-type]
     if "remote_config_status" in changed:
         new_state = _on_config_report(new_state, msg.remote_config_status, changed)
+    if "package_statuses" in changed:
+        new_state = package_offers.on_package_report(base, new_state, changed)
     return new_state
 
 
@@ -316,12 +324,15 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("connection_settings_request")
         or msg.HasField("available_components")
         or msg.HasField("connection_settings_status")
+        or msg.HasField("package_statuses")
     ):
         return None
     if fleet.settings.offers_any and heartbeat.settings_due(state, fleet.settings.offer_for(state)):
         return None
     new_state = state.touched(now, seq)
     if fleet.configs and config_to_offer(new_state, fleet, now) is not None:
+        return None
+    if packages_to_offer(new_state, fleet, now) is not None:
         return None
     reply = pb.ServerToAgent(instance_uid=msg.instance_uid, capabilities=fleet.server_capabilities)
     return Outcome(reply, AgentWrite(new_state, TOUCHED), False, "heartbeat", new_state)
@@ -384,17 +395,27 @@ def _handle(
         return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
     if not disconnecting and not unknown_config:
         new_state = offer_config(new_state, fleet, now, reply, changed)
+    if not disconnecting:
+        new_state = offer_packages(new_state, fleet, now, reply, changed)
     offer = fleet.settings.offer_for(new_state) if fleet.settings.offers_any else None
     new_state = heartbeat.settle(new_state, msg, offer, reply, changed, disconnecting)
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
+    return Outcome(reply, write, _durable(changed, msg, state, new_state), event, new_state)
+
+
+def _durable(changed: set[str], msg: pb.AgentToServer, before: AgentState | None, after: AgentState) -> bool:
+    """Whether the write is committed before the reply goes out (design principle 4)."""
     durable_changes = changed & _DURABLE_FIELDS
     if durable_changes == {"remote_config_status"} and _only_applying(msg):
         # APPLYING is a step on the way: the APPLIED or FAILED that follows is committed before its
         # reply, and losing APPLYING in a crash only shows the agent as pending a little longer.
         # After a config change every agent sends both at once, so this halves the commits to wait for.
-        durable_changes = set()
-    return Outcome(reply, write, bool(durable_changes), event, new_state)
+        return False
+    if durable_changes == {"package_statuses"} and before is not None:
+        # Download progress alone: a lost one only shows an older percentage.
+        return package_offers.report_durable(before.package_statuses, after.package_statuses)
+    return bool(durable_changes)
 
 
 def _refusal(
@@ -540,8 +561,9 @@ def config_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.Agent
 
 def on_new_connection(state: AgentState) -> AgentState:
     """The record as a new connection of the agent should see it: an offer made before the connection
-    may never have arrived, so it is not waited for (config_to_offer), except for an agent that never
-    reports on its config, whose last offer is all the server knows of what it runs."""
+    may never have arrived, so it is not waited for (config_to_offer, packages_to_offer), except for
+    an agent that never reports on it, whose last offer is all the server knows of what it runs."""
+    state = package_offers.on_new_connection(state)
     if state.offered_config_hash is None or not state.capabilities & caps.REPORTS_REMOTE_CONFIG:
         return state
     return replace(state, offered_config_hash=None, offered_at=0.0)
@@ -559,3 +581,17 @@ def offer_config(
     changed.add("offered_config_hash")
     # A new offer: whatever failed before is no longer what the agent is asked to run.
     return replace(state, offered_config_hash=message.config_hash, offered_at=now, failed_config_hash=None)
+
+
+def packages_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.PackagesAvailable | None:
+    """The packages to send the agent now, or None (gateway/opamp/package_offers.py)."""
+    return package_offers.packages_to_offer(state, fleet.packages, now, fleet.config_resend_after)
+
+
+def offer_packages(
+    state: AgentState, fleet: FleetView, now: float, reply: pb.ServerToAgent, changed: set[str]
+) -> AgentState:
+    """Put the agent's packages into `reply` if it should get them now (package_offers.py)."""
+    return package_offers.offer_packages(
+        state, fleet.packages, now, fleet.config_resend_after, reply, changed
+    )

@@ -10,7 +10,15 @@ from dataclasses import dataclass, replace
 
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.opamp import heartbeat
-from gateway.opamp.engine import FleetView, accepts_command, command_message, config_to_offer, offer_config
+from gateway.opamp.engine import (
+    FleetView,
+    accepts_command,
+    command_message,
+    config_to_offer,
+    offer_config,
+    offer_packages,
+    packages_to_offer,
+)
 from gateway.proto import opamp_pb2 as pb
 
 _PENDING_COMMAND = frozenset({"pending_command"})
@@ -35,20 +43,24 @@ def _settings_offer(state: AgentState, fleet: FleetView) -> pb.ConnectionSetting
 
 
 def config_due(state: AgentState, fleet: FleetView, now: float) -> bool:
-    """Whether `config_push` would push now. Cheap: a config (or connection settings) change asks
-    this for every agent on the node, and most need nothing (a dict lookup each)."""
-    return config_to_offer(state, fleet, now) is not None or heartbeat.settings_due(
-        state, _settings_offer(state, fleet)
+    """Whether `config_push` would push now. Cheap: a config (or connection settings, or package)
+    change asks this for every agent on the node, and most need nothing (a dict lookup each)."""
+    return (
+        config_to_offer(state, fleet, now) is not None
+        or heartbeat.settings_due(state, _settings_offer(state, fleet))
+        or packages_to_offer(state, fleet, now) is not None
     )
 
 
 def config_push(state: AgentState, fleet: FleetView, now: float) -> Push | None:
-    """The agent's remote config and its connection settings offer, each if the engine's rules say it
-    should get it now, else None. Not durable: a lost offer record only means it may be sent once more."""
+    """The agent's remote config, its connection settings offer and its packages, each if the
+    engine's rules say it should get it now, else None. Not durable: a lost offer record only means
+    it may be sent once more."""
     changed: set[str] = set()
     reply = pb.ServerToAgent(instance_uid=state.instance_uid, capabilities=fleet.server_capabilities)
     offered = offer_config(state, fleet, now, reply, changed)
     offered = heartbeat.offer_settings(offered, _settings_offer(offered, fleet), reply, changed)
+    offered = offer_packages(offered, fleet, now, reply, changed)
     if not changed:
         return None
     return Push(reply, AgentWrite(state=offered, changed=frozenset(changed)), durable=False)

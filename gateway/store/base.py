@@ -17,6 +17,7 @@ from typing import Protocol
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
@@ -42,11 +43,13 @@ class StoreUnavailable(StoreError):
 
 
 class VersionConflict(Exception):
-    """A config write that expected another version than the stored one (0: expected none stored)."""
+    """A config (or package) write that expected another version than the stored one (0: expected
+    none stored). A package's version is its revision."""
 
-    def __init__(self, name: str, expected: int, current: int) -> None:
+    def __init__(self, name: str, expected: int, current: int, what: str = "config") -> None:
+        unit = "revision" if what == "package" else "version"
         super().__init__(
-            f"config {name!r} is at version {current}, not {expected}: re-read it and apply your change again"
+            f"{what} {name!r} is at {unit} {current}, not {expected}: re-read it and apply your change again"
         )
         self.current = current
 
@@ -85,6 +88,10 @@ class AgentQuery:
     selector: Selector | None = None
     # Only agents bound to this key id ("": agents bound to no key).
     key_id: str | None = None
+    # Only agents whose reported package statuses give any of these terms
+    # (gateway/fleet/package_status.py package_terms), and only those that give none of these.
+    with_package_states: tuple[str, ...] = ()
+    without_package_states: tuple[str, ...] = ()
     limit: int = DEFAULT_PAGE_SIZE
     # Opaque token from the previous page's `next_cursor`.
     cursor: str | None = None
@@ -192,6 +199,28 @@ class Store(Protocol):
 
     async def delete_connection_settings(self, name: str) -> bool:
         """False if there was no such connection setting."""
+
+    async def list_packages(self) -> list[Package]:
+        """Every package (gateway/fleet/packages.py), by name."""
+
+    async def get_package(self, name: str) -> Package | None: ...
+
+    async def put_package(self, name: str, request: PackageRequest, now: float) -> tuple[Package, bool]:
+        """As put_config: create or replace; the revision (`version`) goes up by one on a change."""
+
+    async def delete_package(self, name: str, expected_version: int | None = None) -> bool:
+        """As delete_config; deleting a package deletes its revisions and rollout record."""
+
+    async def package_versions(self, name: str) -> list[PackageVersion]:
+        """As config_versions: the package's last KEEP_VERSIONS revisions, newest first."""
+
+    async def get_package_rollout(self, name: str) -> StoredRollout | None:
+        """As get_rollout, for the rollout of a package."""
+
+    async def list_package_rollouts(self) -> list[Rollout]: ...
+
+    async def put_package_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        """As put_rollout, for the package `rollout.name` (None when there is no such package)."""
 
     async def get_rollout(self, name: str) -> StoredRollout | None:
         """The config's rollout record (read through: never an older copy), or None."""

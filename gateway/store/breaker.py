@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
 from gateway.store.base import (
@@ -202,3 +203,27 @@ class CircuitBreaker:
 
     async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
         return await self._call(lambda: self.store.put_rollout(rollout, expected_rev))
+
+    async def list_packages(self) -> list[Package]:
+        return await self._call(self.store.list_packages)
+
+    async def get_package(self, name: str) -> Package | None:
+        return await self._call(lambda: self.store.get_package(name))
+
+    async def put_package(self, name: str, request: PackageRequest, now: float) -> tuple[Package, bool]:
+        return await self._call(lambda: self.store.put_package(name, request, now))
+
+    async def delete_package(self, name: str, expected_version: int | None = None) -> bool:
+        return await self._call(lambda: self.store.delete_package(name, expected_version))
+
+    async def package_versions(self, name: str) -> list[PackageVersion]:
+        return await self._call(lambda: self.store.package_versions(name))
+
+    async def get_package_rollout(self, name: str) -> StoredRollout | None:
+        return await self._call(lambda: self.store.get_package_rollout(name))
+
+    async def list_package_rollouts(self) -> list[Rollout]:
+        return await self._call(self.store.list_package_rollouts)
+
+    async def put_package_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._call(lambda: self.store.put_package_rollout(rollout, expected_rev))

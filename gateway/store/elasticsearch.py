@@ -28,6 +28,7 @@ from elasticsearch import AsyncElasticsearch
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
 from gateway.store import elasticsearch_queries as queries
@@ -52,8 +53,9 @@ from gateway.store.elasticsearch_client import (
     make_client,
     store_error,
 )
-from gateway.store.elasticsearch_configs import ConfigsIndex
+from gateway.store.elasticsearch_configs import CONFIGS, ConfigsIndex
 from gateway.store.elasticsearch_documents import Moved, UnreadableDocument, agent_from_source
+from gateway.store.elasticsearch_packages import PACKAGES
 from gateway.store.elasticsearch_schema import agents_index, configs_index, mapping_version
 from gateway.store.elasticsearch_settings import SettingsDocuments
 from gateway.store.elasticsearch_writes import Action, Known, KnownDocuments, plan, rounds
@@ -115,7 +117,8 @@ class ElasticsearchStore:
         self._on_rejected = on_rejected
         self._on_oversized = on_oversized
         self._known = KnownDocuments()
-        self._configs = ConfigsIndex(client, configs_alias, self._request)
+        self._configs = ConfigsIndex(client, configs_alias, self._request, CONFIGS)
+        self._packages = ConfigsIndex(client, configs_alias, self._request, PACKAGES)
         self._settings = SettingsDocuments(client, configs_alias, self._request)
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
         self._get_batches: set[asyncio.Task[None]] = set()
@@ -516,6 +519,30 @@ class ElasticsearchStore:
 
     async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
         return await self._configs.put_rollout(rollout, expected_rev)
+
+    async def list_packages(self) -> list[Package]:
+        return await self._packages.list()
+
+    async def get_package(self, name: str) -> Package | None:
+        return await self._packages.get(name)
+
+    async def put_package(self, name: str, request: PackageRequest, now: float) -> tuple[Package, bool]:
+        return await self._packages.put(name, request, now)
+
+    async def delete_package(self, name: str, expected_version: int | None = None) -> bool:
+        return await self._packages.delete(name, expected_version)
+
+    async def package_versions(self, name: str) -> list[PackageVersion]:
+        return await self._packages.versions(name)
+
+    async def get_package_rollout(self, name: str) -> StoredRollout | None:
+        return await self._packages.get_rollout(name)
+
+    async def list_package_rollouts(self) -> list[Rollout]:
+        return await self._packages.list_rollouts()
+
+    async def put_package_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._packages.put_rollout(rollout, expected_rev)
 
 
 def _ndjson(value: Mapping[str, Any]) -> bytes:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from gateway.fleet.agent import AgentState, Transport, facts, uid_str
 from gateway.fleet.configs import Config, spec_from_json, spec_json
+from gateway.fleet.package_status import MAX_TERM_NAME, MAX_TERMS, package_terms
 from gateway.fleet.render import config_map_json, health_json, remote_config_json, timestamp
 from gateway.fleet.versions import ConfigVersion
 from gateway.opamp.capabilities import capability_names
@@ -49,7 +50,14 @@ MAX_DOCUMENT_BYTES = 8 << 20
 # The admin API renders from the exact bytes in `opamp.raw`, which are always kept.
 FILES_COPY_LIMIT = 64 << 10
 # Reported parts, in the order they are dropped when equally large (never the identity).
-REPORTED_PARTS = ("effective_config", "health", "remote_config_status", "description", "available_components")
+REPORTED_PARTS = (
+    "effective_config",
+    "health",
+    "remote_config_status",
+    "description",
+    "available_components",
+    "package_statuses",
+)
 
 
 class UnreadableDocument(ValueError):
@@ -166,6 +174,7 @@ def agent_document(state: AgentState) -> dict[str, Any]:
         "attributes": {k: v for k, v in attrs.items() if _indexable_key(k)},
         "search_text": derived.search_text(uid)[:SEARCH_TEXT_LIMIT],
         "connection": {"node": state.node or None, "transport": state.transport or None},
+        "packages": _packages(state),
         "opamp": {
             "enrolled_at": float(state.enrolled_at),
             "last_seen": float(state.last_seen),
@@ -179,6 +188,10 @@ def agent_document(state: AgentState) -> dict[str, Any]:
             "offered_settings_hash": None
             if state.offered_settings_hash is None
             else state.offered_settings_hash.hex(),
+            "offered_packages_hash": None
+            if state.offered_packages_hash is None
+            else state.offered_packages_hash.hex(),
+            "offered_packages_at": float(state.offered_packages_at),
             "raw": {
                 "description": _b64(state.description),
                 "health": _b64(state.health),
@@ -186,8 +199,20 @@ def agent_document(state: AgentState) -> dict[str, Any]:
                 "remote_config_status": _b64(state.remote_config_status),
                 "available_components": _b64(state.available_components),
                 "connection_settings_status": _b64(state.connection_settings_status),
+                "package_statuses": _b64(state.package_statuses),
             },
         },
+    }
+
+
+def _packages(state: AgentState) -> dict[str, Any] | None:
+    """The reported packages' names and status terms (None: never reported)."""
+    if state.package_statuses is None:
+        return None
+    names = sorted(pb.PackageStatuses.FromString(state.package_statuses).packages)
+    return {
+        "names": [n for n in names if 0 < len(n) <= MAX_TERM_NAME][:MAX_TERMS],
+        "states": package_terms(state.package_statuses),
     }
 
 
@@ -235,6 +260,8 @@ def _without(state: AgentState, part: str) -> AgentState:
         return dataclasses.replace(state, remote_config_status=None)
     if part == "available_components":
         return dataclasses.replace(state, available_components=None)
+    if part == "package_statuses":
+        return dataclasses.replace(state, package_statuses=None)
     return dataclasses.replace(state, description=None)
 
 
@@ -244,6 +271,7 @@ def heartbeat_fields(state: AgentState) -> dict[str, Any]:
         "last_checkin": timestamp(state.last_seen),
         "sequence_num": state.sequence_num,
         "connection": {"node": state.node or None, "transport": state.transport or None},
+        "packages": _packages(state),
         "opamp": {"last_seen": float(state.last_seen)},
     }
 
@@ -303,6 +331,9 @@ def agent_from_source(source: Mapping[str, Any]) -> AgentState | Moved:
             remote_config_status=_unb64(raw.get("remote_config_status")),
             available_components=_unb64(raw.get("available_components")),
             connection_settings_status=_unb64(raw.get("connection_settings_status")),
+            package_statuses=_unb64(raw.get("package_statuses")),
+            offered_packages_hash=_hex(opamp.get("offered_packages_hash")),
+            offered_packages_at=float(opamp.get("offered_packages_at") or 0.0),
             disconnected=source["last_checkin_status"] == "disconnected",
             previous_instance_uids=tuple(_uid(u) for u in opamp.get("previous_instance_uids") or ()),
             pending_command=opamp.get("pending_command"),

@@ -27,6 +27,7 @@ ACTIVE: dict[str, Any] = {"term": {"active": True}}
 LAST_SEEN = "opamp.last_seen"
 PENDING_COMMAND = "opamp.pending_command"
 KEY_ID = "opamp.key_id"
+PACKAGE_STATES = "packages.states"
 
 
 def _order_key(x: float) -> int:
@@ -140,6 +141,12 @@ def agents_query(query: AgentQuery, now: float, offline_after: float) -> dict[st
         filters.append({"term": {_attribute(key): value}})
     if query.selector is not None:
         filters.append(selector_query(query.selector))
+    if query.with_package_states:
+        filters.append({"terms": {PACKAGE_STATES: list(query.with_package_states)}})
+    if query.without_package_states:
+        filters.append(
+            {"bool": {"must_not": [{"terms": {PACKAGE_STATES: list(query.without_package_states)}}]}}
+        )
     return {"bool": {"filter": filters}}
 
 

@@ -22,10 +22,13 @@ from typing import Any
 # 4: opamp.offered_settings_hash.
 # 5: opamp.key_id, the agent key (group) an agent is bound to.
 # 6: opamp.raw.connection_settings_status.
-AGENTS_MAPPING_VERSION = 6
+# 7: packages (reported names and status terms), opamp.raw.package_statuses,
+#    opamp.offered_packages_hash, opamp.offered_packages_at.
+AGENTS_MAPPING_VERSION = 7
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 # 3: `kind`: "connection_settings" on a connection setting's document (elasticsearch_settings.py).
-CONFIGS_MAPPING_VERSION = 3
+# 4: `package` (name, version, type) on a package's document (`kind: "package"`, elasticsearch_packages.py).
+CONFIGS_MAPPING_VERSION = 4
 META_KEY = "opamp_gateway"
 # Above the built-in templates (logs-*-*, metrics-*-* at 100); ES refuses two overlapping templates
 # of equal priority.
@@ -90,6 +93,9 @@ AGENT_PROPERTIES: dict[str, Any] = {
     # Lower-cased uid and attribute values, for the admin API's substring search `q`.
     "search_text": {"type": "wildcard"},
     "connection": _object(node={"type": "keyword"}, transport={"type": "keyword"}),
+    # The agent's reported packages: their names, and one `<name>/<status>/<hash>` term each
+    # (gateway/fleet/package_status.py) for the admin API's ?package_status= filter.
+    "packages": _object(names=_KEYWORD, states=_KEYWORD),
     # The exact record: what the gateway reads back. Floats keep every bit (dates keep milliseconds).
     "opamp": _object(
         enrolled_at={"type": "double"},
@@ -104,6 +110,9 @@ AGENT_PROPERTIES: dict[str, Any] = {
         offered_at={"type": "double"},
         # The hash (hex) of the connection settings last offered (gateway/opamp/heartbeat.py).
         offered_settings_hash={"type": "keyword"},
+        # The all_packages_hash (hex) last offered, and when (gateway/opamp/package_offers.py).
+        offered_packages_hash={"type": "keyword"},
+        offered_packages_at={"type": "double"},
         # Reported parts left out because the document would exceed MAX_DOCUMENT_BYTES.
         oversized={"type": "keyword"},
         raw=_object(
@@ -113,6 +122,7 @@ AGENT_PROPERTIES: dict[str, Any] = {
             remote_config_status={"type": "binary"},
             available_components={"type": "binary"},
             connection_settings_status={"type": "binary"},
+            package_statuses={"type": "binary"},
         ),
     ),
 }
@@ -130,6 +140,7 @@ CONFIG_PROPERTIES: dict[str, Any] = {
     "opamp": _object(created_at={"type": "double"}, updated_at={"type": "double"}),
     "history": _NOT_INDEXED,
     "rollout_record": _NOT_INDEXED,
+    "package": _object(name={"type": "keyword"}, version={"type": "keyword"}, type={"type": "keyword"}),
 }
 
 

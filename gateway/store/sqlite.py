@@ -8,7 +8,8 @@ has a single writer anyway, and `BEGIN IMMEDIATE` makes the lock wait happen up 
 timeout applies). Reads run on a small pool of threads, each with its own read-only connection; in WAL
 mode they never wait for the writer.
 
-The schema and the row mapping are in sqlite_schema.py, the configs table in sqlite_configs.py.
+The schema and the row mapping are in sqlite_schema.py; configs and packages (their versions and
+rollout records) in sqlite_versioned.py.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import Any, TypeVar
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.status import STATUSES
 from gateway.fleet.versions import ConfigVersion
-from gateway.store import sqlite_configs, sqlite_retention, sqlite_rollouts, sqlite_settings
+from gateway.store import sqlite_retention, sqlite_settings, sqlite_versioned as versioned
 from gateway.store.base import (
     MAX_FORGET_BATCH,
     MAX_PAGE_SIZE,
@@ -43,6 +45,8 @@ from gateway.store.base import (
     encode_cursor,
 )
 from gateway.store.sqlite_cache import Cached, RowCache
+from gateway.store.sqlite_configs import CONFIGS
+from gateway.store.sqlite_packages import PACKAGES
 from gateway.store.sqlite_schema import (
     MIGRATIONS,
     SCHEMA,
@@ -242,6 +246,14 @@ class SQLiteStore:
             params[f"v{i}"] = value
         if query.selector is not None:
             where.append(selector_sql(query.selector, params))
+        for negate, terms in ((False, query.with_package_states), (True, query.without_package_states)):
+            if terms:
+                marks = ", ".join(f":pt{negate:d}_{i}" for i in range(len(terms)))
+                params.update({f"pt{negate:d}_{i}": t for i, t in enumerate(terms)})
+                found = (
+                    f"EXISTS (SELECT 1 FROM json_each(agents.package_terms) AS p WHERE p.value IN ({marks}))"
+                )
+                where.append(f"NOT {found}" if negate else found)
         sql = f"SELECT {STATE_COLUMNS}, uid_text FROM agents"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -262,16 +274,46 @@ class SQLiteStore:
         return await self._on_reader(self._summary_sync, params)
 
     async def list_configs(self) -> list[Config]:
-        return await self._on_reader(sqlite_configs.list_configs)
+        return await self._on_reader(versioned.list_items, CONFIGS)
 
     async def get_config(self, name: str) -> Config | None:
-        return await self._on_reader(sqlite_configs.get_config, name)
+        return await self._on_reader(versioned.get_item, CONFIGS, name)
 
     async def put_config(self, name: str, request: ConfigRequest, now: float) -> tuple[Config, bool]:
-        return await self._on_writer(self._with_writer, sqlite_configs.put_config, name, request, now)
+        return await self._on_writer(self._with_writer, versioned.put_item, CONFIGS, name, request, now)
 
     async def delete_config(self, name: str, expected_version: int | None = None) -> bool:
-        return await self._on_writer(self._with_writer, sqlite_configs.delete_config, name, expected_version)
+        return await self._on_writer(
+            self._with_writer, versioned.delete_item, CONFIGS, name, expected_version
+        )
+
+    async def list_packages(self) -> list[Package]:
+        return await self._on_reader(versioned.list_items, PACKAGES)
+
+    async def get_package(self, name: str) -> Package | None:
+        return await self._on_reader(versioned.get_item, PACKAGES, name)
+
+    async def put_package(self, name: str, request: PackageRequest, now: float) -> tuple[Package, bool]:
+        return await self._on_writer(self._with_writer, versioned.put_item, PACKAGES, name, request, now)
+
+    async def delete_package(self, name: str, expected_version: int | None = None) -> bool:
+        return await self._on_writer(
+            self._with_writer, versioned.delete_item, PACKAGES, name, expected_version
+        )
+
+    async def package_versions(self, name: str) -> list[PackageVersion]:
+        return await self._on_reader(versioned.versions, PACKAGES, name)
+
+    async def get_package_rollout(self, name: str) -> StoredRollout | None:
+        return await self._on_reader(versioned.get_rollout, PACKAGES, name)
+
+    async def list_package_rollouts(self) -> list[Rollout]:
+        return await self._on_reader(versioned.list_rollouts, PACKAGES)
+
+    async def put_package_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        return await self._on_writer(
+            self._with_writer, versioned.put_rollout, PACKAGES, rollout, expected_rev
+        )
 
     async def list_connection_settings(self) -> list[ConnectionSettings]:
         return await self._on_reader(sqlite_settings.list_settings)
@@ -301,16 +343,16 @@ class SQLiteStore:
         return len(uids)
 
     async def config_versions(self, name: str) -> list[ConfigVersion]:
-        return await self._on_reader(sqlite_configs.config_versions, name)
+        return await self._on_reader(versioned.versions, CONFIGS, name)
 
     async def get_rollout(self, name: str) -> StoredRollout | None:
-        return await self._on_reader(sqlite_rollouts.get_rollout, name)
+        return await self._on_reader(versioned.get_rollout, CONFIGS, name)
 
     async def list_rollouts(self) -> list[Rollout]:
-        return await self._on_reader(sqlite_rollouts.list_rollouts)
+        return await self._on_reader(versioned.list_rollouts, CONFIGS)
 
     async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
-        return await self._on_writer(self._with_writer, sqlite_rollouts.put_rollout, rollout, expected_rev)
+        return await self._on_writer(self._with_writer, versioned.put_rollout, CONFIGS, rollout, expected_rev)
 
     # -- running on the threads --------------------------------------------------------------------
 

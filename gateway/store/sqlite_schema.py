@@ -14,11 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.fleet.agent import AgentState, facts
+from gateway.fleet.package_status import package_terms
 from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
+from gateway.store.sqlite_configs import CONFIGS
+from gateway.store.sqlite_packages import PACKAGES
 from gateway.store.sqlite_settings import TABLE as _CONNECTION_SETTINGS
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -29,27 +32,16 @@ _PENDING_COMMAND_INDEX = (
     "WHERE pending_command IS NOT NULL"
 )
 
-_CONFIGS = """
-    CREATE TABLE IF NOT EXISTS configs (
-        name TEXT PRIMARY KEY,
-        spec TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        hash TEXT NOT NULL
-    )
-    """
-# The last versions of each config (gateway/fleet/versions.py), spec as in `configs`.
-_CONFIG_VERSIONS = """
-    CREATE TABLE IF NOT EXISTS config_versions (
-        name TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        spec TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (name, version)
-    )
-    """
+_CONFIGS, _CONFIG_VERSIONS, _ROLLOUTS = CONFIGS.tables()
+# The packages (gateway/fleet/packages.py), their last revisions and their rollout records, as configs.
+_PACKAGE_TABLES = PACKAGES.tables()
+_PACKAGE_COLUMNS = (
+    "ALTER TABLE agents ADD COLUMN package_statuses BLOB",
+    "ALTER TABLE agents ADD COLUMN offered_packages_hash BLOB",
+    "ALTER TABLE agents ADD COLUMN offered_packages_at REAL NOT NULL DEFAULT 0",
+    # The reported package statuses as terms (JSON list), for ?package_status= filters.
+    "ALTER TABLE agents ADD COLUMN package_terms TEXT NOT NULL DEFAULT '[]'",
+)
 
 SCHEMA = (
     """
@@ -84,7 +76,11 @@ SCHEMA = (
         available_components BLOB,
         offered_settings_hash BLOB,
         key_id TEXT NOT NULL DEFAULT '',
-        connection_settings_status BLOB
+        connection_settings_status BLOB,
+        package_statuses BLOB,
+        offered_packages_hash BLOB,
+        offered_packages_at REAL NOT NULL DEFAULT 0,
+        package_terms TEXT NOT NULL DEFAULT '[]'
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -102,15 +98,10 @@ SCHEMA = (
     _CONFIG_VERSIONS,
     # One rollout record per config (gateway/fleet/rollout_record.py), as JSON; `rev` for
     # compare-and-set.
-    """
-    CREATE TABLE IF NOT EXISTS rollouts (
-        name TEXT PRIMARY KEY,
-        record TEXT NOT NULL,
-        rev INTEGER NOT NULL
-    )
-    """,
+    _ROLLOUTS,
     # Named connection settings (gateway/fleet/connection_settings.py), spec as JSON.
     _CONNECTION_SETTINGS,
+    *_PACKAGE_TABLES,
 )
 # Statements that bring a file of schema version N-1 to N, by N; run before SCHEMA, in order.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -139,6 +130,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     9: ("ALTER TABLE agents ADD COLUMN key_id TEXT NOT NULL DEFAULT ''",),
     # Connection settings (issue 19): their table, and each agent's reported status of them.
     10: (_CONNECTION_SETTINGS, "ALTER TABLE agents ADD COLUMN connection_settings_status BLOB"),
+    # Packages (issue 19): their tables, and each agent's reported statuses and offer bookkeeping.
+    11: (*_PACKAGE_TABLES, *_PACKAGE_COLUMNS),
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.
@@ -173,6 +166,10 @@ COLUMNS = (
     "offered_settings_hash",
     "key_id",
     "connection_settings_status",
+    "package_statuses",
+    "offered_packages_hash",
+    "offered_packages_at",
+    "package_terms",
 )
 # Columns an upsert of an existing row keeps: they change only through a write that names them.
 _NAMED_ONLY = ("pending_command", "command_id", "key_id")
@@ -201,7 +198,8 @@ STATE_COLUMNS = (
     "uid, enrolled_at, last_seen, sequence_num, capabilities, description, health, effective_config, "
     "remote_config_status, disconnected, previous_instance_uids, pending_command, node, transport, "
     "offered_config_hash, offered_at, failed_config_hash, command_id, duplicate_of, "
-    "available_components, offered_settings_hash, key_id, connection_settings_status"
+    "available_components, offered_settings_hash, key_id, connection_settings_status, package_statuses, "
+    "offered_packages_hash, offered_packages_at"
 )
 SELECT_STATE = f"SELECT {STATE_COLUMNS} FROM agents"
 # The same with the row's rev last, for the node's record cache.
@@ -290,6 +288,10 @@ def row_of(state: AgentState) -> tuple[Any, ...]:
         state.offered_settings_hash,
         state.key_id,
         state.connection_settings_status,
+        state.package_statuses,
+        state.offered_packages_hash,
+        float(state.offered_packages_at),
+        json.dumps(package_terms(state.package_statuses), separators=(",", ":")),
     )
 
 
@@ -318,6 +320,9 @@ def state_of(row: Sequence[Any]) -> AgentState:
         offered_settings_hash=None if row[20] is None else bytes(row[20]),
         key_id=row[21],
         connection_settings_status=None if row[22] is None else bytes(row[22]),
+        package_statuses=None if row[23] is None else bytes(row[23]),
+        offered_packages_hash=None if row[24] is None else bytes(row[24]),
+        offered_packages_at=row[25],
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite, Transport, uid_str
+from gateway.fleet.package_status import STATUS_NAMES
 from gateway.limits import enrolls
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
@@ -137,6 +138,9 @@ def observe(node: OpampNode, outcome: engine.Outcome, msg: pb.AgentToServer) -> 
         # An open enum: a newer agent may send a value this gateway does not know.
         name = _CONFIG_STATUS_NAMES.get(value, "unknown")
         node.metrics.config_reported(name)
+    if outcome.write is not None and "package_statuses" in outcome.write.changed:
+        for status in msg.package_statuses.packages.values():
+            node.metrics.package_reported(STATUS_NAMES.get(status.status, "unknown"))
     if outcome.rejected:
         logger.info("rejected a message: %s", outcome.reply.error_response.error_message)
     elif outcome.event in ("enrolled", "moved") and outcome.state is not None:

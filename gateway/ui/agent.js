@@ -111,6 +111,33 @@ function settingsState(agent) {
   );
 }
 
+function packageState(agent) {
+  const sync = agent.package_sync;
+  const reported = agent.packages ? agent.packages.packages : {};
+  const names = [...new Set([...Object.keys((sync && sync.packages) || {}), ...Object.keys(reported)])].sort();
+  if (!names.length) return h("p", {}, "No package applies to this agent, and it reports none.");
+  return table(
+    "Packages: what the agent should have, and what it reports",
+    ["Package", "Should have", "Status", "Reported", "Has", "Download", "Agent's error"],
+    names.map((name) => {
+      const want = sync && sync.packages[name];
+      const got = reported[name];
+      return h(
+        "tr",
+        { "data-package": name },
+        h("th", { scope: "row" }, name),
+        h("td", {}, want ? [h("a", { href: `#/packages/${encodeURIComponent(want.package)}` }, want.package), ` ${want.version}`] : "—"),
+        h("td", {}, want ? badge(want.status) : "—"),
+        h("td", {}, got ? badge(got.status, got.status.toLowerCase()) : "not reported"),
+        h("td", {}, got && got.agent_has_version ? got.agent_has_version : "—"),
+        h("td", {}, got && got.status === "DOWNLOADING" ? `${got.download_percent}%` : "—"),
+        h("td", {}, got && got.error_message ? h("span", { class: "error" }, got.error_message) : "—"),
+      );
+    }),
+    { class: "packages" },
+  );
+}
+
 function relations(agent) {
   const items = [];
   if (agent.moved_from) items.push(h("li", {}, "You followed the old uid ", h("code", {}, agent.moved_from), "; this is its new uid."));
@@ -178,6 +205,7 @@ function render(agent) {
     ),
     h("section", { "aria-labelledby": "h-config" }, h("h2", { id: "h-config" }, "Remote config"), configState(agent)),
     h("section", { "aria-labelledby": "h-settings" }, h("h2", { id: "h-settings" }, "Connection settings"), settingsState(agent)),
+    h("section", { "aria-labelledby": "h-packages" }, h("h2", { id: "h-packages" }, "Packages"), h("div", { class: "scroll" }, packageState(agent))),
     h(
       "section",
       { "aria-labelledby": "h-effective" },

@@ -6,13 +6,14 @@ import { attr, badge, h, refresh, replace, shortUid, table, time } from "./dom.j
 
 const STATUSES = ["online", "offline", "disconnected", "unhealthy"];
 const CONFIG_STATUSES = ["applied", "applying", "failed", "pending", "unsupported", "none"];
+const PACKAGE_STATUSES = ["installed", "installing", "failed", "pending", "unsupported", "none"];
 const LIMITS = ["25", "50", "100", "200"];
 const REFRESH_MS = 5000;
 
 // The hash's filter parameters -> the API's query parameters; a bad `attr` line is refused here.
 export function apiParams(params) {
   const out = {};
-  for (const key of ["status", "q", "config", "config_status", "limit", "cursor"]) {
+  for (const key of ["status", "q", "config", "config_status", "package", "package_status", "limit", "cursor"]) {
     const value = params.get(key);
     if (value) out[key] = value;
   }
@@ -39,7 +40,7 @@ function select(id, label, options, value, allLabel) {
   ];
 }
 
-function filterForm(params, configNames) {
+function filterForm(params, configNames, packageNames) {
   const form = h(
     "form",
     { class: "filters", role: "search", "aria-label": "Filter agents" },
@@ -65,6 +66,8 @@ function filterForm(params, configNames) {
     ),
     h("div", {}, select("config", "Config", configNames, params.get("config"), "any")),
     h("div", {}, select("config_status", "Config status", CONFIG_STATUSES, params.get("config_status"), "any")),
+    h("div", {}, select("package", "Package", packageNames, params.get("package"), "any")),
+    h("div", {}, select("package_status", "Package status", PACKAGE_STATUSES, params.get("package_status"), "any")),
     h("div", {}, select("limit", "Per page", LIMITS, params.get("limit") || "50", null)),
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Apply"), h("a", { href: "#/agents" }, "Clear")),
   );
@@ -125,8 +128,15 @@ function pager(params, nextCursor) {
 }
 
 export async function showAgents(view, ctx) {
-  const configs = await api("GET", "/api/v1/configs");
-  view.append(h("h1", {}, "Agents"), filterForm(ctx.params, configs.configs.map((c) => c.name)));
+  const [configs, packages] = await Promise.all([api("GET", "/api/v1/configs"), api("GET", "/api/v1/packages")]);
+  view.append(
+    h("h1", {}, "Agents"),
+    filterForm(
+      ctx.params,
+      configs.configs.map((c) => c.name),
+      packages.packages.map((p) => p.name),
+    ),
+  );
   const results = h("div", { id: "results" });
   view.append(results);
   let wanted;

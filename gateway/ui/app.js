@@ -1,6 +1,7 @@
 // The router: one view per hash route (#/overview, #/agents, #/agents/<uid>, #/configs,
 // #/configs/new, #/configs/<name>, #/connection-settings, #/connection-settings/new,
-// #/connection-settings/<name>), sign-in when the API asks for a token, and the refresh timer
+// #/connection-settings/<name>, #/packages, #/packages/new, #/packages/<name>), sign-in when
+// the API asks for a token, and the refresh timer
 // of the view on screen.
 import { ApiError, api, forgetToken, keepToken, token } from "./api.js";
 import { h, replace } from "./dom.js";
@@ -9,6 +10,7 @@ import { showAgents } from "./agents.js";
 import { showConfig, showConfigs } from "./configs.js";
 import { showOverview } from "./overview.js";
 import { showSettings, showSettingsList } from "./settings.js";
+import { showPackage, showPackages } from "./packages.js";
 
 const main = document.getElementById("main");
 const signOut = document.getElementById("sign-out");
@@ -27,6 +29,7 @@ function pick(parts) {
   if (section === "agents") return item ? showAgent : showAgents;
   if (section === "configs") return item ? showConfig : showConfigs;
   if (section === "connection-settings") return item ? showSettings : showSettingsList;
+  if (section === "packages") return item ? showPackage : showPackages;
   return showOverview;
 }
 

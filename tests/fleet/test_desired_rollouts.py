@@ -72,7 +72,7 @@ def test_the_previous_version_keeps_its_own_selector() -> None:
 
 
 def test_a_rollout_of_another_version_is_ignored() -> None:
-    stale = RolloutView(version=1, previous=None, state="progressing", cutoff=0.0)
+    stale: RolloutView[Config] = RolloutView(version=1, previous=None, state="progressing", cutoff=0.0)
     configs = ConfigSet((NEW,), rollouts={"base": stale})
     assert configs.generation == ConfigSet((NEW,)).generation
     assert all(_files(configs, uid) == {"c.yaml": b"new"} for uid in UIDS)

@@ -353,10 +353,16 @@ class TestReply:
 
     def test_server_capabilities_are_only_what_is_implemented(self) -> None:
         assert (
-            pb.ServerCapabilities_AcceptsStatus
-            | pb.ServerCapabilities_OffersRemoteConfig
-            | pb.ServerCapabilities_AcceptsEffectiveConfig
-        ) == caps.SERVER_CAPABILITIES
+            (
+                pb.ServerCapabilities_AcceptsStatus
+                | pb.ServerCapabilities_OffersRemoteConfig
+                | pb.ServerCapabilities_AcceptsEffectiveConfig
+                | pb.ServerCapabilities_OffersPackages
+                | pb.ServerCapabilities_AcceptsPackagesStatus
+            )
+            == caps.SERVER_CAPABILITIES
+            == 0x1F
+        )
 
     def test_reply_never_offers_what_was_not_asked(self) -> None:
         reply = run(enrolled(seq=0), heartbeat(1)).reply

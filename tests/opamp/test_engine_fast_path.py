@@ -3,7 +3,7 @@
 States and messages are drawn around a plain heartbeat: each condition the fast path checks is
 sometimes broken (sequence gap, other uid, RequestInstanceUid, changed capabilities, a sub-message,
 a goodbye, a pending command, a disconnected record, a config to offer or to resend, a heartbeat
-interval to offer, a connection settings status), so both paths
+interval to offer, a connection settings status, packages to offer, a package status), so both paths
 meet every case in which the fast path must step aside.
 """
 
@@ -23,6 +23,7 @@ from gateway.opamp.engine import FleetView, Outcome
 from gateway.proto import opamp_pb2 as pb
 from tests.opamp.test_engine import NOW, REPORTING, UID, description, heartbeat
 from tests.opamp.test_engine_config import FLEET as CONFIG_FLEET, HASH, OLD, config_set
+from tests.opamp.test_engine_packages import ALL as PACKAGES_HASH, FLEET as PACKAGE_FLEET
 
 OTHER_UID = bytes(range(1, 17))
 NO_CONFIGS = FleetView()
@@ -46,6 +47,14 @@ def _status(config_hash: bytes, value: int) -> bytes:
 
 
 _hashes = st.sampled_from([None, HASH, OLD])
+_package_hashes = st.sampled_from([None, PACKAGES_HASH, OLD])
+PACKAGES_AND_CONFIGS = replace(CONFIG_FLEET, packages=PACKAGE_FLEET.packages)
+
+
+def _package_statuses(all_hash: bytes) -> bytes:
+    return pb.PackageStatuses(server_provided_all_packages_hash=all_hash).SerializeToString(
+        deterministic=True
+    )
 
 
 @st.composite
@@ -62,6 +71,8 @@ def states(draw: st.DrawFn) -> AgentState:
                     caps.REPORTS_STATUS,
                     REPORTING | caps.ACCEPTS_RESTART_COMMAND,
                     REPORTING | heartbeat_offers.NEEDED,
+                    REPORTING | caps.ACCEPTS_PACKAGES,
+                    REPORTING | caps.ACCEPTS_PACKAGES | caps.REPORTS_PACKAGE_STATUSES,
                 ]
             )
         ),
@@ -86,6 +97,11 @@ def states(draw: st.DrawFn) -> AgentState:
         failed_config_hash=draw(_hashes),
         offered_settings_hash=draw(st.sampled_from([None, OFFER.hash, b"\x01" * 32])),
         key_id=draw(st.sampled_from(["", "edge"])),
+        package_statuses=draw(
+            st.sampled_from([None, _package_statuses(PACKAGES_HASH), _package_statuses(OLD)])
+        ),
+        offered_packages_hash=draw(_package_hashes),
+        offered_packages_at=draw(st.sampled_from([0.0, NOW - 10, NOW - 100])),
     )
 
 
@@ -100,7 +116,7 @@ def heartbeats(draw: st.DrawFn, state: AgentState) -> pb.AgentToServer:
     extra = draw(
         st.sampled_from(
             ["none"] * 10
-            + ["flags", "disconnect", "description", "health", "effective", "status", "settings"]
+            + ["flags", "disconnect", "description", "health", "effective", "status", "settings", "packages"]
         )
     )
     if extra == "flags":
@@ -118,6 +134,8 @@ def heartbeats(draw: st.DrawFn, state: AgentState) -> pb.AgentToServer:
     elif extra == "settings":
         msg.connection_settings_status.last_connection_settings_hash = OFFER.hash
         msg.connection_settings_status.status = pb.ConnectionSettingsStatuses_APPLIED
+    elif extra == "packages":
+        msg.package_statuses.server_provided_all_packages_hash = PACKAGES_HASH
     return msg
 
 
@@ -138,7 +156,18 @@ def _mint() -> bytes:
 @settings(max_examples=1000, deadline=None)
 @given(
     st.data(),
-    st.sampled_from([NO_CONFIGS, CONFIG_FLEET, OTHER_CONFIG, EMPTY_SET, HEARTBEATS, CONFIG_AND_HEARTBEATS]),
+    st.sampled_from(
+        [
+            NO_CONFIGS,
+            CONFIG_FLEET,
+            OTHER_CONFIG,
+            EMPTY_SET,
+            HEARTBEATS,
+            CONFIG_AND_HEARTBEATS,
+            PACKAGE_FLEET,
+            PACKAGES_AND_CONFIGS,
+        ]
+    ),
 )
 def test_fast_and_full_rules_agree(data: st.DataObject, fleet: FleetView) -> None:
     state = data.draw(states())
@@ -230,6 +259,9 @@ def test_touched_copies_every_field() -> None:
         "offered_settings_hash": b"s",
         "key_id": "edge",
         "connection_settings_status": b"cs",
+        "package_statuses": b"ps",
+        "offered_packages_hash": b"p",
+        "offered_packages_at": 6.0,
     }
     assert set(values) == {f.name for f in fields(AgentState)}
     state = AgentState(**values)

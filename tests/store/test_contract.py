@@ -106,6 +106,9 @@ async def test_roundtrip_every_field(store: Store) -> None:
         offered_settings_hash=b"\x04" * 32,
         key_id="edge-eu",
         connection_settings_status=b"\x0a\x20" + b"\x05" * 32 + b"\x10\x01",
+        package_statuses=b"\x12\x03abc",
+        offered_packages_hash=b"\x06" * 32,
+        offered_packages_at=1_700_000_101.25,
     )
     bare = AgentState(instance_uid=new_uid(), enrolled_at=5.0, last_seen=5.0)
     await store.write([full(everything), full(bare)])

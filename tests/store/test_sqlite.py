@@ -373,12 +373,21 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert state.duplicate_of is None
         assert state.offered_settings_hash is None
         assert state.connection_settings_status is None
+        assert (state.package_statuses, state.offered_packages_hash, state.offered_packages_at) == (
+            None,
+            None,
+            0.0,
+        )
         assert await store.list_configs() == []
         assert await store.list_connection_settings() == []
+        # Version 11: the package tables, and the agents' package terms (none reported yet).
+        assert await store.list_packages() == [] and await store.list_package_rollouts() == []
+        unfiltered = await store.list_agents(AgentQuery(without_package_states=("a/installed/00",)), 9.0, 1e9)
+        assert [a.instance_uid for a in unfiltered.agents] == [uid.bytes]
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -460,7 +469,7 @@ async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
         assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0
 
 
@@ -517,4 +526,4 @@ async def test_a_version_5_file_gets_key_ids_bound_to_no_key(tmp_path: Path) -> 
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11

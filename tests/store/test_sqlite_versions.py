@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import sqlite_rollouts
+from gateway.store import sqlite_versioned
 from gateway.store.base import StoreError
 from gateway.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.store.test_contract_configs import put, spec
@@ -33,6 +33,10 @@ async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> Non
         conn.execute("ALTER TABLE agents DROP COLUMN key_id")
         conn.execute("ALTER TABLE agents DROP COLUMN connection_settings_status")
         conn.execute("DROP TABLE connection_settings")
+        for table in ("packages", "package_versions", "package_rollouts"):
+            conn.execute(f"DROP TABLE {table}")
+        for column in ("package_statuses", "offered_packages_hash", "offered_packages_at", "package_terms"):
+            conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 6")
         conn.commit()
     store = SQLiteStore(db_path)
@@ -48,7 +52,7 @@ async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> Non
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
 
 
 async def test_an_unreadable_rollout_record_is_a_store_error(tmp_path: Path) -> None:
@@ -76,7 +80,7 @@ async def test_a_failed_rollout_write_rolls_back(tmp_path: Path, monkeypatch: py
         def broken(*args: object) -> str | None:
             raise sqlite3.OperationalError("disk I/O error")
 
-        monkeypatch.setattr(sqlite_rollouts, "_put", broken)
+        monkeypatch.setattr(sqlite_versioned, "_put_rollout", broken)
         with pytest.raises(StoreError, match="disk I/O error"):
             await store.put_rollout(rollout(), None)
         monkeypatch.undo()

@@ -9,6 +9,7 @@ from dataclasses import replace
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.packages import Package, PackageRequest, PackageVersion, version_of as package_version_of
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion, oldest_kept, version_of
 from gateway.store.base import (
@@ -31,6 +32,9 @@ class MemoryStore:
         self.versions: dict[str, list[ConfigVersion]] = {}
         self.rollouts: dict[str, tuple[Rollout, int]] = {}
         self.connection_settings: dict[str, ConnectionSettings] = {}
+        self.packages: dict[str, Package] = {}
+        self.package_history: dict[str, list[PackageVersion]] = {}
+        self.package_rollouts: dict[str, tuple[Rollout, int]] = {}
 
     async def open(self) -> None:
         pass
@@ -164,4 +168,53 @@ class MemoryStore:
             return None
         rev = 1 if found is None else found[1] + 1
         self.rollouts[rollout.name] = (rollout, rev)
+        return str(rev)
+
+    async def list_packages(self) -> list[Package]:
+        return [self.packages[name] for name in sorted(self.packages)]
+
+    async def get_package(self, name: str) -> Package | None:
+        return self.packages.get(name)
+
+    async def put_package(self, name: str, request: PackageRequest, now: float) -> tuple[Package, bool]:
+        current = self.packages.get(name)
+        have = 0 if current is None else current.version
+        if request.expected_version is not None and request.expected_version != have:
+            raise VersionConflict(name, request.expected_version, have, "package")
+        digest = request.spec.digest()
+        if current is not None and current.hash == digest:
+            return current, False
+        created = now if current is None else current.created_at
+        stored = Package(name, request.spec, have + 1, created, now, digest)
+        self.packages[name] = stored
+        history = [v for v in self.package_history.get(name, []) if v.version >= oldest_kept(stored.version)]
+        self.package_history[name] = [package_version_of(stored), *history]
+        return stored, True
+
+    async def delete_package(self, name: str, expected_version: int | None = None) -> bool:
+        current = self.packages.get(name)
+        have = 0 if current is None else current.version
+        if expected_version is not None and expected_version != have:
+            raise VersionConflict(name, expected_version, have, "package")
+        self.package_history.pop(name, None)
+        self.package_rollouts.pop(name, None)
+        return self.packages.pop(name, None) is not None
+
+    async def package_versions(self, name: str) -> list[PackageVersion]:
+        return list(self.package_history.get(name, []))
+
+    async def get_package_rollout(self, name: str) -> StoredRollout | None:
+        found = self.package_rollouts.get(name)
+        return None if found is None else StoredRollout(found[0], str(found[1]))
+
+    async def list_package_rollouts(self) -> list[Rollout]:
+        return [self.package_rollouts[name][0] for name in sorted(self.package_rollouts)]
+
+    async def put_package_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
+        found = self.package_rollouts.get(rollout.name)
+        current = None if found is None else str(found[1])
+        if rollout.name not in self.packages or current != expected_rev:
+            return None
+        rev = 1 if found is None else found[1] + 1
+        self.package_rollouts[rollout.name] = (rollout, rev)
         return str(rev)

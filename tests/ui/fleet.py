@@ -68,6 +68,46 @@ class UiAgent(SimAgent):
         return reaction
 
 
+@dataclass
+class PackageAgent(UiAgent):
+    """A UiAgent that accepts packages: it reports each offer DOWNLOADING, then INSTALLED."""
+
+    offers: list[pb.PackagesAvailable] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.capabilities |= (
+            pb.AgentCapabilities_AcceptsPackages | pb.AgentCapabilities_ReportsPackageStatuses
+        )
+
+    def react(self, reply: pb.ServerToAgent, now: float | None = None) -> Reaction:
+        reaction = super().react(reply, now)
+        if reply.HasField("packages_available"):
+            offer = pb.PackagesAvailable()
+            offer.CopyFrom(reply.packages_available)
+            self.offers.append(offer)
+            reaction.send += [("packages downloading", self._statuses(offer, False))]
+            reaction.send += [("packages installed", self._statuses(offer, True))]
+        return reaction
+
+    def _statuses(self, offer: pb.PackagesAvailable, installed: bool) -> pb.AgentToServer:
+        msg = self.heartbeat()
+        msg.package_statuses.server_provided_all_packages_hash = offer.all_packages_hash
+        for name, available in offer.packages.items():
+            status = msg.package_statuses.packages[name]
+            status.name = name
+            status.server_offered_version = available.version
+            status.server_offered_hash = available.hash
+            if installed:
+                status.status = pb.PackageStatusEnum_Installed
+                status.agent_has_version = available.version
+                status.agent_has_hash = available.hash
+            else:
+                status.status = pb.PackageStatusEnum_Downloading
+                status.download_details.download_percent = 30.0
+        return msg
+
+
 class Fleet:
     """Agents connected over WebSocket until `close()`; each heartbeats every `interval` seconds."""
 

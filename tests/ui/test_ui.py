@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 from harness.agent import COLLECTOR_CAPABILITIES
 from tests.support.process import Gateway, start_gateway
 from tests.ui.browser import CHROMIUM, ROLLOUT_MS, TOKEN, WAIT_MS, shot, sign_in
-from tests.ui.fleet import Fleet, UiAgent
+from tests.ui.fleet import Fleet, PackageAgent, UiAgent
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make test-deps)")
 
@@ -259,3 +259,45 @@ def test_keyboard_focus_survives_a_live_refresh_and_enter_follows_the_link(
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Agents")).to_be_visible()
     expect(page.locator("table.agents tbody tr")).to_have_count(4)
+
+
+def test_a_package_made_in_the_form_is_installed_by_the_agents_that_accept_packages(
+    page: Page, gateway: Gateway
+) -> None:
+    agents = Fleet(gateway.opamp_url, gateway.agent_headers)
+    try:
+        upgrader = PackageAgent(6, os_type="freebsd")
+        agents.connect(upgrader)
+        sign_in(page, gateway, "#/packages/new")
+        page.get_by_label("Name", exact=True).fill("otelcol-freebsd")
+        page.get_by_label("Version", exact=True).fill("0.121.0")
+        page.get_by_label("Download URL").fill(
+            "https://artifacts.example.com/otelcol-contrib_0.121.0_freebsd.tar.gz"
+        )
+        page.get_by_label("SHA-256 of the file").fill("not a hash")
+        page.get_by_label("Match (one key=value per line)").fill("os.type=freebsd")
+        page.get_by_role("button", name="Create package").click()
+        content_hash = page.get_by_label("SHA-256 of the file")
+        expect(content_hash).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("#content-hash-error")).to_contain_text("64 hex digits")
+        expect(content_hash).to_be_focused()
+        content_hash.fill("ab" * 32)
+        page.get_by_role("button", name="Create package").click()
+        expect(page.get_by_role("heading", name="Package otelcol-freebsd")).to_be_visible()
+        installed = page.locator('#package-status td[data-state="installed"]')
+        expect(installed).to_have_text("1", timeout=ROLLOUT_MS)
+        assert [o.packages["otelcol-freebsd"].version for o in upgrader.offers] == ["0.121.0"]
+        expect(page.locator("#rollout-state")).to_contain_text("every agent it matches is offered it at once")
+        shot(page, "package")
+        page.goto(f"{gateway.admin_url}/ui/#/packages")
+        expect(page.locator('tr[data-package="otelcol-freebsd"] td[data-state="installed"]')).to_have_text(
+            "1"
+        )
+        page.locator('tr[data-package="otelcol-freebsd"] td[data-state="installed"] a').click()
+        expect(page.locator("table.agents tbody tr")).to_have_count(1)
+        page.locator("table.agents tbody tr a.uid").click()
+        row = page.locator('table.packages tr[data-package="otelcol-freebsd"]')
+        expect(row).to_contain_text("INSTALLED")
+        expect(row).to_contain_text("installed")
+    finally:
+        agents.close()

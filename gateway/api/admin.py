@@ -20,6 +20,7 @@ from gateway.api.errors import error, store_down
 from gateway.auth import valid_key_id
 from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import uid_bytes
+from gateway.fleet.credentials import KINDS
 from gateway.fleet.render import agent_json
 from gateway.fleet.rollout import CONFIG_STATUSES, config_sync, counted
 from gateway.fleet.status import Status
@@ -28,7 +29,9 @@ from gateway.store.base import MAX_PAGE_SIZE, AgentQuery, InvalidCursor, StoreEr
 logger = logging.getLogger("gateway.api.admin")
 
 _STATUSES = get_args(Status)
-_KNOWN_PARAMS = frozenset({"status", "q", "limit", "cursor", "config", "config_status", "key_id"})
+_KNOWN_PARAMS = frozenset(
+    {"status", "q", "limit", "cursor", "config", "config_status", "key_id", "credential"}
+)
 _ATTR_PREFIX = "attr."
 # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses, and a bounded
 # length keeps int() away from its 4,300-digit limit.
@@ -44,7 +47,7 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if unknown:
         raise BadQuery(
             f"unknown query parameter {unknown[0]!r}; "
-            "use status, q, limit, cursor, config, config_status, key_id or attr.<key>"
+            "use status, q, limit, cursor, config, config_status, key_id, credential or attr.<key>"
         )
     status = params.get("status")
     if status is not None and status not in _STATUSES:
@@ -61,11 +64,15 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     key_id = params.get("key_id")
     if key_id and not valid_key_id(key_id):
         raise BadQuery("key_id: must be a key group name or sha256: and 12 hex digits (empty: no key)")
+    credential = params.get("credential")
+    if credential is not None and credential not in KINDS:
+        raise BadQuery(f"credential: must be one of {', '.join(KINDS)}")
     return AgentQuery(
         status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
         q=params.get("q") or None,
         attributes=attributes,
         key_id=key_id,
+        credential=credential,
         limit=int(limit_text),
         cursor=params.get("cursor") or None,
     )
@@ -109,7 +116,14 @@ async def list_agents(request: Request) -> Response:
     return JSONResponse(
         {
             "agents": [
-                agent_json(state, now, offline_after, where.get(state.instance_uid), sync)
+                agent_json(
+                    state,
+                    now,
+                    offline_after,
+                    where.get(state.instance_uid),
+                    sync,
+                    page.credentials.get(state.instance_uid),
+                )
                 for state, sync in syncs
             ],
             "next_cursor": page.next_cursor,
@@ -123,6 +137,10 @@ async def get_agent(request: Request) -> Response:
     if isinstance(state, JSONResponse):
         return state
     now = services.clock()
+    try:
+        credential = (await services.store.get_credentials([state.instance_uid])).get(state.instance_uid)
+    except StoreError as exc:
+        return store_down(exc)
     where = await services.router.connection_info([state], now)
     body = agent_json(
         state,
@@ -130,6 +148,7 @@ async def get_agent(request: Request) -> Response:
         services.settings.offline_window,
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
+        credential,
     )
     text = request.path_params["instance_uid"]
     if state.instance_uid != uid_bytes(text):
@@ -160,6 +179,8 @@ async def forget_agent(request: Request) -> Response:
         return store_down(exc)
     if forgotten is None:
         return error(404, f"no agent {request.path_params['instance_uid']}")
+    # Its credential record went with it: every node drops its copy, so the uid may enroll again.
+    await services.credentials.forgotten(forgotten)
     services.metrics.agents_forgotten.labels(reason="admin").inc()
     logger.info("agent forgotten by an administrator", extra={"instance_uid": state.uid})
     return Response(status_code=204)

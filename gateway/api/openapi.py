@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway import __version__
-from gateway.api import openapi_configs, openapi_rollouts, openapi_settings
+from gateway.api import openapi_configs, openapi_credentials, openapi_rollouts, openapi_settings
+from gateway.fleet.credentials import KINDS
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.status import STATUSES
 from gateway.store.base import MAX_PAGE_SIZE
@@ -103,6 +104,7 @@ SCHEMAS: dict[str, Schema] = {
             "previous_instance_uids",
             "duplicate_of",
             "available_components",
+            *openapi_credentials.AGENT_PROPERTIES,
         ],
         "properties": {
             "instance_uid": _UID,
@@ -185,6 +187,7 @@ SCHEMAS: dict[str, Schema] = {
                     "that speaks for it",
                 }
             ),
+            **openapi_credentials.AGENT_PROPERTIES,
             "connected": {"type": "boolean"},
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),
@@ -427,6 +430,11 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                     {"type": "string", "pattern": f"^$|{_KEY_ID_PATTERN}"},
                     "only agents bound to this agent key id (empty: agents bound to no key)",
                 ),
+                _query(
+                    "credential",
+                    {"enum": list(KINDS)},
+                    "only agents on this kind of credential (per-agent credentials, docs/security.md)",
+                ),
             ],
             description="Also filters by attribute: attr.<key>=<value> (identifying or non-identifying, "
             "exact text match), e.g. attr.service.name=otelcol-contrib.",
@@ -555,11 +563,18 @@ def build() -> dict[str, Any]:
                 **openapi_configs.SCHEMAS,
                 **openapi_rollouts.SCHEMAS,
                 **openapi_settings.SCHEMAS,
+                **openapi_credentials.SCHEMAS,
             },
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"adminToken": []}],
-        "paths": {**PATHS, **openapi_configs.PATHS, **openapi_rollouts.PATHS, **openapi_settings.PATHS},
+        "paths": {
+            **PATHS,
+            **openapi_configs.PATHS,
+            **openapi_rollouts.PATHS,
+            **openapi_settings.PATHS,
+            **openapi_credentials.PATHS,
+        },
     }
 
 

@@ -22,7 +22,8 @@ from typing import Any
 # 4: opamp.offered_settings_hash.
 # 5: opamp.key_id, the agent key (group) an agent is bound to.
 # 6: opamp.raw.connection_settings_status.
-AGENTS_MAPPING_VERSION = 6
+# 7: opamp.credential and opamp.credential_kind, an agent's own credential (digests only).
+AGENTS_MAPPING_VERSION = 7
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 # 3: `kind`: "connection_settings" on a connection setting's document (elasticsearch_settings.py).
 CONFIGS_MAPPING_VERSION = 3
@@ -106,6 +107,10 @@ AGENT_PROPERTIES: dict[str, Any] = {
         offered_settings_hash={"type": "keyword"},
         # Reported parts left out because the document would exceed MAX_DOCUMENT_BYTES.
         oversized={"type": "keyword"},
+        # The agent's credential record (gateway/fleet/credentials.py: digests and flags, never a
+        # secret), and its kind (shared, per_agent, revoked) for the admin API's filter; absent: shared.
+        credential=_NOT_INDEXED,
+        credential_kind={"type": "keyword"},
         raw=_object(
             description={"type": "binary"},
             health={"type": "binary"},

@@ -18,7 +18,7 @@ from gateway.fleet.selector import Selector
 from gateway.fleet.status import Status
 from gateway.store.sqlite_settings import TABLE as _CONNECTION_SETTINGS
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -50,6 +50,14 @@ _CONFIG_VERSIONS = """
         PRIMARY KEY (name, version)
     )
     """
+
+# An agent's credential record (gateway/fleet/credentials.py) as JSON, NULL on shared keys; its kind,
+# which GET /api/v1/agents?credential= filters on. Written only by put_credential: not in COLUMNS, so
+# an agent write (UPSERT) never changes them and a new row starts on shared keys.
+_CREDENTIAL_COLUMNS = (
+    "ALTER TABLE agents ADD COLUMN credential TEXT",
+    "ALTER TABLE agents ADD COLUMN credential_kind TEXT NOT NULL DEFAULT 'shared'",
+)
 
 SCHEMA = (
     """
@@ -84,7 +92,9 @@ SCHEMA = (
         available_components BLOB,
         offered_settings_hash BLOB,
         key_id TEXT NOT NULL DEFAULT '',
-        connection_settings_status BLOB
+        connection_settings_status BLOB,
+        credential TEXT,
+        credential_kind TEXT NOT NULL DEFAULT 'shared'
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -139,6 +149,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     9: ("ALTER TABLE agents ADD COLUMN key_id TEXT NOT NULL DEFAULT ''",),
     # Connection settings (issue 19): their table, and each agent's reported status of them.
     10: (_CONNECTION_SETTINGS, "ALTER TABLE agents ADD COLUMN connection_settings_status BLOB"),
+    # Per-agent credentials (issue 19): each agent's credential record, and its kind for filters.
+    11: _CREDENTIAL_COLUMNS,
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.

@@ -373,12 +373,13 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         assert state.duplicate_of is None
         assert state.offered_settings_hash is None
         assert state.connection_settings_status is None
+        assert await store.get_credentials([uid.bytes]) == {}
         assert await store.list_configs() == []
         assert await store.list_connection_settings() == []
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -460,7 +461,7 @@ async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0
 
 
@@ -517,4 +518,4 @@ async def test_a_version_5_file_gets_key_ids_bound_to_no_key(tmp_path: Path) -> 
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -338,6 +338,9 @@ def handle(
     final = record if outcome.credential is None else outcome.credential.new
     if outcome.write is None:
         return replace(outcome, credential=None) if outcome.credential is not None else outcome
+    if outcome.write.previous_uid is not None:
+        # Moved: compared with the new uid's record (none), as _handle did.
+        return outcome
     if final != credential:
         # Activated or minted (or both), compared with what the store held when the message came in.
         outcome = replace(outcome, credential=CredentialChange(credential, final), durable=True)
@@ -414,6 +417,8 @@ def _handle(
         return Outcome(reply, None, False, "disconnected", None)
 
     base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid, key_id)
+    # A record that moves leaves its credential record behind: the new uid has none yet.
+    record = _moved_with(record, previous_uid)
     if state is None and duplicate_of is not None:
         base = replace(base, duplicate_of=duplicate_of)
     changed: set[str] = set()
@@ -469,6 +474,11 @@ def _durable(changed: set[str], msg: pb.AgentToServer) -> bool:
         # After a config change every agent sends both at once, so this halves the commits to wait for.
         return False
     return bool(durable_changes)
+
+
+def _moved_with(record: AgentCredential | None, previous_uid: bytes | None) -> AgentCredential | None:
+    """The credential record of a record that moves (None: its new uid has none) or stays."""
+    return None if previous_uid is not None else record
 
 
 def _on_own(record: AgentCredential | None, own: OwnCredential | None) -> bool:

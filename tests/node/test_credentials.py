@@ -6,6 +6,7 @@ socket is refused, a rotation is minted, stored and pushed, a revocation announc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -319,3 +320,36 @@ async def test_caught_up_checks_every_socket_against_the_store() -> None:
     await node.caught_up()
     assert revoked.refused == [credentials.REVOKED] and not fine.refused
     assert node.peek(UID) == AgentCredential(revoked=True)
+
+
+class FailingStore(MemoryStore):
+    failing = False
+
+    async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+        if self.failing:
+            raise StoreUnavailable("the store is down")
+        return await super().get_credentials(uids)
+
+
+async def test_a_failing_store_is_an_error_for_every_waiter_and_a_warning_for_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FailingStore()
+    registry = Registry()
+    socket = Socket()
+    registry.register(UID, socket)
+    node = _node(store, registry=registry)
+    store.failing = True
+    results = await asyncio.gather(node.get(UID), node.get(UID), return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert node.peek(UID) is MISSING
+    with pytest.raises(StoreUnavailable):
+        await node.identify(TOKEN)
+    # A change event while the store is down: the socket stays (checked again when the bus or the
+    # agent comes back), and it says so.
+    await node.on_event(Envelope(CredentialChanged(UID), source="node-b", sent_at=0.0))
+    assert not socket.refused and "cannot read a changed credential record" in caplog.text
+    await node.caught_up()
+    assert "cannot check the held sockets' credentials" in caplog.text
+    store.failing = False
+    assert await node.get(UID) is None

@@ -303,6 +303,33 @@ def test_an_agent_on_its_own_credential_keeps_its_uid(
     assert "keeps its instance_uid" in refused.reply.error_response.error_message
 
 
+def test_an_agent_still_on_the_shared_key_that_moves_gets_a_credential_for_its_new_uid() -> None:
+    outcome, _ = _enrolled()
+    assert outcome.state is not None and outcome.credential is not None
+    pending = outcome.credential.new
+    new_uid = bytes(range(100, 116))
+    move = pb.AgentToServer(
+        instance_uid=UID, sequence_num=1, capabilities=CAPS, flags=caps.REQUEST_INSTANCE_UID
+    )
+    mints = Mints()
+    moved = handle(
+        outcome.state,
+        move,
+        PER_AGENT,
+        NOW,
+        lambda: new_uid,
+        key_id=KEY,
+        credential=pending,
+        mint_credential=mints,
+    )
+    assert moved.state is not None and moved.state.instance_uid == new_uid
+    # Its old uid's record stays behind with the old row: the new uid starts from none.
+    [minted] = mints.made
+    assert minted.token.startswith(f"oagc1.{new_uid.hex()}.")
+    assert moved.credential is not None and moved.credential.expected is None
+    assert moved.credential.new is not None and moved.credential.new.pending == minted.digest
+
+
 # -- rotation ---------------------------------------------------------------------------------------
 
 

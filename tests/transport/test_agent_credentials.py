@@ -6,7 +6,7 @@ what the admin API shows and refuses."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx2
@@ -15,9 +15,12 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.auth import AGENT_DENIAL
 from gateway.fleet import credentials
+from gateway.fleet.credentials import AgentCredential
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
+from gateway.store.base import StoreUnavailable
 from gateway.transport.websocket import CLOSE_POLICY
+from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
 from tests.support.waiting import eventually, uid
 from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, recv, report
@@ -249,3 +252,35 @@ async def test_shared_credentials_rotate_nothing(tmp_path: Path) -> None:
             return shown["credential"] == "revoked"
 
         await eventually(gone, what="the agent to show revoked")
+
+
+async def test_a_store_that_fails_is_a_503_for_rotate_and_revoke(tmp_path: Path) -> None:
+    class Down(MemoryStore):
+        down = False
+
+        async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+            if self.down:
+                raise StoreUnavailable("credentials unreadable")
+            return await super().get_credentials(uids)
+
+    keys = tmp_path / "agent-keys"
+    keys.write_text(f"{KEY}\n")
+    store = Down()
+    async with (
+        run_node(
+            tmp_path,
+            store=store,
+            agent_keys_file=str(keys),
+            agent_credentials="per-agent",
+            public_opamp_url=PUBLIC,
+        ) as running,
+        httpx2.AsyncClient(base_url=running.opamp_url) as client,
+        httpx2.AsyncClient(base_url=running.admin_url) as admin,
+    ):
+        assert (await _post(client, report(AGENT, 0, WANTS), KEY)).status_code == 200
+        await running.services.writer.flush()
+        store.down = True
+        for method, path in (("POST", "credentials/rotate"), ("DELETE", "credentials"), ("GET", "")):
+            response = await admin.request(method, f"/api/v1/agents/{_text(AGENT)}/{path}".rstrip("/"))
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.headers["Retry-After"] == "5"

@@ -22,6 +22,7 @@ from gateway.api import (
     configs,
     connection_settings,
     context as api_context,
+    credentials,
     health,
     openapi,
     packages,
@@ -91,6 +92,16 @@ def admin_app(services: Services) -> Starlette:
             Route("/api/v1/agents/{instance_uid}", admin.agent_resource, methods=["GET", "DELETE"]),
             Route("/api/v1/agents/{instance_uid}/restart", commands.restart_agent, methods=["POST"]),
             Route("/api/v1/agents/{instance_uid}/key", agent_keys.move_agent_key, methods=["PUT"]),
+            Route(
+                "/api/v1/agents/{instance_uid}/credentials/rotate",
+                credentials.rotate_credential,
+                methods=["POST"],
+            ),
+            Route(
+                "/api/v1/agents/{instance_uid}/credentials",
+                credentials.revoke_credentials,
+                methods=["DELETE"],
+            ),
             Route("/api/v1/connection-settings", connection_settings.list_settings, methods=["GET"]),
             Route(
                 "/api/v1/connection-settings/{name}",

@@ -34,6 +34,8 @@ SHED_REASONS = (
     "circuit_open",
     "shutting_down",
     "draining",
+    # An agent's credential record changed on another node while its message was handled.
+    "credential_changed",
 )
 # Spec: the minimum recommended retry interval is 30 s; jitter spreads the returning herd.
 RETRY_AFTER_SECONDS = 30

@@ -136,6 +136,16 @@ class Metrics:
         )
         for transport in ("http", "websocket"):
             self.key_mismatches.labels(transport=transport)
+        self.agent_credentials = Counter(
+            "opamp_gateway_agent_credentials_total",
+            "Per-agent credential events on this node: minted (offered), activated (first used or "
+            "reported applied), rotation_requested, revoked (admin API), refused (a message or socket "
+            "refused for its uid's credentials: HTTP 401, WebSocket close 1008)",
+            ["event"],
+            registry=r,
+        )
+        for event in ("minted", "activated", "rotation_requested", "revoked", "refused"):
+            self.agent_credentials.labels(event=event)
         self.credential_file_errors = Counter(
             "opamp_gateway_credential_file_errors_total",
             "Agent key (agent) or admin token (admin) files found unreadable, empty or malformed on re-read",
@@ -359,6 +369,9 @@ class Metrics:
 
     def key_mismatch(self, transport: str) -> None:
         self.key_mismatches.labels(transport=transport).inc()
+
+    def credential_event(self, event: str) -> None:
+        self.agent_credentials.labels(event=event).inc()
 
     def credential_file_failed(self, kind: str) -> None:
         self.credential_file_errors.labels(kind=kind).inc()

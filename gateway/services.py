@@ -23,6 +23,7 @@ from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.node.command_sweep import CommandSweep
 from gateway.node.config_cache import ConfigCache
+from gateway.node.credentials import AgentCredentials
 from gateway.node.drain import Drain
 from gateway.node.liveness import Liveness
 from gateway.node.presence import Presence
@@ -73,6 +74,7 @@ class Services:
     limits: Limits = field(init=False)
     presence: Presence = field(init=False)
     liveness: Liveness = field(init=False)
+    credentials: AgentCredentials = field(init=False)
     config_cache: ConfigCache = field(init=False)
     router: Router = field(init=False)
     command_sweep: CommandSweep = field(init=False)
@@ -92,6 +94,14 @@ class Services:
         self.limits = Limits(s)
         self.presence = Presence(s.node_id, self.registry, self.bus, s.owner_ttl, node_ttl=s.node_ttl)
         self.liveness = Liveness(self.registry, self.writer, offline_after=s.offline_after, clock=self.clock)
+        self.credentials = AgentCredentials(
+            self.store,
+            self.bus,
+            self.registry,
+            self.metrics,
+            fleet=lambda: self.config_cache.fleet,
+            clock=self.clock,
+        )
         self.config_cache = ConfigCache(
             self.store,
             self.bus,
@@ -102,6 +112,8 @@ class Services:
             resend_after=s.config_resend_after,
             max_description_bytes=s.max_description_bytes,
             heartbeat_interval=s.agent_heartbeat_interval,
+            credential_endpoint=s.credential_endpoint,
+            credentials=self.credentials,
             clock=self.clock,
         )
         self.rollouts = RolloutController(
@@ -135,6 +147,7 @@ class Services:
             self.metrics,
             offline_after=s.offline_window,
             on_pushed=self.command_sweep.pushed_elsewhere,
+            on_credential=self.credentials.on_event,
         )
         self.drain = Drain(
             self.registry,
@@ -194,12 +207,14 @@ def open_store(settings: Settings, metrics: Metrics) -> Store:
 
 
 async def _bus_up(services: Services) -> None:
-    """Every (re)connect of the bus: re-assert this node's sockets, catch up on lost config events."""
+    """Every (re)connect of the bus: re-assert this node's sockets, catch up on lost config and
+    credential events."""
     try:
         await services.presence.beat()
         await services.presence.refresh()
     finally:
         await services.config_cache.caught_up()
+        await services.credentials.caught_up()
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import socket
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +24,8 @@ HEARTBEATS_MISSED = 3
 # Beyond a uint32 of seconds (136 years) an interval means nothing.
 _MAX_HEARTBEAT_INTERVAL = 2**32 - 1
 _REFRESH_INTERVAL = re.compile(r"^(-1|[0-9]+(ms|s|m|h))$")
+AGENT_CREDENTIALS = ("shared", "per-agent")
+_URL_SCHEMES = ("ws", "wss", "http", "https")
 _POSITIVE = (
     "offline_after",
     "flush_interval",
@@ -173,6 +176,23 @@ class Settings:
     agent_keys: str = field(
         default="",
         metadata={"help": "agent keys, comma-separated (prefer the environment or a file: flags show in ps)"},
+    )
+    agent_credentials: str = field(
+        default="shared",
+        metadata={
+            "help": "shared|per-agent. shared: agents keep using the agent keys. per-agent: an agent that "
+            "enrolls with an agent key and accepts opamp connection settings is offered a credential of "
+            "its own (connection_settings.opamp, with --public-opamp-url); once it connects with it, "
+            "that credential is the only one accepted for its instance_uid (docs/security.md)"
+        },
+    )
+    public_opamp_url: str = field(
+        default="",
+        metadata={
+            "help": "the OpAMP endpoint agents should connect to, as they reach it (ws://, wss://, http:// "
+            "or https://, e.g. wss://opamp.example.com/v1/opamp): offered with each per-agent "
+            "credential; required with --agent-credentials per-agent"
+        },
     )
     admin_token_file: str = field(
         default="",
@@ -349,6 +369,7 @@ class Settings:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("--redis-url: must start with redis://, rediss:// or unix://")
         self._check_elasticsearch()
+        self._check_credentials()
         for entry in self.allowed_admin_hosts:
             if not _HOST_NAME.match(entry):
                 raise SettingsError(f"--admin-allowed-hosts: {entry[:80]!r} is not a host name")
@@ -401,6 +422,37 @@ class Settings:
                 "--forget-after: must be 0 (never) or more than --offline-after and more than "
                 f"{HEARTBEATS_MISSED} x --agent-heartbeat-interval"
             )
+
+    def _check_credentials(self) -> None:
+        if self.agent_credentials not in AGENT_CREDENTIALS:
+            raise SettingsError(f"--agent-credentials: must be one of {', '.join(AGENT_CREDENTIALS)}")
+        if self.public_opamp_url:
+            problem = _url_problem(self.public_opamp_url)
+            if problem:
+                raise SettingsError(f"--public-opamp-url: {problem}")
+        if self.agent_credentials != "per-agent":
+            return
+        if not self.public_opamp_url:
+            raise SettingsError(
+                "--public-opamp-url: required with --agent-credentials per-agent (the endpoint offered "
+                "to agents with their credential, e.g. wss://opamp.example.com/v1/opamp)"
+            )
+        if not self.agent_auth:
+            raise SettingsError(
+                "--agent-credentials: per-agent needs agent keys (--agent-keys-file or --agent-keys): "
+                "agents enroll with one before they get a credential of their own"
+            )
+        if self.agent_heartbeat_interval == 0:
+            raise SettingsError(
+                "--agent-heartbeat-interval: must be above 0 with --agent-credentials per-agent (the "
+                "opamp settings that carry each credential carry the interval; 0 would tell agents that "
+                "report heartbeats to stop)"
+            )
+
+    @property
+    def credential_endpoint(self) -> str:
+        """The endpoint offered with per-agent credentials ("": per-agent credentials are off)."""
+        return self.public_opamp_url if self.agent_credentials == "per-agent" else ""
 
     def _check_elasticsearch(self) -> None:
         if self.elasticsearch_url and not self.elasticsearch_url.startswith(("http://", "https://")):
@@ -461,6 +513,24 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+
+def _url_problem(url: str) -> str:
+    """Why `url` cannot be offered as the OpAMP endpoint ("" if it can)."""
+    if url != url.strip() or any(c.isspace() or ord(c) < 32 for c in url):
+        return "must not contain spaces or control characters"
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if parsed.scheme not in _URL_SCHEMES:
+        return f"must start with {', '.join(s + '://' for s in _URL_SCHEMES)} (got {url[:80]!r})"
+    if not parsed.hostname:
+        return "must name a host, e.g. wss://opamp.example.com/v1/opamp"
+    if parsed.fragment or parsed.username or parsed.password:
+        return "must not carry a fragment or user information"
+    return ""
 
 
 def is_loopback(host: str) -> bool:

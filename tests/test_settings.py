@@ -160,3 +160,64 @@ def test_liveness_window_and_idle_timeout_follow_the_heartbeat(
     assert loaded.agent_heartbeat_interval == (30 if not argv else int(argv[1]))
     assert loaded.offline_window == window
     assert loaded.ws_idle_timeout == idle
+
+
+PER_AGENT = ["--agent-keys", "k1", "--agent-credentials", "per-agent"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--agent-credentials", "own"], "--agent-credentials: must be one of shared, per-agent"),
+        (PER_AGENT, "--public-opamp-url: required with --agent-credentials per-agent"),
+        (
+            ["--agent-credentials", "per-agent", "--public-opamp-url", "wss://o.example.com/v1/opamp"],
+            "needs agent keys",
+        ),
+        (
+            [*PER_AGENT, "--public-opamp-url", "wss://o/v1/opamp", "--agent-heartbeat-interval", "0"],
+            "--agent-heartbeat-interval",
+        ),
+        (["--public-opamp-url", "ftp://o.example.com"], "--public-opamp-url: must start with ws://"),
+        (["--public-opamp-url", "o.example.com/v1/opamp"], "--public-opamp-url: must start with"),
+        (["--public-opamp-url", "wss:///v1/opamp"], "--public-opamp-url: must name a host"),
+        (["--public-opamp-url", "wss://o.example.com:99999/v1/opamp"], "--public-opamp-url: not a URL"),
+        (
+            ["--public-opamp-url", "wss://o.example.com/v1 opamp"],
+            "--public-opamp-url: must not contain spaces",
+        ),
+        (
+            ["--public-opamp-url", "wss://user:pw@o.example.com/v1/opamp"],
+            "--public-opamp-url: must not carry",
+        ),
+        (["--public-opamp-url", "wss://o.example.com/v1/opamp#x"], "--public-opamp-url: must not carry"),
+    ],
+)
+def test_agent_credential_settings_are_checked(argv: list[str], names: str) -> None:
+    with pytest.raises(s.SettingsError, match=names):
+        s.load(argv, environ={})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "wss://opamp.example.com/v1/opamp",
+        "ws://10.0.0.1:4320/v1/opamp",
+        "https://o.example.com/v1/opamp",
+        "http://[::1]:4320/v1/opamp",
+    ],
+)
+def test_per_agent_credentials_offer_the_public_url(url: str) -> None:
+    settings = s.load([*PER_AGENT, "--public-opamp-url", url], environ={})
+    assert settings.credential_endpoint == url
+    assert s.load(["--public-opamp-url", url], environ={}).credential_endpoint == ""
+    from_env = s.load(
+        [],
+        environ={
+            "OPAMP_GATEWAY_AGENT_KEYS": "k1",
+            "OPAMP_GATEWAY_AGENT_CREDENTIALS": "per-agent",
+            "OPAMP_GATEWAY_PUBLIC_OPAMP_URL": url,
+        },
+    )
+    assert (from_env.agent_credentials, from_env.credential_endpoint) == ("per-agent", url)
+    assert s.Settings().agent_credentials == "shared"

@@ -20,6 +20,7 @@ from gateway.api.errors import error, store_down
 from gateway.auth import valid_key_id
 from gateway.bus.base import BusUnavailable
 from gateway.fleet.agent import AgentState, facts, uid_bytes
+from gateway.fleet.credentials import KINDS
 from gateway.fleet.package_set import PackageSet
 from gateway.fleet.package_status import (
     PACKAGE_STATUSES,
@@ -38,7 +39,18 @@ logger = logging.getLogger("gateway.api.admin")
 
 _STATUSES = get_args(Status)
 _KNOWN_PARAMS = frozenset(
-    {"status", "q", "limit", "cursor", "config", "config_status", "key_id", "package", "package_status"}
+    {
+        "status",
+        "q",
+        "limit",
+        "cursor",
+        "config",
+        "config_status",
+        "key_id",
+        "package",
+        "package_status",
+        "credential",
+    }
 )
 _ATTR_PREFIX = "attr."
 # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses, and a bounded
@@ -55,8 +67,8 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     if unknown:
         raise BadQuery(
             f"unknown query parameter {unknown[0]!r}; "
-            "use status, q, limit, cursor, config, config_status, key_id, package, package_status or "
-            "attr.<key>"
+            "use status, q, limit, cursor, config, config_status, key_id, package, package_status, "
+            "credential or attr.<key>"
         )
     status = params.get("status")
     if status is not None and status not in _STATUSES:
@@ -76,11 +88,15 @@ def parse_query(params: dict[str, str]) -> AgentQuery:
     key_id = params.get("key_id")
     if key_id and not valid_key_id(key_id):
         raise BadQuery("key_id: must be a key group name or sha256: and 12 hex digits (empty: no key)")
+    credential = params.get("credential")
+    if credential is not None and credential not in KINDS:
+        raise BadQuery(f"credential: must be one of {', '.join(KINDS)}")
     return AgentQuery(
         status=status,  # type: ignore[arg-type]  # checked against _STATUSES above
         q=params.get("q") or None,
         attributes=attributes,
         key_id=key_id,
+        credential=credential,
         limit=int(limit_text),
         cursor=params.get("cursor") or None,
     )
@@ -191,6 +207,7 @@ async def list_agents(request: Request) -> Response:
                     where.get(state.instance_uid),
                     sync,
                     packages_sync_json(state, packages),
+                    page.credentials.get(state.instance_uid),
                 )
                 for state, sync in syncs
             ],
@@ -205,6 +222,10 @@ async def get_agent(request: Request) -> Response:
     if isinstance(state, JSONResponse):
         return state
     now = services.clock()
+    try:
+        credential = (await services.store.get_credentials([state.instance_uid])).get(state.instance_uid)
+    except StoreError as exc:
+        return store_down(exc)
     where = await services.router.connection_info([state], now)
     body = agent_json(
         state,
@@ -213,6 +234,7 @@ async def get_agent(request: Request) -> Response:
         where.get(state.instance_uid),
         config_sync(state, services.config_cache.fleet.configs),
         packages_sync_json(state, services.config_cache.fleet.packages),
+        credential,
     )
     text = request.path_params["instance_uid"]
     if state.instance_uid != uid_bytes(text):
@@ -243,6 +265,8 @@ async def forget_agent(request: Request) -> Response:
         return store_down(exc)
     if forgotten is None:
         return error(404, f"no agent {request.path_params['instance_uid']}")
+    # Its credential record went with it: every node drops its copy, so the uid may enroll again.
+    await services.credentials.forgotten(forgotten)
     services.metrics.agents_forgotten.labels(reason="admin").inc()
     logger.info("agent forgotten by an administrator", extra={"instance_uid": state.uid})
     return Response(status_code=204)

@@ -14,7 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway import __version__
-from gateway.api import openapi_configs, openapi_packages, openapi_rollouts, openapi_settings
+from gateway.api import (
+    openapi_configs,
+    openapi_credentials,
+    openapi_packages,
+    openapi_rollouts,
+    openapi_settings,
+)
+from gateway.fleet.credentials import KINDS
 from gateway.fleet.package_status import PACKAGE_STATUSES
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.status import STATUSES
@@ -105,6 +112,7 @@ SCHEMAS: dict[str, Schema] = {
             "previous_instance_uids",
             "duplicate_of",
             "available_components",
+            *openapi_credentials.AGENT_PROPERTIES,
         ],
         "properties": {
             "instance_uid": _UID,
@@ -189,6 +197,7 @@ SCHEMAS: dict[str, Schema] = {
                     "that speaks for it",
                 }
             ),
+            **openapi_credentials.AGENT_PROPERTIES,
             "connected": {"type": "boolean"},
             "transport": _nullable({"enum": ["http", "websocket"]}),
             "node": _nullable({"type": "string"}),
@@ -447,6 +456,11 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                     "only agents in this state with the package (without package: with any package they "
                     "should have; none: they should have none); a page may then hold fewer than limit agents",
                 ),
+                _query(
+                    "credential",
+                    {"enum": list(KINDS)},
+                    "only agents on this kind of credential (per-agent credentials, docs/security.md)",
+                ),
             ],
             description="Also filters by attribute: attr.<key>=<value> (identifying or non-identifying, "
             "exact text match), e.g. attr.service.name=otelcol-contrib.",
@@ -576,6 +590,7 @@ def build() -> dict[str, Any]:
                 **openapi_rollouts.SCHEMAS,
                 **openapi_settings.SCHEMAS,
                 **openapi_packages.SCHEMAS,
+                **openapi_credentials.SCHEMAS,
             },
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
@@ -586,6 +601,7 @@ def build() -> dict[str, Any]:
             **openapi_rollouts.PATHS,
             **openapi_settings.PATHS,
             **openapi_packages.PATHS,
+            **openapi_credentials.PATHS,
         },
     }
 

@@ -1,7 +1,8 @@
 """The bus port: how gateway nodes tell each other things, and who holds which agent's socket.
 
 Two kinds of traffic:
-- fleet-wide events (ConfigsChanged) go to every node (`broadcast`);
+- fleet-wide events (ConfigsChanged, and CredentialChanged about one agent, whose credential record
+  every node may cache) go to every node (`broadcast`);
 - targeted events (AgentCommand, ConnectionTakenOver) go to one node's channel (`send`), found through
   the owner record `uid -> Owner(node, epoch)` that the node holding the socket claims.
 
@@ -62,9 +63,18 @@ class ConnectionTakenOver:
     epoch: str
 
 
-Event = ConfigsChanged | AgentCommand | ConnectionTakenOver
+@dataclass(frozen=True, slots=True)
+class CredentialChanged:
+    """The agent's credential record changed (per-agent credentials: minted, activated, rotation asked
+    for, revoked): every node drops its cached copy, and the node holding the agent's socket checks
+    it again (closing it if it is refused now, pushing a new credential if one is due)."""
+
+    uid: bytes
+
+
+Event = ConfigsChanged | AgentCommand | ConnectionTakenOver | CredentialChanged
 _EVENTS: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (ConfigsChanged, AgentCommand, ConnectionTakenOver)
+    cls.__name__: cls for cls in (ConfigsChanged, AgentCommand, ConnectionTakenOver, CredentialChanged)
 }
 
 

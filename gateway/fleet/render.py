@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.fleet.agent import AgentState, facts, uid_str
 from gateway.fleet.attributes import key_values
+from gateway.fleet.credentials import AgentCredential, kind_of
 from gateway.fleet.package_status import package_statuses_json
 from gateway.fleet.rollout import ConfigSync
 from gateway.fleet.status import derive_status
@@ -120,6 +121,17 @@ class ConnectionInfo:
     node: str | None
 
 
+def credential_json(credential: AgentCredential | None) -> dict[str, Any]:
+    """Which kind of credential the agent speaks with (per-agent credentials, docs/security.md): on
+    the shared agent keys, on its own credential, or revoked; whether a new credential was offered
+    and not used yet, and whether an operator asked for one. Never a secret or a digest."""
+    return {
+        "credential": kind_of(credential),
+        "credential_pending": credential is not None and credential.pending is not None,
+        "credential_rotation_requested": credential is not None and credential.rotate,
+    }
+
+
 def agent_json(
     state: AgentState,
     now: float,
@@ -127,7 +139,9 @@ def agent_json(
     connection: ConnectionInfo | None = None,
     sync: ConfigSync | None = None,
     package_sync: dict[str, Any] | None = None,
+    credential: AgentCredential | None = None,
 ) -> dict[str, Any]:
+    """`credential`: the agent's credential record (None: it has none, it is on shared keys)."""
     derived = facts(state)
     body: dict[str, Any] = {
         "instance_uid": uid_str(state.instance_uid),
@@ -161,6 +175,7 @@ def agent_json(
         else available_components_json(state.available_components),
         # The agent key (group) it is bound to, never the key; null: bound to none (docs/security.md).
         "key_id": state.key_id or None,
+        **credential_json(credential),
     }
     if connection is not None:
         body["connected"] = connection.connected

@@ -35,7 +35,7 @@ from gateway.fleet.desired import ConfigSet
 from gateway.fleet.package_set import PackageSet
 from gateway.fleet.packages import Package
 from gateway.metrics import Metrics
-from gateway.node.push import push_config
+from gateway.node.push import CredentialRecords, Missing, push_config
 from gateway.node.registry import Holder, Registry
 from gateway.node.rollout_views import (
     PackageRolloutSource,
@@ -83,6 +83,8 @@ class ConfigCache:
         resend_after: float,
         max_description_bytes: int = DEFAULT_MAX_DESCRIPTION_BYTES,
         heartbeat_interval: int = 0,
+        credential_endpoint: str = "",
+        credentials: CredentialRecords | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._configs = configs
@@ -92,12 +94,16 @@ class ConfigCache:
         self._push_rate = push_rate
         self._clock = clock
         self._heartbeat_offer = heartbeat.settings_offer(heartbeat_interval)
-        offer = self._heartbeat_offer
+        # --public-opamp-url with --agent-credentials per-agent ("": off), and the agents' credential
+        # records, which the offers of per-agent credentials depend on (gateway/node/credentials.py).
+        self._credential_endpoint = credential_endpoint
+        self.credentials = credentials
+        settings = self._settings(())
         self._fleet = FleetView(
-            server_capabilities=caps.server_capabilities(offer is not None),
+            server_capabilities=caps.server_capabilities(settings.offers_any),
             config_resend_after=resend_after,
             max_description_bytes=max_description_bytes,
-            settings=SettingsSet(heartbeat_offer=offer),
+            settings=settings,
         )
         self._lock = asyncio.Lock()
         self._timer = Periodic("config-refresh", refresh_interval, self._on_timer)
@@ -185,9 +191,7 @@ class ConfigCache:
         """Read the configs into `fleet` (the caller holds the lock); True if they changed."""
         listed = tuple(await self._configs.list_configs())
         configs = ConfigSet(listed, rollouts=await rollout_views(self._configs, listed))
-        settings = SettingsSet(
-            tuple(await self._configs.list_connection_settings()), heartbeat_offer=self._heartbeat_offer
-        )
+        settings = self._settings(tuple(await self._configs.list_connection_settings()))
         stored = tuple(await self._configs.list_packages())
         packages = PackageSet(stored, rollouts=await package_rollout_views(self._configs, stored))
         self._read_at = time.monotonic()
@@ -217,6 +221,21 @@ class ConfigCache:
         )
         return True
 
+    def _settings(self, stored: tuple[ConnectionSettings, ...]) -> SettingsSet:
+        return SettingsSet(
+            stored, heartbeat_offer=self._heartbeat_offer, credential_endpoint=self._credential_endpoint
+        )
+
+    def _due(self, uid: bytes, conn: Holder, fleet: FleetView, now: float) -> bool:
+        state = conn.state(uid)
+        if state is None:
+            return False
+        if self.credentials is None:
+            return config_due(state, fleet, now)
+        record = self.credentials.peek(uid)
+        # Without its credential record the offer cannot be decided: its next message gets it.
+        return not isinstance(record, Missing) and config_due(state, fleet, now, record)
+
     async def _push_all(self) -> int:
         """Push to every socket whose agent's desired config changed. With ~15,000 sockets on a node
         this must not hold the event loop: the decision is made synchronously (no Task for an agent
@@ -231,7 +250,7 @@ class ConfigCache:
             chunk = [
                 (uid, conn)
                 for uid, conn in registrations[start : start + _PUSH_CONCURRENCY]
-                if (state := conn.state(uid)) is not None and config_due(state, fleet, now)
+                if self._due(uid, conn, fleet, now)
             ]
             if chunk:
                 results = await asyncio.gather(*(self._push(uid, conn) for uid, conn in chunk))
@@ -246,7 +265,7 @@ class ConfigCache:
 
     async def _push(self, uid: bytes, conn: Holder) -> bool:
         # Decided again when the send starts: the agent's own message may have changed its record.
-        if not await push_config(conn, uid, self._fleet, self._clock()):
+        if not await push_config(conn, uid, self._fleet, self._clock(), self.credentials):
             return False
         self._metrics.pushes.labels(kind="config", delivery="pushed").inc()
         return True

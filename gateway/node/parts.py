@@ -8,6 +8,7 @@ from typing import Protocol
 
 from gateway.metrics import Metrics
 from gateway.node.config_cache import ConfigCache
+from gateway.node.credentials import AgentCredentials
 from gateway.node.drain import Drain
 from gateway.node.liveness import Liveness
 from gateway.node.registry import Registry
@@ -33,6 +34,9 @@ class NodeParts(Protocol):
 
     @property
     def drain(self) -> Drain: ...
+
+    @property
+    def credentials(self) -> AgentCredentials: ...
 
     @property
     def liveness(self) -> Liveness: ...

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Protocol
 
 from gateway.fleet.agent import AgentState
+from gateway.fleet.credentials import OwnCredential
 from gateway.node.duplicates import Takeovers
 from gateway.opamp.push import Push
 
@@ -44,6 +45,18 @@ class Holder(Protocol):
 
     async def drain(self, retry_after: float) -> None:
         """Tell every agent on the socket to come back after `retry_after` seconds, then close."""
+
+    @property
+    def own(self) -> OwnCredential | None:
+        """The agent credential the socket authenticated with (None: a shared agent key, or none)."""
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the socket authenticated at all (agent keys are on)."""
+
+    async def refuse(self, uid: bytes, reason: str) -> None:
+        """`uid` may no longer speak over this socket (its credentials changed): stop serving it
+        (closing the socket with 1008 and `reason` if it was the socket's only agent)."""
 
 
 class Registry:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -24,6 +24,7 @@ from gateway.bus.base import (
     BusUnavailable,
     ConfigsChanged,
     ConnectionTakenOver,
+    CredentialChanged,
     Envelope,
     Owner,
 )
@@ -65,6 +66,7 @@ class Router:
         *,
         offline_after: float,
         on_pushed: Callable[[bytes, int], None] | None = None,
+        on_credential: Callable[[Envelope], Awaitable[None]] | None = None,
     ) -> None:
         self._node_id = node_id
         self._registry = registry
@@ -76,6 +78,8 @@ class Router:
         self._offline_after = offline_after
         # Told of every command this node pushes (the command sweep, so it does not push it again).
         self._on_pushed = on_pushed
+        # Told of every CredentialChanged (gateway/node/credentials.py).
+        self._on_credential = on_credential
 
     async def deliver_command(self, uid: bytes, command: int) -> Delivery:
         """Store `command` as pending on the agent's record, then get it to the agent's socket if one
@@ -228,6 +232,9 @@ class Router:
             if conn is not None and conn.epoch == event.epoch:
                 self._metrics.takeovers.labels(scope="remote").inc()
                 await conn.taken_over(event.uid, f"node {event.new_node}")
+        elif isinstance(event, CredentialChanged):
+            if self._on_credential is not None:
+                await self._on_credential(envelope)
         elif isinstance(event, ConfigsChanged):
             logger.debug("configs changed (%s) on node %s", event.reason, envelope.source)
             try:

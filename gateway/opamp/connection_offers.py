@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.connection_settings import Connection, ConnectionSettings
 from gateway.fleet.desired import CACHE_BYTES
-from gateway.opamp import heartbeat
+from gateway.opamp import capabilities as caps, heartbeat
 from gateway.proto import opamp_pb2 as pb
 
 # Versions the hash's input (distinct from heartbeat.py's, which hashes the opamp part alone).
 _HASH_DOMAIN = b"opamp-gateway/connection-settings-offers/v1\n"
+# ... and the hash of a per-agent credential offer's `opamp` part alone.
+_OPAMP_HASH_DOMAIN = b"opamp-gateway/credential-opamp-settings/v1\n"
+AUTHORIZATION = "Authorization"
 # The capability each telemetry part needs.
 TELEMETRY_CAPABILITY: dict[str, int] = {
     "own_metrics": pb.AgentCapabilities_ReportsOwnMetrics,
@@ -81,6 +84,26 @@ def resolve(settings: tuple[ConnectionSettings, ...], uid: bytes, attributes: Ma
     return Parts(tuple(sorted(telemetry.items())), tuple(sorted(others.items())))
 
 
+def add_parts(offer: pb.ConnectionSettingsOffers, parts: Parts, capabilities: int) -> bool:
+    """Fill `offer` with the parts an agent with `capabilities` may get; whether there was any."""
+    added = False
+    for kind, connection in parts.telemetry:
+        if capabilities & TELEMETRY_CAPABILITY[kind]:
+            _fill(getattr(offer, kind), connection)
+            added = True
+    if capabilities & ACCEPTS_OTHER:
+        for name, connection in parts.other_connections:
+            _fill(offer.other_connections[name], connection)
+            added = True
+    return added
+
+
+def hashed(offer: pb.ConnectionSettingsOffers) -> pb.ConnectionSettingsOffers:
+    """`offer` with its `hash`: SHA-256 over its deterministic encoding (hash unset)."""
+    offer.hash = hashlib.sha256(_HASH_DOMAIN + offer.SerializeToString(deterministic=True)).digest()
+    return offer
+
+
 def build_offer(
     parts: Parts, capabilities: int, heartbeat_offer: pb.ConnectionSettingsOffers | None
 ) -> pb.ConnectionSettingsOffers | None:
@@ -88,19 +111,49 @@ def build_offer(
     offer = pb.ConnectionSettingsOffers()
     if heartbeat_offer is not None and capabilities & heartbeat.NEEDED == heartbeat.NEEDED:
         offer.opamp.CopyFrom(heartbeat_offer.opamp)
-    only_opamp = True
-    for kind, connection in parts.telemetry:
-        if capabilities & TELEMETRY_CAPABILITY[kind]:
-            _fill(getattr(offer, kind), connection)
-            only_opamp = False
-    if capabilities & ACCEPTS_OTHER:
-        for name, connection in parts.other_connections:
-            _fill(offer.other_connections[name], connection)
-            only_opamp = False
-    if only_opamp:
+    if not add_parts(offer, parts, capabilities):
         return heartbeat_offer if offer.HasField("opamp") else None
-    offer.hash = hashlib.sha256(_HASH_DOMAIN + offer.SerializeToString(deterministic=True)).digest()
-    return offer
+    return hashed(offer)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialOffer:
+    """The offer for an agent on per-agent credentials, in reference form: its `opamp` part names the
+    credential by its digest (`Authorization: Bearer sha256:<hex>`), never by the secret, so the
+    offer and its `hash` are the same on every node and at every message, and nothing secret is
+    cached. gateway/opamp/credential_offers.py puts the secret in (or leaves the part out) when it
+    sends one."""
+
+    offer: pb.ConnectionSettingsOffers
+    # SHA-256 of the reference-form `opamp` part alone: what AgentCredential.opamp_hash remembers.
+    opamp_hash: bytes
+
+
+def reference(digest: bytes) -> str:
+    """The Authorization value a reference-form offer carries in place of a credential."""
+    return "Bearer sha256:" + digest.hex()
+
+
+def build_credential_offer(
+    parts: Parts,
+    capabilities: int,
+    endpoint: str,
+    heartbeat_offer: pb.ConnectionSettingsOffers | None,
+    digest: bytes,
+) -> CredentialOffer:
+    """The reference-form offer for an agent whose newest credential has `digest`: `opamp` with the
+    public endpoint, the credential's reference and (ReportsHeartbeat) the heartbeat interval, plus
+    the operator's parts by capability; one hash over all of it."""
+    offer = pb.ConnectionSettingsOffers()
+    offer.opamp.destination_endpoint = endpoint
+    offer.opamp.headers.headers.add(key=AUTHORIZATION, value=reference(digest))
+    if heartbeat_offer is not None and capabilities & caps.REPORTS_HEARTBEAT:
+        offer.opamp.heartbeat_interval_seconds = heartbeat_offer.opamp.heartbeat_interval_seconds
+    opamp_hash = hashlib.sha256(
+        _OPAMP_HASH_DOMAIN + offer.opamp.SerializeToString(deterministic=True)
+    ).digest()
+    add_parts(offer, parts, capabilities)
+    return CredentialOffer(hashed(offer), opamp_hash)
 
 
 @dataclass(eq=False)
@@ -110,9 +163,14 @@ class SettingsSet:
 
     settings: tuple[ConnectionSettings, ...] = ()
     heartbeat_offer: pb.ConnectionSettingsOffers | None = None
+    # --public-opamp-url with --agent-credentials per-agent ("": per-agent credentials are off).
+    credential_endpoint: str = ""
     # Identifies the snapshot's settings: equal on two nodes that know the same versions.
     generation: str = field(init=False)
     _cache: dict[tuple[bytes, bytes | None, int], pb.ConnectionSettingsOffers | None] = field(
+        init=False, repr=False
+    )
+    _credential_cache: dict[tuple[bytes, bytes | None, int, bytes], CredentialOffer] = field(
         init=False, repr=False
     )
     _cache_bytes: int = field(init=False, repr=False)
@@ -124,12 +182,58 @@ class SettingsSet:
             token.update(f"{s.name}\0{s.hash}\0".encode())
         self.generation = token.hexdigest()
         self._cache = {}
+        self._credential_cache = {}
         self._cache_bytes = 0
 
     @property
     def offers_any(self) -> bool:
         """Whether any agent may be offered settings (the server's OffersConnectionSettings)."""
-        return self.heartbeat_offer is not None or bool(self.settings)
+        return self.heartbeat_offer is not None or bool(self.settings) or bool(self.credential_endpoint)
+
+    def _parts(self, state: AgentState, capabilities: int) -> Parts:
+        if not self.settings or not capabilities & ~heartbeat.NEEDED:
+            return Parts()
+        return resolve(self.settings, state.instance_uid, facts(state).attributes)
+
+    def _remember(self, state: AgentState) -> None:
+        """Account for one more cache entry of `state`'s agent (clears both caches when full)."""
+        # The keys are the agents' bytes: bound them, not only their count.
+        cost = len(state.instance_uid) + len(state.description or b"") + 200
+        if (
+            len(self._cache) + len(self._credential_cache) >= _CACHE_LIMIT
+            or self._cache_bytes + cost > CACHE_BYTES
+        ):
+            self._cache.clear()
+            self._credential_cache.clear()
+            self._cache_bytes = 0
+        self._cache_bytes += cost
+
+    def credential_offer_for(self, state: AgentState, digest: bytes) -> CredentialOffer:
+        """The reference-form offer for an agent on per-agent credentials whose newest credential has
+        `digest` (gateway/opamp/credential_offers.py decides when)."""
+        capabilities = state.capabilities & _RELEVANT
+        key = (state.instance_uid, state.description, capabilities, digest)
+        found = self._credential_cache.get(key)
+        if found is not None:
+            return found
+        offer = build_credential_offer(
+            self._parts(state, capabilities),
+            capabilities,
+            self.credential_endpoint,
+            self.heartbeat_offer,
+            digest,
+        )
+        self._remember(state)
+        self._credential_cache[key] = offer
+        return offer
+
+    def offer_without_opamp(self, state: AgentState) -> pb.ConnectionSettingsOffers | None:
+        """The offer for an agent on its own credential that may not be offered `opamp` settings
+        now (per-agent credentials were turned off, or it no longer accepts them): the operator's
+        parts alone, so the settings that carry its credential are left as they are (spec: an unset
+        `opamp` means unchanged)."""
+        capabilities = state.capabilities & _RELEVANT
+        return build_offer(self._parts(state, capabilities), capabilities, None)
 
     def offer_for(self, state: AgentState) -> pb.ConnectionSettingsOffers | None:
         capabilities = state.capabilities & _RELEVANT
@@ -144,11 +248,6 @@ class SettingsSet:
             pass
         parts = resolve(self.settings, state.instance_uid, facts(state).attributes)
         offer = build_offer(parts, capabilities, self.heartbeat_offer)
-        # The keys are the agents' bytes: bound them, not only their count.
-        cost = len(state.instance_uid) + len(state.description or b"") + 200
-        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + cost > CACHE_BYTES:
-            self._cache.clear()
-            self._cache_bytes = 0
+        self._remember(state)
         self._cache[key] = offer
-        self._cache_bytes += cost
         return offer

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from gateway.fleet import credentials
 from gateway.fleet.agent import TOUCHED, AgentState, AgentWrite
+from gateway.fleet.credentials import AgentCredential, Minted, OwnCredential
 from gateway.fleet.desired import ConfigSet
 from gateway.fleet.package_set import PackageSet
-from gateway.opamp import capabilities as caps, heartbeat, package_offers
+from gateway.opamp import capabilities as caps, credential_offers, package_offers
 from gateway.opamp.connection_offers import SettingsSet
 from gateway.proto import opamp_pb2 as pb
 
@@ -78,6 +80,16 @@ class FleetView:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialChange:
+    """The agent's credential record before and after a message (gateway/fleet/credentials.py): the
+    caller stores `new` only if the store still holds `expected` (compare-and-set), before the reply
+    goes out (which may carry a credential minted for it), and does not send the reply otherwise."""
+
+    expected: AgentCredential | None
+    new: AgentCredential | None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     reply: pb.ServerToAgent
     # None when nothing is to be stored (a rejected message, or a goodbye from a stranger).
@@ -86,6 +98,10 @@ class Outcome:
     event: Event
     # The agent's record after this message (None if rejected).
     state: AgentState | None
+    # The credential record to store before the reply is sent (None: unchanged).
+    credential: CredentialChange | None = None
+    # Why a forbidden message is refused, for the agent ("": the agent key binding refused it).
+    refusal: str = ""
 
     @property
     def rejected(self) -> bool:
@@ -93,8 +109,9 @@ class Outcome:
 
     @property
     def forbidden(self) -> bool:
-        """The message spoke for an agent bound to another key: nothing was decided or stored, and
-        the transport refuses it (HTTP 401, WebSocket close 1008)."""
+        """The message spoke for an agent bound to another key, or with a credential that may not
+        speak for it: nothing was decided or stored, and the transport refuses it (HTTP 401,
+        WebSocket close 1008)."""
         return self.event == "forbidden"
 
 
@@ -104,11 +121,11 @@ def may_speak_for(state: AgentState, key_id: str | None) -> bool:
     return key_id is None or not state.key_id or state.key_id == key_id
 
 
-def _forbidden(msg: pb.AgentToServer) -> Outcome:
+def _forbidden(msg: pb.AgentToServer, refusal: str = "") -> Outcome:
     reply = pb.ServerToAgent(instance_uid=msg.instance_uid)
     reply.error_response.type = pb.ServerErrorResponseType_BadRequest
-    reply.error_response.error_message = "this instance_uid is bound to another agent key"
-    return Outcome(reply, None, False, "forbidden", None)
+    reply.error_response.error_message = refusal or "this instance_uid is bound to another agent key"
+    return Outcome(reply, None, False, "forbidden", None, refusal=refusal)
 
 
 def bad_request(instance_uid: bytes, message: str) -> pb.ServerToAgent:
@@ -276,6 +293,9 @@ def handle(
     *,
     duplicate_of: bytes | None = None,
     key_id: str | None = None,
+    credential: AgentCredential | None = None,
+    own: OwnCredential | None = None,
+    mint_credential: Callable[[bytes], Minted] = credentials.mint,
 ) -> Outcome:
     """Decide the reply and the state change for one message.
 
@@ -287,18 +307,61 @@ def handle(
     agent key the client authenticated with (None: agent keys are off). A message for an agent bound
     to another key is refused ("forbidden") before anything else; a new agent is bound to `key_id`,
     an anonymous one (bound to none) is adopted by it, and a uid it moves to keeps its key.
+
+    Per-agent credentials (gateway/fleet/credentials.py): `credential` is the credential record of
+    msg.instance_uid, `own` the agent credential the client authenticated with (None: a shared agent
+    key, `key_id`). A credential speaks only for its own uid, a uid on its own credential (or revoked)
+    refuses shared keys, and the first use of a pending credential makes it the active one. The
+    offers of credentials are credential_offers.py's; `mint_credential` makes new ones.
     """
+    authenticated = key_id is not None or own is not None
+    refusal = credentials.refusal(credential, own, msg.instance_uid, authenticated)
+    if not refusal and own is not None and state is None:
+        # A credential never enrolls: its agent's record is gone (forgotten).
+        refusal = credentials.CREDENTIAL_REFUSED
+    if refusal:
+        return _forbidden(msg, refusal)
+    record = credential
+    if own is not None and record is not None:
+        record = credentials.activated(record, own.digest, now)
     if state is not None:
         if not may_speak_for(state, key_id):
             return _forbidden(msg)
-        if key_id is None or state.key_id == key_id:
-            outcome = _heartbeat(state, msg, fleet, now)
+        if (key_id is None or state.key_id == key_id) and record is credential:
+            outcome = _heartbeat(state, msg, fleet, now, record)
             if outcome is not None:
                 return outcome
-    return _handle(state, msg, fleet, now, mint_uid, duplicate_of=duplicate_of, key_id=key_id)
+    outcome = _handle(
+        state,
+        msg,
+        fleet,
+        now,
+        mint_uid,
+        duplicate_of=duplicate_of,
+        key_id=key_id,
+        record=record,
+        own=own,
+        mint_credential=mint_credential,
+    )
+    final = record if outcome.credential is None else outcome.credential.new
+    if outcome.write is None:
+        return replace(outcome, credential=None) if outcome.credential is not None else outcome
+    if outcome.write.previous_uid is not None:
+        # Moved: compared with the new uid's record (none), as _handle did.
+        return outcome
+    if final != credential:
+        # Activated or minted (or both), compared with what the store held when the message came in.
+        outcome = replace(outcome, credential=CredentialChange(credential, final), durable=True)
+    return outcome
 
 
-def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: float) -> Outcome | None:
+def _heartbeat(
+    state: AgentState,
+    msg: pb.AgentToServer,
+    fleet: FleetView,
+    now: float,
+    record: AgentCredential | None = None,
+) -> Outcome | None:
     """The outcome of a plain heartbeat, or None when the message needs `_handle`'s full rules.
 
     Nearly every message of a connected fleet is a heartbeat, so it skips what `_handle` would find
@@ -327,7 +390,7 @@ def _heartbeat(state: AgentState, msg: pb.AgentToServer, fleet: FleetView, now: 
         or msg.HasField("package_statuses")
     ):
         return None
-    if fleet.settings.offers_any and heartbeat.settings_due(state, fleet.settings.offer_for(state)):
+    if fleet.settings.offers_any and credential_offers.due(state, record, fleet.settings):
         return None
     new_state = state.touched(now, seq)
     if fleet.configs and config_to_offer(new_state, fleet, now) is not None:
@@ -347,11 +410,14 @@ def _handle(
     *,
     duplicate_of: bytes | None = None,
     key_id: str | None = None,
+    record: AgentCredential | None = None,
+    own: OwnCredential | None = None,
+    mint_credential: Callable[[bytes], Minted] = credentials.mint,
 ) -> Outcome:
     """`handle` for every message: the full rules."""
     wants_uid = bool(msg.flags & caps.REQUEST_INSTANCE_UID)
     disconnecting = msg.HasField("agent_disconnect")
-    refusal = _refusal(state, msg, fleet, wants_uid, disconnecting)
+    refusal = _refusal(state, msg, fleet, wants_uid, disconnecting, _on_own(record, own))
     if refusal:
         return _rejected(msg, refusal)
 
@@ -362,6 +428,8 @@ def _handle(
         return Outcome(reply, None, False, "disconnected", None)
 
     base, event, gap, previous_uid = _identity(state, msg, wants_uid, reply, now, mint_uid, key_id)
+    # A record that moves leaves its credential record behind: the new uid has none yet.
+    record = _moved_with(record, previous_uid)
     if state is None and duplicate_of is not None:
         base = replace(base, duplicate_of=duplicate_of)
     changed: set[str] = set()
@@ -393,15 +461,33 @@ def _handle(
         event = "heartbeat"
     if msg.HasField("connection_settings_request") and not wants_uid:
         return _csr_refused(msg, base, new_state, changed, lacks_state or unknown_config, event)
-    if not disconnecting and not unknown_config:
-        new_state = offer_config(new_state, fleet, now, reply, changed)
     if not disconnecting:
-        new_state = offer_packages(new_state, fleet, now, reply, changed)
-    offer = fleet.settings.offer_for(new_state) if fleet.settings.offers_any else None
-    new_state = heartbeat.settle(new_state, msg, offer, reply, changed, disconnecting)
+        new_state = _offer_config_and_packages(new_state, fleet, now, reply, changed, unknown_config)
+    before = record
+    new_state, record = credential_offers.settle(
+        new_state, msg, record, fleet.settings, reply, changed, disconnecting, now, mint_credential
+    )
     new_state = _deliver_pending(new_state, reply, disconnecting, changed)
     write = AgentWrite(state=new_state, changed=frozenset(changed), previous_uid=previous_uid)
+    if record != before:
+        # A credential minted (or one activated): the record is committed first, then the credential
+        # record compared and set, then the reply goes out (the caller's order).
+        return Outcome(reply, write, True, event, new_state, credential=CredentialChange(before, record))
     return Outcome(reply, write, _durable(changed, msg, state, new_state), event, new_state)
+
+
+def _offer_config_and_packages(
+    state: AgentState,
+    fleet: FleetView,
+    now: float,
+    reply: pb.ServerToAgent,
+    changed: set[str],
+    unknown_config: bool,
+) -> AgentState:
+    """The config (unless which one the agent runs is unknown yet) and the packages it should get."""
+    if not unknown_config:
+        state = offer_config(state, fleet, now, reply, changed)
+    return offer_packages(state, fleet, now, reply, changed)
 
 
 def _durable(changed: set[str], msg: pb.AgentToServer, before: AgentState | None, after: AgentState) -> bool:
@@ -418,10 +504,26 @@ def _durable(changed: set[str], msg: pb.AgentToServer, before: AgentState | None
     return bool(durable_changes)
 
 
+def _moved_with(record: AgentCredential | None, previous_uid: bytes | None) -> AgentCredential | None:
+    """The credential record of a record that moves (None: its new uid has none) or stays."""
+    return None if previous_uid is not None else record
+
+
+def _on_own(record: AgentCredential | None, own: OwnCredential | None) -> bool:
+    """Whether the agent is (or speaks) on its own credential."""
+    return own is not None or (record is not None and record.active is not None)
+
+
 def _refusal(
-    state: AgentState | None, msg: pb.AgentToServer, fleet: FleetView, wants_uid: bool, disconnecting: bool
+    state: AgentState | None,
+    msg: pb.AgentToServer,
+    fleet: FleetView,
+    wants_uid: bool,
+    disconnecting: bool,
+    on_own: bool = False,
 ) -> str:
-    """Why the message is refused as a whole ("" if it is not)."""
+    """Why the message is refused as a whole ("" if it is not). `on_own`: the agent is on its own
+    credential, which names its uid."""
     # A uid asked for replaces a temporary one, which the spec does not require to be 16 bytes.
     if len(msg.instance_uid) != UID_LENGTH and not (wants_uid and state is None):
         return f"instance_uid must be {UID_LENGTH} bytes, got {len(msg.instance_uid)}"
@@ -430,6 +532,9 @@ def _refusal(
         return too_big
     if wants_uid and disconnecting:
         return "RequestInstanceUid cannot be combined with agent_disconnect"
+    if wants_uid and state is not None and on_own:
+        # A new uid would leave it without a credential.
+        return "an agent on its own credential keeps its instance_uid: RequestInstanceUid is refused"
     return ""
 
 

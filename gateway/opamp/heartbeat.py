@@ -82,6 +82,13 @@ def settle(
 ) -> AgentState:
     """The engine's step for connection settings: what `msg` reports of them (the status is kept),
     then the offer if it is due (not in the reply to a goodbye)."""
+    state = report(state, msg, changed)
+    return state if disconnecting else offer_settings(state, offer, reply, changed)
+
+
+def report(state: AgentState, msg: pb.AgentToServer, changed: set[str]) -> AgentState:
+    """What `msg` reports of connection settings: the status is kept, and the hash it names is the
+    one the agent holds (`on_settings_report`)."""
     if msg.HasField("connection_settings_status"):
         reported = msg.connection_settings_status.SerializeToString(deterministic=True)
         if reported != state.connection_settings_status:
@@ -89,7 +96,7 @@ def settle(
             state = replace(state, connection_settings_status=reported)
             changed.add("connection_settings_status")
         state = on_settings_report(state, msg.connection_settings_status, changed)
-    return state if disconnecting else offer_settings(state, offer, reply, changed)
+    return state
 
 
 def on_settings_report(

@@ -6,11 +6,15 @@ ask these for each socket's agent, and the connection only sends the reply and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from gateway.fleet import credentials
 from gateway.fleet.agent import AgentState, AgentWrite
-from gateway.opamp import heartbeat
+from gateway.fleet.credentials import AgentCredential, Minted
+from gateway.opamp import credential_offers
 from gateway.opamp.engine import (
+    CredentialChange,
     FleetView,
     accepts_command,
     command_message,
@@ -32,38 +36,50 @@ class Push:
     write: AgentWrite
     # Committed once sent (a cleared command must never come back from the store), or submitted.
     durable: bool
+    # A credential minted for this push: its record is stored (compare-and-set) before the push is
+    # sent, and the push is not sent if that fails (gateway/opamp/credential_offers.py).
+    credential: CredentialChange | None = None
 
     @property
     def state(self) -> AgentState:
         return self.write.state
 
 
-def _settings_offer(state: AgentState, fleet: FleetView) -> pb.ConnectionSettingsOffers | None:
-    return fleet.settings.offer_for(state) if fleet.settings.offers_any else None
-
-
-def config_due(state: AgentState, fleet: FleetView, now: float) -> bool:
+def config_due(
+    state: AgentState, fleet: FleetView, now: float, record: AgentCredential | None = None
+) -> bool:
     """Whether `config_push` would push now. Cheap: a config (or connection settings, or package)
-    change asks this for every agent on the node, and most need nothing (a dict lookup each)."""
-    return (
-        config_to_offer(state, fleet, now) is not None
-        or heartbeat.settings_due(state, _settings_offer(state, fleet))
-        or packages_to_offer(state, fleet, now) is not None
-    )
+    change asks this for every agent on the node, and most need nothing (a dict lookup each).
+    `record`: the agent's credential record (per-agent credentials)."""
+    if config_to_offer(state, fleet, now) is not None or packages_to_offer(state, fleet, now) is not None:
+        return True
+    return fleet.settings.offers_any and credential_offers.due(state, record, fleet.settings)
 
 
-def config_push(state: AgentState, fleet: FleetView, now: float) -> Push | None:
+def config_push(
+    state: AgentState,
+    fleet: FleetView,
+    now: float,
+    record: AgentCredential | None = None,
+    mint: Callable[[bytes], Minted] = credentials.mint,
+) -> Push | None:
     """The agent's remote config, its connection settings offer and its packages, each if the
     engine's rules say it should get it now, else None. Not durable: a lost offer record only means
-    it may be sent once more."""
+    it may be sent once more (unless it carries a new credential, whose record is stored first:
+    `Push.credential`)."""
     changed: set[str] = set()
     reply = pb.ServerToAgent(instance_uid=state.instance_uid, capabilities=fleet.server_capabilities)
     offered = offer_config(state, fleet, now, reply, changed)
-    offered = heartbeat.offer_settings(offered, _settings_offer(offered, fleet), reply, changed)
+    after = record
+    if fleet.settings.offers_any:
+        offered, after = credential_offers.offer(offered, record, fleet.settings, reply, changed, now, mint)
     offered = offer_packages(offered, fleet, now, reply, changed)
     if not changed:
         return None
-    return Push(reply, AgentWrite(state=offered, changed=frozenset(changed)), durable=False)
+    write = AgentWrite(state=offered, changed=frozenset(changed))
+    if after != record:
+        return Push(reply, write, durable=True, credential=CredentialChange(record, after))
+    return Push(reply, write, durable=False)
 
 
 def command_push(state: AgentState, command: int, fleet: FleetView) -> Push | None:

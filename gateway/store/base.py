@@ -17,6 +17,7 @@ from typing import Protocol
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.credentials import AgentCredential, Kind
 from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.selector import Selector
@@ -92,6 +93,8 @@ class AgentQuery:
     # (gateway/fleet/package_status.py package_terms), and only those that give none of these.
     with_package_states: tuple[str, ...] = ()
     without_package_states: tuple[str, ...] = ()
+    # Only agents on this kind of credential (gateway/fleet/credentials.py).
+    credential: Kind | None = None
     limit: int = DEFAULT_PAGE_SIZE
     # Opaque token from the previous page's `next_cursor`.
     cursor: str | None = None
@@ -101,6 +104,8 @@ class AgentQuery:
 class AgentPage:
     agents: list[AgentState]
     next_cursor: str | None
+    # The credential records of the listed agents that have one (the others are on shared keys).
+    credentials: dict[bytes, AgentCredential] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,20 @@ class Store(Protocol):
 
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
         """Agents matching the query in a stable order, one page at a time."""
+
+    async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+        """The credential records (gateway/fleet/credentials.py) of the agents stored under exactly
+        these uids (an old, moved uid has none), read through (never an older copy); an agent without
+        one (on shared keys) or without a record is left out."""
+
+    async def put_credential(
+        self, uid: bytes, expected: AgentCredential | None, new: AgentCredential | None
+    ) -> bool:
+        """Compare-and-set the credential record of the agent stored under `uid`: written only if its
+        record is `expected` now (None: it has none); None clears it. False when it was not written
+        (another node changed it first, or there is no such agent): read again and decide again.
+        Only this changes a credential record: agent writes (`write`) keep it as it is, and a record
+        that moves to another uid (RequestInstanceUid) or is deleted loses it."""
 
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         """instance_uid -> stored `pending_command`, for the agents that have one (one query, no

@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.credentials import AgentCredential
 from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
@@ -156,6 +157,14 @@ class CircuitBreaker:
 
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         return await self._call(lambda: self.store.pending_commands(limit))
+
+    async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+        return await self._call(lambda: self.store.get_credentials(uids))
+
+    async def put_credential(
+        self, uid: bytes, expected: AgentCredential | None, new: AgentCredential | None
+    ) -> bool:
+        return await self._call(lambda: self.store.put_credential(uid, expected, new))
 
     async def forget(self, uid: bytes) -> bytes | None:
         return await self._call(lambda: self.store.forget(uid))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -28,6 +29,7 @@ from elasticsearch import AsyncElasticsearch
 from gateway.fleet.agent import AgentState, AgentWrite, uid_str
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.credentials import AgentCredential, BadCredentialRecord
 from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion
@@ -58,7 +60,14 @@ from gateway.store.elasticsearch_documents import Moved, UnreadableDocument, age
 from gateway.store.elasticsearch_packages import PACKAGES
 from gateway.store.elasticsearch_schema import agents_index, configs_index, mapping_version
 from gateway.store.elasticsearch_settings import SettingsDocuments
-from gateway.store.elasticsearch_writes import Action, Known, KnownDocuments, plan, rounds
+from gateway.store.elasticsearch_writes import (
+    Action,
+    Known,
+    KnownDocuments,
+    credential_fields,
+    plan,
+    rounds,
+)
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -281,12 +290,102 @@ class ElasticsearchStore:
         body = (await self._request("search", self._client.search(index=self.agents_alias, body=search))).body
         hits = body["hits"]["hits"]
         agents: list[AgentState] = []
+        credentials: dict[bytes, AgentCredential] = {}
         for hit in hits[:limit]:
             record = agent_from_source(hit["_source"])
             if isinstance(record, AgentState):
                 agents.append(record)
+                credential = _credential_of(hit["_source"], hit["_id"])
+                if credential is not None:
+                    credentials[record.instance_uid] = credential
         next_cursor = encode_cursor(hits[limit - 1]["_id"]) if len(hits) > limit else None
-        return AgentPage(agents=agents, next_cursor=next_cursor)
+        return AgentPage(agents=agents, next_cursor=next_cursor, credentials=credentials)
+
+    # -- per-agent credentials ---------------------------------------------------------------------
+
+    async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+        """Realtime `_mget`s of the credential records alone (a moved uid's stub has none)."""
+        wanted = list(dict.fromkeys(uids))
+        out: dict[bytes, AgentCredential] = {}
+        for start in range(0, len(wanted), _MGET_IDS):
+            for uid, (credential, _doc) in (
+                await self._credential_docs(wanted[start : start + _MGET_IDS])
+            ).items():
+                if credential is not None:
+                    out[uid] = credential
+        return out
+
+    async def _credential_docs(
+        self, uids: list[bytes]
+    ) -> dict[bytes, tuple[AgentCredential | None, Mapping[str, Any]]]:
+        """{uid: (credential record, the document's metadata)} for the live agent documents found."""
+        response = await self._request(
+            "mget",
+            self._client.mget(
+                index=self.agents_alias,
+                ids=[uid_str(uid) for uid in uids],
+                source_includes=["active", "opamp.credential"],
+                realtime=True,
+            ),
+        )
+        out: dict[bytes, tuple[AgentCredential | None, Mapping[str, Any]]] = {}
+        for uid, doc in zip(uids, response.body["docs"], strict=True):
+            if "error" in doc:
+                raise store_error_from_item(doc["error"], 500, "mget")
+            if not doc.get("found") or doc.get("_source", {}).get("active") is False:
+                continue
+            out[uid] = (_credential_of(doc["_source"], doc["_id"]), doc)
+        return out
+
+    async def put_credential(
+        self, uid: bytes, expected: AgentCredential | None, new: AgentCredential | None
+    ) -> bool:
+        """Read the document (realtime), compare, then a partial update conditional on the sequence
+        number read: a write in between (this node's writer, another node) makes it 409, and it
+        reads and compares again."""
+        for _ in range(_MAX_CONFLICT_ROUNDS):
+            found = (await self._credential_docs([uid])).get(uid)
+            if found is None or found[0] != expected:
+                return False
+            doc = found[1]
+            header = {
+                "update": {
+                    "_id": uid_str(uid),
+                    "_index": doc["_index"],
+                    "if_seq_no": doc["_seq_no"],
+                    "if_primary_term": doc["_primary_term"],
+                    "require_alias": False,
+                }
+            }
+            body = {"doc": {"opamp": credential_fields(new)}}
+            item = (await self._bulk_request([_ndjson(header), _ndjson(body)], 1))[0]
+            status = int(item.get("status", 500))
+            if 200 <= status < 300:
+                known = self._known.get(uid)
+                if known is not None and known.moved_to is None:
+                    self._known.put(
+                        uid,
+                        dataclasses.replace(
+                            known,
+                            seq_no=int(item["_seq_no"]),
+                            primary_term=int(item["_primary_term"]),
+                            index=str(item.get("_index", known.index)),
+                            credential=new,
+                        ),
+                    )
+                return True
+            kind = error_type({"error": item.get("error", {})})
+            if status == 409 or kind == "document_missing_exception":
+                continue
+            if kind == "index_not_found_exception":
+                raise NotMigrated(f"Elasticsearch update: {kind}: run `opamp-gateway migrate`")
+            reason = f"Elasticsearch credential update: HTTP {status} {kind}"
+            raise (
+                StoreUnavailable(reason)
+                if is_transient(status, kind) or kind in _GONE_INDEX
+                else StoreError(reason)
+            )
+        raise StoreUnavailable(f"the credential record of agent {uid_str(uid)} kept changing")
 
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         body = queries.pending_commands_body(max(0, min(int(limit), MAX_PENDING_COMMANDS)))
@@ -410,6 +509,7 @@ class ElasticsearchStore:
                     after.moved_to,
                     str(item.get("_index", "")),
                     after.key_id,
+                    after.credential,
                 ),
             )
             return None
@@ -561,7 +661,18 @@ def _known(doc: Mapping[str, Any], record: AgentState | Moved) -> Known:
         record.command_id,
         index=index,
         key_id=record.key_id,
+        credential=_credential_of(doc["_source"], doc["_id"]),
     )
+
+
+def _credential_of(source: Mapping[str, Any], doc_id: str) -> AgentCredential | None:
+    raw = (source.get("opamp") or {}).get("credential")
+    if raw is None:
+        return None
+    try:
+        return AgentCredential.from_json(raw)
+    except BadCredentialRecord as exc:
+        raise StoreError(f"agent document {doc_id}: {exc}") from exc
 
 
 def store_error_from_item(error: object, status: int, what: str) -> StoreError:

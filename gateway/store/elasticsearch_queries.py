@@ -28,6 +28,7 @@ LAST_SEEN = "opamp.last_seen"
 PENDING_COMMAND = "opamp.pending_command"
 KEY_ID = "opamp.key_id"
 PACKAGE_STATES = "packages.states"
+CREDENTIAL_KIND = "opamp.credential_kind"
 
 
 def _order_key(x: float) -> int:
@@ -137,6 +138,12 @@ def agents_query(query: AgentQuery, now: float, offline_after: float) -> dict[st
         filters.append({"bool": {"must_not": [{"exists": {"field": KEY_ID}}]}})
     elif query.key_id is not None:
         filters.append({"term": {KEY_ID: query.key_id}})
+    if query.credential == "shared":
+        # No credential record at all, or one without an active credential (one offered, not used).
+        shared = {"bool": {"must_not": [{"exists": {"field": CREDENTIAL_KIND}}]}}
+        filters.append({"bool": {"should": [{"term": {CREDENTIAL_KIND: "shared"}}, shared]}})
+    elif query.credential is not None:
+        filters.append({"term": {CREDENTIAL_KIND: query.credential}})
     for key, value in sorted(query.attributes.items()):
         filters.append({"term": {_attribute(key): value}})
     if query.selector is not None:

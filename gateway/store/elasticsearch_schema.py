@@ -24,7 +24,8 @@ from typing import Any
 # 6: opamp.raw.connection_settings_status.
 # 7: packages (reported names and status terms), opamp.raw.package_statuses,
 #    opamp.offered_packages_hash, opamp.offered_packages_at.
-AGENTS_MAPPING_VERSION = 7
+# 8: opamp.credential and opamp.credential_kind, an agent's own credential (digests only).
+AGENTS_MAPPING_VERSION = 8
 # 2: `history`, the config's last versions (gateway/fleet/versions.py); `rollout_record`.
 # 3: `kind`: "connection_settings" on a connection setting's document (elasticsearch_settings.py).
 # 4: `package` (name, version, type) on a package's document (`kind: "package"`, elasticsearch_packages.py).
@@ -115,6 +116,10 @@ AGENT_PROPERTIES: dict[str, Any] = {
         offered_packages_at={"type": "double"},
         # Reported parts left out because the document would exceed MAX_DOCUMENT_BYTES.
         oversized={"type": "keyword"},
+        # The agent's credential record (gateway/fleet/credentials.py: digests and flags, never a
+        # secret), and its kind (shared, per_agent, revoked) for the admin API's filter; absent: shared.
+        credential=_NOT_INDEXED,
+        credential_kind={"type": "keyword"},
         raw=_object(
             description={"type": "binary"},
             health={"type": "binary"},

@@ -12,6 +12,9 @@ applies in SQL:
 - a touch (heartbeat) writes only the heartbeat fields, as a partial update;
 - `pending_command` changes only when a write names it, and so does `key_id` (an adoption or an
   admin's move to another key: a node's stale copy of the record never undoes it);
+- the credential record (`opamp.credential`, per-agent credentials) is never changed by an agent
+  write: a full document carries the one last seen, and `put_credential` alone changes it (with the
+  same optimistic concurrency, so a write that did not see it gets 409 and re-reads);
 - a write for a uid that moved is dropped (the record lives on under the new uid);
 - a move writes the new document and turns every older uid into a `Moved` document.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.fleet.agent import AgentWrite, uid_str
+from gateway.fleet.credentials import AgentCredential, kind_of
 from gateway.store.elasticsearch_documents import bounded_agent_document, heartbeat_fields, moved_document
 
 ActionKind = Literal["create", "index", "update"]
@@ -49,6 +53,8 @@ class Known:
     # roll-over it meets the old index's write block instead of matching another version.
     index: str = ""
     key_id: str = ""
+    # The agent's credential record in that version (None: none, on shared keys).
+    credential: AgentCredential | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,29 +137,48 @@ def plan(position: int, write: AgentWrite, known: Callable[[bytes], Known | None
                 state.pending_command if named else current.pending_command,
                 state.command_id if named else current.command_id,
                 key_id=state.key_id if rebound else current.key_id,
+                credential=current.credential,
             )
             actions.append(Action(position, uid, "update", {"doc": {"opamp": late}}, current, after))
         return actions
     if write.is_touch and current is not None and current.moved_to is None:
         after = Known(
-            0, 0, state.last_seen, current.pending_command, current.command_id, key_id=current.key_id
+            0,
+            0,
+            state.last_seen,
+            current.pending_command,
+            current.command_id,
+            key_id=current.key_id,
+            credential=current.credential,
         )
         actions.append(Action(position, uid, "update", {"doc": heartbeat_fields(state)}, current, after))
         return actions
     pending, command_id, key_id = state.pending_command, state.command_id, state.key_id
+    credential: AgentCredential | None = None
     if current is not None and current.moved_to is None:
         if not named:
             pending, command_id = current.pending_command, current.command_id
         if not rebound:
             key_id = current.key_id
+        credential = current.credential
     document = bounded_agent_document(state)
     document["opamp"]["pending_command"] = pending
     document["opamp"]["command_id"] = command_id or None
     document["opamp"]["key_id"] = key_id or None
+    if credential is not None:
+        document["opamp"].update(credential_fields(credential))
     kind, condition = _conditional(current)
-    after = Known(0, 0, state.last_seen, pending, command_id, key_id=key_id)
+    after = Known(0, 0, state.last_seen, pending, command_id, key_id=key_id, credential=credential)
     actions.append(Action(position, uid, kind, document, condition, after))
     return actions
+
+
+def credential_fields(credential: AgentCredential | None) -> dict[str, Any]:
+    """The `opamp` fields of a credential record (None: cleared, on shared keys)."""
+    return {
+        "credential": None if credential is None else credential.to_json(),
+        "credential_kind": None if credential is None else kind_of(credential),
+    }
 
 
 def _named_fields(write: AgentWrite, current: Known) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.credentials import AgentCredential, BadCredentialRecord, kind_of
 from gateway.fleet.packages import Package, PackageRequest, PackageVersion
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.status import STATUSES
@@ -234,6 +235,9 @@ class SQLiteStore:
         if query.key_id is not None:
             where.append("key_id = :key_id")
             params["key_id"] = query.key_id
+        if query.credential is not None:
+            where.append("credential_kind = :credential_kind")
+            params["credential_kind"] = query.credential
         if query.q:
             # instr() on the lower-cased column: a plain substring, so % and _ are literal.
             where.append("instr(search, :q) > 0")
@@ -254,7 +258,7 @@ class SQLiteStore:
                     f"EXISTS (SELECT 1 FROM json_each(agents.package_terms) AS p WHERE p.value IN ({marks}))"
                 )
                 where.append(f"NOT {found}" if negate else found)
-        sql = f"SELECT {STATE_COLUMNS}, uid_text FROM agents"
+        sql = f"SELECT {STATE_COLUMNS}, credential, uid_text FROM agents"
         if where:
             sql += " WHERE " + " AND ".join(where)
         # One row more than the page: it tells whether there is a next page.
@@ -262,7 +266,37 @@ class SQLiteStore:
         params["fetch"] = limit + 1
         rows = await self._on_reader(lambda conn: conn.execute(sql, params).fetchall())
         next_cursor = encode_cursor(rows[limit - 1][-1]) if len(rows) > limit else None
-        return AgentPage(agents=[state_of(row) for row in rows[:limit]], next_cursor=next_cursor)
+        page = rows[:limit]
+        credentials = {
+            bytes(row[0]): record for row in page if (record := _credential(row[-2], row[0])) is not None
+        }
+        return AgentPage(
+            agents=[state_of(row) for row in page], next_cursor=next_cursor, credentials=credentials
+        )
+
+    async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+        wanted = list(dict.fromkeys(uids))
+        if not wanted:
+            return {}
+        rows = await self._on_reader(self._credentials_sync, wanted)
+        return {bytes(uid): record for uid, text in rows if (record := _credential(text, uid)) is not None}
+
+    async def put_credential(
+        self, uid: bytes, expected: AgentCredential | None, new: AgentCredential | None
+    ) -> bool:
+        written: bool = await self._on_writer(self._with_writer, _put_credential, uid, expected, new)
+        return written
+
+    @staticmethod
+    def _credentials_sync(conn: sqlite3.Connection, uids: list[bytes]) -> list[tuple[bytes, str]]:
+        rows: list[tuple[bytes, str]] = []
+        for start in range(0, len(uids), _GET_CHUNK):
+            chunk = uids[start : start + _GET_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows += conn.execute(
+                f"SELECT uid, credential FROM agents WHERE credential IS NOT NULL AND uid IN ({marks})", chunk
+            ).fetchall()
+        return rows
 
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         bound = max(0, min(int(limit), MAX_PENDING_COMMANDS))
@@ -600,6 +634,34 @@ class SQLiteStore:
             conn.execute("UPDATE uid_aliases SET new_uid = ? WHERE new_uid = ?", (uid, old))
             conn.execute("INSERT OR REPLACE INTO uid_aliases (old_uid, new_uid) VALUES (?, ?)", (old, uid))
         return None
+
+
+def _credential(text: str | None, uid: bytes) -> AgentCredential | None:
+    try:
+        return AgentCredential.decode(text)
+    except BadCredentialRecord as exc:
+        raise StoreError(f"credential record of agent {bytes(uid).hex()}: {exc}") from exc
+
+
+def _put_credential(
+    conn: sqlite3.Connection, uid: bytes, expected: AgentCredential | None, new: AgentCredential | None
+) -> bool:
+    """Compare-and-set one agent's credential record, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT credential FROM agents WHERE uid = ?", (uid,)).fetchone()
+        written = row is not None and _credential(row[0], uid) == expected
+        if written:
+            conn.execute(
+                "UPDATE agents SET credential = ?, credential_kind = ?, rev = ? WHERE uid = ?",
+                (None if new is None else new.encode(), kind_of(new), new_rev(), uid),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return written
 
 
 def _touched_row(entry: Cached, write: AgentState) -> AgentState:

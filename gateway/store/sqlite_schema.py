@@ -21,7 +21,7 @@ from gateway.store.sqlite_configs import CONFIGS
 from gateway.store.sqlite_packages import PACKAGES
 from gateway.store.sqlite_settings import TABLE as _CONNECTION_SETTINGS
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 UID_LENGTH = 16
 _UINT64 = 1 << 64
 _INT64_MAX = (1 << 63) - 1
@@ -41,6 +41,14 @@ _PACKAGE_COLUMNS = (
     "ALTER TABLE agents ADD COLUMN offered_packages_at REAL NOT NULL DEFAULT 0",
     # The reported package statuses as terms (JSON list), for ?package_status= filters.
     "ALTER TABLE agents ADD COLUMN package_terms TEXT NOT NULL DEFAULT '[]'",
+)
+
+# An agent's credential record (gateway/fleet/credentials.py) as JSON, NULL on shared keys; its kind,
+# which GET /api/v1/agents?credential= filters on. Written only by put_credential: not in COLUMNS, so
+# an agent write (UPSERT) never changes them and a new row starts on shared keys.
+_CREDENTIAL_COLUMNS = (
+    "ALTER TABLE agents ADD COLUMN credential TEXT",
+    "ALTER TABLE agents ADD COLUMN credential_kind TEXT NOT NULL DEFAULT 'shared'",
 )
 
 SCHEMA = (
@@ -80,7 +88,9 @@ SCHEMA = (
         package_statuses BLOB,
         offered_packages_hash BLOB,
         offered_packages_at REAL NOT NULL DEFAULT 0,
-        package_terms TEXT NOT NULL DEFAULT '[]'
+        package_terms TEXT NOT NULL DEFAULT '[]',
+        credential TEXT,
+        credential_kind TEXT NOT NULL DEFAULT 'shared'
     )
     """,
     "CREATE INDEX IF NOT EXISTS agents_last_seen ON agents (last_seen)",
@@ -132,6 +142,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     10: (_CONNECTION_SETTINGS, "ALTER TABLE agents ADD COLUMN connection_settings_status BLOB"),
     # Packages (issue 19): their tables, and each agent's reported statuses and offer bookkeeping.
     11: (*_PACKAGE_TABLES, *_PACKAGE_COLUMNS),
+    # Per-agent credentials (issue 19): each agent's credential record, and its kind for filters.
+    12: _CREDENTIAL_COLUMNS,
 }
 
 # Every column of `agents`, in the order `row_of()` produces them.

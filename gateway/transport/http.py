@@ -24,10 +24,13 @@ from gateway.auth import (
     KeyMatch,
     key_in,
 )
+from gateway.fleet import credentials as agent_credentials
 from gateway.fleet.agent import uid_str
+from gateway.fleet.credentials import OwnCredential
 from gateway.node import duplicates
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
+from gateway.store.base import StoreError
 from gateway.transport import pipeline
 from gateway.transport.context import OpampNode
 from gateway.transport.http_wire import (
@@ -81,23 +84,38 @@ class OpampHttp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope["headers"])
         key_id: str | None = None
+        own: OwnCredential | None = None
         if self._credentials.enabled:
-            match = self._identify(headers)
-            if match is None:
+            try:
+                match, own = await self._identify(headers)
+            except StoreError as exc:
+                # The agent's credential record could not be read: neither yes nor no.
+                status = await self._unavailable(send, "store")
+                logger.warning("could not read an agent credential's record: %s", exc)
+                self._node.metrics.handled("http", str(status), 0.0)
+                return
+            if match is None and own is None:
                 await send_text(send, 401, AGENT_DENIAL, AGENT_CHALLENGE)
                 return
-            key_id = match.key_id
+            key_id = None if match is None else match.key_id
         started = time.perf_counter()
-        status = await self._handle(headers, receive, send, key_id)
+        status = await self._handle(headers, receive, send, key_id, own)
         self._node.metrics.handled("http", str(status), time.perf_counter() - started)
 
-    def _identify(self, headers: RequestHeaders) -> KeyMatch | None:
+    async def _identify(self, headers: RequestHeaders) -> tuple[KeyMatch | None, OwnCredential | None]:
+        """An agent key, or an agent's own credential (gateway/node/credentials.py: its record from
+        the node's copy, or one store read)."""
         # Spec: 401 decided on the HTTP request, before the body is read.
         key = key_in(headers.authorization, AGENT_SCHEMES)
         match = self._credentials.identify(key)
-        if match is None:
+        if match is not None:
+            return match, None
+        own = None
+        if key is not None and agent_credentials.looks_like(key):
+            own = await self._node.credentials.identify(key)
+        if own is None:
             self._on_auth_failure("missing" if key is None else "invalid")
-        return match
+        return None, own
 
     async def _unavailable(self, send: Send, reason: str) -> int:
         """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
@@ -113,7 +131,14 @@ class OpampHttp:
         await send_text(send, status, message)
         return status
 
-    async def _handle(self, headers: RequestHeaders, receive: Receive, send: Send, key_id: str | None) -> int:
+    async def _handle(
+        self,
+        headers: RequestHeaders,
+        receive: Receive,
+        send: Send,
+        key_id: str | None,
+        own: OwnCredential | None,
+    ) -> int:
         node = self._node
         settings = node.settings
         limit = settings.max_message_bytes
@@ -147,20 +172,28 @@ class OpampHttp:
         if not node.limits.begin_message():
             return await self._unavailable(send, "max_inflight")
         try:
-            return await self._process(msg, headers, send, key_id)
+            return await self._process(msg, headers, send, key_id, own)
         finally:
             node.limits.end_message()
 
     async def _process(
-        self, msg: pb.AgentToServer, headers: RequestHeaders, send: Send, key_id: str | None
+        self,
+        msg: pb.AgentToServer,
+        headers: RequestHeaders,
+        send: Send,
+        key_id: str | None,
+        own: OwnCredential | None,
     ) -> int:
         node = self._node
         limit = node.settings.max_message_bytes
         try:
             state = await pipeline.load_state(node, msg)
-            # A message from another key is refused by the engine, never taken for a clone.
-            clone = (state is None or engine.may_speak_for(state, key_id)) and duplicates.http_clone(
-                state, msg
+            # A message from another key is refused by the engine, never taken for a clone; nor is one
+            # with an agent's own credential (it proves which agent it is).
+            clone = (
+                own is None
+                and (state is None or engine.may_speak_for(state, key_id))
+                and duplicates.http_clone(state, msg)
             )
             if clone:
                 # The first agent keeps its record; this one is enrolled under a uid of its own.
@@ -173,6 +206,7 @@ class OpampHttp:
                 _saw,
                 duplicate_of=msg.instance_uid if clone else None,
                 key_id=key_id,
+                own=own,
             )
             if clone and outcome.state is not None:
                 node.metrics.duplicates.labels(transport="http").inc()
@@ -185,9 +219,9 @@ class OpampHttp:
         except pipeline.Shed as exc:
             return await self._unavailable(send, exc.reason)
         if outcome.forbidden:
-            # The key is valid, but not for this agent: the same 401 as a wrong key (spec: 401 on
-            # failed authentication), with a message that says which rule refused it.
-            await send_text(send, 401, KEY_MISMATCH, AGENT_CHALLENGE)
+            # The key (or credential) is valid, but not for this agent: the same 401 as a wrong key
+            # (spec: 401 on failed authentication), with a message that says which rule refused it.
+            await send_text(send, 401, outcome.refusal or KEY_MISMATCH, AGENT_CHALLENGE)
             return 401
         reply = outcome.reply.SerializeToString()
         if len(reply) > limit:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.fleet.agent import AgentState, AgentWrite, Transport, uid_str
+from gateway.fleet.credentials import AgentCredential, OwnCredential
 from gateway.fleet.package_status import STATUS_NAMES
 from gateway.limits import enrolls
 from gateway.opamp import engine
@@ -64,6 +65,23 @@ def _stamped(outcome: engine.Outcome, node: str, transport: Transport) -> engine
     return replace(outcome, state=new, write=write)
 
 
+async def load_credential(
+    node: OpampNode, state: AgentState | None, msg: pb.AgentToServer
+) -> AgentCredential | None:
+    """The credential record of the agent the message is for (the uid its record lives under), from
+    the node's copy (gateway/node/credentials.py); Shed if it must be read and cannot be."""
+    uid = state.instance_uid if state is not None else msg.instance_uid
+    if len(uid) != engine.UID_LENGTH:
+        return None
+    try:
+        return await node.credentials.get(uid)
+    except StoreError as exc:
+        reason = _store_reason(exc)
+        if reason == "store":
+            logger.warning("store read failed: %s", exc)
+        raise Shed(reason) from exc
+
+
 def decide(
     node: OpampNode,
     state: AgentState | None,
@@ -72,12 +90,16 @@ def decide(
     decided: Callable[[OpampNode, engine.Outcome], None] | None = None,
     duplicate_of: bytes | None = None,
     key_id: str | None = None,
+    credential: AgentCredential | None = None,
+    own: OwnCredential | None = None,
 ) -> engine.Outcome:
     """Run the engine (Shed when the message would enroll an agent over the enrollment rate).
 
     `decided`: the transport's own bookkeeping of the outcome, before the write (which may shed it).
-    `key_id`: the id of the agent key the client authenticated with (None: keys are off); the engine
-    refuses a message for an agent bound to another key ("forbidden", counted here).
+    `key_id`: the id of the agent key the client authenticated with (None: keys are off, or `own`);
+    the engine refuses a message for an agent bound to another key ("forbidden", counted here).
+    `credential`: the agent's credential record, `own`: the agent credential the client authenticated
+    with (per-agent credentials; a refusal is counted here too).
     """
     if enrolls(state, msg) and not node.limits.admit_enrollment():
         raise Shed("enrollment_rate")
@@ -89,8 +111,16 @@ def decide(
         node.mint_uid,
         duplicate_of=duplicate_of,
         key_id=key_id,
+        credential=credential,
+        own=own,
+        mint_credential=node.credentials.mint,
     )
-    if outcome.forbidden:
+    if outcome.forbidden and outcome.refusal:
+        node.metrics.credential_event("refused")
+        logger.warning(
+            "refused a message: %s", outcome.refusal, extra={"instance_uid": uid_str(msg.instance_uid)}
+        )
+    elif outcome.forbidden:
         node.metrics.key_mismatch(transport)
         logger.warning(
             "refused a message for an agent bound to another agent key (key id %s)",
@@ -130,6 +160,24 @@ async def store_durable(node: OpampNode, outcome: engine.Outcome) -> None:
         raise Shed(reason) from exc
 
 
+async def commit_credential(node: OpampNode, outcome: engine.Outcome) -> None:
+    """Store the credential record the outcome changed (compare-and-set), before its reply goes out;
+    Shed if it cannot be (the reply, which may carry a credential, is then never sent)."""
+    change, state = outcome.credential, outcome.state
+    if change is None or state is None:
+        return
+    try:
+        written = await node.credentials.commit(state.instance_uid, change.expected, change.new)
+    except StoreError as exc:
+        reason = _store_reason(exc)
+        if reason == "store":
+            logger.warning("store write failed: %s", exc)
+        raise Shed(reason) from exc
+    if not written:
+        # Changed on another node meanwhile (a rotation, a revocation): the agent asks again.
+        raise Shed("credential_changed")
+
+
 def observe(node: OpampNode, outcome: engine.Outcome, msg: pb.AgentToServer) -> None:
     """Metrics and log lines for a handled message."""
     node.metrics.observe_outcome(outcome)
@@ -156,18 +204,23 @@ async def process(
     admit: Callable[[AgentWrite], bool] | None = None,
     duplicate_of: bytes | None = None,
     key_id: str | None = None,
+    own: OwnCredential | None = None,
 ) -> engine.Outcome:
     """Run the engine and hand its write to the writer (awaiting the commit when it matters).
 
     `admit`: asked before the write goes to the writer; False keeps it back (a WebSocket heartbeat
-    whose liveness the node persists later, gateway/node/liveness.py). `key_id`: see `decide`.
+    whose liveness the node persists later, gateway/node/liveness.py). `key_id`, `own`: see
+    `decide`; the agent's credential record is read here (the node's copy). A changed credential
+    record is stored after the agent's record (a new agent's row must exist) and before the reply.
     """
     await node.config_cache.refresh_if_stale()
-    outcome = decide(node, state, msg, transport, decided, duplicate_of, key_id)
+    credential = await load_credential(node, state, msg)
+    outcome = decide(node, state, msg, transport, decided, duplicate_of, key_id, credential, own)
     if outcome.write is not None and (admit is None or admit(outcome.write)):
         if outcome.durable:
             await store_durable(node, outcome)
         else:
             store(node, outcome)
+    await commit_credential(node, outcome)
     observe(node, outcome, msg)
     return outcome

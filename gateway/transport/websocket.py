@@ -21,7 +21,10 @@ instance_uid. Close codes the gateway sends:
 - 1008 policy violation: the agent key the socket authenticated with is no longer accepted (removed
   from the key file, or --strict-key-file with a broken file), at the next re-read; or a message
   spoke for an instance_uid bound to another agent key (counted in
-  opamp_gateway_agent_key_mismatches_total; docs/security.md).
+  opamp_gateway_agent_key_mismatches_total; docs/security.md); or the agent's credentials changed so
+  that the socket may no longer speak for it (per-agent credentials: revoked, the agent connected
+  with its own credential elsewhere so its shared key is refused now, a credential replaced by a
+  rotation; or a credential that spoke for another uid), at once, on whichever node holds it.
 - 1009 message too big: over --max-message-bytes, header included (spec: SHOULD close with 1009),
   refused from the frame header before its payload is read.
 - 1011 internal error: a server ping got no pong within --ws-ping-timeout.
@@ -39,8 +42,9 @@ duplicate agent from a failing one.
 A binary message that is not an AgentToServer (after an optional header 0, opamp/framing.py) is
 answered with ServerErrorResponse{BadRequest} and the socket stays open (spec: bad request).
 
-Upgrades are refused with 401 (no or a wrong agent key; gateway/auth.py) or 503 + Retry-After
-(draining, or --max-connections open). A client that stops reading for --send-timeout is dropped
+Upgrades are refused with 401 (no or a wrong agent key or agent credential; gateway/auth.py,
+gateway/node/credentials.py) or 503 + Retry-After (draining, --max-connections open, or an agent
+credential's record that cannot be read). A client that stops reading for --send-timeout is dropped
 without a close frame: it would not read that either.
 """
 
@@ -69,9 +73,12 @@ from gateway.auth import (
     KeyMatch,
     presented_key,
 )
+from gateway.fleet import credentials as agent_credentials
 from gateway.fleet.agent import AgentState, uid_str
+from gateway.fleet.credentials import OwnCredential
 from gateway.limits import RETRY_AFTER_SECONDS, RETRY_JITTER_SECONDS
 from gateway.node import duplicates
+from gateway.node.push import Missing
 from gateway.opamp import engine, framing, heartbeat
 from gateway.opamp.push import Push
 from gateway.proto import opamp_pb2 as pb
@@ -126,23 +133,44 @@ class OpampEndpoint:
         self._on_auth_failure = on_auth_failure
         credentials.on_change(self._revoke)
 
-    def open(self, request: Request, socket: WebSocketProtocol) -> Connection:
-        node = self._node
+    def open(self, request: Request, socket: WebSocketProtocol) -> Connection | Awaitable[Connection]:
         match: KeyMatch | None = None
         if self._credentials.enabled:
             # Spec: 401 on failure, decided on the HTTP request, before the upgrade.
             key = presented_key(Headers(raw=request.headers), AGENT_SCHEMES)
             match = self._credentials.identify(key)
             if match is None:
+                if key is not None and agent_credentials.looks_like(key):
+                    # An agent's own credential: its record may have to be read first.
+                    return self._open_own(key, socket)
                 self._on_auth_failure("missing" if key is None else "invalid")
                 raise Refusal(401, AGENT_DENIAL, dict(AGENT_CHALLENGE))
+        return self._accepted(socket, match, None)
+
+    async def _open_own(self, key: str, socket: WebSocketProtocol) -> Connection:
+        try:
+            own = await self._node.credentials.identify(key)
+        except StoreError as exc:
+            logger.warning("could not read an agent credential's record: %s", exc)
+            raise self._shed(
+                "store", "the agent credential could not be checked now", limits.retry_after()
+            ) from exc
+        if own is None:
+            self._on_auth_failure("invalid")
+            raise Refusal(401, AGENT_DENIAL, dict(AGENT_CHALLENGE))
+        return self._accepted(socket, None, own)
+
+    def _accepted(
+        self, socket: WebSocketProtocol, match: KeyMatch | None, own: OwnCredential | None
+    ) -> Connection:
+        node = self._node
         if node.drain.draining:
             retry = random.randint(1, int(node.settings.drain_retry_window))
             raise self._shed("draining", "this node is draining: connect to another node", retry)
         if not node.limits.open_connection():
             text = f"this node holds its maximum of {node.limits.max_connections} WebSockets"
             raise self._shed("max_connections", text, limits.retry_after())
-        return Connection(socket, node, match)
+        return Connection(socket, node, match, own)
 
     def _revoke(self) -> None:
         """The keys changed: close every socket whose key is no longer accepted (1008)."""
@@ -170,13 +198,21 @@ class Connection:
     # almost always empty are created when first needed.
     __slots__ = (
         *("_socket", "_node", "_limit", "epoch", "_states", "_aliases", "_displaced", "_closed"),
-        *("_inbox", "_worker", "key"),
+        *("_inbox", "_worker", "key", "_own"),
     )
 
-    def __init__(self, socket: WebSocketProtocol, node: OpampNode, key: KeyMatch | None = None) -> None:
+    def __init__(
+        self,
+        socket: WebSocketProtocol,
+        node: OpampNode,
+        key: KeyMatch | None = None,
+        own: OwnCredential | None = None,
+    ) -> None:
         self._socket = socket
-        # The agent key the socket authenticated with (None with authentication off).
+        # The agent key the socket authenticated with (None with authentication off, or `own`).
         self.key = key
+        # The agent credential it authenticated with instead (per-agent credentials).
+        self._own = own
         self._node = node
         self._limit = node.settings.max_message_bytes
         # Identifies this connection in owner records: a node never closes a newer connection.
@@ -200,8 +236,17 @@ class Connection:
 
     @property
     def key_id(self) -> str | None:
-        """The id of the agent key this socket authenticated with (None with agent keys off)."""
+        """The id of the agent key this socket authenticated with (None with agent keys off, or with
+        an agent's own credential)."""
         return None if self.key is None else self.key.key_id
+
+    @property
+    def own(self) -> OwnCredential | None:
+        return self._own
+
+    @property
+    def authenticated(self) -> bool:
+        return self.key is not None or self._own is not None
 
     # -- the socket's session ---------------------------------------------------------------------
 
@@ -218,19 +263,33 @@ class Connection:
         key = self._aliases.get(uid, uid)
         state = self._states.get(key)
         # A cached record was accepted for this socket's key; one that is not (it cannot be, short of
-        # a bug) takes the path that refuses it.
-        if state is None or node.config_cache.stale() or not engine.may_speak_for(state, self.key_id):
+        # a bug) takes the path that refuses it. So does an agent whose credential record this node
+        # has no copy of (it is read first).
+        credential = node.credentials.peek(key)
+        if (
+            state is None
+            or node.config_cache.stale()
+            or not engine.may_speak_for(state, self.key_id)
+            or isinstance(credential, Missing)
+        ):
             self._wait(self._handle_decoded(msg, started))
             return
         node.limits.track_message()
         try:
-            outcome = pipeline.decide(node, state, msg, "websocket", key_id=self.key_id)
+            outcome = pipeline.decide(
+                node, state, msg, "websocket", key_id=self.key_id, credential=credential, own=self._own
+            )
+            if outcome.forbidden:
+                node.limits.end_message()
+                self.close(CLOSE_POLICY, outcome.refusal or KEY_MISMATCH)
+                return
             write = outcome.write
-            if write is not None and node.liveness.admit(write):
-                if outcome.durable:
-                    node.limits.end_message()
-                    self._wait(self._finish_durable(msg, key, outcome, started))
-                    return
+            admitted = write is not None and node.liveness.admit(write)
+            if outcome.credential is not None or (admitted and outcome.durable):
+                node.limits.end_message()
+                self._wait(self._finish_durable(msg, key, outcome, started, admitted))
+                return
+            if admitted:
                 pipeline.store(node, outcome)
             pipeline.observe(node, outcome, msg)
         except pipeline.Shed as exc:
@@ -308,18 +367,26 @@ class Connection:
         finally:
             node.limits.end_message()
         if outcome.forbidden:
-            # Nothing was stored or registered: the socket that spoke for another key's agent goes.
-            self.close(CLOSE_POLICY, KEY_MISMATCH)
+            # Nothing was stored or registered: the socket that spoke for another key's agent goes
+            # (or with a credential that may not speak for it).
+            self.close(CLOSE_POLICY, outcome.refusal or KEY_MISMATCH)
             return
         self._reply(outcome.reply, "rejected" if outcome.rejected else "ok", started)
 
     async def _finish_durable(
-        self, msg: pb.AgentToServer, key: bytes, outcome: engine.Outcome, started: float
+        self,
+        msg: pb.AgentToServer,
+        key: bytes,
+        outcome: engine.Outcome,
+        started: float,
+        admitted: bool = True,
     ) -> None:
         node = self._node
         node.limits.track_message()
         try:
-            await pipeline.store_durable(node, outcome)
+            if admitted:
+                await pipeline.store_durable(node, outcome)
+            await pipeline.commit_credential(node, outcome)
         except pipeline.Shed as exc:
             self._shed(msg, exc, started)
             return
@@ -337,7 +404,8 @@ class Connection:
         # through the bus or the node's periodic sweep (command_sweep.py).
         clone = False
         if state is None:
-            clone = key == uid and await self._is_clone(uid)
+            # A socket with an agent's own credential is that agent: never taken for a clone.
+            clone = key == uid and self._own is None and await self._is_clone(uid)
             if clone:
                 # The first agent keeps its record; this one is enrolled under a uid of its own.
                 msg = duplicates.as_clone(msg)
@@ -353,6 +421,7 @@ class Connection:
             admit=self._node.liveness.admit,
             duplicate_of=uid if clone else None,
             key_id=self.key_id,
+            own=self._own,
         )
         self._track(msg, key, outcome)
         if clone and outcome.state is not None:
@@ -536,6 +605,18 @@ class Connection:
             self._displaced = set()
         self._displaced.add(uid)
         self.close(CLOSE_TAKEN_OVER, f"taken over: {uid_str(uid)} connected again via {where}")
+
+    async def refuse(self, uid: bytes, reason: str) -> None:
+        if uid not in self._states:
+            return
+        if len(self._states) > 1:
+            # A multiplexing proxy: the socket's other agents stay; a next message for this one takes
+            # the path that reads its record and refuses it.
+            self._forget(uid)
+            for old in [old for old, target in self._aliases.items() if target == uid]:
+                del self._aliases[old]
+            return
+        self.close(CLOSE_POLICY, reason)
 
     async def drain(self, retry_after: float) -> None:
         for uid in list(self._states):

@@ -20,7 +20,9 @@ either). Pings from the server, and the idle timeout, come from the node's sweep
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Awaitable
 from typing import Any, ClassVar, Protocol, cast
 
 from gateway.transport import ws_frames as frames
@@ -36,7 +38,11 @@ from gateway.transport.ws_handshake import (
 
 logger = logging.getLogger("gateway.transport.ws_protocol")
 
-_CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
+# _AUTHENTICATING: the endpoint is still deciding on the upgrade (an agent credential's record is
+# being read); the socket reads nothing meanwhile.
+_CONNECTING, _OPEN, _CLOSING, _CLOSED, _AUTHENTICATING = range(5)
+# Upgrades being decided: referenced until they are.
+_deciding: set[asyncio.Task[None]] = set()
 # How long our close frame waits for the peer's before the connection is dropped (websockets' and
 # so uvicorn's default was 10 s; an agent answers at once or not at all).
 CLOSE_TIMEOUT = 5.0
@@ -69,8 +75,10 @@ class Endpoint(Protocol):
 
     path: str
 
-    def open(self, request: Request, socket: WebSocketProtocol) -> Session:
-        """A session for an accepted upgrade; raises Refusal to answer with an HTTP error instead."""
+    def open(self, request: Request, socket: WebSocketProtocol) -> Session | Awaitable[Session]:
+        """A session for an accepted upgrade, or an awaitable of one when the decision must wait for
+        something (the socket reads nothing meanwhile); raises Refusal to answer with an HTTP error
+        instead."""
 
 
 class Sockets(Protocol):
@@ -147,6 +155,9 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._event(opcode, payload)
         elif self._state == _CONNECTING:
             self._handshake(data)
+        elif self._state == _AUTHENTICATING:
+            # Read before reading paused: kept for when the upgrade is accepted.
+            self._head += data
 
     def pause_writing(self) -> None:
         # The peer does not read: read nothing more from it until it does, and drop it if it
@@ -180,7 +191,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """uvicorn stopping the server (after the node's drain has closed what it could)."""
-        if self._state == _CONNECTING:
+        if self._state in (_CONNECTING, _AUTHENTICATING):
             self._drop()
         else:
             self.close(frames.CLOSE_SERVICE_RESTART, "gateway node shutting down")
@@ -272,10 +283,43 @@ class WebSocketProtocol(asyncio.Protocol):
             if request.path != self.endpoint.path:
                 raise Refusal(404, "not found")
             accept = accept_key(request)
-            session = self.endpoint.open(request, self)
+            opened = self.endpoint.open(request, self)
         except Refusal as refusal:
             self._refuse(refusal)
             return
+        if inspect.isawaitable(opened):
+            assert self.transport is not None
+            self._state = _AUTHENTICATING
+            self._head = rest
+            self.transport.pause_reading()
+            task = self.loop.create_task(self._decided(opened, accept))
+            _deciding.add(task)
+            task.add_done_callback(_deciding.discard)
+            return
+        self._accept(opened, accept, rest)
+
+    async def _decided(self, opened: Awaitable[Session], accept: bytes) -> None:
+        try:
+            session = await opened
+        except Refusal as refusal:
+            if self._state == _AUTHENTICATING:
+                self._refuse(refusal)
+            return
+        except Exception:
+            logger.exception("deciding on a WebSocket upgrade failed")
+            if self._state == _AUTHENTICATING:
+                self._drop()
+            return
+        if self._state != _AUTHENTICATING or self.transport is None or self.transport.is_closing():
+            # The client went away meanwhile.
+            session.on_closed()
+            return
+        rest, self._head = self._head, b""
+        self._state = _CONNECTING
+        self.transport.resume_reading()
+        self._accept(session, accept, rest)
+
+    def _accept(self, session: Session, accept: bytes, rest: bytes) -> None:
         assert self.transport is not None
         self.session = session
         self._state = _OPEN

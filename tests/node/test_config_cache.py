@@ -227,6 +227,12 @@ class _Socket:
     async def drain(self, retry_after: float) -> None:
         raise AssertionError("nothing is drained here")
 
+    own = None
+    authenticated = False
+
+    async def refuse(self, uid: bytes, reason: str) -> None:
+        raise AssertionError("nothing is refused here")
+
 
 async def _cache_with_sockets(count: int, rate: float) -> tuple[config_cache.ConfigCache, _Socket]:
     socket = _Socket()

@@ -378,6 +378,7 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
             None,
             0.0,
         )
+        assert await store.get_credentials([uid.bytes]) == {}
         assert await store.list_configs() == []
         assert await store.list_connection_settings() == []
         # Version 11: the package tables, and the agents' package terms (none reported yet).
@@ -387,7 +388,7 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
         assert _pending_command_plan(conn) == "SCAN agents USING COVERING INDEX agents_pending_command"
 
 
@@ -469,7 +470,7 @@ async def test_a_version_3_file_gets_row_revisions(tmp_path: Path) -> None:
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
         assert conn.execute("SELECT rev FROM agents").fetchone()[0] != 0
 
 
@@ -526,4 +527,4 @@ async def test_a_version_5_file_gets_key_ids_bound_to_no_key(tmp_path: Path) -> 
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 UID = bytes(range(16))
 
 
-async def test_a_version_10_file_is_upgraded_to_11(tmp_path: Path) -> None:
+async def test_a_version_10_file_gets_packages_and_credentials(tmp_path: Path) -> None:
     db_path = str(tmp_path / "v10.db")
     store = SQLiteStore(db_path)
     await store.open()
@@ -36,6 +36,8 @@ async def test_a_version_10_file_is_upgraded_to_11(tmp_path: Path) -> None:
         for table in ("packages", "package_versions", "package_rollouts"):
             conn.execute(f"DROP TABLE {table}")
         for column in ("package_statuses", "offered_packages_hash", "offered_packages_at", "package_terms"):
+            conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
+        for column in ("credential", "credential_kind"):
             conn.execute(f"ALTER TABLE agents DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 10")
         conn.commit()
@@ -58,7 +60,11 @@ async def test_a_version_10_file_is_upgraded_to_11(tmp_path: Path) -> None:
             AgentQuery(with_package_states=("otelcol/installed/ab",)), time.time(), 60
         )
         assert [a.instance_uid for a in found.agents] == [UID]
+        # Version 12: every agent starts on shared keys, with no credential record.
+        assert await store.get_credentials([UID]) == {}
+        shared = await store.list_agents(AgentQuery(credential="shared"), time.time(), 60)
+        assert [a.instance_uid for a in shared.agents] == [UID]
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12

@@ -32,6 +32,8 @@ async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> Non
         conn.execute("ALTER TABLE agents DROP COLUMN offered_settings_hash")
         conn.execute("ALTER TABLE agents DROP COLUMN key_id")
         conn.execute("ALTER TABLE agents DROP COLUMN connection_settings_status")
+        conn.execute("ALTER TABLE agents DROP COLUMN credential")
+        conn.execute("ALTER TABLE agents DROP COLUMN credential_kind")
         conn.execute("DROP TABLE connection_settings")
         for table in ("packages", "package_versions", "package_rollouts"):
             conn.execute(f"DROP TABLE {table}")
@@ -52,7 +54,7 @@ async def test_a_version_6_file_gets_a_history_per_config(tmp_path: Path) -> Non
     finally:
         await store.close()
     with closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
 
 
 async def test_an_unreadable_rollout_record_is_a_store_error(tmp_path: Path) -> None:

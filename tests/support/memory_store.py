@@ -9,6 +9,7 @@ from dataclasses import replace
 from gateway.fleet.agent import AgentState, AgentWrite
 from gateway.fleet.configs import Config, ConfigRequest
 from gateway.fleet.connection_settings import ConnectionSettings, SettingsSpec
+from gateway.fleet.credentials import AgentCredential, kind_of
 from gateway.fleet.packages import Package, PackageRequest, PackageVersion, version_of as package_version_of
 from gateway.fleet.rollout_record import Rollout
 from gateway.fleet.versions import ConfigVersion, oldest_kept, version_of
@@ -35,6 +36,9 @@ class MemoryStore:
         self.packages: dict[str, Package] = {}
         self.package_history: dict[str, list[PackageVersion]] = {}
         self.package_rollouts: dict[str, tuple[Rollout, int]] = {}
+        # Credential records by the uid the record lives under; counted reads.
+        self.credentials: dict[bytes, AgentCredential] = {}
+        self.credential_reads = 0
 
     async def open(self) -> None:
         pass
@@ -71,11 +75,36 @@ class MemoryStore:
             self.records[state.instance_uid] = state
             if write.previous_uid is not None and write.previous_uid != state.instance_uid:
                 self.records.pop(write.previous_uid, None)
+                # A record that moves leaves its credential record behind (with its old row).
+                self.credentials.pop(write.previous_uid, None)
                 self.aliases[write.previous_uid] = state.instance_uid
 
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
-        agents = sorted(self.records.values(), key=lambda s: s.uid)[: query.limit]
-        return AgentPage(agents=agents, next_cursor=None)
+        agents = sorted(self.records.values(), key=lambda s: s.uid)
+        if query.credential is not None:
+            agents = [a for a in agents if kind_of(self.credentials.get(a.instance_uid)) == query.credential]
+        agents = agents[: query.limit]
+        found = {
+            a.instance_uid: self.credentials[a.instance_uid]
+            for a in agents
+            if a.instance_uid in self.credentials
+        }
+        return AgentPage(agents=agents, next_cursor=None, credentials=found)
+
+    async def get_credentials(self, uids: Sequence[bytes]) -> dict[bytes, AgentCredential]:
+        self.credential_reads += 1
+        return {uid: self.credentials[uid] for uid in uids if uid in self.credentials}
+
+    async def put_credential(
+        self, uid: bytes, expected: AgentCredential | None, new: AgentCredential | None
+    ) -> bool:
+        if uid not in self.records or self.credentials.get(uid) != expected:
+            return False
+        if new is None:
+            self.credentials.pop(uid, None)
+        else:
+            self.credentials[uid] = new
+        return True
 
     async def pending_commands(self, limit: int) -> dict[bytes, int]:
         self.pending_queries += 1
@@ -87,6 +116,7 @@ class MemoryStore:
         target = self.aliases.get(uid, uid)
         if self.records.pop(target, None) is None:
             return None
+        self.credentials.pop(target, None)
         self.aliases = {old: new for old, new in self.aliases.items() if new != target}
         return target
 

@@ -72,7 +72,7 @@ class UiAgent(SimAgent):
 class PackageAgent(UiAgent):
     """A UiAgent that accepts packages: it reports each offer DOWNLOADING, then INSTALLED."""
 
-    offers: list[pb.PackagesAvailable] = field(default_factory=list)
+    package_offers: list[pb.PackagesAvailable] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,7 +85,7 @@ class PackageAgent(UiAgent):
         if reply.HasField("packages_available"):
             offer = pb.PackagesAvailable()
             offer.CopyFrom(reply.packages_available)
-            self.offers.append(offer)
+            self.package_offers.append(offer)
             reaction.send += [("packages downloading", self._statuses(offer, False))]
             reaction.send += [("packages installed", self._statuses(offer, True))]
         return reaction

@@ -286,7 +286,7 @@ def test_a_package_made_in_the_form_is_installed_by_the_agents_that_accept_packa
         expect(page.get_by_role("heading", name="Package otelcol-freebsd")).to_be_visible()
         installed = page.locator('#package-status td[data-state="installed"]')
         expect(installed).to_have_text("1", timeout=ROLLOUT_MS)
-        assert [o.packages["otelcol-freebsd"].version for o in upgrader.offers] == ["0.121.0"]
+        assert [o.packages["otelcol-freebsd"].version for o in upgrader.package_offers] == ["0.121.0"]
         expect(page.locator("#rollout-state")).to_contain_text("every agent it matches is offered it at once")
         shot(page, "package")
         page.goto(f"{gateway.admin_url}/ui/#/packages")

@@ -146,7 +146,15 @@ async def test_a_package_reaches_agents_on_both_nodes_and_their_statuses_show_on
         newer = (await recv(ws, RECEIVE_TIMEOUT)).packages_available
         assert newer.packages["otelcol"].version == "0.122.0"
         assert newer.all_packages_hash != offer.all_packages_hash
-        assert (await http_poll(http, b.opamp_url, heartbeat(http_uid, 4, CAPS))).packages_available == newer
+        # node-b hears of the change on the bus and reads it; node-a does not wait for that before it
+        # answers the PUT and pushes, so node-b's reply may come first: poll until it carries it.
+        polls = iter(range(4, 10_000))
+
+        async def offered_on_b() -> bool:
+            reply = await http_poll(http, b.opamp_url, heartbeat(http_uid, next(polls), CAPS))
+            return bool(reply.packages_available == newer)
+
+        await eventually(offered_on_b, timeout=WAIT, what="node-b to offer the new version")
 
 
 class Agent:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import replace
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.context import AdminNode, node_of
 from gateway.api.errors import error, store_down
+from gateway.api.json_body import RefusedBody, read_json
 from gateway.fleet.configs import (
     MAX_VERSION,
     Config,
@@ -30,13 +30,8 @@ logger = logging.getLogger("gateway.api.configs")
 
 # ASCII digits (str.isdigit() also takes '²', which int() refuses), few enough for int().
 _VERSION = re.compile(r"[0-9]{1,19}")
-_MAX_INT_DIGITS = 30
 # Room for the rest of a ServerToAgent around the config files.
 _REPLY_OVERHEAD = 64 * 1024
-
-
-class BodyTooLarge(Exception):
-    """A PUT body over the limit; read no further."""
 
 
 def max_config_bytes(services: AdminNode) -> int:
@@ -79,23 +74,6 @@ async def rollout(services: AdminNode, config: Config) -> RolloutCounts:
         query = replace(query, cursor=page.next_cursor)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def json_int(text: str) -> int | float:
-    """A JSON integer; one too long for any field (or for int(), past 4,300 digits) is read as a float
-    (inf if huge), which the field's own check then refuses by name."""
-    return int(text) if len(text) <= _MAX_INT_DIGITS else float(text)
-
-
 def _expected_version(request: Request) -> int | None:
     unknown = sorted(set(request.query_params) - {"version"})
     if unknown:
@@ -136,23 +114,12 @@ async def put_config(request: Request) -> Response:
     services = node_of(request)
     name = request.path_params["name"]
     limit = max_config_bytes(services)
+    too_large = f"the request body is too large for a config of at most {limit} bytes"
     try:
         # JSON escaping can double a body (and base64 adds a third): allow for it before parsing.
-        raw = await read_body(request, 2 * limit + _REPLY_OVERHEAD)
-    except BodyTooLarge:
-        return error(413, f"the request body is too large for a config of at most {limit} bytes")
-    except ClientDisconnect:
-        return Response(status_code=400)
-    try:
-        body = json.loads(raw, parse_int=json_int)
-        # JSON may escape lone surrogates (\ud800) that no UTF-8 file or reply can carry.
-        json.dumps(body, ensure_ascii=False).encode()
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return error(400, f"body: not valid JSON: {exc}")
-    except UnicodeEncodeError:
-        return error(400, "body: contains an escaped lone surrogate, which is not valid Unicode")
-    except RecursionError:
-        return error(400, "body: arrays or objects nested too deeply")
+        body = await read_json(request, 2 * limit + _REPLY_OVERHEAD, too_large)
+    except RefusedBody as exc:
+        return exc.response
     try:
         parsed = parse_request(name, body, max_bytes=limit)
     except InvalidConfig as exc:

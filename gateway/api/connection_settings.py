@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api.configs import BodyTooLarge, json_int, max_config_bytes, read_body
+from gateway.api.configs import max_config_bytes
 from gateway.api.context import node_of
 from gateway.api.errors import error, store_down
+from gateway.api.json_body import RefusedBody, read_json
 from gateway.fleet.connection_settings import InvalidConnectionSettings, parse_spec, settings_json
 from gateway.fleet.render import timestamp
 from gateway.store.base import StoreError
@@ -49,20 +49,9 @@ async def put_settings(request: Request) -> Response:
     name = request.path_params["name"]
     limit = max_config_bytes(services)
     try:
-        raw = await read_body(request, limit)
-    except BodyTooLarge:
-        return error(413, f"the request body is over {limit} bytes (--max-config-bytes)")
-    except ClientDisconnect:
-        return Response(status_code=400)
-    try:
-        body = json.loads(raw, parse_int=json_int)
-        json.dumps(body, ensure_ascii=False).encode()
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return error(400, f"body: not valid JSON: {exc}")
-    except UnicodeEncodeError:
-        return error(400, "body: contains an escaped lone surrogate, which is not valid Unicode")
-    except RecursionError:
-        return error(400, "body: arrays or objects nested too deeply")
+        body = await read_json(request, limit, f"the request body is over {limit} bytes (--max-config-bytes)")
+    except RefusedBody as exc:
+        return exc.response
     try:
         spec = parse_spec(name, body)
     except InvalidConnectionSettings as exc:

@@ -23,17 +23,15 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from gateway.fleet.agent import AgentState, facts
+from gateway.fleet.bounded_cache import BoundedCache
 from gateway.fleet.configs import Config, ConfigFile
 from gateway.fleet.waves import RolloutState, wants_new_version
 from gateway.proto import opamp_pb2 as pb
 
 # Desired configs remembered per (uid, description) in one ConfigSet; a new set starts empty.
 _CACHE_LIMIT = 1 << 18
-# Bytes of agent-supplied keys (descriptions, statuses) each cache may hold: the keys are the
-# agents' bytes, so an entry count alone would let one agent grow the node by sending big ones.
+# Bytes of agent-supplied keys (descriptions, statuses) each cache may hold (bounded_cache.py).
 CACHE_BYTES = 64 * 1024 * 1024
-# What an entry costs beyond its key's bytes (dict slot, tuple, bytes headers).
-_ENTRY_OVERHEAD = 200
 
 
 def config_hash(files: Iterable[tuple[str, ConfigFile]]) -> bytes:
@@ -88,12 +86,10 @@ class ConfigSet:
     rollouts: Mapping[str, RolloutView[Config]] = field(default_factory=dict)
     # Identifies the snapshot's content: equal on two nodes that know the same config versions.
     generation: str = field(init=False)
-    _cache: dict[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
+    _cache: BoundedCache[tuple[bytes, bytes | None], Desired | None] = field(init=False, repr=False)
     _shared: dict[bytes, Desired] = field(init=False, repr=False)
-    _reported: dict[bytes, bytes] = field(init=False, repr=False)
+    _reported: BoundedCache[bytes, bytes] = field(init=False, repr=False)
     _by_match: dict[tuple[tuple[int, bool], ...], Desired | None] = field(init=False, repr=False)
-    _cache_bytes: int = field(init=False, repr=False)
-    _reported_bytes: int = field(init=False, repr=False)
     _staged: dict[str, RolloutView[Config]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,12 +105,10 @@ class ConfigSet:
             if c.name in self._staged:
                 token.update(f"rollout\0{self._staged[c.name].token()}\0".encode())
         self.generation = token.hexdigest()
-        self._cache = {}
+        self._cache = BoundedCache(_CACHE_LIMIT, CACHE_BYTES)
         self._shared = {}
-        self._reported = {}
+        self._reported = BoundedCache(_CACHE_LIMIT, CACHE_BYTES)
         self._by_match = {}
-        self._cache_bytes = 0
-        self._reported_bytes = 0
 
     def __bool__(self) -> bool:
         return bool(self.configs)
@@ -180,17 +174,11 @@ class ConfigSet:
         agent that accepts remote config compares it with the desired hash, and most agents of a
         fleet report the same few statuses, byte for byte."""
         try:
-            return self._reported[status]
+            return self._reported.entries[status]
         except KeyError:
             pass
         digest: bytes = pb.RemoteConfigStatus.FromString(status).last_remote_config_hash
-        cost = len(status) + _ENTRY_OVERHEAD
-        if len(self._reported) >= _CACHE_LIMIT or self._reported_bytes + cost > CACHE_BYTES:
-            self._reported.clear()
-            self._reported_bytes = 0
-        self._reported[status] = digest
-        self._reported_bytes += cost
-        return digest
+        return self._reported.put(status, digest, len(status))
 
     def desired_for(self, state: AgentState) -> Desired | None:
         """The agent's desired config; cached, so a heartbeat costs a dict lookup."""
@@ -198,14 +186,8 @@ class ConfigSet:
             return None
         key = (state.instance_uid, state.description)
         try:
-            return self._cache[key]
+            return self._cache.entries[key]
         except KeyError:
             pass
         desired = self.resolve(state.instance_uid, facts(state).attributes)
-        cost = len(state.instance_uid) + len(state.description or b"") + _ENTRY_OVERHEAD
-        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + cost > CACHE_BYTES:
-            self._cache.clear()
-            self._cache_bytes = 0
-        self._cache[key] = desired
-        self._cache_bytes += cost
-        return desired
+        return self._cache.put(key, desired, len(state.instance_uid) + len(state.description or b""))

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.fleet.agent import AgentState, facts
+from gateway.fleet.bounded_cache import BoundedCache
 from gateway.fleet.desired import CACHE_BYTES, RolloutView
 from gateway.fleet.packages import PACKAGE_TYPES, Package
 from gateway.fleet.waves import wants_new_version
@@ -35,7 +36,6 @@ from gateway.proto import opamp_pb2 as pb
 _PACKAGE_DOMAIN = b"opamp-gateway/package/v1\n"
 _ALL_DOMAIN = b"opamp-gateway/all-packages/v1\n"
 _CACHE_LIMIT = 1 << 18
-_ENTRY_OVERHEAD = 200
 
 
 def _framed(parts: Iterable[bytes]) -> bytes:
@@ -126,10 +126,8 @@ class PackageSet:
     _staged: dict[str, RolloutView[Package]] = field(init=False, repr=False)
     _hashes: dict[str, bytes] = field(init=False, repr=False)
     _by_match: dict[tuple[tuple[int, bool], ...], DesiredPackages | None] = field(init=False, repr=False)
-    _cache: dict[tuple[bytes, bytes | None], DesiredPackages | None] = field(init=False, repr=False)
-    _cache_bytes: int = field(init=False, repr=False)
-    _reported: dict[bytes, bytes] = field(init=False, repr=False)
-    _reported_bytes: int = field(init=False, repr=False)
+    _cache: BoundedCache[tuple[bytes, bytes | None], DesiredPackages | None] = field(init=False, repr=False)
+    _reported: BoundedCache[bytes, bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.packages = tuple(sorted(self.packages, key=lambda p: (-p.priority, p.name)))
@@ -146,10 +144,8 @@ class PackageSet:
         self.generation = token.hexdigest()
         self._hashes = {}
         self._by_match = {}
-        self._cache = {}
-        self._cache_bytes = 0
-        self._reported = {}
-        self._reported_bytes = 0
+        self._cache = BoundedCache(_CACHE_LIMIT, CACHE_BYTES)
+        self._reported = BoundedCache(_CACHE_LIMIT, CACHE_BYTES)
 
     def __bool__(self) -> bool:
         return bool(self.packages)
@@ -223,30 +219,18 @@ class PackageSet:
             return None
         key = (state.instance_uid, state.description)
         try:
-            return self._cache[key]
+            return self._cache.entries[key]
         except KeyError:
             pass
         desired = self.resolve(state.instance_uid, facts(state).attributes)
-        cost = len(state.instance_uid) + len(state.description or b"") + _ENTRY_OVERHEAD
-        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + cost > CACHE_BYTES:
-            self._cache.clear()
-            self._cache_bytes = 0
-        self._cache[key] = desired
-        self._cache_bytes += cost
-        return desired
+        return self._cache.put(key, desired, len(state.instance_uid) + len(state.description or b""))
 
     def reported_hash(self, statuses: bytes) -> bytes:
         """server_provided_all_packages_hash of a serialized PackageStatuses; cached like
         ConfigSet.reported_hash (an agent that accepts packages is asked on every message)."""
         try:
-            return self._reported[statuses]
+            return self._reported.entries[statuses]
         except KeyError:
             pass
         digest: bytes = pb.PackageStatuses.FromString(statuses).server_provided_all_packages_hash
-        cost = len(statuses) + _ENTRY_OVERHEAD
-        if len(self._reported) >= _CACHE_LIMIT or self._reported_bytes + cost > CACHE_BYTES:
-            self._reported.clear()
-            self._reported_bytes = 0
-        self._reported[statuses] = digest
-        self._reported_bytes += cost
-        return digest
+        return self._reported.put(statuses, digest, len(statuses))

@@ -166,5 +166,5 @@ def test_caches_keyed_by_agent_bytes_are_bounded_in_bytes(monkeypatch: pytest.Mo
         assert configs.desired_for(state) is not None
         status = pb.RemoteConfigStatus(error_message=f"{i:04}" * 500).SerializeToString()
         assert configs.reported_hash(status) == b""
-        assert configs._cache_bytes <= 10_000 and configs._reported_bytes <= 10_000
-    assert 0 < len(configs._cache) < 50 and 0 < len(configs._reported) < 50
+        assert configs._cache.bytes <= 10_000 and configs._reported.bytes <= 10_000
+    assert 0 < len(configs._cache.entries) < 50 and 0 < len(configs._reported.entries) < 50

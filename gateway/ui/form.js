@@ -1,4 +1,4 @@
-// What the editing forms (configs, connection settings) share: labelled fields with an error slot,
+// What the editing forms (configs, connection settings, packages) share: labelled fields with an error slot,
 // errors the form finds itself, the API's 400 messages put at the input their field path names, and
 // the delete confirmation.
 import { api } from "./api.js";

@@ -3,6 +3,7 @@
 // and its staged rollout with pause, resume and roll back.
 import { ApiError, api } from "./api.js";
 import { announce, dl, h, refresh, table, time } from "./dom.js";
+import { FieldError, clearErrors, deleteDialog, field, fieldOf, lines, parsePriority, showError } from "./form.js";
 
 const REFRESH_MS = 3000;
 export const PACKAGE_STATES = ["installed", "installing", "failed", "pending", "unsupported"];
@@ -83,28 +84,6 @@ export async function showPackages(view, ctx) {
   ctx.every(REFRESH_MS, update);
 }
 
-function field(id, label, input, help) {
-  return h(
-    "div",
-    { class: "field" },
-    h("label", { for: id }, label),
-    input,
-    help ? h("span", { class: "help", id: `${id}-help` }, help) : "",
-    h("span", { class: "error field-error", id: `${id}-error`, "aria-live": "polite" }),
-  );
-}
-
-function lines(text) {
-  return text.split("\n").map((l) => l.trim()).filter(Boolean);
-}
-
-class FieldError extends Error {
-  constructor(field, problem) {
-    super(`${field}: ${problem}`);
-    this.field = field;
-  }
-}
-
 function pairs(form, id, separator, field) {
   const out = {};
   for (const line of lines(form.querySelector(`#${id}`).value)) {
@@ -127,14 +106,12 @@ function body(form, loaded) {
   if (loaded && loaded.selector.expressions) selector.expressions = loaded.selector.expressions;
   const uids = lines(form.querySelector("#uids").value);
   if (uids.length) selector.instance_uids = uids;
-  const priority = value("priority") || "0";
-  if (!/^-?\d+$/.test(priority)) throw new FieldError("priority", "must be a whole number");
   const request = {
     type: form.querySelector("#type").value,
     version: value("version"),
     file,
     selector,
-    priority: Number(priority),
+    priority: parsePriority(form),
     revision: loaded ? loaded.revision : 0,
   };
   if (value("package-name")) request.package_name = value("package-name");
@@ -159,29 +136,10 @@ const INPUTS = [
   ["package_name", "package-name"],
 ];
 
-function showError(form, path, message) {
+// The input an API field path names (the longest prefix in INPUTS), or null for the whole form.
+function inputFor(form, path) {
   const found = path ? INPUTS.find(([prefix]) => path === prefix || path.startsWith(`${prefix}.`) || path.startsWith(`${prefix}[`)) : null;
-  const input = found ? form.querySelector(`#${found[1]}`) : null;
-  if (input) {
-    input.setAttribute("aria-invalid", "true");
-    input.setAttribute("aria-describedby", [`${input.id}-error`, input.getAttribute("aria-describedby")].filter(Boolean).join(" "));
-    form.querySelector(`#${input.id}-error`).textContent = message;
-    input.focus();
-  } else {
-    form.querySelector("#form-error").textContent = message;
-  }
-  announce(message);
-}
-
-function clearErrors(form) {
-  for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
-  for (const el of form.querySelectorAll(".field-error")) el.textContent = "";
-  form.querySelector("#form-error").textContent = "";
-}
-
-function fieldOf(message) {
-  const at = message.indexOf(": ");
-  return at > 0 && !message.slice(0, at).includes(" ") ? message.slice(0, at) : null;
+  return found ? form.querySelector(`#${found[1]}`) : null;
 }
 
 function packageForm(name, p) {
@@ -247,14 +205,14 @@ function packageForm(name, p) {
       request = body(form, p);
     } catch (exc) {
       if (!(exc instanceof FieldError)) throw exc;
-      showError(form, exc.field, exc.message);
+      showError(form, inputFor(form, exc.field), exc.message);
       return;
     }
     try {
       await api("PUT", path(target), request);
     } catch (exc) {
       if (!(exc instanceof ApiError)) throw exc;
-      showError(form, exc.status === 400 ? fieldOf(exc.message) : null, exc.message);
+      showError(form, exc.status === 400 ? inputFor(form, fieldOf(exc.message)) : null, exc.message);
       return;
     }
     announce(`Package ${target} saved.`);
@@ -263,33 +221,6 @@ function packageForm(name, p) {
     else location.hash = next;
   });
   return form;
-}
-
-function deleteDialog(p) {
-  const dialog = h(
-    "dialog",
-    { "aria-labelledby": "delete-title" },
-    h("h2", { id: "delete-title" }, `Delete package ${p.name}?`),
-    h("p", {}, "Agents that got it are offered their packages without it, and remove it."),
-    h(
-      "form",
-      { method: "dialog" },
-      h("button", { value: "cancel", autofocus: true }, "Cancel"),
-      " ",
-      h("button", { value: "delete", class: "danger", id: "confirm-delete" }, "Delete"),
-    ),
-  );
-  dialog.addEventListener("close", async () => {
-    if (dialog.returnValue !== "delete") return;
-    try {
-      await api("DELETE", `${path(p.name)}?revision=${p.revision}`);
-      announce(`Package ${p.name} deleted.`);
-      location.hash = "#/packages";
-    } catch (exc) {
-      document.getElementById("form-error").textContent = exc.message;
-    }
-  });
-  return dialog;
 }
 
 function rolloutView(name, rollout) {
@@ -380,7 +311,13 @@ export async function showPackage(view, ctx) {
       const [fresh, rollout] = await Promise.all([api("GET", path(name)), rolloutOf(name)]);
       if (ctx.live()) paint(fresh, rollout);
     });
-    const dialog = deleteDialog(p);
+    const dialog = deleteDialog({
+      title: `Delete package ${p.name}?`,
+      text: "Agents that got it are offered their packages without it, and remove it.",
+      path: `${path(p.name)}?revision=${p.revision}`,
+      done: `Package ${p.name} deleted.`,
+      back: "#/packages",
+    });
     view.append(dialog);
     form.querySelector("#delete").addEventListener("click", () => dialog.showModal());
   }

@@ -43,13 +43,17 @@ class AdminClient:
             )
         return response.json()
 
+    def put_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A PUT of a resource (config, package, connection settings): 201 (created) or 200."""
+        response = self._http.put(path, json=body)
+        if response.status_code not in (200, 201):
+            raise AdminError(f"PUT {path} -> {response.status_code}: {response.text}")
+        stored: dict[str, Any] = response.json()
+        return stored
+
     def put_config(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """`PUT /api/v1/configs/{name}`: 201 (created) or 200 (changed or unchanged)."""
-        response = self._http.put(f"/api/v1/configs/{name}", json=body)
-        if response.status_code not in (200, 201):
-            raise AdminError(f"PUT /api/v1/configs/{name} -> {response.status_code}: {response.text}")
-        config: dict[str, Any] = response.json()
-        return config
+        return self.put_json(f"/api/v1/configs/{name}", body)
 
     def config(self, name: str) -> dict[str, Any]:
         """`GET /api/v1/configs/{name}`, rollout counts included."""

@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from harness.agent import COLLECTOR_CAPABILITIES
+from tests.support.packages import body as package_body
 from tests.support.process import Gateway, start_gateway
 from tests.ui.browser import CHROMIUM, ROLLOUT_MS, TOKEN, WAIT_MS, shot, sign_in
 from tests.ui.fleet import Fleet, PackageAgent, UiAgent
@@ -232,6 +233,18 @@ def test_a_config_is_deleted_after_confirmation(page: Page, gateway: Gateway) ->
     page.locator("#confirm-delete").click()
     expect(page.get_by_role("heading", name="Configs")).to_be_visible()
     gateway.admin.get_json("/api/v1/configs/short-lived", expect=404)
+
+
+def test_a_package_is_deleted_after_confirmation(page: Page, gateway: Gateway) -> None:
+    gateway.admin.put_json("/api/v1/packages/short-lived", package_body("0.121.0"))
+    sign_in(page, gateway, "#/packages/short-lived")
+    page.get_by_role("button", name="Delete…").click()
+    page.get_by_role("button", name="Cancel").click()
+    assert gateway.admin.get_json("/api/v1/packages/short-lived")["revision"] == 1
+    page.get_by_role("button", name="Delete…").click()
+    page.locator("#confirm-delete").click()
+    expect(page.get_by_role("heading", name="Packages")).to_be_visible()
+    gateway.admin.get_json("/api/v1/packages/short-lived", expect=404)
 
 
 def test_a_narrow_window_needs_no_sideways_scrolling(page: Page, gateway: Gateway) -> None:

@@ -21,6 +21,7 @@ from gateway.api import (
     openapi_rollouts,
     openapi_settings,
 )
+from gateway.api.openapi_parts import Schema, ref
 from gateway.fleet.credentials import KINDS
 from gateway.fleet.package_status import PACKAGE_STATUSES
 from gateway.fleet.rollout import CONFIG_STATUSES
@@ -30,12 +31,6 @@ from gateway.store.base import MAX_PAGE_SIZE
 PATH = "/api/v1/openapi.json"
 # What gateway/auth.py's valid_key_id accepts.
 _KEY_ID_PATTERN = "^sha256:[0-9a-f]{12}$|^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _nullable(schema: Schema) -> Schema:
@@ -73,7 +68,7 @@ SCHEMAS: dict[str, Schema] = {
             "status": {"type": "string"},
             "status_time": _nullable(_TIME),
             "attributes": {"type": "object"},
-            "components": {"type": "object", "additionalProperties": _ref("ComponentHealth")},
+            "components": {"type": "object", "additionalProperties": ref("ComponentHealth")},
         },
     },
     "ConfigFile": {
@@ -90,7 +85,7 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["metadata", "components"],
         "properties": {
             "metadata": {"type": "object"},
-            "components": {"type": "object", "additionalProperties": _ref("Component")},
+            "components": {"type": "object", "additionalProperties": ref("Component")},
         },
     },
     "Agent": {
@@ -131,14 +126,14 @@ SCHEMAS: dict[str, Schema] = {
                     "non_identifying_attributes": {"type": "object"},
                 },
             },
-            "health": _nullable(_ref("ComponentHealth")),
+            "health": _nullable(ref("ComponentHealth")),
             "effective_config": _nullable(
                 {
                     "type": "object",
                     "required": ["hash", "files"],
                     "properties": {
                         "hash": {"type": "string"},
-                        "files": {"type": "object", "additionalProperties": _ref("ConfigFile")},
+                        "files": {"type": "object", "additionalProperties": ref("ConfigFile")},
                     },
                 }
             ),
@@ -167,8 +162,8 @@ SCHEMAS: dict[str, Schema] = {
                     },
                 }
             ),
-            "packages": _nullable(_ref("AgentPackages")),
-            "package_sync": _ref("PackageSync"),
+            "packages": _nullable(ref("AgentPackages")),
+            "package_sync": ref("PackageSync"),
             "previous_instance_uids": {"type": "array", "items": _UID},
             "duplicate_of": _nullable(
                 {
@@ -185,7 +180,7 @@ SCHEMAS: dict[str, Schema] = {
                     "required": ["hash", "components"],
                     "properties": {
                         "hash": {"type": "string", "description": "hex"},
-                        "components": {"type": "object", "additionalProperties": _ref("Component")},
+                        "components": {"type": "object", "additionalProperties": ref("Component")},
                     },
                 }
             ),
@@ -217,14 +212,14 @@ SCHEMAS: dict[str, Schema] = {
                 },
                 "description": "reported parts the store left out: the record would exceed its size bound",
             },
-            "config_sync": _ref("ConfigSync"),
+            "config_sync": ref("ConfigSync"),
         },
     },
     "AgentPage": {
         "type": "object",
         "required": ["agents", "next_cursor"],
         "properties": {
-            "agents": {"type": "array", "items": _ref("Agent")},
+            "agents": {"type": "array", "items": ref("Agent")},
             "next_cursor": _nullable({"type": "string"}),
         },
     },
@@ -360,7 +355,7 @@ def _operation(
     for status, schema in responses.items():
         out[str(status)] = {
             "description": _DESCRIPTIONS.get(status, "OK"),
-            "content": _json(_ref(schema or "Error")),
+            "content": _json(ref(schema or "Error")),
         }
     operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": out}
     if description:
@@ -368,7 +363,7 @@ def _operation(
     if parameters:
         operation["parameters"] = parameters
     if secured:
-        out["401"] = {"description": _DESCRIPTIONS[401], "content": _json(_ref("Error"))}
+        out["401"] = {"description": _DESCRIPTIONS[401], "content": _json(ref("Error"))}
     else:
         operation["security"] = []
     return operation
@@ -404,7 +399,7 @@ def _ui_file(operation_id: str, summary: str, parameters: list[dict[str, Any]]) 
                 "content": {"text/html": {"schema": {"type": "string"}}},
             },
             "304": {"description": "Not modified (If-None-Match held the ETag)"},
-            "404": {"description": "No such file", "content": _json(_ref("Error"))},
+            "404": {"description": "No such file", "content": _json(ref("Error"))},
         },
     }
     if parameters:
@@ -491,7 +486,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
                 "closed so that it authenticates again; from then on only a client with that key may "
                 "speak for it (docs/security.md).",
             ),
-            "requestBody": {"required": True, "content": _json(_ref("KeyMove"))},
+            "requestBody": {"required": True, "content": _json(ref("KeyMove"))},
         }
     },
     "/api/v1/drain": {
@@ -528,7 +523,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "This document",
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "401": {"description": _DESCRIPTIONS[401], "content": _json(_ref("Error"))},
+                "401": {"description": _DESCRIPTIONS[401], "content": _json(ref("Error"))},
             },
         }
     },

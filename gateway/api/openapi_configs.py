@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openapi_parts import Schema, ref, responses
 from gateway.fleet.configs import (
     CONTENT_TYPE_PATTERN,
     FILE_NAME_PATTERN,
@@ -15,12 +16,6 @@ from gateway.fleet.configs import (
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.selector import MAX_KEY_LENGTH, MAX_TERMS, MAX_VALUE_LENGTH
 from gateway.fleet.versions import KEEP_VERSIONS
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(schema: Schema) -> dict[str, Any]:
@@ -58,7 +53,7 @@ SCHEMAS: dict[str, Schema] = {
             "expressions": {
                 "type": "array",
                 "maxItems": MAX_TERMS,
-                "items": {"oneOf": [_ref("SetExpression"), _ref("ExistsExpression")]},
+                "items": {"oneOf": [ref("SetExpression"), ref("ExistsExpression")]},
             },
             "instance_uids": {
                 "type": "array",
@@ -116,7 +111,7 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["selector", "files"],
         "properties": {
-            "selector": _ref("Selector"),
+            "selector": ref("Selector"),
             "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY},
             "files": {
                 "type": "object",
@@ -128,7 +123,7 @@ SCHEMAS: dict[str, Schema] = {
                     # A plain name: no '/', '\\', '..' or control characters (C0, DEL, C1).
                     "pattern": FILE_NAME_PATTERN,
                 },
-                "additionalProperties": _ref("ConfigFileSpec"),
+                "additionalProperties": ref("ConfigFileSpec"),
             },
             "version": {
                 "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, {"type": "null"}],
@@ -139,7 +134,7 @@ SCHEMAS: dict[str, Schema] = {
             "hash": {"description": "ignored"},
             "created_at": {"description": "ignored"},
             "updated_at": {"description": "ignored"},
-            "rollout": _ref("Rollout"),
+            "rollout": ref("Rollout"),
         },
         "additionalProperties": False,
     },
@@ -148,20 +143,20 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["name", "selector", "priority", "files", "version", "hash", "created_at", "updated_at"],
         "properties": {
             "name": {"type": "string"},
-            "selector": _ref("Selector"),
+            "selector": ref("Selector"),
             "priority": {"type": "integer"},
-            "files": {"type": "object", "additionalProperties": _ref("ConfigFileSpec")},
+            "files": {"type": "object", "additionalProperties": ref("ConfigFileSpec")},
             "version": {"type": "integer", "minimum": 1},
             "hash": {"type": "string", "description": "SHA-256 hex of the config's canonical encoding"},
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
-            "rollout": _ref("Rollout"),
+            "rollout": ref("Rollout"),
         },
     },
     "ConfigList": {
         "type": "object",
         "required": ["configs"],
-        "properties": {"configs": {"type": "array", "items": _ref("Config")}},
+        "properties": {"configs": {"type": "array", "items": ref("Config")}},
     },
     "ConfigVersion": {
         "type": "object",
@@ -172,7 +167,7 @@ SCHEMAS: dict[str, Schema] = {
             "hash": {"type": "string"},
             "created_at": {"type": "string", "format": "date-time"},
             "priority": {"type": "integer"},
-            "selector": _ref("Selector"),
+            "selector": ref("Selector"),
             "files": {"type": "array", "items": {"type": "string"}},
         },
     },
@@ -181,7 +176,7 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["keep", "versions"],
         "properties": {
             "keep": {"type": "integer", "description": "how many versions a config keeps"},
-            "versions": {"type": "array", "items": _ref("ConfigVersion"), "maxItems": KEEP_VERSIONS},
+            "versions": {"type": "array", "items": ref("ConfigVersion"), "maxItems": KEEP_VERSIONS},
         },
     },
     "ConfigSync": {
@@ -198,15 +193,6 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def _responses(codes: dict[int, tuple[str, str | None]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for code, (description, schema) in codes.items():
-        out[str(code)] = {"description": description}
-        if schema is not None:
-            out[str(code)]["content"] = _json(_ref(schema))
-    return out
-
-
 _UNAUTHORIZED = ("No or a wrong admin token", "Error")
 _STORE_DOWN = ("The store is unavailable; retry after Retry-After seconds", "Error")
 
@@ -215,7 +201,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listConfigs",
             "summary": "Every config, by name",
-            "responses": _responses({200: ("OK", "ConfigList"), 401: _UNAUTHORIZED, 503: _STORE_DOWN}),
+            "responses": responses({200: ("OK", "ConfigList"), 401: _UNAUTHORIZED, 503: _STORE_DOWN}),
         }
     },
     "/api/v1/configs/{name}": {
@@ -223,7 +209,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "getConfig",
             "summary": "One config, with its rollout over the agents it matches",
             "parameters": [_NAME],
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("OK", "Config"),
                     401: _UNAUTHORIZED,
@@ -236,8 +222,8 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "putConfig",
             "summary": "Create or replace a config; agents it matches get their new config pushed",
             "parameters": [_NAME],
-            "requestBody": {"required": True, "content": _json(_ref("ConfigSpec"))},
-            "responses": _responses(
+            "requestBody": {"required": True, "content": _json(ref("ConfigSpec"))},
+            "responses": responses(
                 {
                     200: ("Replaced (or unchanged)", "Config"),
                     201: ("Created", "Config"),
@@ -253,7 +239,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "deleteConfig",
             "summary": "Delete a config; agents it matched get their new config pushed",
             "parameters": [_NAME, _VERSION],
-            "responses": _responses(
+            "responses": responses(
                 {
                     204: ("Deleted", None),
                     400: ("Invalid name or version", "Error"),
@@ -270,7 +256,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "listConfigVersions",
             "summary": f"The config's last {KEEP_VERSIONS} versions, newest first",
             "parameters": [_NAME],
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("OK", "ConfigVersionList"),
                     400: ("Invalid name", "Error"),

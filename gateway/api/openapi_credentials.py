@@ -4,23 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openapi_parts import Schema, responses
 from gateway.fleet.credentials import KINDS
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _responses(codes: dict[int, tuple[str, str | None]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for code, (description, schema) in codes.items():
-        out[str(code)] = {"description": description}
-        if schema is not None:
-            out[str(code)]["content"] = {"application/json": {"schema": _ref(schema)}}
-    return out
-
 
 # The fields every Agent carries (fleet/render.py credential_json), also the answer of both routes.
 AGENT_PROPERTIES: dict[str, Schema] = {
@@ -75,7 +60,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "agent, rotate lets it back: its next message with an agent key is accepted and gets a new "
             "credential (docs/security.md).",
             "parameters": [_UID_PARAM],
-            "responses": _responses(
+            "responses": responses(
                 {
                     202: ("The rotation is requested", "AgentCredential"),
                     401: _UNAUTHORIZED,
@@ -99,7 +84,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "its WebSocket, on any node, is closed at once (1008). It stays revoked until an operator "
             "rotates its credential (it may then enroll again with an agent key) or deletes the agent.",
             "parameters": [_UID_PARAM],
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("Revoked (also when it already was)", "AgentCredential"),
                     401: _UNAUTHORIZED,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openapi_parts import Schema, ref, responses
 from gateway.api.openapi_rollouts import rollout_paths, rollout_schema, rollout_status
 from gateway.fleet.configs import MAX_PRIORITY, MAX_VERSION, NAME_PATTERN
 from gateway.fleet.package_status import PACKAGE_STATUSES, STATUS_NAMES
@@ -24,24 +25,9 @@ from gateway.fleet.packages import (
 )
 from gateway.fleet.versions import KEEP_VERSIONS
 
-Schema = dict[str, Any]
-
 _COUNTS = ("matched", *PACKAGE_STATUSES, "offline", "disconnected")
 # Canonical base64, as Python's strict decoder takes it.
 _BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _responses(codes: dict[int, tuple[str, str | None]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for code, (description, schema) in codes.items():
-        out[str(code)] = {"description": description}
-        if schema is not None:
-            out[str(code)]["content"] = {"application/json": {"schema": _ref(schema)}}
-    return out
 
 
 _NAME = {
@@ -97,7 +83,7 @@ _SPEC_PROPERTIES: Schema = {
         "pattern": VERSION_PATTERN,
         "description": "the package's own version, e.g. 0.121.0",
     },
-    "selector": _ref("Selector"),
+    "selector": ref("Selector"),
     "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY, "default": 0},
     "package_name": {
         "type": "string",
@@ -155,8 +141,8 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["version", "file", "selector"],
         "properties": {
             **_SPEC_PROPERTIES,
-            "file": _ref("PackageFile"),
-            "rollout": _ref("PackageRollout"),
+            "file": ref("PackageFile"),
+            "rollout": ref("PackageRollout"),
             "revision": {
                 "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_VERSION}, {"type": "null"}],
                 "description": "precondition: the stored revision (0: must not exist yet); null: none",
@@ -188,8 +174,8 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "name": {"type": "string"},
             **_SPEC_PROPERTIES,
-            "file": _ref("StoredPackageFile"),
-            "rollout": _ref("PackageRollout"),
+            "file": ref("StoredPackageFile"),
+            "rollout": ref("PackageRollout"),
             "revision": {"type": "integer", "minimum": 1, "description": "1 on create, +1 on every change"},
             "hash": {"type": "string", "description": "SHA-256 hex of the package's canonical spec"},
             "created_at": {"type": "string", "format": "date-time"},
@@ -199,7 +185,7 @@ SCHEMAS: dict[str, Schema] = {
     "PackageList": {
         "type": "object",
         "required": ["packages"],
-        "properties": {"packages": {"type": "array", "items": _ref("Package")}},
+        "properties": {"packages": {"type": "array", "items": ref("Package")}},
     },
     "PackageRollout": rollout_schema(
         _COUNTS,
@@ -227,7 +213,7 @@ SCHEMAS: dict[str, Schema] = {
             "hash": {"type": "string"},
             "created_at": {"type": "string", "format": "date-time"},
             **_SPEC_PROPERTIES,
-            "file": _ref("StoredPackageFile"),
+            "file": ref("StoredPackageFile"),
         },
     },
     "PackageVersionList": {
@@ -235,7 +221,7 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["keep", "versions"],
         "properties": {
             "keep": {"type": "integer", "description": "how many revisions a package keeps"},
-            "versions": {"type": "array", "items": _ref("PackageVersion"), "maxItems": KEEP_VERSIONS},
+            "versions": {"type": "array", "items": ref("PackageVersion"), "maxItems": KEEP_VERSIONS},
         },
     },
     "PackageRolloutStatus": rollout_status("revision"),
@@ -291,7 +277,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listPackages",
             "summary": "Every package, by name",
-            "responses": _responses({200: ("OK", "PackageList"), 401: _UNAUTHORIZED, 503: _STORE_DOWN}),
+            "responses": responses({200: ("OK", "PackageList"), 401: _UNAUTHORIZED, 503: _STORE_DOWN}),
         }
     },
     "/api/v1/packages/{name}": {
@@ -299,7 +285,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "getPackage",
             "summary": "One package, with the counts of its agents by package status",
             "parameters": [_NAME],
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("OK", "Package"),
                     401: _UNAUTHORIZED,
@@ -314,9 +300,9 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "parameters": [_NAME],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref("PackageSpec")}},
+                "content": {"application/json": {"schema": ref("PackageSpec")}},
             },
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("Replaced (or unchanged)", "Package"),
                     201: ("Created", "Package"),
@@ -332,7 +318,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "deletePackage",
             "summary": "Delete a package; agents that had it are offered their packages without it",
             "parameters": [_NAME, _REVISION],
-            "responses": _responses(
+            "responses": responses(
                 {
                     204: ("Deleted", None),
                     400: ("Invalid name or revision", "Error"),
@@ -349,7 +335,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "listPackageVersions",
             "summary": f"The package's last {KEEP_VERSIONS} revisions, newest first",
             "parameters": [_NAME],
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("OK", "PackageVersionList"),
                     400: ("Invalid name", "Error"),

@@ -6,23 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openapi_parts import Schema, ref, responses
 from gateway.fleet.configs import NAME_PATTERN
 from gateway.fleet.rollout import CONFIG_STATUSES
 from gateway.fleet.waves import MAX_MIN_WAVE_SECONDS, MAX_WAVES, ROLLOUT_STATES
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _responses(codes: dict[int, tuple[str, str]]) -> dict[str, Any]:
-    return {
-        str(code): {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
-        for code, (description, schema) in codes.items()
-    }
-
 
 _NAME = {
     "name": "name",
@@ -110,7 +97,7 @@ def rollout_status(unit: str) -> Schema:
                 "description": "what agents outside the waves keep (and get back after a rollback)",
             },
             "state": {"type": "string", "enum": list(ROLLOUT_STATES)},
-            "strategy": _ref("RolloutStrategy"),
+            "strategy": ref("RolloutStrategy"),
             "wave": {"type": "integer", "minimum": 0, "description": "index into waves"},
             "waves": {"type": "array", "items": _WAVE},
             "targeted": {
@@ -187,7 +174,7 @@ def rollout_paths(
                 "operationId": op(verb),
                 "summary": summary,
                 "parameters": [name],
-                "responses": _responses(
+                "responses": responses(
                     {
                         200: ("The rollout after the action", status),
                         400: ("Invalid name or body; the message names the field", "Error"),
@@ -207,7 +194,7 @@ def rollout_paths(
     )
     back["post"]["requestBody"] = {
         "required": False,
-        "content": {"application/json": {"schema": _ref(rollback)}},
+        "content": {"application/json": {"schema": ref(rollback)}},
     }
     base = f"/api/v1/{what}s/{{name}}/rollout"
     return {
@@ -216,7 +203,7 @@ def rollout_paths(
                 "operationId": op("get"),
                 "summary": f"The staged rollout of the {what}'s current {unit}: state, wave and counts",
                 "parameters": [name],
-                "responses": _responses(
+                "responses": responses(
                     {
                         200: ("OK", status),
                         400: ("Invalid name", "Error"),

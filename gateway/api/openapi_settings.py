@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.openapi_parts import Schema, ref, responses
 from gateway.fleet.configs import MAX_PRIORITY, NAME_PATTERN
 from gateway.fleet.connection_settings import (
     ENDPOINT_PATTERN,
@@ -19,22 +20,6 @@ from gateway.fleet.connection_settings import (
     PEM_PATTERN,
     PLAIN_NAME_PATTERN,
 )
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _responses(codes: dict[int, tuple[str, str | None]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for code, (description, schema) in codes.items():
-        out[str(code)] = {"description": description}
-        if schema is not None:
-            out[str(code)]["content"] = {"application/json": {"schema": _ref(schema)}}
-    return out
-
 
 _NAME = {
     "name": "name",
@@ -84,17 +69,17 @@ _TELEMETRY_PROPERTIES: Schema = {
     },
 }
 _SPEC_PROPERTIES: Schema = {
-    "selector": _ref("Selector"),
+    "selector": ref("Selector"),
     "priority": {"type": "integer", "minimum": -MAX_PRIORITY, "maximum": MAX_PRIORITY, "default": 0},
-    "own_metrics": _ref("TelemetryConnection"),
-    "own_traces": _ref("TelemetryConnection"),
-    "own_logs": _ref("TelemetryConnection"),
+    "own_metrics": ref("TelemetryConnection"),
+    "own_traces": ref("TelemetryConnection"),
+    "own_logs": ref("TelemetryConnection"),
     "other_connections": {
         "type": "object",
         "minProperties": 1,
         "maxProperties": MAX_OTHER_CONNECTIONS,
         "propertyNames": {"minLength": 1, "maxLength": MAX_NAME, "pattern": PLAIN_NAME_PATTERN},
-        "additionalProperties": _ref("OtherConnection"),
+        "additionalProperties": ref("OtherConnection"),
     },
 }
 
@@ -145,7 +130,7 @@ SCHEMAS: dict[str, Schema] = {
     "ConnectionSettingsList": {
         "type": "object",
         "required": ["connection_settings"],
-        "properties": {"connection_settings": {"type": "array", "items": _ref("ConnectionSettings")}},
+        "properties": {"connection_settings": {"type": "array", "items": ref("ConnectionSettings")}},
     },
 }
 
@@ -154,7 +139,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
         "get": {
             "operationId": "listConnectionSettings",
             "summary": "Every connection setting, by name",
-            "responses": _responses(
+            "responses": responses(
                 {200: ("OK", "ConnectionSettingsList"), 401: _UNAUTHORIZED, 503: _STORE_DOWN}
             ),
         }
@@ -164,7 +149,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "operationId": "getConnectionSettings",
             "summary": "One connection setting",
             "parameters": [_NAME],
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("OK", "ConnectionSettings"),
                     401: _UNAUTHORIZED,
@@ -179,9 +164,9 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "parameters": [_NAME],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref("ConnectionSettingsSpec")}},
+                "content": {"application/json": {"schema": ref("ConnectionSettingsSpec")}},
             },
-            "responses": _responses(
+            "responses": responses(
                 {
                     200: ("Replaced (or unchanged)", "ConnectionSettings"),
                     201: ("Created", "ConnectionSettings"),
@@ -197,7 +182,7 @@ PATHS: dict[str, dict[str, dict[str, Any]]] = {
             "summary": "Delete connection settings (agents keep what they were offered: an offer "
             "without a part means 'unchanged')",
             "parameters": [_NAME],
-            "responses": _responses(
+            "responses": responses(
                 {
                     204: ("Deleted", None),
                     401: _UNAUTHORIZED,

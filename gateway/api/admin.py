@@ -173,6 +173,7 @@ async def list_agents(request: Request) -> Response:
         return store_down(exc)
     configs = services.config_cache.fleet.configs
     packages = services.config_cache.fleet.packages
+    settings = services.config_cache.fleet.settings
     # Agents on this node's sockets: their liveness as of their last message, not as last stored.
     fresher = services.liveness.fresher
     states = [fresher(state) or state for state in page.agents]
@@ -208,6 +209,7 @@ async def list_agents(request: Request) -> Response:
                     sync,
                     packages_sync_json(state, packages),
                     page.credentials.get(state.instance_uid),
+                    settings.sources_for(state),
                 )
                 for state, sync in syncs
             ],
@@ -235,6 +237,7 @@ async def get_agent(request: Request) -> Response:
         config_sync(state, services.config_cache.fleet.configs),
         packages_sync_json(state, services.config_cache.fleet.packages),
         credential,
+        services.config_cache.fleet.settings.sources_for(state),
     )
     text = request.path_params["instance_uid"]
     if state.instance_uid != uid_bytes(text):

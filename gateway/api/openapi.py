@@ -162,6 +162,20 @@ SCHEMAS: dict[str, Schema] = {
                     },
                 }
             ),
+            "connection_settings_sources": {
+                "type": "object",
+                "description": "present when any connection settings are stored: the name of the "
+                "connection settings that gives each part of the agent's offer (own_metrics, own_traces, "
+                "own_logs: only the parts its capabilities take), and of each other connection",
+                "required": ["other_connections"],
+                "properties": {
+                    "own_metrics": {"type": "string"},
+                    "own_traces": {"type": "string"},
+                    "own_logs": {"type": "string"},
+                    "other_connections": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+                "additionalProperties": False,
+            },
             "packages": _nullable(ref("AgentPackages")),
             "package_sync": ref("PackageSync"),
             "previous_instance_uids": {"type": "array", "items": _UID},

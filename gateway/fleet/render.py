@@ -140,8 +140,10 @@ def agent_json(
     sync: ConfigSync | None = None,
     package_sync: dict[str, Any] | None = None,
     credential: AgentCredential | None = None,
+    settings_sources: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`credential`: the agent's credential record (None: it has none, it is on shared keys)."""
+    """`credential`: the agent's credential record (None: it has none, it is on shared keys).
+    `settings_sources`: which connection settings give each part of its offer (None: none stored)."""
     derived = facts(state)
     body: dict[str, Any] = {
         "instance_uid": uid_str(state.instance_uid),
@@ -185,6 +187,8 @@ def agent_json(
         body["config_sync"] = sync.to_json()
     if package_sync is not None:
         body["package_sync"] = package_sync
+    if settings_sources is not None:
+        body["connection_settings_sources"] = settings_sources
     if state.pending_command is not None:
         body["pending_command"] = _COMMANDS.get(state.pending_command, str(state.pending_command))
         body["command_id"] = state.command_id or None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.fleet.agent import AgentState, facts
 from gateway.fleet.connection_settings import Connection, ConnectionSettings
@@ -234,6 +235,26 @@ class SettingsSet:
         `opamp` means unchanged)."""
         capabilities = state.capabilities & _RELEVANT
         return build_offer(self._parts(state, capabilities), capabilities, None)
+
+    def sources_for(self, state: AgentState) -> dict[str, Any] | None:
+        """Which stored connection settings give each part of the agent's offer, by name: the
+        `own_*` parts and each of `other_connections` the agent's capabilities take (None: no
+        connection settings are stored). For the admin API; not on the message path."""
+        if not self.settings:
+            return None
+        attributes = facts(state).attributes
+        telemetry: dict[str, str] = {}
+        others: dict[str, str] = {}
+        for s in self.settings:
+            if not s.spec.selector.matches(state.instance_uid, attributes):
+                continue
+            for kind, bit in TELEMETRY_CAPABILITY.items():
+                if state.capabilities & bit and s.spec.telemetry(kind) is not None:
+                    telemetry.setdefault(kind, s.name)
+            if state.capabilities & ACCEPTS_OTHER:
+                for name, _ in s.spec.other_connections:
+                    others.setdefault(name, s.name)
+        return {**dict(sorted(telemetry.items())), "other_connections": dict(sorted(others.items()))}
 
     def offer_for(self, state: AgentState) -> pb.ConnectionSettingsOffers | None:
         capabilities = state.capabilities & _RELEVANT

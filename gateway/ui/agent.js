@@ -84,11 +84,16 @@ function settingsState(agent) {
   if (!cs) {
     const can = (agent.capabilities || []).includes(SETTINGS_CAPABILITY);
     return h(
-      "p",
-      { id: "settings-state" },
-      can
-        ? "This agent has not reported a connection settings status yet."
-        : `This agent does not report its connection settings status (no ${SETTINGS_CAPABILITY} capability).`,
+      "div",
+      {},
+      h(
+        "p",
+        { id: "settings-state" },
+        can
+          ? "This agent has not reported a connection settings status yet."
+          : `This agent does not report its connection settings status (no ${SETTINGS_CAPABILITY} capability).`,
+      ),
+      settingsSources(agent),
     );
   }
   const reported = cs.last_connection_settings_hash;
@@ -107,8 +112,23 @@ function settingsState(agent) {
       ["In step with the offer", step],
       ["Agent's error", cs.error_message ? h("span", { class: "error" }, cs.error_message) : "—"],
     ]),
-    h("p", { class: "help" }, "Which ", h("a", { href: "#/connection-settings" }, "connection settings"), " make up the offer: those whose selector matches this agent, by priority."),
+    settingsSources(agent),
   );
+}
+
+// Which stored connection settings give each part this agent takes (the API's
+// connection_settings_sources, absent when none are stored).
+function settingsSources(agent) {
+  const sources = agent.connection_settings_sources;
+  if (!sources) return "";
+  const link = (name) => h("a", { href: `#/connection-settings/${encodeURIComponent(name)}` }, name);
+  const rows = [];
+  for (const [part, label] of [["own_metrics", "Own metrics"], ["own_traces", "Own traces"], ["own_logs", "Own logs"]]) {
+    if (sources[part]) rows.push([label, link(sources[part])]);
+  }
+  for (const [name, source] of Object.entries(sources.other_connections || {})) rows.push([`Other connection ${name}`, link(source)]);
+  if (!rows.length) return h("p", { id: "settings-sources" }, "No connection settings apply to this agent (its selectors or capabilities).");
+  return h("div", { id: "settings-sources" }, h("h3", {}, "Offered from"), dl(rows));
 }
 
 function packageState(agent) {

@@ -215,3 +215,28 @@ def test_server_offers_any() -> None:
     assert SettingsSet((EVERYTHING,)).offers_any
     assert SettingsSet(heartbeat_offer=heartbeat.settings_offer(10)).offers_any
     assert SettingsSet((EVERYTHING,)).generation == SettingsSet((EVERYTHING,)).generation
+
+
+def test_sources_name_the_settings_behind_each_part_the_agent_takes() -> None:
+    low = _settings(
+        "a-low",
+        0,
+        own_metrics=_connection("https://low.example.com"),
+        own_logs=_connection("https://logs.example.com"),
+        other_connections={"backup": _connection("https://backup.example.com")},
+    )
+    high = _settings("z-high", 5, own_metrics=_connection("https://high.example.com"))
+    settings = SettingsSet((low, high))
+    state = _enrolled(_fleet(), ALL).state
+    assert state is not None
+    assert settings.sources_for(state) == {
+        "own_logs": "a-low",
+        "own_metrics": "z-high",
+        "other_connections": {"backup": "a-low"},
+    }
+    # Only the parts its capabilities take: what it is offered, nothing it is not.
+    metrics_only = replace(state, capabilities=BASE | METRICS)
+    assert settings.sources_for(metrics_only) == {"own_metrics": "z-high", "other_connections": {}}
+    # No description, no attributes: the selectors match nothing.
+    assert settings.sources_for(replace(state, description=None)) == {"other_connections": {}}
+    assert SettingsSet().sources_for(state) is None

@@ -154,4 +154,19 @@ async def test_http_agent_is_offered_own_metrics_once_and_status_shown(tmp_path:
             "error_message": "endpoint unreachable",
             "offered_hash": hash_.hex(),
         }
-        assert (await admin.get(f"/api/v1/agents/{uuid.UUID(int=3)}")).json()["connection_settings"] is None
+        # Which settings give each part it takes; the agent without the capability takes none.
+        assert agent["connection_settings_sources"] == {"own_metrics": "telemetry", "other_connections": {}}
+        without = (await admin.get(f"/api/v1/agents/{uuid.UUID(int=3)}")).json()
+        assert without["connection_settings"] is None
+        assert without["connection_settings_sources"] == {"other_connections": {}}
+        listed = (await admin.get("/api/v1/agents")).json()["agents"]
+        assert [a["connection_settings_sources"] for a in listed] == [
+            {"own_metrics": "telemetry", "other_connections": {}},
+            {"other_connections": {}},
+        ]
+        assert (await admin.delete("/api/v1/connection-settings/telemetry")).status_code == 204
+        await node.services.config_cache.refresh("test")
+        assert (
+            "connection_settings_sources"
+            not in (await admin.get(f"/api/v1/agents/{uuid.UUID(int=2)}")).json()
+        )

@@ -277,6 +277,9 @@ def test_an_agents_settings_status_is_on_its_page(
     expect(state.locator("dd").nth(1)).to_have_text(offered)
     expect(state.locator("dd").nth(2)).to_have_text(offered)
     expect(state).to_contain_text("yes: the agent reports the offer it last got")
+    sources = page.locator("#settings-sources")
+    expect(sources).to_contain_text("Own metrics")
+    expect(sources.get_by_role("link", name="for-reporter")).to_be_visible()
     page.locator('section[aria-labelledby="h-settings"]').screenshot(
         path=str(IMAGES / "ui-agent-settings.png")
     )
@@ -285,6 +288,10 @@ def test_an_agents_settings_status_is_on_its_page(
     expect(page.locator("#settings-state")).to_contain_text(
         "does not report its connection settings status (no ReportsConnectionSettingsStatus capability)"
     )
+    # The source links to the settings' own page.
+    page.goto(f"{gateway.admin_url}/ui/#/agents/{_uid(reporter)}")
+    page.locator("#settings-sources").get_by_role("link", name="for-reporter").click()
+    expect(page.get_by_role("heading", name="Connection settings for-reporter")).to_be_visible()
 
 
 def test_the_settings_form_needs_no_sideways_scrolling_in_a_narrow_window(

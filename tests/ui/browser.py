@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from PIL import Image
+from playwright.sync_api import Locator, Page, expect
 
 from tests.support.process import Gateway
 
@@ -25,4 +26,21 @@ def sign_in(page: Page, gateway: Gateway, hash_: str = "#/overview") -> None:
 
 def shot(page: Page, name: str) -> None:
     page.evaluate("() => window.scrollTo(0, 0)")
-    page.screenshot(path=str(IMAGES / f"ui-{name}.png"))
+    path = IMAGES / f"ui-{name}.png"
+    page.screenshot(path=str(path))
+    _keep_small(path)
+
+
+def shot_of(part: Locator, name: str) -> None:
+    """A screenshot of one part of the page."""
+    path = IMAGES / f"ui-{name}.png"
+    part.screenshot(path=str(path))
+    _keep_small(path)
+
+
+def _keep_small(path: Path) -> None:
+    """The screenshots are committed (docs/ui.md): a 256-colour palette, which UI text and flat colours
+    survive, keeps each at a fraction of its size."""
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)

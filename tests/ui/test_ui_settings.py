@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 from gateway.proto import opamp_pb2 as pb
 from harness.agent import CAPABILITIES
 from tests.support.process import Gateway, start_gateway
-from tests.ui.browser import CHROMIUM, IMAGES, TOKEN, WAIT_MS, shot, sign_in
+from tests.ui.browser import CHROMIUM, TOKEN, WAIT_MS, shot, shot_of, sign_in
 from tests.ui.fleet import Fleet, UiAgent
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make test-deps)")
@@ -280,9 +280,7 @@ def test_an_agents_settings_status_is_on_its_page(
     sources = page.locator("#settings-sources")
     expect(sources).to_contain_text("Own metrics")
     expect(sources.get_by_role("link", name="for-reporter")).to_be_visible()
-    page.locator('section[aria-labelledby="h-settings"]').screenshot(
-        path=str(IMAGES / "ui-agent-settings.png")
-    )
+    shot_of(page.locator('section[aria-labelledby="h-settings"]'), "agent-settings")
 
     page.goto(f"{gateway.admin_url}/ui/#/agents/{_uid(fleet['silent'])}")
     expect(page.locator("#settings-state")).to_contain_text(

@@ -12,6 +12,11 @@ from loadtest.cluster import REPO
 # Sockets per process: gateways and Locust workers must stay under the 20,000 open files a process
 # may have here, with room for the store, logs and Redis.
 PER_PROCESS = 15_000
+# A gateway's unfinished connections (handshakes, requests being read): a few hundred at most while
+# Locust connects 500 agents a second over all gateways. Each may hold two files (gateway/file_limit.py),
+# so with the WebSockets and the node's reserve of 512 it all fits under the 20,000 files.
+MAX_UNFINISHED = 1024
+MAX_CONNECTIONS = 20_000 - 512 - 2 * MAX_UNFINISHED
 # Locust warns that more than 100 new users per second per worker "is known to cause issues": a
 # worker busy connecting falls behind on everything else.
 SPAWN_PER_WORKER = 100.0
@@ -96,7 +101,8 @@ def gateway_args(cfg: RunConfig) -> list[str]:
     return [
         # A scale run enrolls its fleet as fast as Locust spawns it.
         "--enrollment-rate", "0",
-        "--max-connections", str(min(19_000, int(per_gateway * 1.2) + 100)),
+        "--max-connections", str(min(MAX_CONNECTIONS, int(per_gateway * 1.2) + 100)),
+        "--max-unfinished", str(MAX_UNFINISHED),
         "--idle-timeout", str(max(600.0, 4 * cfg.heartbeat)),
         *cfg.gateway_args,
     ]  # fmt: skip

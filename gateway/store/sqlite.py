@@ -47,6 +47,7 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_cache import Cached, RowCache
 from gateway.store.sqlite_configs import CONFIGS
+from gateway.store.sqlite_lock import WriterLock
 from gateway.store.sqlite_packages import PACKAGES
 from gateway.store.sqlite_schema import (
     MIGRATIONS,
@@ -55,20 +56,15 @@ from gateway.store.sqlite_schema import (
     SELECT_PENDING_COMMANDS,
     SELECT_STATE,
     SELECT_STATE_REV,
-    SET_KEY_ID,
-    SET_PENDING_COMMAND,
     STATE_COLUMNS,
     STATUS_CASE,
     STATUS_SQL,
-    TOUCH,
-    TOUCH_CACHED,
-    UPSERT,
     new_rev,
     row_of,
     selector_sql,
     state_of,
-    to_int64,
 )
+from gateway.store.sqlite_writes import apply_batch
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -116,6 +112,8 @@ class SQLiteStore:
         self._get_batches: set[asyncio.Task[None]] = set()
         # This node's copies of HTTP agents' rows (sqlite_cache.py explains why that is safe).
         self._cache = RowCache()
+        # Taken by the write thread around every write: several nodes may share the file.
+        self._writer_lock = WriterLock(path)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -209,7 +207,9 @@ class SQLiteStore:
             for write in batch
             if write.is_touch and (entry := cache.get(uid := write.state.instance_uid)) is not None
         }
-        touched = await self._on_writer(self._write_sync, batch, {uid: e.rev for uid, e in before.items()})
+        # Not _on_writer: the rows are encoded before the writer lock is taken (_write_sync).
+        revs = {uid: e.rev for uid, e in before.items()}
+        touched = await self._run(lambda: self._write_pool, self._write_sync, batch, revs)
         for write in batch:
             uid = write.state.instance_uid
             if write.previous_uid is not None:
@@ -391,7 +391,7 @@ class SQLiteStore:
     # -- running on the threads --------------------------------------------------------------------
 
     async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._run(lambda: self._write_pool, fn, *args)
+        return await self._run(lambda: self._write_pool, self._writer_lock.run, fn, *args)
 
     async def _on_reader(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run(lambda: self._read_pool, self._with_reader, fn, *args)
@@ -473,6 +473,7 @@ class SQLiteStore:
         if self._write_conn is not None:
             conn, self._write_conn = self._write_conn, None
             conn.close()
+        self._writer_lock.close()
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -573,67 +574,26 @@ class SQLiteStore:
         conn = self._write_conn
         if conn is None:
             raise StoreError(f"SQLite store {self.path} is not open")
-        # Decode descriptions before taking the write lock; touches rarely need a full row.
+        # Encode the rows before taking the write lock (other nodes wait for it); touches rarely need one.
         rows = [None if w.is_touch else row_of(w.state) for w in writes]
-        touched: dict[bytes, int] = {}
+        return self._writer_lock.run(self._transaction, conn, writes, rows, expected)
+
+    @staticmethod
+    def _transaction(
+        conn: sqlite3.Connection,
+        writes: list[AgentWrite],
+        rows: list[tuple[Any, ...] | None],
+        expected: dict[bytes, int],
+    ) -> dict[bytes, int]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for write, row in zip(writes, rows, strict=True):
-                uid = write.state.instance_uid
-                rev = self._apply(conn, write, row, expected.get(uid) if row is None else None)
-                if rev is not None:
-                    touched[uid] = rev
+            touched = apply_batch(conn, writes, rows, expected)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return touched
-
-    @staticmethod
-    def _apply(
-        conn: sqlite3.Connection, write: AgentWrite, row: tuple[Any, ...] | None, cached_rev: int | None
-    ) -> int | None:
-        """Apply one write; the row's new rev if it was a touch of the row at `cached_rev`."""
-        state = write.state
-        uid = state.instance_uid
-        old = write.previous_uid if write.previous_uid != uid else None
-        if row is None:
-            last_seen = float(state.last_seen)
-            rev = new_rev()
-            values = (
-                last_seen,
-                to_int64(state.sequence_num),
-                state.node,
-                state.transport,
-                rev,
-                uid,
-                last_seen,
-            )
-            if cached_rev is not None and conn.execute(TOUCH_CACHED, (*values, cached_rev)).rowcount:
-                return rev
-            if conn.execute(TOUCH, values).rowcount:
-                return None
-        if old is not None:
-            # The uid is (again) the live one: it must not stay an alias of anything.
-            conn.execute("DELETE FROM uid_aliases WHERE old_uid = ?", (uid,))
-        elif conn.execute("SELECT 1 FROM uid_aliases WHERE old_uid = ?", (uid,)).fetchone() is not None:
-            # A write for a uid that has since moved (raced with the move on another node): the
-            # record lives on under the new uid; recreating the old row would resurrect a ghost.
-            return None
-        conn.execute(UPSERT, (*(row if row is not None else row_of(state)), new_rev()))
-        if "pending_command" in write.changed:
-            # Whatever its last_seen: a restart requested on one node must not be undone by a status
-            # write flushed later by the node holding the agent, nor survive its own delivery.
-            conn.execute(SET_PENDING_COMMAND, (state.pending_command, state.command_id, new_rev(), uid))
-        if "key_id" in write.changed:
-            # Likewise an adoption or an admin's move to another key, whatever the write's last_seen.
-            conn.execute(SET_KEY_ID, (state.key_id, new_rev(), uid))
-        if old is not None:
-            conn.execute("DELETE FROM agents WHERE uid = ?", (old,))
-            conn.execute("UPDATE uid_aliases SET new_uid = ? WHERE new_uid = ?", (uid, old))
-            conn.execute("INSERT OR REPLACE INTO uid_aliases (old_uid, new_uid) VALUES (?, ?)", (old, uid))
-        return None
 
 
 def _credential(text: str | None, uid: bytes) -> AgentCredential | None:

@@ -188,14 +188,23 @@ _NAMED_ONLY = ("pending_command", "command_id", "key_id")
 # Every statement that changes a row sets `rev` to a new random 63-bit value (new_rev()): a node's
 # cached copy of a row (sqlite_cache.py) is current exactly while the stored rev is still the one it
 # read. Random rather than counted, so a row deleted and created again never repeats an old rev.
-UPSERT = (
-    f"INSERT INTO agents ({', '.join(COLUMNS)}, rev) VALUES ({', '.join('?' for _ in COLUMNS)}, ?) "
-    "ON CONFLICT (uid) DO UPDATE SET "
+_ROW_MARKS = f"({', '.join('?' for _ in COLUMNS)}, ?)"
+_ON_CONFLICT = (
+    " ON CONFLICT (uid) DO UPDATE SET "
     # pending_command and its id, and key_id, are left out: only a write that names one may change it
-    # (see _apply), so a node's stale copy never undoes a command or an admin's key move.
+    # (sqlite_writes._named), so a node's stale copy never undoes a command or an admin's key move.
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in ("uid", *_NAMED_ONLY))
     + ", rev = excluded.rev WHERE excluded.last_seen >= agents.last_seen"
 )
+
+
+def upsert_rows(rows: int) -> str:
+    """The upsert of `rows` agents' rows (each COLUMNS, then rev) in one statement."""
+    values = ", ".join([_ROW_MARKS] * rows)
+    return f"INSERT INTO agents ({', '.join(COLUMNS)}, rev) VALUES {values}{_ON_CONFLICT}"
+
+
+UPSERT = upsert_rows(1)
 TOUCH = (
     "UPDATE agents SET last_seen = ?, sequence_num = ?, node = ?, transport = ?, rev = ? "
     "WHERE uid = ? AND last_seen <= ?"

@@ -224,6 +224,7 @@ def is_ignored(path: str) -> bool:
         "gateway/store/__pycache__/base.cpython-311.pyc",
         "opamp-gateway.db",
         "opamp-gateway.db-wal",
+        "opamp-gateway.db-writer.lock",
         "gateway/store/leftover.db",
         "deploy/helm/opamp-gateway/values.yaml",
         "docs/deployment.md",

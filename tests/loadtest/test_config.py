@@ -23,3 +23,16 @@ def test_a_run_with_a_kill_has_two_gateways_at_least_and_room_for_every_agent_on
         >= 3000
         > 2 * _max_connections(RunConfig(agents=3000, gateways=3))
     )
+
+
+def test_every_gateway_of_a_100k_run_fits_its_sockets_under_the_file_limit() -> None:
+    from gateway.file_limit import RESERVE
+
+    for cfg in (RunConfig(agents=100_000), RunConfig(agents=100_000, kill_gateway_after=120.0)):
+        args = gateway_args(cfg)
+        unfinished = int(args[args.index("--max-unfinished") + 1])
+        # The check a gateway makes at start (gateway/file_limit.py), against this machine's 20,000.
+        assert _max_connections(cfg) + 2 * unfinished + RESERVE <= 20_000
+        # And the survivors of a kill still have room for every agent.
+        survivors = gateways(cfg) - (cfg.kill_gateway_after is not None)
+        assert survivors * _max_connections(cfg) >= cfg.agents

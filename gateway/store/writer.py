@@ -64,7 +64,9 @@ class Writer:
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        # The batch being committed (or retried) is still unflushed: it counts against the bound,
+        # or a store that keeps failing would let the queue refill behind it.
+        return len(self._pending) + len(self._inflight)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gateway-writer")
@@ -114,8 +116,8 @@ class Writer:
         if earlier is None and write.previous_uid is not None:
             earlier = self._pending.pop(write.previous_uid, None)
             self._move_waiters(write.previous_uid, uid)
-        if earlier is None and len(self._pending) >= self._max_pending:
-            raise WriterFull(len(self._pending))
+        if earlier is None and self.depth >= self._max_pending:
+            raise WriterFull(self.depth)
         self._pending[uid] = write if earlier is None else earlier.merged(write)
         if write.previous_uid is not None:
             self._moved[write.previous_uid] = uid

@@ -171,7 +171,8 @@ async def test_get_sees_writes_while_they_are_being_committed(
     writer.submit(touch(after))
     flushing = asyncio.create_task(writer.flush())
     await asyncio.wait_for(store.entered.wait(), 5)
-    assert writer.depth == 0
+    # Out of the queue, but not yet flushed: it still counts.
+    assert writer.depth == 1
     assert await writer.get(before.instance_uid) == after
     store.gate.set()
     await flushing
@@ -242,6 +243,29 @@ async def test_writer_full_at_max_pending(
     await writer.flush()
     writer.submit(full(agent()))
     assert writer.depth == 1
+
+
+async def test_the_batch_being_committed_counts_against_max_pending(
+    store: ScriptedStore, observer: SQLiteStore, make_writer: Callable[..., Writer]
+) -> None:
+    """A store that keeps failing must not let the queue refill behind the batch being retried."""
+    writer = make_writer(max_pending=3)
+    await writer.start()
+    store.gate = asyncio.Event()
+    fleet = [agent() for _ in range(3)]
+    for state in fleet:
+        writer.submit(full(state))
+    await writer.flush(timeout=0.05)
+    await asyncio.wait_for(store.entered.wait(), 5)
+    # All three are out of the queue and in the store's hands, and still unflushed.
+    assert writer.depth == 3
+    with pytest.raises(WriterFull):
+        writer.submit(full(agent()))
+    store.gate.set()
+    await writer.flush()
+    assert writer.depth == 0
+    writer.submit(full(agent()))
+    assert await count_rows(observer) == 3
 
 
 async def test_pending_move_resolves_through_the_old_uid(

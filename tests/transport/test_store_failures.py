@@ -139,7 +139,6 @@ async def test_a_full_write_queue_sheds_instead_of_growing(tmp_path: Path, es_al
             async def full() -> bool:
                 return writer.depth >= 3
 
-            # The writer may be between two rounds of retries, holding its batch outside the queue.
             await _until(full)
             # A WebSocket heartbeat needs no write (its liveness stays in memory): answered as usual.
             reply = await exchange(ws, heartbeat(ws_uid, 1))

@@ -201,7 +201,11 @@ def facts(state: AgentState) -> AgentFacts:
         desc = pb.AgentDescription.FromString(state.description)
         identifying = key_values(desc.identifying_attributes)
         non_identifying = key_values(desc.non_identifying_attributes)
-    healthy = None
-    if state.health is not None:
-        healthy = pb.ComponentHealth.FromString(state.health).healthy
-    return AgentFacts(identifying=identifying, non_identifying=non_identifying, healthy=healthy)
+    return AgentFacts(identifying=identifying, non_identifying=non_identifying, healthy=healthy_of(state))
+
+
+def healthy_of(state: AgentState) -> bool | None:
+    """The top-level `healthy` of the agent's last reported health; None: never reported."""
+    if state.health is None:
+        return None
+    return pb.ComponentHealth.FromString(state.health).healthy

@@ -60,11 +60,10 @@ from gateway.store.sqlite_schema import (
     STATUS_CASE,
     STATUS_SQL,
     new_rev,
-    row_of,
     selector_sql,
     state_of,
 )
-from gateway.store.sqlite_writes import apply_batch
+from gateway.store.sqlite_writes import Encoded, apply_batch, encode
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -574,20 +573,20 @@ class SQLiteStore:
         conn = self._write_conn
         if conn is None:
             raise StoreError(f"SQLite store {self.path} is not open")
-        # Encode the rows before taking the write lock (other nodes wait for it); touches rarely need one.
-        rows = [None if w.is_touch else row_of(w.state) for w in writes]
-        return self._writer_lock.run(self._transaction, conn, writes, rows, expected)
+        # Encoded before the write lock is taken: other nodes wait for it.
+        encoded = [encode(w) for w in writes]
+        return self._writer_lock.run(self._transaction, conn, writes, encoded, expected)
 
     @staticmethod
     def _transaction(
         conn: sqlite3.Connection,
         writes: list[AgentWrite],
-        rows: list[tuple[Any, ...] | None],
+        encoded: list[Encoded],
         expected: dict[bytes, int],
     ) -> dict[bytes, int]:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            touched = apply_batch(conn, writes, rows, expected)
+            touched = apply_batch(conn, writes, encoded, expected)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -625,7 +624,7 @@ def _put_credential(
 
 
 def _touched_row(entry: Cached, write: AgentState) -> AgentState:
-    """The cached row after TOUCH applied `write`'s heartbeat fields to it (sqlite_schema.TOUCH)."""
+    """The cached row after TOUCH applied `write`'s heartbeat fields to it (sqlite_schema.touch_rows)."""
     state = entry.state.touched(float(write.last_seen), write.sequence_num)
     if (state.node, state.transport) == (write.node, write.transport):
         return state

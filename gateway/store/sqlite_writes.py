@@ -3,11 +3,19 @@ batch allows. Synchronous: runs on the store's write thread.
 
 Why few statements: Python's sqlite3 lets go of the GIL around every statement step and must win it
 back from the event loop's thread. While that thread is busy (every agent's APPLIED arriving after a
-config change) each win waits up to the interpreter's switch interval, 5 ms. With three statements per
-row, a commit of 1,000 full rows took 4-6 s while holding the write lock every other node waited
-for. Here the full rows of a batch go out as one multi-row upsert per few hundred rows, after one
-query for which of them have moved; only heartbeat touches (whose outcome each row must know), moves,
-and writes that name a command or an agent key take statements of their own.
+config change) each win waits up to the interpreter's switch interval. With a statement per row, a
+commit of 1,000 rows took 4-6 s while holding the write lock every other node waited for
+(`executemany` is no better: it steps once per row too). So a batch goes out in a few statements per
+few hundred rows, by kind:
+
+- heartbeat touches: `UPDATE ... FROM (VALUES ...)` of the heartbeat columns;
+- status writes (no new description, package statuses, uid, command or key: an APPLIED, a health
+  change, an offer): the same of STATUS_COLUMNS, about half the cost of the whole row;
+- the rest: a multi-row upsert of whole rows, after one query for which of them have moved.
+
+An UPDATE's row count says whether it applied to every row; only when not does a query ask which,
+and those go out as whole rows. Moves and writes that name a command or an agent key take statements
+of their own.
 
 Within a batch every uid appears once (the writer merges writes per uid), so the rows do not depend
 on each other and the order they are applied in does not matter, except that a move is applied
@@ -18,53 +26,81 @@ as it would be if the move had been flushed first).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
-from gateway.fleet.agent import AgentState, AgentWrite
+from gateway.fleet.agent import AgentWrite
 from gateway.store.sqlite_schema import (
     COLUMNS,
     SET_KEY_ID,
     SET_PENDING_COMMAND,
-    TOUCH,
-    TOUCH_CACHED,
     UPSERT,
+    WHOLE_ROW_FIELDS,
     new_rev,
     row_of,
+    status_row_of,
     to_int64,
+    touch_rows,
+    update_status_rows,
     upsert_rows,
 )
 
-# Rows per multi-row upsert (fewer when the file's SQLite allows fewer bound parameters), and uids
-# per `IN (...)` of the query for moved uids.
+# Rows per multi-row upsert or touch (fewer when the file's SQLite allows fewer bound parameters),
+# and uids per `IN (...)` of the query for moved uids.
 _ROWS_PER_UPSERT = 250
 _UIDS_PER_QUERY = 500
+# Where a touch's values give its new rev: uid, last_seen, sequence_num, node, transport, new rev
+# (then, for a touch of the cached row, the cached rev).
+_TOUCH_REV = 5
 
 Row = tuple[Any, ...]
+
+
+class StatusRow(NamedTuple):
+    """A status write's values (sqlite_schema.status_row_of): an UPDATE of STATUS_COLUMNS."""
+
+    values: Row
+
+
+# How a write goes out: a touch (None), a status write, or a whole row.
+Encoded = Row | StatusRow | None
+
+
+def encode(write: AgentWrite) -> Encoded:
+    """The values a write needs, computed before the write lock is taken."""
+    if write.is_touch:
+        return None
+    if write.previous_uid is None and not write.changed & WHOLE_ROW_FIELDS:
+        return StatusRow(status_row_of(write.state))
+    return row_of(write.state)
 
 
 def apply_batch(
     conn: sqlite3.Connection,
     writes: Sequence[AgentWrite],
-    rows: Sequence[Row | None],
+    encoded: Sequence[Encoded],
     expected: dict[bytes, int],
 ) -> dict[bytes, int]:
-    """Apply `writes` (with their `rows`, None for a touch) inside the caller's transaction;
+    """Apply `writes` (with what encode() gave for each) inside the caller's transaction;
     {uid: new rev} for the touches applied to the row at the rev in `expected` (the node's cached
     copy)."""
-    touched: dict[bytes, int] = {}
+    pairs = list(zip(writes, encoded, strict=True))
+    touches = [(w, expected.get(w.state.instance_uid)) for w, e in pairs if e is None]
+    touched, missed = _touch_all(conn, touches) if touches else ({}, set())
+    statuses = [(*e.values, new_rev()) for _, e in pairs if isinstance(e, StatusRow)]
+    if statuses:
+        # Each row's values end with its new rev.
+        missed |= _update_rows(conn, statuses, _status_update, len(statuses[0]) - 1)
     plain: list[tuple[AgentWrite, Row]] = []
-    for write, row in zip(writes, rows, strict=True):
+    for write, row in pairs:
         state = write.state
         uid = state.instance_uid
-        if row is None:
-            applied, rev = _touch(conn, state, expected.get(uid))
-            if applied:
-                if rev is not None:
-                    touched[uid] = rev
+        if row is None or isinstance(row, StatusRow):
+            if uid not in missed:
                 continue
-            # No row to touch (forgotten, or never flushed): the touch carries a whole record.
+            # No row to update (forgotten, never flushed, or newer): the write carries a whole
+            # record, which the upsert's own last_seen guard then keeps or drops.
             row = row_of(state)
         old = write.previous_uid if write.previous_uid != uid else None
         if old is not None:
@@ -76,23 +112,74 @@ def apply_batch(
     return touched
 
 
-def _touch(conn: sqlite3.Connection, state: AgentState, cached_rev: int | None) -> tuple[bool, int | None]:
-    """A heartbeat's fields written to an existing row: (applied, the new rev if it was the cached
-    row)."""
-    last_seen = float(state.last_seen)
-    rev = new_rev()
-    values = (
-        last_seen,
+def _touch_all(
+    conn: sqlite3.Connection, touches: list[tuple[AgentWrite, int | None]]
+) -> tuple[dict[bytes, int], set[bytes]]:
+    """Heartbeat fields written to existing rows: ({uid: new rev} for the touches that applied to
+    the cached row at its cached rev, the uids of the touches that applied to no row)."""
+    cached: dict[bytes, int] = {}
+    pending: list[AgentWrite] = []
+    with_rev = [(w, rev) for w, rev in touches if rev is not None]
+    if with_rev:
+        values = [(*_touch_values(w), rev) for w, rev in with_rev]
+        missed = _update_rows(conn, values, _cached_touch, _TOUCH_REV)
+        cached = {v[0]: v[_TOUCH_REV] for v in values if v[0] not in missed}
+        pending = [w for w, _ in with_rev if w.state.instance_uid in missed]
+    pending += [w for w, rev in touches if rev is None]
+    if not pending:
+        return cached, set()
+    return cached, _update_rows(conn, [_touch_values(w) for w in pending], _plain_touch, _TOUCH_REV)
+
+
+def _touch_values(write: AgentWrite) -> Row:
+    state = write.state
+    return (
+        state.instance_uid,
+        float(state.last_seen),
         to_int64(state.sequence_num),
         state.node,
         state.transport,
-        rev,
-        state.instance_uid,
-        last_seen,
+        new_rev(),
     )
-    if cached_rev is not None and conn.execute(TOUCH_CACHED, (*values, cached_rev)).rowcount:
-        return True, rev
-    return bool(conn.execute(TOUCH, values).rowcount), None
+
+
+def _update_rows(
+    conn: sqlite3.Connection, values: list[Row], statement: Callable[[int], str], rev_at: int
+) -> set[bytes]:
+    """An UPDATE ... FROM (VALUES ...) of many rows in a few statements, each row's values starting
+    with its uid and giving the row's new rev at `rev_at`; the uids it did not apply to."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    size = max(1, min(_ROWS_PER_UPSERT, limit // len(values[0])))
+    missed: set[bytes] = set()
+    for start in range(0, len(values), size):
+        chunk = values[start : start + size]
+        params = [value for row in chunk for value in row]
+        if conn.execute(statement(len(chunk)), params).rowcount == len(chunk):
+            continue
+        # Some did not apply (rare: a row written by a newer message, or gone). Each row a query
+        # returns is a step of its own, and a GIL handoff with it, so only this case asks which:
+        # the rows that carry the rev this statement gave them applied.
+        revs = {row[0]: row[rev_at] for row in chunk}
+        marks = ", ".join("?" for _ in chunk)
+        found = conn.execute(f"SELECT uid, rev FROM agents WHERE uid IN ({marks})", list(revs))
+        applied = {bytes(uid) for uid, rev in found if revs.get(bytes(uid)) == rev}
+        missed.update(uid for uid in revs if uid not in applied)
+    return missed
+
+
+@lru_cache(maxsize=32)
+def _cached_touch(rows: int) -> str:
+    return touch_rows(rows, cached=True)
+
+
+@lru_cache(maxsize=32)
+def _plain_touch(rows: int) -> str:
+    return touch_rows(rows, cached=False)
+
+
+@lru_cache(maxsize=32)
+def _status_update(rows: int) -> str:
+    return update_status_rows(rows)
 
 
 def _move(conn: sqlite3.Connection, write: AgentWrite, row: Row, old: bytes) -> None:

@@ -142,6 +142,10 @@ def test_a_retry_hint_is_waited_out_while_pings_are_answered_then_a_full_report(
     name, error = recorder.requests[-1]
     assert name == "full report" and isinstance(error, ServerRefused)
     peer.reply(pb.ServerToAgent(instance_uid=session.agent.uid))
+    # The reply is recorded once the driver's greenlet reads it: not before stop() on a busy machine.
+    deadline = time.monotonic() + 5.0
+    while len(recorder.requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     driving.stop()
     assert driving.killed == [True] and len(driving.driver) == 0
     assert [name for name, _ in recorder.requests] == ["connect", "full report", "full report"]

@@ -54,6 +54,7 @@ async def test_an_agent_stays_online_within_three_heartbeat_intervals(tmp_path: 
     # --offline-after 1 s, heartbeats every 2 s: offline once 6 s pass without a message.
     async with run_node(tmp_path, offline_after=1.0, agent_heartbeat_interval=2) as node:
         async with httpx2.AsyncClient(base_url=node.opamp_url) as http:
+            sent = time.monotonic()
             response = await http.post(
                 "/v1/opamp",
                 content=report(uid(1), capabilities=HEARTBEATS).SerializeToString(),
@@ -70,9 +71,12 @@ async def test_an_agent_stays_online_within_three_heartbeat_intervals(tmp_path: 
         async with httpx2.AsyncClient(base_url=node.admin_url) as admin:
 
             async def online() -> None:
-                assert (await _agent(admin, 1))["status"] == "online"
-                assert name in await _listed(admin, "online")
-                assert name not in await _listed(admin, "offline")
+                seen = ((await _agent(admin, 1))["status"], name in await _listed(admin, "online"))
+                hidden = name not in await _listed(admin, "offline")
+                # Only while the answers surely came within 3 intervals of the message: a machine
+                # that stalls this test for seconds would make "offline" the right answer.
+                if time.monotonic() - sent < 6.0:
+                    assert seen == ("online", True) and hidden
 
             # Past --offline-after (twice over), within 3 intervals: online in the view and the store.
             await _throughout(2.5, online)

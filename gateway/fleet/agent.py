@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.fleet.attributes import JSONValue, key_values, scalar_text
 from gateway.proto import opamp_pb2 as pb
@@ -110,6 +110,14 @@ class AgentState:
         """This record after a plain heartbeat: `replace(self, last_seen=..., sequence_num=...)`."""
         return _touched(self, last_seen, sequence_num)
 
+    def updated(self, **changes: Any) -> AgentState:
+        """`dataclasses.replace(self, **changes)` at a quarter of its cost: the engine makes a few
+        per message. Raises TypeError for a name that is not a field, as replace() does."""
+        if not changes.keys() <= _FIELD_NAMES:
+            unknown = ", ".join(sorted(changes.keys() - _FIELD_NAMES))
+            raise TypeError(f"AgentState has no field {unknown}")
+        return _updated(self, changes)
+
 
 def _touched_function() -> Callable[[AgentState, float, int], AgentState]:
     """A copy of a record with new last_seen and sequence_num, at a quarter of `replace()`'s cost: it
@@ -131,6 +139,24 @@ def _touched_function() -> Callable[[AgentState, float, int], AgentState]:
 
 
 _touched = _touched_function()
+
+
+def _updated_function() -> Callable[[AgentState, dict[str, Any]], AgentState]:
+    """The copy behind AgentState.updated, generated like _touched_function's."""
+    env: dict[str, object] = {"_new": object.__new__, "_cls": AgentState}
+    body = ["def updated(self, changes):", "    new = _new(_cls)"]
+    for name in _FIELD_NAMES_IN_ORDER:
+        env[f"_set_{name}"] = getattr(AgentState, name).__set__
+        body.append(f"    _set_{name}(new, changes[{name!r}] if {name!r} in changes else self.{name})")
+    body.append("    return new")
+    exec("\n".join(body), env)
+    updated: Callable[[AgentState, dict[str, Any]], AgentState] = env["updated"]  # type: ignore[assignment]
+    return updated
+
+
+_FIELD_NAMES_IN_ORDER = tuple(f.name for f in fields(AgentState))
+_FIELD_NAMES = frozenset(_FIELD_NAMES_IN_ORDER)
+_updated = _updated_function()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from gateway.bus.base import (
@@ -110,7 +110,7 @@ class Router:
         state = await self._writer.get(uid)
         if state is None:
             return None
-        bound = replace(state, key_id=key_id)
+        bound = state.updated(key_id=key_id)
         await self._writer.submit_durable(AgentWrite(state=bound, changed=frozenset({"key_id"})))
         current = state.instance_uid
         where = f"node {self._node_id}: its agent key changed"
@@ -215,7 +215,7 @@ class Router:
         state = await self._writer.get(uid)
         if state is None:
             return False
-        pending = replace(state, pending_command=command, command_id=command_id)
+        pending = state.updated(pending_command=command, command_id=command_id)
         await self._writer.submit_durable(AgentWrite(state=pending, changed=frozenset({"pending_command"})))
         return True
 

@@ -144,7 +144,7 @@ def offer(
         reply.connection_settings.CopyFrom(reference.offer)
         reveal(reply.connection_settings, minted.token)
         changed.add("offered_settings_hash")
-        return replace(state, offered_settings_hash=reference.offer.hash), record
+        return state.updated(offered_settings_hash=reference.offer.hash), record
     assert record is not None and record.newest is not None
     reference = settings.credential_offer_for(state, record.newest)
     if reference.offer.hash == state.offered_settings_hash:
@@ -154,7 +154,7 @@ def offer(
     reply.connection_settings.CopyFrom(reference.offer)
     reply.connection_settings.ClearField("opamp")
     changed.add("offered_settings_hash")
-    return replace(state, offered_settings_hash=reference.offer.hash), record
+    return state.updated(offered_settings_hash=reference.offer.hash), record
 
 
 def settle(

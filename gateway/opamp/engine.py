@@ -276,7 +276,7 @@ def _reported(
     if disconnecting != base.disconnected:
         updates["disconnected"] = disconnecting
         changed.add("disconnected")
-    new_state = replace(base, **updates)  # type: ignore[arg-type]
+    new_state = base.updated(**updates)
     if "remote_config_status" in changed:
         new_state = _on_config_report(new_state, msg.remote_config_status, changed)
     if "package_statuses" in changed:
@@ -365,7 +365,7 @@ def _heartbeat(
     """The outcome of a plain heartbeat, or None when the message needs `_handle`'s full rules.
 
     Nearly every message of a connected fleet is a heartbeat, so it skips what `_handle` would find
-    unchanged: the sub-message comparisons, the `changed` bookkeeping and `replace()`. The result
+    unchanged: the sub-message comparisons, the `changed` bookkeeping and `updated()`. The result
     is the one `_handle` gives (tests/opamp/test_engine_fast_path.py compares them). It applies
     when the agent is in step (its own uid, sequence_num + 1, capabilities unset or unchanged),
     reports nothing new, waits for no command and gets no config or heartbeat offer.
@@ -431,7 +431,7 @@ def _handle(
     # A record that moves leaves its credential record behind: the new uid has none yet.
     record = _moved_with(record, previous_uid)
     if state is None and duplicate_of is not None:
-        base = replace(base, duplicate_of=duplicate_of)
+        base = base.updated(duplicate_of=duplicate_of)
     changed: set[str] = set()
     if state is None:
         changed.add("enrolled")
@@ -439,7 +439,7 @@ def _handle(
         changed.add("instance_uid")
     if key_id is not None and base.key_id != key_id:
         # An anonymous agent (bound to no key): the first key that speaks for it adopts it.
-        base = replace(base, key_id=key_id)
+        base = base.updated(key_id=key_id)
         changed.add("key_id")
 
     new_state = _reported(base, msg, now, disconnecting, changed)
@@ -567,7 +567,7 @@ def _csr_refused(
     reply, and when the reply should have asked for full state the sequence number is left behind
     so the next message asks again."""
     if lacks_state:
-        new_state = replace(new_state, sequence_num=base.sequence_num)
+        new_state = new_state.updated(sequence_num=base.sequence_num)
     reply = bad_request(
         msg.instance_uid, "this server does not issue certificates (connection_settings_request)"
     )
@@ -609,7 +609,7 @@ def _deliver_pending(
         reply.command.type = command  # type: ignore[assignment]
     # else: the agent stopped accepting it (capabilities are re-read on every message): drop it.
     changed.add("pending_command")
-    return replace(state, pending_command=None, command_id="")
+    return state.updated(pending_command=None, command_id="")
 
 
 def _on_config_report(state: AgentState, status: pb.RemoteConfigStatus, changed: set[str]) -> AgentState:
@@ -637,7 +637,7 @@ def _on_config_report(state: AgentState, status: pb.RemoteConfigStatus, changed:
         updates["offered_config_hash"] = None
         updates["offered_at"] = 0.0
         changed.add("offered_config_hash")
-    return replace(state, **updates) if updates else state  # type: ignore[arg-type]
+    return state.updated(**updates) if updates else state
 
 
 def config_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.AgentRemoteConfig | None:
@@ -671,7 +671,7 @@ def on_new_connection(state: AgentState) -> AgentState:
     state = package_offers.on_new_connection(state)
     if state.offered_config_hash is None or not state.capabilities & caps.REPORTS_REMOTE_CONFIG:
         return state
-    return replace(state, offered_config_hash=None, offered_at=0.0)
+    return state.updated(offered_config_hash=None, offered_at=0.0)
 
 
 def offer_config(
@@ -685,7 +685,7 @@ def offer_config(
     reply.remote_config.CopyFrom(message)
     changed.add("offered_config_hash")
     # A new offer: whatever failed before is no longer what the agent is asked to run.
-    return replace(state, offered_config_hash=message.config_hash, offered_at=now, failed_config_hash=None)
+    return state.updated(offered_config_hash=message.config_hash, offered_at=now, failed_config_hash=None)
 
 
 def packages_to_offer(state: AgentState, fleet: FleetView, now: float) -> pb.PackagesAvailable | None:

@@ -19,7 +19,6 @@ client restarted to do so starts a new sequence, so offering again on either wou
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 
 from gateway.fleet.agent import AgentState
 from gateway.opamp import capabilities as caps
@@ -69,7 +68,7 @@ def offer_settings(
         return state
     reply.connection_settings.CopyFrom(offer)
     changed.add("offered_settings_hash")
-    return replace(state, offered_settings_hash=offer.hash)
+    return state.updated(offered_settings_hash=offer.hash)
 
 
 def settle(
@@ -93,7 +92,7 @@ def report(state: AgentState, msg: pb.AgentToServer, changed: set[str]) -> Agent
         reported = msg.connection_settings_status.SerializeToString(deterministic=True)
         if reported != state.connection_settings_status:
             # Kept as reported, to show in the agent's JSON (status compression: only when sent).
-            state = replace(state, connection_settings_status=reported)
+            state = state.updated(connection_settings_status=reported)
             changed.add("connection_settings_status")
         state = on_settings_report(state, msg.connection_settings_status, changed)
     return state
@@ -112,4 +111,4 @@ def on_settings_report(
     if held == state.offered_settings_hash:
         return state
     changed.add("offered_settings_hash")
-    return replace(state, offered_settings_hash=held)
+    return state.updated(offered_settings_hash=held)

@@ -20,8 +20,6 @@ The rules mirror the remote-config ones (engine.config_to_offer, docs/remote-con
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gateway.fleet.agent import AgentState
 from gateway.fleet.package_set import EMPTY_ALL_PACKAGES_HASH, NO_PACKAGES, PackageSet
 from gateway.fleet.package_status import progress_only
@@ -73,7 +71,7 @@ def offer_packages(
         return state
     reply.packages_available.CopyFrom(message)
     changed.add("offered_packages_hash")
-    return replace(state, offered_packages_hash=message.all_packages_hash, offered_packages_at=now)
+    return state.updated(offered_packages_hash=message.all_packages_hash, offered_packages_at=now)
 
 
 def on_package_report(before: AgentState, after: AgentState, changed: set[str]) -> AgentState:
@@ -86,7 +84,7 @@ def on_package_report(before: AgentState, after: AgentState, changed: set[str]) 
     if new == old or new == after.offered_packages_hash:
         return after
     changed.add("offered_packages_hash")
-    return replace(after, offered_packages_hash=None, offered_packages_at=0.0)
+    return after.updated(offered_packages_hash=None, offered_packages_at=0.0)
 
 
 def _all_hash(statuses: bytes | None) -> bytes | None:
@@ -101,7 +99,7 @@ def on_new_connection(state: AgentState) -> AgentState:
     agent that never reports (its last offer is all the server knows of what it holds)."""
     if state.offered_packages_hash is None or not state.capabilities & REPORTS_PACKAGE_STATUSES:
         return state
-    return replace(state, offered_packages_hash=None, offered_packages_at=0.0)
+    return state.updated(offered_packages_hash=None, offered_packages_at=0.0)
 
 
 def report_durable(before: bytes | None, after: bytes | None) -> bool:

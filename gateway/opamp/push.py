@@ -7,7 +7,7 @@ ask these for each socket's agent, and the connection only sends the reply and s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gateway.fleet import credentials
 from gateway.fleet.agent import AgentState, AgentWrite
@@ -88,6 +88,6 @@ def command_push(state: AgentState, command: int, fleet: FleetView) -> Push | No
     message per kind, spec 6.2), not a second restart when the record is next loaded."""
     if not accepts_command(state, command):
         return None
-    cleared = replace(state, pending_command=None, command_id="")
+    cleared = state.updated(pending_command=None, command_id="")
     reply = command_message(state.instance_uid, command, fleet)
     return Push(reply, AgentWrite(state=cleared, changed=_PENDING_COMMAND), durable=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from gateway.fleet.agent import AgentState, facts, healthy_of
@@ -198,6 +199,7 @@ _ON_CONFLICT = (
 )
 
 
+@lru_cache(maxsize=32)
 def upsert_rows(rows: int) -> str:
     """The upsert of `rows` agents' rows (each COLUMNS, then rev) in one statement."""
     values = ", ".join([_ROW_MARKS] * rows)
@@ -207,6 +209,7 @@ def upsert_rows(rows: int) -> str:
 UPSERT = upsert_rows(1)
 
 
+@lru_cache(maxsize=64)
 def touch_rows(rows: int, *, cached: bool) -> str:
     """A heartbeat's fields written to `rows` agents' existing rows in one statement: to rows no
     newer than the heartbeat and, when `cached`, only at the rev the node has cached (the node then
@@ -279,6 +282,7 @@ def status_row_of(state: AgentState) -> tuple[Any, ...]:
     )
 
 
+@lru_cache(maxsize=32)
 def update_status_rows(rows: int) -> str:
     """The status write of `rows` agents in one statement, to rows no newer than it. Each row's values:
     status_row_of(), then a new rev."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import partial
 from typing import Any, NamedTuple
 
 from gateway.fleet.agent import AgentWrite
@@ -53,6 +53,8 @@ _UIDS_PER_QUERY = 500
 # Where a touch's values give its new rev: uid, last_seen, sequence_num, node, transport, new rev
 # (then, for a touch of the cached row, the cached rev).
 _TOUCH_REV = 5
+_CACHED_TOUCH = partial(touch_rows, cached=True)
+_PLAIN_TOUCH = partial(touch_rows, cached=False)
 
 Row = tuple[Any, ...]
 
@@ -91,7 +93,7 @@ def apply_batch(
     statuses = [(*e.values, new_rev()) for _, e in pairs if isinstance(e, StatusRow)]
     if statuses:
         # Each row's values end with its new rev.
-        missed |= _update_rows(conn, statuses, _status_update, len(statuses[0]) - 1)
+        missed |= _update_rows(conn, statuses, update_status_rows, len(statuses[0]) - 1)
     plain: list[tuple[AgentWrite, Row]] = []
     for write, row in pairs:
         state = write.state
@@ -122,13 +124,13 @@ def _touch_all(
     with_rev = [(w, rev) for w, rev in touches if rev is not None]
     if with_rev:
         values = [(*_touch_values(w), rev) for w, rev in with_rev]
-        missed = _update_rows(conn, values, _cached_touch, _TOUCH_REV)
+        missed = _update_rows(conn, values, _CACHED_TOUCH, _TOUCH_REV)
         cached = {v[0]: v[_TOUCH_REV] for v in values if v[0] not in missed}
         pending = [w for w, _ in with_rev if w.state.instance_uid in missed]
     pending += [w for w, rev in touches if rev is None]
     if not pending:
         return cached, set()
-    return cached, _update_rows(conn, [_touch_values(w) for w in pending], _plain_touch, _TOUCH_REV)
+    return cached, _update_rows(conn, [_touch_values(w) for w in pending], _PLAIN_TOUCH, _TOUCH_REV)
 
 
 def _touch_values(write: AgentWrite) -> Row:
@@ -148,8 +150,7 @@ def _update_rows(
 ) -> set[bytes]:
     """An UPDATE ... FROM (VALUES ...) of many rows in a few statements, each row's values starting
     with its uid and giving the row's new rev at `rev_at`; the uids it did not apply to."""
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    size = max(1, min(_ROWS_PER_UPSERT, limit // len(values[0])))
+    size = _rows_per_statement(conn, len(values[0]))
     missed: set[bytes] = set()
     for start in range(0, len(values), size):
         chunk = values[start : start + size]
@@ -167,19 +168,9 @@ def _update_rows(
     return missed
 
 
-@lru_cache(maxsize=32)
-def _cached_touch(rows: int) -> str:
-    return touch_rows(rows, cached=True)
-
-
-@lru_cache(maxsize=32)
-def _plain_touch(rows: int) -> str:
-    return touch_rows(rows, cached=False)
-
-
-@lru_cache(maxsize=32)
-def _status_update(rows: int) -> str:
-    return update_status_rows(rows)
+def _rows_per_statement(conn: sqlite3.Connection, values_per_row: int) -> int:
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, min(_ROWS_PER_UPSERT, limit // values_per_row))
 
 
 def _move(conn: sqlite3.Connection, write: AgentWrite, row: Row, old: bytes) -> None:
@@ -199,20 +190,13 @@ def _upsert(conn: sqlite3.Connection, plain: list[tuple[AgentWrite, Row]]) -> No
     # A write for a uid that has since moved (raced with the move on another node): the record lives
     # on under the new uid; recreating the old row would resurrect a ghost.
     live = [(write, row) for write, row in plain if write.state.instance_uid not in moved]
-    per_row = len(COLUMNS) + 1
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    size = max(1, min(_ROWS_PER_UPSERT, limit // per_row))
+    size = _rows_per_statement(conn, len(COLUMNS) + 1)
     for start in range(0, len(live), size):
         chunk = live[start : start + size]
         params = [value for _, row in chunk for value in (*row, new_rev())]
-        conn.execute(upsert_statement(len(chunk)), params)
+        conn.execute(upsert_rows(len(chunk)), params)
     for write, _ in live:
         _named(conn, write)
-
-
-@lru_cache(maxsize=32)
-def upsert_statement(rows: int) -> str:
-    return upsert_rows(rows)
 
 
 def _named(conn: sqlite3.Connection, write: AgentWrite) -> None:

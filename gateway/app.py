@@ -57,9 +57,13 @@ class _OpampPort:
             await self.app(scope, receive, send)
 
 
-def opamp_app(services: Services) -> ASGIApp:
+def opamp_post(services: Services) -> OpampHttp:
+    """POST /v1/opamp: answered by the port's protocol, and over ASGI by `opamp_app`."""
+    return OpampHttp(services, services.auth.agents, services.metrics.auth_failed("opamp"))
+
+
+def opamp_app(services: Services, post: OpampHttp) -> ASGIApp:
     on_auth_failure = services.metrics.auth_failed("opamp")
-    post = OpampHttp(services, services.auth.agents, on_auth_failure)
     app = Starlette(
         routes=[
             # _OpampPort answers POST before the app; the route gives other methods their 405.

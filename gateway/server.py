@@ -14,10 +14,11 @@ from typing import Any, cast
 import uvicorn
 
 from gateway import tls
-from gateway.app import admin_app, opamp_app
+from gateway.app import admin_app, opamp_app, opamp_post
 from gateway.file_limit import raise_file_limit
 from gateway.services import Services, running
 from gateway.settings import Settings
+from gateway.transport.http import OpampHttp
 from gateway.transport.http_protocol import SlowClientProtocol, http_protocol_class
 from gateway.transport.keepalive import Keepalive
 from gateway.transport.unfinished import UnfinishedRequests
@@ -65,7 +66,7 @@ def _config(
     )
 
 
-def _http(services: Services, port: str) -> type[SlowClientProtocol]:
+def _http(services: Services, port: str, opamp: OpampHttp | None = None) -> type[SlowClientProtocol]:
     """One port's HTTP protocol: its own unfinished requests, so slow clients on one port never
     crowd out the other (the liveness probe's)."""
     s = services.settings
@@ -88,7 +89,7 @@ def _http(services: Services, port: str) -> type[SlowClientProtocol]:
         count=count,
     )
     metrics.watch_unfinished(port, lambda: unfinished.heads, lambda: unfinished.bodies)
-    return http_protocol_class(unfinished)
+    return http_protocol_class(unfinished, opamp)
 
 
 def _websocket(services: Services) -> type[WebSocketProtocol]:
@@ -180,14 +181,15 @@ async def _announce_when_started(servers: list[uvicorn.Server], settings: Settin
 
 def build_servers(services: Services) -> list[uvicorn.Server]:
     s = services.settings
+    post = opamp_post(services)
     return [
         _Server(
             _config(
-                opamp_app(services),
+                opamp_app(services, post),
                 s.host,
                 s.port,
                 s,
-                http=_http(services, "opamp"),
+                http=_http(services, "opamp", post),
                 client_certs=True,
                 websocket=_websocket(services),
             )

@@ -63,6 +63,7 @@ from gateway.store.sqlite_schema import (
     selector_sql,
     state_of,
 )
+from gateway.store.sqlite_watch import CommitWatch
 from gateway.store.sqlite_writes import Encoded, apply_batch, encode
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -80,6 +81,7 @@ READ_THREADS = 2
 # Waits between attempts once SQLite's own busy timeout has run out.
 _BUSY_RETRY_DELAYS = (0.05, 0.25)
 _SQLITE_BUSY = 5
+_UNASKED = object()
 _SQLITE_LOCKED = 6
 
 
@@ -101,6 +103,10 @@ class SQLiteStore:
         self._read_pool: ThreadPoolExecutor | None = None
         # Used only on the write thread (check_same_thread enforces it).
         self._write_conn: sqlite3.Connection | None = None
+        # Whether anyone but this node committed since the event loop last asked, and the answer
+        # in this turn of the loop.
+        self._watch = CommitWatch(path)
+        self._others_wrote: bool | None | object = _UNASKED
         # One read connection per read thread; listed here so close() can close them.
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
@@ -109,8 +115,10 @@ class SQLiteStore:
         # get() calls waiting for the next batched read, and the batches in flight.
         self._pending_gets: dict[bytes, list[asyncio.Future[AgentState | None]]] = {}
         self._get_batches: set[asyncio.Task[None]] = set()
-        # This node's copies of HTTP agents' rows (sqlite_cache.py explains why that is safe).
+        # This node's copies of HTTP agents' rows (sqlite_cache.py explains why that is safe); for
+        # each batched read under way, the uids of this node's batches that ended meanwhile.
         self._cache = RowCache()
+        self._reads_open: dict[int, set[bytes]] = {}
         # Taken by the write thread around every write: several nodes may share the file.
         self._writer_lock = WriterLock(path)
 
@@ -156,6 +164,10 @@ class SQLiteStore:
     # -- Store -------------------------------------------------------------------------------------
 
     async def get(self, uid: bytes) -> AgentState | None:
+        # Answered without waiting when the node's copy is surely the row (sqlite_cache.py): the
+        # usual HTTP heartbeat on a file no other node writes.
+        if (state := self._vouched(uid)) is not None:
+            return state
         # Every get() started in the same event-loop turn shares one thread hop and one query: under
         # load, HTTP polls arrive in bursts and the per-call executor overhead would dominate.
         loop = asyncio.get_running_loop()
@@ -168,9 +180,15 @@ class SQLiteStore:
     async def _get_batch(self) -> None:
         await asyncio.sleep(0)  # let the rest of this turn's callers join the batch
         batch, self._pending_gets = self._pending_gets, {}
+        cache = self._cache
         # What the cache held when the batch started: a rev the file still has vouches for these.
-        cached = {uid: entry for uid in batch if (entry := self._cache.get(uid)) is not None}
+        cached = {uid: entry for uid in batch if (entry := cache.get(uid)) is not None}
         revs = {uid: entry.rev for uid, entry in cached.items()}
+        # Every other connection's commit up to now was seen (get() asked), so what the read finds
+        # is vouched for in this generation.
+        generation = cache.generation
+        ended: set[bytes] = set()
+        self._reads_open[id(ended)] = ended
         try:
             current, found = await self._on_reader(self._read_sync, list(batch), revs)
         except BaseException as exc:
@@ -181,19 +199,39 @@ class SQLiteStore:
             if not isinstance(exc, Exception):
                 raise
         else:
-            results: dict[bytes, AgentState | None] = {uid: cached[uid].state for uid in current}
-            for uid, (state, rev) in found.items():
-                results[uid] = state
-                if rev is not None:
-                    self._cache.put(state, rev)
+            results = self._keep(cached, current, found, generation, ended)
             for uid, futures in batch.items():
                 for future in futures:
                     if not future.done():
                         future.set_result(results.get(uid))
         finally:
+            del self._reads_open[id(ended)]
             task = asyncio.current_task()
             if task is not None:
                 self._get_batches.discard(task)
+
+    def _keep(
+        self,
+        cached: dict[bytes, Cached],
+        current: set[bytes],
+        found: dict[bytes, tuple[AgentState, int | None]],
+        generation: int,
+        ended: set[bytes],
+    ) -> dict[bytes, AgentState | None]:
+        """A batched read's records by uid, kept in the node's copies, vouched for in `generation`
+        unless one of this node's batches wrote the row and ended during the read (`ended`): the
+        read may have found the row from before the batch, after the batch's own bookkeeping."""
+        cache = self._cache
+        results: dict[bytes, AgentState | None] = {}
+        for uid in current:
+            entry = cached[uid]
+            results[uid] = entry.state
+            cache.put(entry.state, entry.rev, None if uid in ended else generation)
+        for uid, (state, rev) in found.items():
+            results[uid] = state
+            if rev is not None:
+                cache.put(state, rev, None if uid in ended else generation)
+        return results
 
     async def write(self, writes: Sequence[AgentWrite]) -> None:
         if not writes:
@@ -208,16 +246,26 @@ class SQLiteStore:
         }
         # Not _on_writer: the rows are encoded before the writer lock is taken (_write_sync).
         revs = {uid: e.rev for uid, e in before.items()}
-        touched = await self._run(lambda: self._write_pool, self._write_sync, batch, revs)
+        try:
+            touched = await self._run(lambda: self._write_pool, self._write_sync, batch, revs)
+        finally:
+            if self._reads_open:
+                written = {w.state.instance_uid for w in batch}
+                for ended in self._reads_open.values():
+                    ended.update(written)
         for write in batch:
             uid = write.state.instance_uid
             if write.previous_uid is not None:
                 cache.drop(write.previous_uid)
             rev = touched.get(uid)
             if rev is not None:
-                # The touch applied to the very row cached: the row now is known without a read.
-                # Any other entry stays as it is: its rev no longer matches, so it gets read again.
-                cache.put(_touched_row(before[uid], write.state), rev)
+                # The touch applied to the very row cached: the row now is known without a read,
+                # and vouched for as long as the entry it was applied to was.
+                entry = before[uid]
+                cache.put(_touched_row(entry, write.state), rev, entry.generation)
+            else:
+                # Written some other way: its rev no longer matches, so it gets read again.
+                cache.drop(uid)
 
     async def list_agents(self, query: AgentQuery, now: float, offline_after: float) -> AgentPage:
         after = decode_cursor(query.cursor) if query.cursor is not None else None
@@ -390,7 +438,26 @@ class SQLiteStore:
     # -- running on the threads --------------------------------------------------------------------
 
     async def _on_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        # What these commit is not an agent batch the cache follows: CommitWatch tells it from the
+        # node's batches, and the next get() stops vouching for the node's copies.
         return await self._run(lambda: self._write_pool, self._writer_lock.run, fn, *args)
+
+    def _vouched(self, uid: bytes) -> AgentState | None:
+        """The node's copy of `uid`'s row if it is surely current (sqlite_cache.py), else None."""
+        others = self._others_wrote
+        if others is _UNASKED:
+            # Once per turn of the event loop: every request handled in this turn had arrived
+            # before it began, so a commit that ended before the request came is seen all the same.
+            others = self._others_wrote = self._watch.others_wrote()
+            asyncio.get_running_loop().call_soon(self._next_turn)
+            if others:
+                self._cache.unvouch_all()
+        if others is None:
+            return None
+        return self._cache.vouched(uid)
+
+    def _next_turn(self) -> None:
+        self._others_wrote = _UNASKED
 
     async def _on_reader(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run(lambda: self._read_pool, self._with_reader, fn, *args)
@@ -467,8 +534,10 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._watch.open()
 
     def _close_writer_sync(self) -> None:
+        self._watch.close()
         if self._write_conn is not None:
             conn, self._write_conn = self._write_conn, None
             conn.close()
@@ -577,18 +646,24 @@ class SQLiteStore:
         encoded = [encode(w) for w in writes]
         return self._writer_lock.run(self._transaction, conn, writes, encoded, expected)
 
-    @staticmethod
     def _transaction(
+        self,
         conn: sqlite3.Connection,
         writes: list[AgentWrite],
         encoded: list[Encoded],
         expected: dict[bytes, int],
     ) -> dict[bytes, int]:
         conn.execute("BEGIN IMMEDIATE")
+        # Holding SQLite's write lock: from here to COMMIT every change to the file is this one's
+        # (its first write may also restart the WAL, which other connections see as a change).
+        began = self._watch.began()
         try:
             touched = apply_batch(conn, writes, encoded, expected)
-            conn.execute("COMMIT")
+            # Still holding the writer lock every gateway takes (sqlite_lock.py) when it logs.
+            with self._watch.committing(began):
+                conn.execute("COMMIT")
         except BaseException:
+            self._watch.rolled_back()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from starlette.types import Receive, Scope, Send
@@ -37,15 +38,16 @@ from gateway.transport.http_wire import (
     BadEncoding,
     BodyTooLarge,
     ClientGone,
+    Reply,
     RequestHeaders,
     accepts_gzip,
     gunzip,
     media_type,
-    protobuf_body,
+    protobuf_reply,
     read_body,
     request_headers,
     send_reply,
-    send_text,
+    text_reply,
 )
 from gateway.transport.read_deadlines import ReadDeadlines
 
@@ -55,6 +57,8 @@ logger = logging.getLogger("gateway.transport.http")
 
 PROTOBUF = "application/x-protobuf"
 _ENCODINGS = ("identity", "gzip", "x-gzip")
+# Reads the request body, refusing one over the limit it is given.
+BodyReader = Callable[[int], Awaitable[bytes]]
 
 
 def _saw(node: OpampNode, outcome: engine.Outcome) -> None:
@@ -70,7 +74,10 @@ def _saw(node: OpampNode, outcome: engine.Outcome) -> None:
 
 
 class OpampHttp:
-    """The ASGI app for POST /v1/opamp on one node."""
+    """POST /v1/opamp on one node: `answer` decides the reply to a request; the port's protocol
+    (http_protocol.py) calls it with the body already read, and `__call__` is the same over ASGI for
+    the requests the protocol leaves to uvicorn (chunked or oversized bodies, Expect: 100-continue,
+    pipelined behind another request)."""
 
     def __init__(
         self, node: OpampNode, credentials: Credentials, on_auth_failure: Callable[[str], None]
@@ -81,8 +88,32 @@ class OpampHttp:
         # A client that trickles its body (slowloris) must not hold a slot in flight for ever.
         self._deadlines = ReadDeadlines(node.settings.read_timeout)
 
+    @property
+    def limit(self) -> int:
+        """The largest request body taken (--max-message-bytes)."""
+        return self._node.settings.max_message_bytes
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = request_headers(scope["headers"])
+
+        def read(limit: int) -> Awaitable[bytes]:
+            return self._deadlines.run(read_body(receive, headers.content_length, limit))
+
+        await send_reply(send, await self.answer(headers, read))
+
+    def answer_read(self, headers: RequestHeaders, body: bytes) -> Coroutine[Any, Any, Reply]:
+        """`answer` for a request whose whole body has arrived."""
+
+        async def read(limit: int) -> bytes:
+            if len(body) > limit:
+                raise BodyTooLarge(f"body exceeds {limit} bytes")
+            return body
+
+        return self.answer(headers, read)
+
+    async def answer(self, headers: RequestHeaders, read: BodyReader) -> Reply:
+        """The reply to one request with these headers; `read(limit)` gives its body (BodyTooLarge,
+        BadEncoding, ClientGone, TimeoutError), and is called only once the key is checked."""
         key_id: str | None = None
         own: OwnCredential | None = None
         if self._credentials.enabled:
@@ -90,17 +121,22 @@ class OpampHttp:
                 match, own = await self._identify(headers)
             except StoreError as exc:
                 # The agent's credential record could not be read: neither yes nor no.
-                status = await self._unavailable(send, "store")
                 logger.warning("could not read an agent credential's record: %s", exc)
-                self._node.metrics.handled("http", str(status), 0.0)
-                return
+                reply = self._unavailable("store")
+                self._node.metrics.handled("http", str(reply.status), 0.0)
+                return reply
             if match is None and own is None:
-                await send_text(send, 401, AGENT_DENIAL, AGENT_CHALLENGE)
-                return
+                return text_reply(401, AGENT_DENIAL, AGENT_CHALLENGE)
             key_id = None if match is None else match.key_id
         started = time.perf_counter()
-        status = await self._handle(headers, receive, send, key_id, own)
-        self._node.metrics.handled("http", str(status), time.perf_counter() - started)
+        reply = await self._handle(headers, read, key_id, own)
+        self._node.metrics.handled("http", str(reply.status), time.perf_counter() - started)
+        return reply
+
+    def _timed_out(self) -> Reply:
+        node = self._node
+        node.metrics.client_timeouts.labels(kind="read").inc()
+        return text_reply(408, f"request body not received within {node.settings.read_timeout:g}s")
 
     async def _identify(self, headers: RequestHeaders) -> tuple[KeyMatch | None, OwnCredential | None]:
         """An agent key, or an agent's own credential (gateway/node/credentials.py: its record from
@@ -117,73 +153,52 @@ class OpampHttp:
             self._on_auth_failure("missing" if key is None else "invalid")
         return None, own
 
-    async def _unavailable(self, send: Send, reason: str) -> int:
+    def _unavailable(self, reason: str) -> Reply:
         """503 (429 for a rate limit) with Retry-After: the spec's throttling answer on plain HTTP."""
         self._node.metrics.shed.labels(reason=reason).inc()
         retry = {"Retry-After": str(limits.retry_after())}
         if reason in limits.RATE_LIMITED:
-            await send_text(send, 429, f"too many requests: {reason}", retry)
-            return 429
-        await send_text(send, 503, f"service unavailable: {reason}", retry)
-        return 503
-
-    async def _refuse(self, send: Send, status: int, message: str) -> int:
-        await send_text(send, status, message)
-        return status
+            return text_reply(429, f"too many requests: {reason}", retry)
+        return text_reply(503, f"service unavailable: {reason}", retry)
 
     async def _handle(
-        self,
-        headers: RequestHeaders,
-        receive: Receive,
-        send: Send,
-        key_id: str | None,
-        own: OwnCredential | None,
-    ) -> int:
+        self, headers: RequestHeaders, read: BodyReader, key_id: str | None, own: OwnCredential | None
+    ) -> Reply:
         node = self._node
         settings = node.settings
         limit = settings.max_message_bytes
         if media_type(headers.content_type) != PROTOBUF:
-            return await self._refuse(send, 415, f"Content-Type must be {PROTOBUF}")
+            return text_reply(415, f"Content-Type must be {PROTOBUF}")
         encoding = headers.content_encoding.strip().lower()
         if encoding not in _ENCODINGS:
-            return await self._refuse(
-                send, 415, f"unsupported Content-Encoding {encoding!r}; use gzip or none"
-            )
+            return text_reply(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
         try:
-            body = await self._deadlines.run(read_body(receive, headers.content_length, limit))
+            body = await read(limit)
             if encoding != "identity":
                 body = gunzip(body, limit)
         except TimeoutError:
-            node.metrics.client_timeouts.labels(kind="read").inc()
-            return await self._refuse(
-                send, 408, f"request body not received within {settings.read_timeout:g}s"
-            )
+            return self._timed_out()
         except BodyTooLarge as exc:
-            return await self._refuse(send, 413, str(exc))
+            return text_reply(413, str(exc))
         except (BadEncoding, ClientGone) as exc:
-            return await self._refuse(send, 400, str(exc))
+            return text_reply(400, str(exc))
         try:
             msg = pb.AgentToServer.FromString(body)
         except DecodeError as exc:
-            return await self._refuse(send, 400, f"body is not a valid AgentToServer: {exc}")
+            return text_reply(400, f"body is not a valid AgentToServer: {exc}")
 
         # The slot in flight is taken only now: a client that trickles its body holds none
         # (issue 20: 9).
         if not node.limits.begin_message():
-            return await self._unavailable(send, "max_inflight")
+            return self._unavailable("max_inflight")
         try:
-            return await self._process(msg, headers, send, key_id, own)
+            return await self._process(msg, headers, key_id, own)
         finally:
             node.limits.end_message()
 
     async def _process(
-        self,
-        msg: pb.AgentToServer,
-        headers: RequestHeaders,
-        send: Send,
-        key_id: str | None,
-        own: OwnCredential | None,
-    ) -> int:
+        self, msg: pb.AgentToServer, headers: RequestHeaders, key_id: str | None, own: OwnCredential | None
+    ) -> Reply:
         node = self._node
         limit = node.settings.max_message_bytes
         try:
@@ -217,17 +232,14 @@ class OpampHttp:
                     uid_str(outcome.state.instance_uid),
                 )
         except pipeline.Shed as exc:
-            return await self._unavailable(send, exc.reason)
+            return self._unavailable(exc.reason)
         if outcome.forbidden:
             # The key (or credential) is valid, but not for this agent: the same 401 as a wrong key
             # (spec: 401 on failed authentication), with a message that says which rule refused it.
-            await send_text(send, 401, outcome.refusal or KEY_MISMATCH, AGENT_CHALLENGE)
-            return 401
+            return text_reply(401, outcome.refusal or KEY_MISMATCH, AGENT_CHALLENGE)
         reply = outcome.reply.SerializeToString()
         if len(reply) > limit:
             # Spec: never send a message over the limit; say why instead of silently dropping it.
             logger.error("dropped a %d-byte reply over the %d-byte limit", len(reply), limit)
             reply = engine.reply_too_large(outcome.reply.instance_uid)
-        reply, reply_headers = protobuf_body(reply, headers.accept_encoding)
-        await send_reply(send, 200, reply, reply_headers)
-        return 200
+        return protobuf_reply(reply, headers.accept_encoding)

@@ -6,16 +6,33 @@ whole request has (or the socket became a WebSocket, or went away). Over the per
 connection gets 429 and is closed before anything of it is parsed; a socket past its header
 deadline gets 408 and is closed; one past its body deadline, or evicted to keep the port under its
 budget, is dropped.
+
+On the OpAMP port, the protocol answers POST /v1/opamp itself (`OpampPortProtocol`): it collects the
+body, has the transport's handler decide the reply (transport/http.py), and writes the whole
+response at once. uvicorn's ASGI cycle (a scope, a task, two writes per request) costs more than
+handling a heartbeat, and a heartbeat whose record the node knows needs no task at all (eager.py).
+Requests the protocol does not take (no Content-Length, one over the limit, Expect: 100-continue, a
+query string, one that arrives while an earlier request on its connection is still being answered,
+one whose body comes after its head in a read of its own) go through uvicorn to the same handler.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+import logging
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any, ClassVar, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.transport import eager
+from gateway.transport.http_wire import Reply, RequestHeaders, request_headers, response_bytes, text_reply
 from gateway.transport.unfinished import UnfinishedRequests, address_key
+
+logger = logging.getLogger("gateway.transport.http_protocol")
+
+_OPAMP_URL = b"/v1/opamp"
 
 
 def _response(status: bytes, text: bytes, *extra: bytes) -> bytes:
@@ -104,11 +121,161 @@ class SlowClientProtocol(HttpToolsProtocol):
             transport.abort()
 
 
-def http_protocol_class(unfinished: UnfinishedRequests) -> type[SlowClientProtocol]:
-    """The `http` protocol class for one port's uvicorn Config."""
+class OpampAnswers(Protocol):
+    """What the OpAMP port's protocol asks of the transport (transport/http.py's OpampHttp)."""
 
-    class PortProtocol(SlowClientProtocol):
+    @property
+    def limit(self) -> int: ...
+
+    def answer_read(self, headers: RequestHeaders, body: bytes) -> Coroutine[Any, Any, Reply]: ...
+
+
+class _Request:
+    """The OpAMP request a connection is receiving or answering. While its answer is awaited it
+    stands in for uvicorn's RequestResponseCycle (`self.cycle`), with the attributes uvicorn uses:
+    a request pipelined behind it waits, and a shutdown clears `keep_alive`."""
+
+    __slots__ = ("headers", "keep_alive", "chunks", "response_complete", "disconnected")
+
+    def __init__(self, headers: RequestHeaders, keep_alive: bool) -> None:
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunks: list[bytes] = []
+        self.response_complete = False
+        self.disconnected = False
+
+    @property
+    def message_event(self) -> _Request:
+        return self
+
+    def set(self) -> None:
+        """uvicorn wakes a cycle's reader on disconnect; nothing here reads."""
+
+
+_SERVER_ERROR = text_reply(500, "Internal Server Error")
+
+
+class OpampPortProtocol(SlowClientProtocol):
+    """The OpAMP port's connection: POST /v1/opamp answered here, the rest by uvicorn."""
+
+    opamp: ClassVar[OpampAnswers]
+
+    _request: _Request | None = None
+
+    def _takes(self, headers: RequestHeaders) -> bool:
+        parser = self.parser
+        length = headers.content_length
+        return (
+            self.url == _OPAMP_URL
+            and parser.get_method() == b"POST"
+            and length is not None
+            and length.isdigit()
+            and int(length) <= self.opamp.limit
+            and not self.expect_100_continue
+            and not parser.should_upgrade()
+            # Behind a request still being answered: uvicorn queues this one after it.
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+            and self.limit_concurrency is None
+        )
+
+    def on_headers_complete(self) -> None:
+        headers = request_headers(self.headers)
+        if not self._takes(headers):
+            super().on_headers_complete()
+            return
+        self.unfinished.head_done(self)
+        version = self.parser.get_http_version()
+        self._request = _Request(headers, version != "1.0" and self.parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        request = self._request
+        if request is None:
+            super().on_body(body)
+        else:
+            # No more than the Content-Length checked above: the parser frames the body by it.
+            request.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        if request is None:
+            super().on_message_complete()
+            return
+        self._request = None
+        self.unfinished.done(self)
+        chunks = request.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._answer(request, body)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        request = self._request
+        if request is not None:
+            # Its body did not come with its head: uvicorn takes the request over with what has
+            # arrived, and the handler reads the rest with a deadline, answering a bad key first.
+            self._request = None
+            if not self.transport.is_closing():
+                super().on_headers_complete()
+                for chunk in request.chunks:
+                    super().on_body(chunk)
+
+    def _answer(self, request: _Request, body: bytes) -> None:
+        try:
+            task = eager.run(self.opamp.answer_read(request.headers, body), partial(self._reply, request))
+        except Exception:
+            logger.exception("failed to answer an OpAMP request")
+            request.keep_alive = False
+            self._reply(request, _SERVER_ERROR)
+            return
+        if task is None:
+            return
+        # Waiting for the store: pipelined requests queue behind this one (uvicorn's pipeline).
+        self.cycle = request  # type: ignore[assignment]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(partial(self._answer_done, request))
+
+    def _answer_done(self, request: _Request, task: asyncio.Task[None]) -> None:
+        if request.response_complete:
+            return
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("failed to answer an OpAMP request", exc_info=exc)
+            request.keep_alive = False
+            self._reply(request, _SERVER_ERROR)
+        else:
+            request.response_complete = True
+            self.transport.close()
+
+    def _reply(self, request: _Request, reply: Reply) -> None:
+        request.response_complete = True
+        transport = self.transport
+        if request.disconnected or transport.is_closing():
+            return
+        status = STATUS_LINE[reply.status]
+        transport.write(response_bytes(reply, status, self.server_state.default_headers, request.keep_alive))
+        if request.keep_alive:
+            # Counts the request, resumes reading, starts a pipelined request or the keep-alive timer.
+            self.on_response_complete()
+        else:
+            transport.close()
+
+
+def http_protocol_class(
+    unfinished: UnfinishedRequests, opamp: OpampAnswers | None = None
+) -> type[SlowClientProtocol]:
+    """The `http` protocol class for one port's uvicorn Config; `opamp` (the OpAMP port's) answers
+    POST /v1/opamp in the protocol."""
+    if opamp is None:
+
+        class PortProtocol(SlowClientProtocol):
+            pass
+
+        PortProtocol.unfinished = unfinished
+        return PortProtocol
+
+    class OpampProtocol(OpampPortProtocol):
         pass
 
-    PortProtocol.unfinished = unfinished
-    return PortProtocol
+    OpampProtocol.unfinished = unfinished
+    OpampProtocol.opamp = opamp
+    return OpampProtocol

@@ -137,25 +137,50 @@ async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes
         message = await receive()
 
 
-async def send_reply(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    """One complete response: `headers` plus its Content-Length, then the body."""
-    headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+class Reply(NamedTuple):
+    """A complete answer: its status, body and headers (Content-Length is added on the way out)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
 
 
-async def send_text(send: Send, status: int, message: str, extra: Mapping[str, str] | None = None) -> None:
+def text_reply(status: int, message: str, extra: Mapping[str, str] | None = None) -> Reply:
     """A plain-text answer (errors and refusals), as Starlette's PlainTextResponse would send it."""
     headers = [(b"content-type", _TEXT)]
     if extra:
         headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
-    await send_reply(send, status, (message + "\n").encode(), headers)
+    return Reply(status, (message + "\n").encode(), headers)
 
 
-def protobuf_body(body: bytes, accept_encoding: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """A protobuf reply's bytes and headers: gzipped when the client accepts it and it is worth it."""
+def protobuf_reply(body: bytes, accept_encoding: str) -> Reply:
+    """A protobuf answer: gzipped when the client accepts it and it is worth it."""
     headers = [(b"content-type", b"application/x-protobuf")]
     if len(body) >= GZIP_MIN_BYTES and accept_encoding and accepts_gzip(accept_encoding):
         body = gzip.compress(body, compresslevel=5, mtime=0)
         headers.append((b"content-encoding", b"gzip"))
-    return body, headers
+    return Reply(200, body, headers)
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    """`reply` over ASGI: its headers plus Content-Length, then the body."""
+    headers = [*reply.headers, (b"content-length", b"%d" % len(reply.body))]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+def response_bytes(
+    reply: Reply, status_line: bytes, default_headers: Iterable[tuple[bytes, bytes]], keep_alive: bool
+) -> bytes:
+    """`reply` as one HTTP/1.1 response, written to the socket in one piece; `status_line` ends in
+    CRLF, `default_headers` are the server's own (Date), as uvicorn sends them."""
+    parts = [status_line]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in reply.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"content-length: %d\r\n" % len(reply.body))
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", reply.body)
+    return b"".join(parts)

@@ -3,11 +3,14 @@ whatever one writes, the other's next get() returns, whatever it had cached."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +154,141 @@ def test_the_cache_keeps_http_records_only_and_evicts_the_oldest() -> None:
     # A record that leaves HTTP leaves the cache.
     cache.put(replace(first, transport="websocket"), 6)
     assert cache.get(first.instance_uid) is None and len(cache) == 1
+
+
+# -- answering from the cache without a read (the copy is vouched for) ---------------------------
+
+
+class _Reads:
+    """Counts the batched reads a store makes."""
+
+    def __init__(self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        read = store._read_sync
+
+        def counted(*args: Any) -> Any:
+            self.count += 1
+            return read(*args)
+
+        monkeypatch.setattr(store, "_read_sync", counted)
+
+
+async def _next_turn() -> None:
+    # The store asks the file once per turn of the event loop: let a new turn begin.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def test_on_a_file_only_this_node_writes_a_poll_needs_no_read(
+    pair: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _b = pair
+    state = await cached_on(a)
+    reads = _Reads(a, monkeypatch)
+    for n in range(5):
+        await _next_turn()
+        got = await a.get(state.instance_uid)
+        assert got is not None and got.last_seen == 10.0 + n
+        state = polled(got, 11.0 + n).state
+        await a.write([polled(got, 11.0 + n)])
+    assert reads.count == 0
+    assert await fresh(a.path, state.instance_uid) == state == await a.get(state.instance_uid)
+
+
+async def test_after_another_nodes_write_the_next_poll_reads_then_needs_no_read_again(
+    pair: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    state = await cached_on(a)
+    others = [await cached_on(a) for _ in range(2)]
+    reads = _Reads(a, monkeypatch)
+    sick = replace(state, last_seen=12.0, health=health(False), node="b")
+    await b.write([AgentWrite(sick, frozenset({"last_seen", "health", "node"}))])
+    await _next_turn()
+    assert await a.get(state.instance_uid) == sick
+    # Every copy is read again once (another node's write could have been to any row)...
+    for agent_state in others:
+        assert await a.get(agent_state.instance_uid) == agent_state
+    assert reads.count == 3
+    # ...and then vouched for again.
+    await _next_turn()
+    assert [await a.get(s.instance_uid) for s in (state, *others)] == [sick, *others]
+    assert reads.count == 3
+
+
+async def test_a_write_outside_the_agent_batches_is_seen_by_the_next_poll(
+    pair: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _b = pair
+    state = await cached_on(a)
+    await _next_turn()
+    assert await a.get(state.instance_uid) == state
+
+    def rename(conn: sqlite3.Connection) -> None:
+        # As any statement the node runs on its write thread that is not an agent batch (a sweep, a
+        # credential) may change rows its copies hold.
+        conn.execute(
+            "UPDATE agents SET pending_command = 2, rev = rev + 1 WHERE uid = ?", (state.instance_uid,)
+        )
+
+    await a._on_writer(a._with_writer, rename)
+    got = await a.get(state.instance_uid)
+    assert got is not None and got.pending_command == 2
+
+
+@pytest.mark.parametrize("b_wrote", ["the-row", "another-row"])
+async def test_a_row_read_while_the_nodes_batch_changes_it_is_not_vouched_for(
+    pair: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch, b_wrote: str
+) -> None:
+    a, _b = pair
+    state = await cached_on(a)
+    other = await cached_on(a)
+    # Another node's write makes A read its rows again (the whole row if B wrote it, else just its
+    # rev); A's read finds them, then stalls until A's own batch has changed the row and finished.
+    if b_wrote == "the-row":
+        state = await _b_write(pair, state)
+    else:
+        await _b_write(pair, other)
+    read = a._read_sync
+    found_rows = threading.Event()
+    go_on = threading.Event()
+
+    def stalled(*args: Any) -> Any:
+        result = read(*args)
+        found_rows.set()
+        go_on.wait(10)
+        return result
+
+    monkeypatch.setattr(a, "_read_sync", stalled)
+    await _next_turn()
+    reading = asyncio.ensure_future(a.get(state.instance_uid))
+    await asyncio.to_thread(found_rows.wait, 10)
+    command = AgentWrite(replace(state, pending_command=1), frozenset({"pending_command"}))
+    writing = asyncio.ensure_future(a.write([command]))
+    # The batch waits for nothing the read holds (WAL): it ends while the read is still out.
+    await asyncio.wait_for(asyncio.shield(writing), 10)
+    go_on.set()
+    assert await reading == state  # what the read found, from before the batch
+    monkeypatch.setattr(a, "_read_sync", read)
+    await _next_turn()
+    got = await a.get(state.instance_uid)
+    assert got is not None and got.pending_command == 1
+
+
+async def _b_write(pair: tuple[SQLiteStore, SQLiteStore], state: AgentState) -> AgentState:
+    """The row as B writes it (a heartbeat B took)."""
+    _a, b = pair
+    new = replace(state, last_seen=state.last_seen + 1, node="b")
+    await b.write([AgentWrite(new, frozenset({"last_seen", "node"}))])
+    return new
+
+
+async def test_the_nodes_own_write_of_more_than_a_touch_is_seen_by_the_next_poll(
+    pair: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    a, _b = pair
+    state = await cached_on(a)
+    await _next_turn()
+    await a.write([AgentWrite(replace(state, pending_command=1), frozenset({"pending_command"}))])
+    got = await a.get(state.instance_uid)
+    assert got is not None and got.pending_command == 1

@@ -15,6 +15,7 @@ import httpx2
 import pytest
 
 from tests.support.servers import Node, run_node
+from tests.support.sockets import raw_socket
 from tests.support.ws import agent_socket, exchange, report
 
 pytestmark = pytest.mark.anyio
@@ -28,15 +29,10 @@ def _port(url: str) -> int:
     return port
 
 
-@contextlib.asynccontextmanager
-async def _raw(url: str, source: str) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", _port(url), local_addr=(source, 0))
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+def _raw(
+    url: str, source: str
+) -> contextlib.AbstractAsyncContextManager[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    return raw_socket(_port(url), source)
 
 
 async def _until_closed(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:

@@ -276,3 +276,18 @@ async def test_a_client_gone_while_its_answer_waits_is_not_written_to(
             writer.write(_post(b"after"))
             assert (await _response(reader))[2] == b"protocol:after"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_content_length_beside_chunked_framing_is_refused_not_collected(port: _Port) -> None:
+    # The protocol trusts the parser to frame the body by the Content-Length it checked: a chunked
+    # body larger than the limit under a small Content-Length must never reach it.
+    big = b"y" * (4 * LIMIT)
+    head = (
+        b"POST /v1/opamp HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    async with _connect(port) as (reader, writer):
+        writer.write(head + b"%x\r\n" % len(big) + big + b"\r\n0\r\n\r\n")
+        status, headers, _body = await _response(reader)
+        assert (status, headers[b"connection"]) == (b"HTTP/1.1 400 Bad Request", b"close")
+    assert port.answers.answered == []

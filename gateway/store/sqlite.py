@@ -81,8 +81,9 @@ READ_THREADS = 2
 # Waits between attempts once SQLite's own busy timeout has run out.
 _BUSY_RETRY_DELAYS = (0.05, 0.25)
 _SQLITE_BUSY = 5
-_UNASKED = object()
 _SQLITE_LOCKED = 6
+# The event loop has not asked CommitWatch in this turn yet.
+_UNASKED = object()
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

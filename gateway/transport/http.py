@@ -133,11 +133,6 @@ class OpampHttp:
         self._node.metrics.handled("http", str(reply.status), time.perf_counter() - started)
         return reply
 
-    def _timed_out(self) -> Reply:
-        node = self._node
-        node.metrics.client_timeouts.labels(kind="read").inc()
-        return text_reply(408, f"request body not received within {node.settings.read_timeout:g}s")
-
     async def _identify(self, headers: RequestHeaders) -> tuple[KeyMatch | None, OwnCredential | None]:
         """An agent key, or an agent's own credential (gateway/node/credentials.py: its record from
         the node's copy, or one store read)."""
@@ -177,7 +172,8 @@ class OpampHttp:
             if encoding != "identity":
                 body = gunzip(body, limit)
         except TimeoutError:
-            return self._timed_out()
+            node.metrics.client_timeouts.labels(kind="read").inc()
+            return text_reply(408, f"request body not received within {settings.read_timeout:g}s")
         except BodyTooLarge as exc:
             return text_reply(413, str(exc))
         except (BadEncoding, ClientGone) as exc:

@@ -35,17 +35,13 @@ logger = logging.getLogger("gateway.transport.http_protocol")
 _OPAMP_URL = b"/v1/opamp"
 
 
-def _response(status: bytes, text: bytes, *extra: bytes) -> bytes:
-    """A complete plain-text response that closes the connection."""
-    head = [b"HTTP/1.1 " + status, b"content-type: text/plain; charset=utf-8"]
-    head += [b"content-length: %d" % len(text), *extra, b"connection: close"]
-    return b"\r\n".join(head) + b"\r\n\r\n" + text
+def _closing(reply: Reply) -> bytes:
+    """A complete response that closes the connection."""
+    return response_bytes(reply, STATUS_LINE[reply.status], (), keep_alive=False)
 
 
-_TOO_MANY = _response(
-    b"429 Too Many Requests", b"too many unfinished requests from this address\n", b"retry-after: 1"
-)
-_TIMED_OUT = _response(b"408 Request Timeout", b"request headers not received in time\n")
+_TOO_MANY = _closing(text_reply(429, "too many unfinished requests from this address", {"Retry-After": "1"}))
+_TIMED_OUT = _closing(text_reply(408, "request headers not received in time"))
 
 
 class SlowClientProtocol(HttpToolsProtocol):

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from gateway import __version__, logs, settings as settings_mod
+from gateway import __version__, logs, pacing, settings as settings_mod
 from gateway.auth import CredentialError
 from gateway.settings import is_loopback
 from gateway.tls import TLSConfigError
@@ -109,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.store.elasticsearch_client import ElasticsearchConfigError
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        factory = _loop_factory()
+        if s.loop_batch_window > 0:
+            # gateway/pacing.py: the pacer must tell work under way from an idle loop.
+            factory = pacing.loop_factory(factory)
+        with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(s))
     except (StartupFailed, CredentialError, TLSConfigError, ElasticsearchConfigError) as exc:
         print(f"opamp-gateway: error: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import uvicorn
@@ -16,6 +16,7 @@ import uvicorn
 from gateway import tls
 from gateway.app import admin_app, opamp_app, opamp_post
 from gateway.file_limit import raise_file_limit
+from gateway.pacing import LoopPacer
 from gateway.services import Services, running
 from gateway.settings import Settings
 from gateway.transport.http import OpampHttp
@@ -179,9 +180,22 @@ async def _announce_when_started(servers: list[uvicorn.Server], settings: Settin
     )
 
 
-def build_servers(services: Services) -> list[uvicorn.Server]:
+def _waking(app: Any, wake: Callable[[], None]) -> Any:
+    """`app`, calling `wake` as each request (or connection) comes in."""
+
+    async def waking(scope: Any, receive: Any, send: Any) -> None:
+        wake()
+        await app(scope, receive, send)
+
+    return waking
+
+
+def build_servers(services: Services, wake: Callable[[], None] | None = None) -> list[uvicorn.Server]:
+    """The OpAMP port's server and the admin port's; `wake` is called on every admin request (the
+    node's LoopPacer keeps the loop awake for the calls that may follow)."""
     s = services.settings
     post = opamp_post(services)
+    admin: Any = admin_app(services)
     return [
         _Server(
             _config(
@@ -194,7 +208,15 @@ def build_servers(services: Services) -> list[uvicorn.Server]:
                 websocket=_websocket(services),
             )
         ),
-        _Server(_config(admin_app(services), s.admin_host, s.admin_port, s, http=_http(services, "admin"))),
+        _Server(
+            _config(
+                admin if wake is None else _waking(admin, wake),
+                s.admin_host,
+                s.admin_port,
+                s,
+                http=_http(services, "admin"),
+            )
+        ),
     ]
 
 
@@ -204,10 +226,13 @@ async def serve(settings: Settings) -> None:
     tls.check(settings)
     raise_file_limit(settings)
     async with running(settings) as services:
-        servers = build_servers(services)
+        registry = services.registry
+        pacer = LoopPacer(settings.loop_batch_window, lambda: registry.websocket_agents)
+        servers = build_servers(services, wake=pacer.wake)
         _tune_gc(services)
         _tune_threads()
         loop = asyncio.get_running_loop()
+        pacer.start(loop)
 
         def _exit_now(_drained: object = None) -> None:
             for server in servers:
@@ -238,6 +263,7 @@ async def serve(settings: Settings) -> None:
         for server in servers:
             server.should_exit = True
         results = await asyncio.gather(*tasks)
+        pacer.stop()
         started.cancel()
         if not all(results):
             raise StartupFailed("could not listen on every port; see the error above")

@@ -46,6 +46,8 @@ def test_every_field_has_a_flag_and_an_env_var() -> None:
         (["--log-format", "xml"], {}, "--log-format"),
         ([], {"OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS": "perhaps"}, "OPAMP_GATEWAY_INSECURE_ALLOW_ANONYMOUS"),
         (["--flush-batch", "0"], {}, "--flush-batch"),
+        (["--loop-batch-window", "-0.01"], {}, "--loop-batch-window: must be between 0 and 1"),
+        (["--loop-batch-window", "1.5"], {}, "--loop-batch-window: must be between 0 and 1"),
         (["--agent-heartbeat-interval", "-1"], {}, "--agent-heartbeat-interval"),
         (["--agent-heartbeat-interval", "1.5"], {}, "--agent-heartbeat-interval"),
         (["--agent-heartbeat-interval", str(2**32)], {}, "--agent-heartbeat-interval"),

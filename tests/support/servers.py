@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,12 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def run_node(
-    tmp_path: Path, *, store: Store | None = None, bus: Bus | None = None, **overrides: Any
+    tmp_path: Path,
+    *,
+    store: Store | None = None,
+    bus: Bus | None = None,
+    wake: Callable[[], None] | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Node]:
     values: dict[str, Any] = {
         "port": free_port(),
@@ -42,7 +47,7 @@ async def run_node(
     values.update(overrides)
     s = settings_mod.Settings(**values)
     async with running(s, store=store, bus=bus) as services:
-        servers = build_servers(services)
+        servers = build_servers(services, wake=wake)
         tasks = [asyncio.create_task(server.serve()) for server in servers]
         try:
             await _wait_started(servers, tasks)

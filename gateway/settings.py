@@ -221,8 +221,12 @@ class Settings:
         metadata={"help": "Redis for pushes across nodes, e.g. redis://redis:6379/0; empty: one node"},
     )
     ws_ping_interval: float = field(
-        default=20.0,
-        metadata={"help": "seconds between WebSocket pings (keeps idle proxies and balancers open)"},
+        default=45.0,
+        metadata={
+            "help": "seconds a WebSocket may stay silent before the node pings it (keeps idle proxies and "
+            "balancers open: keep it below the shortest idle timeout on the path); above the agents' "
+            "heartbeat interval, a heartbeating agent is never pinged"
+        },
     )
     ws_ping_timeout: float = field(
         default=20.0, metadata={"help": "seconds to wait for a pong before dropping a WebSocket"}
@@ -236,8 +240,11 @@ class Settings:
         },
     )
     owner_ttl: float = field(
-        default=60.0,
-        metadata={"help": "seconds a node's claim on a WebSocket agent lives in Redis unrefreshed"},
+        default=180.0,
+        metadata={
+            "help": "seconds a node's claim on a WebSocket agent lives in Redis unrefreshed (refreshed every "
+            "third of it; a claim counts only while its node is alive, see --node-ttl)"
+        },
     )
     node_ttl: float = field(
         default=6.0,

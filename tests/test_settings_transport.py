@@ -10,8 +10,8 @@ from gateway import settings as s
 def test_defaults() -> None:
     loaded = s.load([], {})
     assert loaded.redis_url == ""
-    assert (loaded.ws_ping_interval, loaded.ws_ping_timeout) == (20.0, 20.0)
-    assert (loaded.drain_seconds, loaded.drain_retry_window, loaded.owner_ttl) == (30.0, 10.0, 60.0)
+    assert (loaded.ws_ping_interval, loaded.ws_ping_timeout) == (45.0, 20.0)
+    assert (loaded.drain_seconds, loaded.drain_retry_window, loaded.owner_ttl) == (30.0, 10.0, 180.0)
 
 
 def test_from_flags_and_environment() -> None:

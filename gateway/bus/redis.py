@@ -119,7 +119,7 @@ class RedisBus:
         url: str,
         node_id: str,
         *,
-        owner_ttl: float = 60.0,
+        owner_ttl: float = 180.0,
         node_ttl: float = 6.0,
         timeout: float = 2.0,
         backoff: tuple[float, float] = (0.1, 2.0),

@@ -35,6 +35,8 @@ class ConfigChange:
     put_seconds: float | None = None
     # APPLIED reports the gateways received since the PUT.
     applied: int = 0
+    # Agent rows the gateways committed from just before the PUT until every agent had applied.
+    rows_written: int | None = None
     rollout: dict[str, Any] = field(default_factory=dict)
     _thread: threading.Thread | None = None
 
@@ -63,7 +65,8 @@ class ConfigChange:
             self.status = f"admin API failed: {exc!r}"
 
     def _change(self, gateways: list[GatewayProcess]) -> None:
-        before = gateway_counters(gateways).applied_reports
+        counters = gateway_counters(gateways)
+        before, rows_before = counters.applied_reports, counters.rows_written
         status, stored = admin(
             gateways[0].admin_port, "PUT", f"/api/v1/configs/{CONFIG_NAME}", body(time.time())
         )
@@ -74,9 +77,11 @@ class ConfigChange:
         self.status = "converging"
         deadline = self.started + self.timeout
         while time.monotonic() < deadline:
-            self.applied = int(gateway_counters(gateways).applied_reports - before)
+            counters = gateway_counters(gateways)
+            self.applied = int(counters.applied_reports - before)
             if self.applied >= self.expected:
                 self.server_seconds = round(time.monotonic() - self.started, 2)
+                self.rows_written = int(counters.rows_written - rows_before)
                 self.status = "converged"
                 break
             time.sleep(0.5)

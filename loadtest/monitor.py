@@ -27,6 +27,8 @@ class GatewayCounters:
     pushes: float = 0.0
     # RemoteConfigStatus{APPLIED} reports received: each agent sends one per config change.
     applied_reports: float = 0.0
+    # Agent rows the gateways committed to the store (opamp_gateway_store_flush_size_sum).
+    rows_written: float = 0.0
     # opamp_gateway_message_duration_seconds, all gateways and transports: upper bound -> count
     latency_buckets: tuple[tuple[float, float], ...] = ()
 
@@ -66,7 +68,14 @@ class Sample:
 
 def gateway_counters(gateways: Sequence[GatewayProcess]) -> GatewayCounters:
     """Sums over every gateway; a gateway that does not answer counts as nothing this time."""
-    total = {"connected": 0.0, "messages": 0.0, "shed": 0.0, "pushes": 0.0, "applied_reports": 0.0}
+    total = {
+        "connected": 0.0,
+        "messages": 0.0,
+        "shed": 0.0,
+        "pushes": 0.0,
+        "applied_reports": 0.0,
+        "rows_written": 0.0,
+    }
     buckets: dict[float, float] = {}
     for gateway in gateways:
         try:
@@ -89,6 +98,8 @@ def gateway_counters(gateways: Sequence[GatewayProcess]) -> GatewayCounters:
                     and sample.labels.get("status") == "APPLIED"
                 ):
                     total["applied_reports"] += sample.value
+                elif sample.name == "opamp_gateway_store_flush_size_sum":
+                    total["rows_written"] += sample.value
                 elif sample.name == "opamp_gateway_message_duration_seconds_bucket":
                     bound = float(sample.labels["le"])
                     buckets[bound] = buckets.get(bound, 0.0) + sample.value

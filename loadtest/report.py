@@ -133,7 +133,8 @@ def table(summary: dict[str, Any]) -> str:
         f"gateway side    message handling in the hold: {hold.get('gateway_message_handling_ms')}",
         f"failures        {summary['failures']} of {summary['messages']:,} Locust requests",
         f"config change   {conv.get('status')}: all applied after {conv.get('server_seconds')} s;"
-        f" agents' own p50 {conv.get('agent_p50_s')} s, p99 {conv.get('agent_p99_s')} s",
+        f" agents' own p50 {conv.get('agent_p50_s')} s, p99 {conv.get('agent_p99_s')} s;"
+        f" {conv.get('rows_written')} store rows written meanwhile",
         f"gateway         {hold['gateway_cpu_cores']:.2f} cores, {hold['gateway_rss_mib']:,.0f} MiB RSS"
         f" = {hold['gateway_kib_per_agent']:.1f} KiB per agent",
         f"Locust          {hold['locust_cpu_cores']:.2f} cores, {hold['locust_rss_mib']:,.0f} MiB RSS;"
@@ -214,6 +215,7 @@ def summarize(
             "server_seconds": change.server_seconds,
             "matched": change.matched,
             "applied_reports": change.applied,
+            "rows_written": change.rows_written,
             "rollout": change.rollout,
             "agents_applied": convergence.get("requests", 0),
             "agent_p50_s": _seconds(convergence.get("p50_ms")),

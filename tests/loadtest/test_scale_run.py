@@ -43,6 +43,8 @@ def test_a_small_scale_run_ramps_holds_converges_reports_and_stops_everything(tm
     assert summary["config_change"]["status"] == "converged", summary["config_change"]
     assert summary["config_change"]["agents_applied"] == 300
     assert summary["config_change"]["applied_reports"] >= 300
+    # Every APPLIED is committed before it is counted: at least a row per agent.
+    assert summary["config_change"]["rows_written"] >= 300
     # The rollout read once at the end agrees with the gateways' counters.
     assert summary["config_change"]["rollout"]["applied"] == 300
     assert summary["requests"]["WS heartbeat"]["requests"] > 300

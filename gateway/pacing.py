@@ -11,8 +11,9 @@ So while the node holds at least ENGAGE_AT WebSocket agents, its loop, whenever 
 to do, sleeps for what is left of --loop-batch-window since it last woke, and then handles
 everything that arrived meanwhile in one turn. A message waits at most the window longer. Work
 already under way is never held up: while callbacks keep being scheduled (a chain of futures and
-tasks, such as an agent's first report reading the store) or a thread works for the loop (a store
-call), the loop goes on turning, and a turn with more work than the window does not sleep at all.
+tasks, such as an agent's first report reading the store), the loop goes on turning; while a thread
+works for the loop (a store call) and nothing else is under way, it waits for events as usual (the
+thread's result wakes it); and a turn with more work than the window does not sleep at all.
 Below DISENGAGE_AT agents the loop waits for events as usual (a small node's wake-ups cost little,
 and it answers at once).
 
@@ -175,7 +176,15 @@ class LoopPacer:
             # keep it from ever waiting, spinning a core).
             self._turn_handle = loop.call_later(self._awake_until - now, self._resume)
             return
-        if loop.scheduled == self._seen and not loop.in_executor:
+        if loop.scheduled == self._seen and loop.in_executor:
+            # Nothing to do but wait for a thread (a store call): the loop waits for events as usual,
+            # so the thread's result wakes it at once. Another turn now would make it poll its
+            # sockets without waiting, turn after turn, spinning a core for as long as the thread
+            # works: during a config change, every node spun while its commit waited for the
+            # store's write lock, taking the CPU the node holding the lock needed.
+            self._turn_handle = loop.call_later(self.window, self._resume)
+            return
+        if loop.scheduled == self._seen:
             left = pause(self._woke, now, self.window)
             if left > 0:
                 # Blocks the loop on purpose: what arrives meanwhile waits in the kernel's buffers

@@ -138,9 +138,43 @@ def test_work_under_way_never_waits(run: Callable[..., None]) -> None:
         await job
         assert fake.sleeps == []
         # Nothing under way any more: the loop sleeps again.
-        await asyncio.sleep(0.05)
+        await _until(lambda: bool(fake.sleeps))
         pacer.stop()
-        assert fake.sleeps
+
+    run(test)
+
+
+def test_a_loop_waiting_for_a_thread_waits_for_events_instead_of_spinning(run: Callable[..., None]) -> None:
+    fake, agents = FakeTime(), [ENGAGE_AT]
+
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        pacer = await _engaged(fake, agents)
+        turns = 0
+        turn = pacer._turn
+
+        def counted() -> None:
+            nonlocal turns
+            turns += 1
+            turn()
+
+        pacer._turn = counted  # type: ignore[method-assign]
+        release = threading.Event()
+        job = loop.run_in_executor(None, release.wait, 2.0)
+        await asyncio.sleep(0.01)
+        turns = 0
+        # Nothing but the thread under way: the next turn is a timer, and the loop waits for events.
+        assert callable(getattr(pacer._turn_handle, "when", None))
+        await asyncio.sleep(4 * WINDOW)
+        # A turn per window at most (a spinning loop turns thousands of times in 0.2 s).
+        assert turns <= 8
+        assert fake.sleeps == []
+        waited = loop.time()
+        release.set()
+        await job
+        # The thread's result woke the loop: it did not wait out a window, let alone sleep.
+        assert loop.time() - waited < WINDOW
+        pacer.stop()
 
     run(test)
 

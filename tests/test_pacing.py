@@ -119,7 +119,9 @@ def test_from_the_threshold_an_idle_loop_sleeps_the_window_each_turn(run: Callab
     run(test)
 
 
-def test_work_under_way_never_waits(run: Callable[..., None]) -> None:
+def test_work_under_way_never_waits_and_a_loop_waiting_for_a_thread_does_not_spin(
+    run: Callable[..., None],
+) -> None:
     fake, agents = FakeTime(), [ENGAGE_AT]
 
     async def test() -> None:
@@ -129,27 +131,6 @@ def test_work_under_way_never_waits(run: Callable[..., None]) -> None:
         # A chain of 50 task steps, each a scheduled callback: none of its turns sleeps.
         await _turns(50)
         assert fake.sleeps == []
-        # A thread working for the loop: no turn sleeps until its result is back.
-        release = threading.Event()
-        job = loop.run_in_executor(None, release.wait, 2.0)
-        await asyncio.sleep(0.05)
-        assert fake.sleeps == []
-        release.set()
-        await job
-        assert fake.sleeps == []
-        # Nothing under way any more: the loop sleeps again.
-        await _until(lambda: bool(fake.sleeps))
-        pacer.stop()
-
-    run(test)
-
-
-def test_a_loop_waiting_for_a_thread_waits_for_events_instead_of_spinning(run: Callable[..., None]) -> None:
-    fake, agents = FakeTime(), [ENGAGE_AT]
-
-    async def test() -> None:
-        loop = asyncio.get_running_loop()
-        pacer = await _engaged(fake, agents)
         turns = 0
         turn = pacer._turn
 
@@ -159,11 +140,12 @@ def test_a_loop_waiting_for_a_thread_waits_for_events_instead_of_spinning(run: C
             turn()
 
         pacer._turn = counted  # type: ignore[method-assign]
+        # A thread working for the loop, nothing else under way: no turn sleeps until its result is
+        # back, and the next turn is a timer, so the loop waits for events instead of turning on and on.
         release = threading.Event()
         job = loop.run_in_executor(None, release.wait, 2.0)
         await asyncio.sleep(0.01)
         turns = 0
-        # Nothing but the thread under way: the next turn is a timer, and the loop waits for events.
         assert callable(getattr(pacer._turn_handle, "when", None))
         await asyncio.sleep(4 * WINDOW)
         # A turn per window at most (a spinning loop turns thousands of times in 0.2 s).
@@ -174,6 +156,9 @@ def test_a_loop_waiting_for_a_thread_waits_for_events_instead_of_spinning(run: C
         await job
         # The thread's result woke the loop: it did not wait out a window, let alone sleep.
         assert loop.time() - waited < WINDOW
+        assert fake.sleeps == []
+        # Nothing under way any more: the loop sleeps again.
+        await _until(lambda: bool(fake.sleeps))
         pacer.stop()
 
     run(test)

@@ -5,7 +5,7 @@ every message on its own, and the wake-up costs more than the message: a context
 Python running on caches the rest of the machine has cooled meanwhile. Measured with 5,000 and
 9,000 idle agents (`python -m bench fleet`, docs/performance.md), the same node costs 34-37% less
 CPU per agent when its loop handles what arrived over 50 ms in one turn (27-29% at 100,000 agents
-on 7 nodes).
+on 7 nodes), and about a fifth less again over 100 ms, the default.
 
 So while the node holds at least ENGAGE_AT WebSocket agents, its loop, whenever it has nothing left
 to do, sleeps for what is left of --loop-batch-window since it last woke, and then handles

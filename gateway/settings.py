@@ -232,7 +232,7 @@ class Settings:
         default=20.0, metadata={"help": "seconds to wait for a pong before dropping a WebSocket"}
     )
     loop_batch_window: float = field(
-        default=0.05,
+        default=0.1,
         metadata={
             "help": "seconds a node holding 1,000 or more WebSocket agents lets network events gather "
             "before handling them in one turn (fewer wake-ups, less CPU per agent; a message waits at "

@@ -10,7 +10,7 @@ from gateway import settings as s
 def test_defaults() -> None:
     loaded = s.load([], {})
     assert loaded.redis_url == ""
-    assert (loaded.ws_ping_interval, loaded.ws_ping_timeout) == (45.0, 20.0)
+    assert (loaded.ws_ping_interval, loaded.ws_ping_timeout, loaded.loop_batch_window) == (45.0, 20.0, 0.1)
     assert (loaded.drain_seconds, loaded.drain_retry_window, loaded.owner_ttl) == (30.0, 10.0, 180.0)
 
 

@@ -176,15 +176,15 @@ class LoopPacer:
             # keep it from ever waiting, spinning a core).
             self._turn_handle = loop.call_later(self._awake_until - now, self._resume)
             return
-        if loop.scheduled == self._seen and loop.in_executor:
-            # Nothing to do but wait for a thread (a store call): the loop waits for events as usual,
-            # so the thread's result wakes it at once. Another turn now would make it poll its
-            # sockets without waiting, turn after turn, spinning a core for as long as the thread
-            # works: during a config change, every node spun while its commit waited for the
-            # store's write lock, taking the CPU the node holding the lock needed.
-            self._turn_handle = loop.call_later(self.window, self._resume)
-            return
         if loop.scheduled == self._seen:
+            if loop.in_executor:
+                # Nothing to do but wait for a thread (a store call): the loop waits for events as
+                # usual, so the thread's result wakes it at once. Another turn now would make it poll
+                # its sockets without waiting, turn after turn, spinning a core for as long as the
+                # thread works: during a config change, every node spun while its commit waited for
+                # the store's write lock, taking the CPU the node holding the lock needed.
+                self._turn_handle = loop.call_later(self.window, self._resume)
+                return
             left = pause(self._woke, now, self.window)
             if left > 0:
                 # Blocks the loop on purpose: what arrives meanwhile waits in the kernel's buffers

@@ -76,6 +76,11 @@ class Metrics:
         self.writer_depth = Gauge(
             "opamp_gateway_writer_queue_depth", "Agents with writes not yet flushed", registry=r
         )
+        self.writer_held = Gauge(
+            "opamp_gateway_writer_held_heartbeats",
+            "HTTP agents whose latest heartbeats the writer holds in memory (a node that is the whole fleet)",
+            registry=r,
+        )
         self.flush_size = Histogram(
             "opamp_gateway_store_flush_size",
             "Agent writes per store commit",

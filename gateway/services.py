@@ -71,6 +71,9 @@ class Services:
     bus: Bus = field(default=None)  # type: ignore[assignment]
     # None: no credentials (running() always passes the configured ones).
     auth: Auth = field(default=None)  # type: ignore[assignment]
+    # Whether no other gateway uses the store now (SQLite: no other process has the file open);
+    # None: it cannot tell (Elasticsearch is shared by design).
+    store_alone: Callable[[], bool] | None = None
     limits: Limits = field(init=False)
     presence: Presence = field(init=False)
     liveness: Liveness = field(init=False)
@@ -93,7 +96,14 @@ class Services:
             self.auth = Auth(Credentials("agent keys"), Credentials("admin tokens"))
         self.limits = Limits(s)
         self.presence = Presence(s.node_id, self.registry, self.bus, s.owner_ttl, node_ttl=s.node_ttl)
-        self.liveness = Liveness(self.registry, self.writer, offline_after=s.offline_after, clock=self.clock)
+        self.liveness = Liveness(
+            self.registry,
+            self.writer,
+            offline_after=s.offline_after,
+            clock=self.clock,
+            # With a bus of its own, a node whose store nobody else uses is the whole fleet.
+            alone=self.store_alone if isinstance(self.bus, LocalBus) and self.bus.alone else None,
+        )
         self.credentials = AgentCredentials(
             self.store,
             self.bus,
@@ -228,8 +238,11 @@ async def running(
     metrics = Metrics()
     auth.count_errors(metrics.credential_file_failed)
     metrics.set_build(protobuf_backend())
+    inner = store or open_store(settings, metrics)
+    # Only the SQLite store can tell (sqlite_lock.py NodeMark); Elasticsearch is shared by design.
+    store_alone: Callable[[], bool] | None = getattr(inner, "alone", None)
     store = CircuitBreaker(
-        store or open_store(settings, metrics),
+        inner,
         failures=settings.store_breaker_failures,
         reset_after=settings.store_breaker_reset,
         on_state=metrics.observe_circuit,
@@ -244,12 +257,14 @@ async def running(
         on_error=metrics.observe_store_error,
     )
     metrics.writer_depth.set_function(lambda: writer.depth)
+    metrics.writer_held.set_function(lambda: writer.held)
     await writer.start()
     services = Services(
         settings=settings,
         store=store,
         writer=writer,
         metrics=metrics,
+        store_alone=store_alone,
         bus=bus or open_bus(settings),
         auth=auth,
     )

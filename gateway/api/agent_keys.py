@@ -17,6 +17,7 @@ from gateway.api.context import node_of
 from gateway.api.errors import error, store_unavailable
 from gateway.auth import valid_key_id
 from gateway.fleet.agent import InvalidInstanceUid, uid_bytes, uid_str
+from gateway.fleet.configs import shown_key
 from gateway.store.base import StoreError
 from gateway.store.writer import WriterFull, WriterStopped
 
@@ -50,7 +51,7 @@ def _key_id(raw: bytes, known: frozenset[str] | None) -> str:
         raise _BadBody('body: must be a JSON object {"key_id": "..."}')
     unknown = sorted(k for k in body if k != "key_id")
     if unknown:
-        raise _BadBody(f"{unknown[0]}: unknown field; only key_id is accepted")
+        raise _BadBody(f"{shown_key(unknown[0])}: unknown field; only key_id is accepted")
     if "key_id" not in body:
         raise _BadBody("key_id: required (a key id, or null to bind the agent to no key)")
     value = body["key_id"]

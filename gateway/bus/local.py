@@ -33,6 +33,8 @@ class LocalBus:
 
     def __init__(self, node_id: str, hub: LocalHub | None = None) -> None:
         self.node_id = node_id
+        # With a hub of its own, the node is the whole fleet: no other node shares its agents.
+        self.alone = hub is None
         self.hub = hub or LocalHub()
         self._handler: Handler | None = None
         self._tasks: set[asyncio.Task[None]] = set()

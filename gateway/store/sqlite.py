@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -47,7 +49,7 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_cache import Cached, RowCache
 from gateway.store.sqlite_configs import CONFIGS
-from gateway.store.sqlite_lock import WriterLock
+from gateway.store.sqlite_lock import NodeMark, WriterLock
 from gateway.store.sqlite_packages import PACKAGES
 from gateway.store.sqlite_schema import (
     MIGRATIONS,
@@ -78,6 +80,8 @@ MAX_ALIAS_HOPS = 4
 # Uids per `IN (...)` query of a batched get(); far below SQLite's bound-parameter limit.
 _GET_CHUNK = 500
 READ_THREADS = 2
+# How often `alone` asks the kernel again (a node that starts on the file is seen within this).
+ALONE_RECHECK = 0.25
 # Waits between attempts once SQLite's own busy timeout has run out.
 _BUSY_RETRY_DELAYS = (0.05, 0.25)
 _SQLITE_BUSY = 5
@@ -122,6 +126,10 @@ class SQLiteStore:
         self._reads_open: dict[int, set[bytes]] = {}
         # Taken by the write thread around every write: several nodes may share the file.
         self._writer_lock = WriterLock(path)
+        # Held while open: whether other gateways share the file (`alone`).
+        self._mark = NodeMark(path)
+        self._alone = False
+        self._alone_asked = -math.inf
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -132,6 +140,7 @@ class SQLiteStore:
         self._read_pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="sqlite-read")
         self._open = True
         try:
+            self._mark.open()
             await self._on_writer(self._open_sync)
         except BaseException:
             await self.close()
@@ -141,6 +150,7 @@ class SQLiteStore:
         if self._write_pool is None and self._read_pool is None:
             return
         self._open = False
+        self._mark.close()
         write_pool, read_pool = self._write_pool, self._read_pool
         self._write_pool = self._read_pool = None
         loop = asyncio.get_running_loop()
@@ -435,6 +445,15 @@ class SQLiteStore:
 
     async def put_rollout(self, rollout: Rollout, expected_rev: str | None) -> str | None:
         return await self._on_writer(self._with_writer, versioned.put_rollout, CONFIGS, rollout, expected_rev)
+
+    def alone(self) -> bool:
+        """Whether no other gateway process has this file open (asked at most every ALONE_RECHECK
+        seconds): a node without a bus is then the whole fleet (gateway/node/liveness.py)."""
+        now = time.monotonic()
+        if now - self._alone_asked >= ALONE_RECHECK:
+            self._alone_asked = now
+            self._alone = self._mark.alone()
+        return self._alone
 
     # -- running on the threads --------------------------------------------------------------------
 

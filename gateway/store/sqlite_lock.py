@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,9 @@ from gateway.store.base import StoreError
 T = TypeVar("T")
 
 SUFFIX = "-writer.lock"
+NODES_SUFFIX = "-nodes.lock"
+# struct flock on Linux (l_type, l_whence, l_start, l_len, l_pid, padding); l_len 0: the whole file.
+_FLOCK = "@hhqqi4x"
 
 
 class WriterLock:
@@ -46,6 +50,48 @@ class WriterLock:
             return fn(*args)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class NodeMark:
+    """A read lock on `<database>-nodes.lock`, held while the store is open, so a node can tell
+    whether any other process (another gateway) has the file open: `alone()` asks the kernel
+    whether a write lock would conflict with anyone's read lock, without taking one. Open file
+    description locks (Linux): two stores of one process on one file see each other too."""
+
+    def __init__(self, database: str) -> None:
+        self.path = database + NODES_SUFFIX
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the SQLite nodes lock {self.path}: {exc}") from exc
+        try:
+            # Waits only while another node is asking (a query takes no lock) or is opening.
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot lock the SQLite nodes lock {self.path}: {exc}") from exc
+        self._fd = fd
+
+    def alone(self) -> bool:
+        """Whether no other open store (another gateway process) holds the file's mark."""
+        if self._fd is None:
+            return False
+        asked = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            found = fcntl.fcntl(self._fd, fcntl.F_OFD_GETLK, asked)
+        except OSError:
+            return False
+        return bool(struct.unpack(_FLOCK, found)[0] == fcntl.F_UNLCK)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -4,12 +4,17 @@ Heartbeats from one agent collapse into one row write per flush. Writes that mat
 uid moves, status changes) are awaited by the caller: they trigger an immediate flush and the reply
 waits for the commit. Reads go through `get()`, which sees writes not yet flushed, so the node that
 just handled an agent's message never mistakes its own pending write for a sequence gap.
+
+On a node that is the whole fleet, an HTTP agent's plain heartbeats are *held* instead
+(gateway/node/liveness.py): kept here, seen by `get()`, and queued with the agent's next write that
+matters, by the liveness sweep, or when the writer stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -56,6 +61,9 @@ class Writer:
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         # The batch being committed: still visible to get() until the store has it.
         self._inflight: dict[bytes, AgentWrite] = {}
+        # Held heartbeats: uid -> (the latest, the last_seen of the first one held). Never an agent
+        # that also has a write pending or in flight, so get() sees the newest first.
+        self._held: dict[bytes, tuple[AgentWrite, float]] = {}
         self._wake = asyncio.Event()
         self._urgent = False
         self._task: asyncio.Task[None] | None = None
@@ -71,8 +79,21 @@ class Writer:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gateway-writer")
 
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
     async def stop(self) -> None:
-        """Flush everything still pending (retrying a while), then stop."""
+        """Flush everything still pending or held (retrying a while), then stop."""
+        self.release_held(math.inf)
+        while self._held and self._task is not None:
+            # More held than the queue takes: each flush makes room for the next share.
+            await self.flush()
+            if not self.release_held(math.inf):
+                logger.error(
+                    "%d held heartbeats not written at shutdown: the store is failing", len(self._held)
+                )
+                break
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -93,11 +114,43 @@ class Writer:
             write = source.get(target) or source.get(uid)
             if write is not None:
                 return write.state
+        kept = self._held.get(target)
+        if kept is not None:
+            return kept[0].state
         return await self._store.get(uid)
 
     def submit(self, write: AgentWrite) -> None:
         """Queue a write to be flushed within the flush interval."""
         self._enqueue(write)
+
+    def hold(self, write: AgentWrite) -> bool:
+        """Hold a plain heartbeat (`changed` is TOUCHED) back from the store; False (nothing done)
+        when it must be queued instead: the agent has a write pending or in flight, which get() would
+        otherwise see before this newer one, or the writer is stopping."""
+        uid = write.state.instance_uid
+        if self._stopping or write.previous_uid is not None or uid in self._pending or uid in self._inflight:
+            return False
+        kept = self._held.get(uid)
+        self._held[uid] = (write, write.state.last_seen if kept is None else kept[1])
+        return True
+
+    def held_state(self, uid: bytes) -> AgentState | None:
+        """The record of the agent's held heartbeat, if it has one."""
+        kept = self._held.get(uid)
+        return None if kept is None else kept[0].state
+
+    def release_held(self, seen_by: float) -> int:
+        """Queue the held heartbeats of every agent whose first held one was seen by `seen_by` (its
+        last_seen); how many (those a full queue refuses stay held for the next call)."""
+        due = [uid for uid, (_, since) in self._held.items() if since <= seen_by]
+        for n, uid in enumerate(due):
+            write, since = self._held.pop(uid)
+            try:
+                self._enqueue(write)
+            except (WriterFull, WriterStopped):
+                self._held[uid] = (write, since)
+                return n
+        return len(due)
 
     async def submit_durable(self, write: AgentWrite) -> None:
         """Queue a write and return once it is committed; raise StoreError if it cannot be."""
@@ -113,6 +166,11 @@ class Writer:
             raise WriterStopped("writer stopped")
         uid = write.state.instance_uid
         earlier = self._pending.get(uid)
+        if earlier is None and (kept := self._held.pop(uid, None)) is not None:
+            # The held heartbeat's state is what this write was decided from: it rides along.
+            earlier = kept[0]
+        if write.previous_uid is not None:
+            self._held.pop(write.previous_uid, None)
         if earlier is None and write.previous_uid is not None:
             earlier = self._pending.pop(write.previous_uid, None)
             self._move_waiters(write.previous_uid, uid)

@@ -215,6 +215,7 @@ class OpampHttp:
                 msg,
                 "http",
                 _saw,
+                admit=node.liveness.admit_http,
                 duplicate_of=msg.instance_uid if clone else None,
                 key_id=key_id,
                 own=own,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx2
@@ -118,3 +121,35 @@ def test_what_one_node_stores_reaches_the_node_that_cached_the_agent(
         assert agent["health"] is not None and agent["health"]["healthy"] is False, node.admin_url
         assert agent["status"] == "unhealthy"
         assert agent["effective_config"] is not None
+
+
+def _stored_seq(path: Path, uid: bytes) -> int | None:
+    """The sequence_num the file holds for the agent, read with no gateway in between."""
+    with closing(sqlite3.connect(path)) as conn:
+        row = conn.execute("SELECT sequence_num FROM agents WHERE uid = ?", (uid,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def test_a_node_alone_holds_http_heartbeats_until_another_node_opens_the_file(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared.db"
+    a = gateway_factory(sqlite_path=shared, flush_interval=0.1)
+    uid = uuid.uuid4().bytes
+    with httpx2.Client(timeout=5) as client:
+        assert _post(client, a.opamp_url, _report(uid, 0, caps.REPORTS_STATUS)).flags == 0
+        for seq in (1, 2, 3):
+            assert _post(client, a.opamp_url, pb.AgentToServer(instance_uid=uid, sequence_num=seq)).flags == 0
+        # Alone on its file and without a bus, node A keeps the heartbeats in memory...
+        time.sleep(0.5)
+        assert _stored_seq(shared, uid) == 0
+        assert "opamp_gateway_writer_held_heartbeats 1.0" in client.get(f"{a.admin_url}/metrics").text
+        # ... until another gateway opens the file: then it writes them at once, and every poll after.
+        b = gateway_factory(sqlite_path=shared, flush_interval=0.1)
+        wait_until(lambda: _stored_seq(shared, uid) == 3 or None, 5, "sequence_num 3 on disk")
+        assert _post(client, b.opamp_url, pb.AgentToServer(instance_uid=uid, sequence_num=4)).flags == 0
+        # (B's write is batched: within its flush interval the file may still say 3, see
+        # test_an_http_agent_alternating_between_nodes.)
+        wait_until(lambda: _stored_seq(shared, uid) == 4 or None, 5, "sequence_num 4 on disk")
+        assert _post(client, a.opamp_url, pb.AgentToServer(instance_uid=uid, sequence_num=5)).flags == 0
+        wait_until(lambda: _stored_seq(shared, uid) == 5 or None, 5, "sequence_num 5 on disk")

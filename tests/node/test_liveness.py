@@ -181,3 +181,53 @@ async def test_no_touch_overtakes_a_write_in_flight(parts: Any) -> None:
     conn.states[uid(1)] = newer
     assert liveness.sweep() == 1
     assert _pending(writer)[uid(1)].state == newer.touched(1100.0, 4)
+
+
+async def test_http_heartbeats_are_held_only_on_a_node_that_is_the_whole_fleet(parts: Any) -> None:
+    liveness, _, writer, clock, _ = parts
+    first = _record(1, 1000.0, 0)
+    # With a bus (several nodes), every poll is written: the next may reach another node.
+    assert liveness.admit_http(AgentWrite(first.touched(1030.0, 1), TOUCHED))
+    others: list[str] = []
+    alone = Liveness(Registry(), writer, offline_after=OFFLINE_AFTER, clock=clock, alone=lambda: not others)
+    assert not alone.admit_http(AgentWrite(first.touched(1060.0, 2), TOUCHED))
+    assert writer.held == 1
+    # A change that matters goes to the queue, and takes the held heartbeat with it.
+    assert alone.admit_http(AgentWrite(first.touched(1090.0, 3), frozenset({"health", "last_seen"})))
+    writer.submit(AgentWrite(first.touched(1090.0, 3), frozenset({"health", "last_seen"})))
+    assert writer.held == 0
+    assert _pending(writer)[uid(1)].changed >= TOUCHED | {"health"}
+    # Another node opens the store: what is held goes to the writer at once, and nothing more is held.
+    second = _record(2, 1000.0, 0)
+    assert not alone.admit_http(AgentWrite(second.touched(1100.0, 1), TOUCHED))
+    others.append("node-b")
+    assert alone.admit_http(AgentWrite(second.touched(1130.0, 2), TOUCHED))
+    assert writer.held == 0 and _pending(writer)[uid(2)].state.sequence_num == 1
+
+
+async def test_the_sweep_and_the_stop_hand_held_http_heartbeats_to_the_writer() -> None:
+    writer, clock = Writer(MemoryStore()), _Clock()
+    others: list[str] = []
+    liveness = Liveness(
+        Registry(), writer, offline_after=OFFLINE_AFTER, clock=clock, alone=lambda: not others
+    )
+    old, new = _record(1, 1000.0, 0), _record(2, 1000.0, 0)
+    assert not liveness.admit_http(AgentWrite(old.touched(1010.0, 1), TOUCHED))
+    assert not liveness.admit_http(AgentWrite(old.touched(1040.0, 2), TOUCHED))
+    assert not liveness.admit_http(AgentWrite(new.touched(1030.0, 1), TOUCHED))
+    # Listings read from the store show the liveness held.
+    assert liveness.fresher(new) == new.touched(1030.0, 1)
+    clock.now = 1059.0
+    assert liveness.sweep() == 0
+    # The first heartbeat held for `old` is offline_after / 2 old: its newest goes to the writer.
+    clock.now = 1060.0
+    assert liveness.sweep() == 1
+    assert _pending(writer)[uid(1)].state.sequence_num == 2 and writer.held == 1
+    # A sweep that finds another node on the store hands over everything held.
+    others.append("node-b")
+    assert liveness.sweep() == 1 and writer.held == 0
+    # Alone again: held again (an agent with no write queued).
+    others.clear()
+    assert not liveness.admit_http(AgentWrite(_record(3, 1000.0, 0).touched(1070.0, 1), TOUCHED))
+    await liveness.stop()
+    assert set(_pending(writer)) == {uid(1), uid(2), uid(3)} and writer.held == 0

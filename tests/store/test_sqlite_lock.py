@@ -13,7 +13,7 @@ import pytest
 
 from gateway.store.base import StoreError
 from gateway.store.sqlite import SQLiteStore
-from gateway.store.sqlite_lock import SUFFIX, WriterLock
+from gateway.store.sqlite_lock import NODES_SUFFIX, SUFFIX, NodeMark, WriterLock
 from tests.store.store_helpers import agent, full, new_uid
 
 
@@ -77,3 +77,31 @@ def test_a_lock_file_that_cannot_be_made_is_a_store_error_naming_it(tmp_path: Pa
     lock = WriterLock(str(tmp_path / "missing" / "gateway.db"))
     with pytest.raises(StoreError, match="missing/gateway.db-writer.lock"):
         lock.run(lambda: None)
+
+
+@pytest.mark.anyio
+async def test_a_store_knows_whether_another_store_has_its_file_open(tmp_path: Path) -> None:
+    path = str(tmp_path / "gateway.db")
+    first, second = SQLiteStore(path), SQLiteStore(path)
+    await first.open()
+    try:
+        assert first.alone()
+        await second.open()
+        # The answer is kept for ALONE_RECHECK seconds; a fresh mark asks the kernel at once.
+        mark = NodeMark(path)
+        assert not mark.alone()  # not open yet: never taken for alone
+        mark.open()
+        assert not mark.alone()
+        await second.close()
+        mark.close()
+        await asyncio.sleep(0.3)
+        assert first.alone()
+        assert Path(path + NODES_SUFFIX).exists()
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_a_nodes_lock_that_cannot_be_made_is_a_store_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="missing/gateway.db-nodes.lock"):
+        NodeMark(str(tmp_path / "missing" / "gateway.db")).open()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -16,7 +17,16 @@ from gateway.store import writer as writer_module
 from gateway.store.base import AgentPage, AgentQuery, FleetSummary, StoreError, StoreUnavailable
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.writer import Writer, WriterFull, WriterStopped
-from tests.store.store_helpers import agent, description, full, heartbeat, moved, new_uid, touch
+from tests.store.store_helpers import (
+    agent,
+    description,
+    full,
+    heartbeat,
+    moved,
+    new_uid,
+    remote_config_status,
+    touch,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -430,3 +440,111 @@ async def test_an_unexpected_error_fails_the_waiters_and_the_writer_lives_on(
     second = agent()
     await writer.submit_durable(full(second))
     assert await observer.get(second.instance_uid) == second
+
+
+async def _stored_agent(make_writer: Callable[..., Writer]) -> tuple[Writer, AgentState]:
+    """A started writer, and an agent whose record it has committed."""
+    writer = make_writer()
+    await writer.start()
+    state = agent(last_seen=NOW)
+    await writer.submit_durable(full(state))
+    return writer, state
+
+
+async def _stored_seq(store: SQLiteStore, uid: bytes) -> int:
+    stored = await store.get(uid)
+    assert stored is not None
+    return stored.sequence_num
+
+
+async def test_a_held_heartbeat_is_read_back_but_reaches_the_store_only_when_released(
+    store: ScriptedStore, observer: SQLiteStore, make_writer: Callable[..., Writer]
+) -> None:
+    writer, state = await _stored_agent(make_writer)
+    uid, seq = state.instance_uid, state.sequence_num
+    later = heartbeat(state, NOW + 30)
+    assert writer.hold(touch(later))
+    # Later heartbeats keep the age of the first one held.
+    assert writer.hold(touch(heartbeat(later, NOW + 60)))
+    assert writer.held == 1 and writer.depth == 0
+    # The node's next read of the agent is the newest record (no false sequence gap)...
+    got = await writer.get(uid)
+    assert got is not None and got.sequence_num == seq + 2
+    # ... while the store, flushed, still has the stored one.
+    await writer.flush()
+    assert await _stored_seq(observer, uid) == seq
+    # Released once the first one held (seen at NOW + 30) is old enough.
+    assert writer.release_held(seen_by=NOW + 29) == 0
+    assert writer.release_held(seen_by=NOW + 30) == 1
+    await writer.flush()
+    assert await _stored_seq(observer, uid) == seq + 2
+    assert writer.held == 0
+
+
+async def test_a_write_that_matters_takes_the_held_heartbeat_with_it(
+    store: ScriptedStore, observer: SQLiteStore, make_writer: Callable[..., Writer]
+) -> None:
+    writer, state = await _stored_agent(make_writer)
+    held = heartbeat(state, NOW + 30)
+    assert writer.hold(touch(held))
+    changed = replace(heartbeat(held, NOW + 60), remote_config_status=remote_config_status())
+    await writer.submit_durable(AgentWrite(changed, frozenset({"remote_config_status"})))
+    assert writer.held == 0
+    # Its batch carried the heartbeat's fields as well as the change.
+    assert store.batches[-1][0].changed >= {"remote_config_status", "last_seen", "sequence_num"}
+    assert await _stored_seq(observer, state.instance_uid) == changed.sequence_num
+
+
+async def test_a_heartbeat_is_not_held_behind_a_write_of_its_agent_not_yet_committed(
+    store: ScriptedStore, make_writer: Callable[..., Writer]
+) -> None:
+    writer = make_writer()
+    await writer.start()
+    state = agent(last_seen=NOW)
+    writer.submit(full(state))
+    # get() sees pending writes first: a held newer heartbeat would be hidden behind it.
+    assert not writer.hold(touch(heartbeat(state, NOW + 30)))
+    writer.submit(touch(heartbeat(state, NOW + 30)))
+    store.gate = asyncio.Event()
+    flushing = asyncio.ensure_future(writer.flush())
+    await store.entered.wait()
+    assert not writer.hold(touch(heartbeat(state, NOW + 60)))
+    store.gate.set()
+    await flushing
+    # A move is a write of its own, never held.
+    assert not writer.hold(moved(state, new_uid(), NOW + 90))
+
+
+@pytest.mark.parametrize(
+    ("agents", "options"),
+    # Within the queue's bound; beyond it, written a share at a time.
+    [(3, {}), (5, {"max_pending": 2})],
+)
+async def test_held_heartbeats_are_written_when_the_writer_stops(
+    observer: SQLiteStore, make_writer: Callable[..., Writer], agents: int, options: dict[str, int]
+) -> None:
+    writer = make_writer(**options)
+    await writer.start()
+    states = [agent(last_seen=NOW) for _ in range(agents)]
+    for state in states:
+        await writer.submit_durable(full(state))
+        assert writer.hold(touch(heartbeat(state, NOW + 30)))
+    await writer.stop()
+    for state in states:
+        assert await _stored_seq(observer, state.instance_uid) == state.sequence_num + 1
+    # A stopped writer holds nothing more.
+    assert not writer.hold(touch(heartbeat(states[0], NOW + 60)))
+
+
+async def test_held_heartbeats_a_full_queue_refuses_stay_held(
+    store: ScriptedStore, make_writer: Callable[..., Writer]
+) -> None:
+    writer = make_writer(max_pending=2, batch_size=100)
+    await writer.start()
+    states = [agent(last_seen=NOW) for _ in range(3)]
+    for state in states:
+        assert writer.hold(touch(state))
+    assert writer.release_held(math.inf) == 2
+    assert writer.held == 1 and writer.depth == 2
+    await writer.flush()
+    assert writer.release_held(math.inf) == 1

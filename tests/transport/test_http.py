@@ -69,6 +69,24 @@ async def test_heartbeats_need_no_full_state(client: httpx2.AsyncClient) -> None
         assert reply_of(await post(client, hb.SerializeToString())).flags == 0
 
 
+async def test_a_node_alone_keeps_http_heartbeats_in_memory_until_they_matter(
+    client: httpx2.AsyncClient, node: Node
+) -> None:
+    reply_of(await post(client, report(0).SerializeToString()))
+    for seq in range(1, 4):
+        hb = pb.AgentToServer(instance_uid=UID, sequence_num=seq, capabilities=caps.REPORTS_STATUS)
+        assert reply_of(await post(client, hb.SerializeToString())).flags == 0
+    writer, store = node.services.writer, node.services.store
+    await writer.flush()
+    stored = await store.get(UID)
+    assert stored is not None and stored.sequence_num == 0 and writer.held == 1
+    # The liveness sweep (here told they are old enough), or the node's stop, hands them over.
+    assert node.services.liveness.sweep(persist_after=0.0) == 1
+    await writer.flush()
+    stored = await store.get(UID)
+    assert stored is not None and stored.sequence_num == 3
+
+
 async def test_gzip_request_body(client: httpx2.AsyncClient) -> None:
     body = gzip.compress(report().SerializeToString())
     reply = reply_of(await post(client, body, **{"Content-Encoding": "gzip"}))
@@ -241,6 +259,8 @@ async def test_full_writer_sheds_with_503(
 
     reply_of(await post(client, report(0).SerializeToString()))
     monkeypatch.setattr(node.services.writer, "submit", full)
+    # A node alone holds plain heartbeats back from the queue; this one goes to it.
+    monkeypatch.setattr(node.services.writer, "hold", lambda _write: False)
     hb = pb.AgentToServer(instance_uid=UID, sequence_num=1, capabilities=caps.REPORTS_STATUS)
     response = await post(client, hb.SerializeToString())
     assert response.status_code == 503

@@ -14,6 +14,7 @@ does not know this lock (the sqlite3 shell, an older gateway) still gets SQLite'
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 from gateway.store.base import StoreError
 
 T = TypeVar("T")
+
+logger = logging.getLogger("gateway.store.sqlite_lock")
 
 SUFFIX = "-writer.lock"
 NODES_SUFFIX = "-nodes.lock"
@@ -78,8 +81,13 @@ class NodeMark:
             # Waits only while another node is asking (a query takes no lock) or is opening.
             fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
         except OSError as exc:
+            # A file system without such locks (some network ones): the node never counts itself
+            # alone, and writes every HTTP poll as beside other nodes.
             os.close(fd)
-            raise StoreError(f"cannot lock the SQLite nodes lock {self.path}: {exc}") from exc
+            logger.warning(
+                "cannot lock %s (%s): HTTP heartbeats will be written on every poll", self.path, exc
+            )
+            return
         self._fd = fd
 
     def alone(self) -> bool:

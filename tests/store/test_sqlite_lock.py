@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -105,3 +106,17 @@ async def test_a_store_knows_whether_another_store_has_its_file_open(tmp_path: P
 def test_a_nodes_lock_that_cannot_be_made_is_a_store_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="missing/gateway.db-nodes.lock"):
         NodeMark(str(tmp_path / "missing" / "gateway.db")).open()
+
+
+def test_a_file_system_without_such_locks_leaves_the_node_never_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(fd: int, cmd: int, arg: bytes) -> bytes:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    mark = NodeMark(str(tmp_path / "gateway.db"))
+    monkeypatch.setattr(fcntl, "fcntl", refuse)
+    mark.open()
+    assert not mark.alone()
+    assert "HTTP heartbeats will be written on every poll" in caplog.text
+    mark.close()

@@ -262,6 +262,8 @@ async def forget_agent(request: Request) -> Response:
             "its key first, or wait until it is offline",
             "connected",
         )
+    # Before the delete: a held HTTP heartbeat written after it would enroll the agent again.
+    services.writer.drop_held(state.instance_uid)
     try:
         forgotten = await services.store.forget(state.instance_uid)
     except StoreError as exc:

@@ -139,6 +139,11 @@ class Writer:
         kept = self._held.get(uid)
         return None if kept is None else kept[0].state
 
+    def drop_held(self, uid: bytes) -> None:
+        """Forget the agent's held heartbeat (its record is being deleted: a later touch of no row
+        would write the whole record again)."""
+        self._held.pop(uid, None)
+
     def release_held(self, seen_by: float) -> int:
         """Queue the held heartbeats of every agent whose first held one was seen by `seen_by` (its
         last_seen); how many (those a full queue refuses stay held for the next call)."""

@@ -11,6 +11,8 @@ import httpx2
 import pytest
 
 from gateway.fleet.agent import AgentState
+from gateway.node import liveness as liveness_module
+from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreUnavailable
 from tests.support.memory_store import MemoryStore
 from tests.support.servers import Node, run_node
@@ -191,3 +193,28 @@ async def test_delete_when_the_store_fails_or_another_node_was_first(tmp_path: P
         store.fail_forget, store.gone_first = False, True
         raced = await admin.delete(f"/api/v1/agents/{_text(8)}")
         assert raced.status_code == 404
+
+
+async def test_a_held_http_heartbeat_does_not_bring_a_forgotten_agent_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node alone on its file holds the heartbeat well past the agent going offline.
+    monkeypatch.setattr(liveness_module, "PERSIST_AFTER", 1000.0)
+    async with (
+        run_node(tmp_path, offline_after=0.5, agent_heartbeat_interval=0) as node,
+        httpx2.AsyncClient(base_url=node.admin_url) as admin,
+        httpx2.AsyncClient(base_url=node.opamp_url) as opamp,
+    ):
+        for msg in (report(uid(6)), pb.AgentToServer(instance_uid=uid(6), sequence_num=1)):
+            response = await opamp.post(
+                "/v1/opamp",
+                content=msg.SerializeToString(),
+                headers={"Content-Type": "application/x-protobuf"},
+            )
+            assert response.status_code == 200
+        assert node.services.writer.held == 1
+        await _forget_once_offline(admin, _text(6))
+        # What the node still held is dropped with the record, not written as a new one later.
+        node.services.liveness.sweep(persist_after=0.0)
+        await node.services.writer.flush()
+        assert (await admin.get(f"/api/v1/agents/{_text(6)}")).status_code == 404

@@ -103,17 +103,12 @@ class OpampHttp:
 
     def answer_read(self, headers: RequestHeaders, body: bytes) -> Coroutine[Any, Any, Reply]:
         """`answer` for a request whose whole body has arrived."""
+        return self.answer(headers, body)
 
-        async def read(limit: int) -> bytes:
-            if len(body) > limit:
-                raise BodyTooLarge(f"body exceeds {limit} bytes")
-            return body
-
-        return self.answer(headers, read)
-
-    async def answer(self, headers: RequestHeaders, read: BodyReader) -> Reply:
+    async def answer(self, headers: RequestHeaders, read: BodyReader | bytes) -> Reply:
         """The reply to one request with these headers; `read(limit)` gives its body (BodyTooLarge,
-        BadEncoding, ClientGone, TimeoutError), and is called only once the key is checked."""
+        BadEncoding, ClientGone, TimeoutError), and is called only once the key is checked; or the
+        body itself, when it has all arrived."""
         key_id: str | None = None
         own: OwnCredential | None = None
         if self._credentials.enabled:
@@ -157,7 +152,7 @@ class OpampHttp:
         return text_reply(503, f"service unavailable: {reason}", retry)
 
     async def _handle(
-        self, headers: RequestHeaders, read: BodyReader, key_id: str | None, own: OwnCredential | None
+        self, headers: RequestHeaders, read: BodyReader | bytes, key_id: str | None, own: OwnCredential | None
     ) -> Reply:
         node = self._node
         settings = node.settings
@@ -168,7 +163,12 @@ class OpampHttp:
         if encoding not in _ENCODINGS:
             return text_reply(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
         try:
-            body = await read(limit)
+            if isinstance(read, bytes):
+                if len(read) > limit:
+                    raise BodyTooLarge(f"body exceeds {limit} bytes")
+                body = read
+            else:
+                body = await read(limit)
             if encoding != "identity":
                 body = gunzip(body, limit)
         except TimeoutError:

@@ -213,7 +213,9 @@ async def process(
     `decide`; the agent's credential record is read here (the node's copy). A changed credential
     record is stored after the agent's record (a new agent's row must exist) and before the reply.
     """
-    await node.config_cache.refresh_if_stale()
+    # Nearly every message needs neither await below: no coroutine is made for them then.
+    if node.config_cache.stale():
+        await node.config_cache.refresh_if_stale()
     credential = await load_credential(node, state, msg)
     outcome = decide(node, state, msg, transport, decided, duplicate_of, key_id, credential, own)
     if outcome.write is not None and (admit is None or admit(outcome.write)):
@@ -221,6 +223,7 @@ async def process(
             await store_durable(node, outcome)
         else:
             store(node, outcome)
-    await commit_credential(node, outcome)
+    if outcome.credential is not None:
+        await commit_credential(node, outcome)
     observe(node, outcome, msg)
     return outcome

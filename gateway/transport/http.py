@@ -105,10 +105,10 @@ class OpampHttp:
         """`answer` for a request whose whole body has arrived."""
         return self.answer(headers, body)
 
-    async def answer(self, headers: RequestHeaders, read: BodyReader | bytes) -> Reply:
-        """The reply to one request with these headers; `read(limit)` gives its body (BodyTooLarge,
-        BadEncoding, ClientGone, TimeoutError), and is called only once the key is checked; or the
-        body itself, when it has all arrived."""
+    async def answer(self, headers: RequestHeaders, source: BodyReader | bytes) -> Reply:
+        """The reply to one request with these headers. `source` is the body when it has all
+        arrived, else a reader: `source(limit)` gives the body (BodyTooLarge, BadEncoding,
+        ClientGone, TimeoutError), and is called only once the key is checked."""
         key_id: str | None = None
         own: OwnCredential | None = None
         if self._credentials.enabled:
@@ -124,7 +124,7 @@ class OpampHttp:
                 return text_reply(401, AGENT_DENIAL, AGENT_CHALLENGE)
             key_id = None if match is None else match.key_id
         started = time.perf_counter()
-        reply = await self._handle(headers, read, key_id, own)
+        reply = await self._handle(headers, source, key_id, own)
         self._node.metrics.handled("http", str(reply.status), time.perf_counter() - started)
         return reply
 
@@ -152,7 +152,11 @@ class OpampHttp:
         return text_reply(503, f"service unavailable: {reason}", retry)
 
     async def _handle(
-        self, headers: RequestHeaders, read: BodyReader | bytes, key_id: str | None, own: OwnCredential | None
+        self,
+        headers: RequestHeaders,
+        source: BodyReader | bytes,
+        key_id: str | None,
+        own: OwnCredential | None,
     ) -> Reply:
         node = self._node
         settings = node.settings
@@ -163,12 +167,12 @@ class OpampHttp:
         if encoding not in _ENCODINGS:
             return text_reply(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
         try:
-            if isinstance(read, bytes):
-                if len(read) > limit:
+            if isinstance(source, bytes):
+                if len(source) > limit:
                     raise BodyTooLarge(f"body exceeds {limit} bytes")
-                body = read
+                body = source
             else:
-                body = await read(limit)
+                body = await source(limit)
             if encoding != "identity":
                 body = gunzip(body, limit)
         except TimeoutError:

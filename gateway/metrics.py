@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway import __version__
+from gateway.hot_metrics import HotCounter, HotHistogram
 from gateway.limits import SHED_REASONS
 from gateway.opamp.engine import Event
 
@@ -24,29 +25,27 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self._message_children: dict[tuple[str, str], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
-        self._event_children: dict[str, Counter] = {}
         self.build = Info("opamp_gateway_build", "Version and protobuf backend", registry=r)
-        self.messages = Counter(
+        # Updated on every message: plain numbers, no lock (hot_metrics.py).
+        self.messages = HotCounter(
             "opamp_gateway_messages_total",
             "AgentToServer messages handled, by transport and result (HTTP: status code; WebSocket: "
             "ok, rejected or unavailable)",
             ["transport", "result"],
-            registry=r,
+            r,
         )
-        self.latency = Histogram(
+        self.latency = HotHistogram(
             "opamp_gateway_message_duration_seconds",
             "Time to handle one AgentToServer, reply included",
-            ["transport"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "transport",
+            _LATENCY_BUCKETS,
+            r,
         )
-        self.events = Counter(
+        self.events = HotCounter(
             "opamp_gateway_agent_events_total",
             "Engine decisions: enrolled, moved, reported, heartbeat, disconnected, rejected",
             ["event"],
-            registry=r,
+            r,
         )
         self.full_state_requests = Counter(
             "opamp_gateway_full_state_requests_total", "Replies that set ReportFullState", registry=r
@@ -109,13 +108,11 @@ class Metrics:
         """Bind the labelled children updated per message once, at startup: a labels() lookup costs
         more than the update itself. Children bound here also show at 0 before their first use."""
         for result in ("ok", "rejected", "unavailable"):
-            self._message_children["websocket", result] = self.messages.labels(
-                transport="websocket", result=result
-            )
+            self.messages.child("websocket", result)
         for transport in ("http", "websocket"):
-            self._latency_children[transport] = self.latency.labels(transport=transport)
+            self.latency.child(transport)
         for event in get_args(Event):
-            self._event_children[event] = self.events.labels(event=event)
+            self.events.child(event)
         self._config_in_reply = self.pushes.labels(kind="config", delivery="reply")
         self._config_reports = {
             status: self.config_reports.labels(status=status)
@@ -390,26 +387,15 @@ class Metrics:
         return count
 
     def handled(self, transport: str, result: str, seconds: float) -> None:
-        """Count one message and its latency. Labelled children are bound once: a labels() lookup
-        costs more than the increment itself on the hot path."""
-        key = (transport, result)
-        counter = self._message_children.get(key)
-        if counter is None:
-            counter = self._message_children[key] = self.messages.labels(transport=transport, result=result)
-        counter.inc()
-        histogram = self._latency_children.get(transport)
-        if histogram is None:
-            histogram = self._latency_children[transport] = self.latency.labels(transport=transport)
-        histogram.observe(seconds)
+        """Count one message and its latency (from the event loop only: hot_metrics.py)."""
+        self.messages.inc((transport, result))
+        self.latency.observe(transport, seconds)
 
     def set_build(self, backend: str) -> None:
         self.build.info({"version": __version__, "protobuf_backend": backend})
 
     def observe_outcome(self, outcome: Outcome) -> None:
-        child = self._event_children.get(outcome.event)
-        if child is None:
-            child = self._event_children[outcome.event] = self.events.labels(event=outcome.event)
-        child.inc()
+        self.events.inc((outcome.event,))
         if outcome.event == "enrolled":
             self.enrollments.inc()
         elif outcome.event == "moved":

@@ -106,12 +106,17 @@ class AgentCredentials:
         """The record of `uid`: cached, unless the bus is down and the copy is older than
         STALE_WITHOUT_BUS (or it is older than MAX_AGE_SECONDS); else read from the store (StoreError
         if it cannot be)."""
+        record = self.fresh(uid)
+        return await self.read(uid) if isinstance(record, Missing) else record
+
+    def fresh(self, uid: bytes) -> AgentCredential | None | Missing:
+        """The record of `uid` as get() gives it, if that needs no store read; else MISSING."""
         entry = self._entries.get(uid)
         if entry is not None:
             age = self._monotonic() - entry[1]
             if age < STALE_WITHOUT_BUS or (self._bus.up and age < MAX_AGE_SECONDS):
                 return entry[0]
-        return await self.read(uid)
+        return MISSING
 
     async def read(self, uid: bytes) -> AgentCredential | None:
         """The record of `uid` read from the store now (and cached)."""

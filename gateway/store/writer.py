@@ -109,15 +109,28 @@ class Writer:
             await asyncio.sleep(0.005)
 
     async def get(self, uid: bytes) -> AgentState | None:
-        target = self._moved.get(uid, uid)
-        for source in (self._pending, self._inflight):
-            write = source.get(target) or source.get(uid)
-            if write is not None:
-                return write.state
+        state = self.peek(uid)
+        return state if state is not None else await self._store.get(uid)
+
+    def peek(self, uid: bytes) -> AgentState | None:
+        """The agent's record if it is here (a write queued or being committed, a held heartbeat),
+        without waiting; None: only the store knows (get)."""
+        target = self._moved.get(uid)
+        if target is None:
+            # Not moved (nearly always): one look in each place.
+            write = self._pending.get(uid) or self._inflight.get(uid)
+            target = uid
+        else:
+            write = (
+                self._pending.get(target)
+                or self._pending.get(uid)
+                or self._inflight.get(target)
+                or self._inflight.get(uid)
+            )
+        if write is not None:
+            return write.state
         kept = self._held.get(target)
-        if kept is not None:
-            return kept[0].state
-        return await self._store.get(uid)
+        return None if kept is None else kept[0].state
 
     def submit(self, write: AgentWrite) -> None:
         """Queue a write to be flushed within the flush interval."""

@@ -26,9 +26,10 @@ from gateway.auth import (
     key_in,
 )
 from gateway.fleet import credentials as agent_credentials
-from gateway.fleet.agent import uid_str
-from gateway.fleet.credentials import OwnCredential
+from gateway.fleet.agent import AgentState, uid_str
+from gateway.fleet.credentials import AgentCredential, OwnCredential
 from gateway.node import duplicates
+from gateway.node.push import Missing
 from gateway.opamp import engine
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
@@ -101,9 +102,108 @@ class OpampHttp:
 
         await send_reply(send, await self.answer(headers, read))
 
-    def answer_read(self, headers: RequestHeaders, body: bytes) -> Coroutine[Any, Any, Reply]:
-        """`answer` for a request whose whole body has arrived."""
-        return self.answer(headers, body)
+    def answer_read(self, headers: RequestHeaders, body: bytes) -> Reply | Coroutine[Any, Any, Reply]:
+        """The reply to a request whose whole body has arrived. A message the node can decide at
+        once (nearly every heartbeat: its agent's record and credential record are in memory, the
+        fleet's config is fresh) is decided here and its reply returned, unless its write must be
+        committed first (then a coroutine finishes it); everything else is `answer`'s."""
+        started = time.perf_counter()
+        ready = self._ready(headers, body)
+        node = self._node
+        if ready is None or not node.limits.begin_message():
+            # Anything that needs a closer look, a store read or a refusal (the same checks again).
+            return self.answer(headers, body)
+        msg, state, key_id, credential = ready
+        settling = False
+        try:
+            outcome = pipeline.decide(node, state, msg, "http", _saw, key_id=key_id, credential=credential)
+            write = outcome.write
+            admitted = write is not None and node.liveness.admit_http(write)
+            if outcome.credential is not None or (admitted and outcome.durable):
+                settling = True
+                return self._settle(msg, outcome, admitted, headers, started)
+            if admitted:
+                pipeline.store(node, outcome)
+            pipeline.observe(node, outcome, msg)
+            reply = self._reply_for(outcome, headers)
+        except pipeline.Shed as exc:
+            reply = self._unavailable(exc.reason)
+        finally:
+            if not settling:
+                node.limits.end_message()
+        node.metrics.handled("http", str(reply.status), time.perf_counter() - started)
+        return reply
+
+    def _ready(
+        self, headers: RequestHeaders, body: bytes
+    ) -> tuple[pb.AgentToServer, AgentState, str | None, AgentCredential | None] | None:
+        """The message, its agent's record and credential record and the agent key's id, if the
+        request is a well-formed message on an agent key for an agent whose records this node holds
+        and nothing must be read first; None sends it the whole way (`answer`), where every
+        refusal and read is."""
+        node = self._node
+        key_id: str | None = None
+        if self._credentials.enabled:
+            match = self._credentials.identify(key_in(headers.authorization, AGENT_SCHEMES))
+            if match is None:
+                return None
+            key_id = match.key_id
+        if (
+            headers.content_encoding != "identity"
+            or len(body) > node.settings.max_message_bytes
+            or (headers.content_type != PROTOBUF and media_type(headers.content_type) != PROTOBUF)
+            or node.config_cache.stale()
+        ):
+            return None
+        try:
+            msg = pb.AgentToServer.FromString(body)
+        except DecodeError:
+            return None
+        state = node.writer.peek(msg.instance_uid)
+        if state is None or len(msg.instance_uid) != engine.UID_LENGTH:
+            return None
+        if engine.may_speak_for(state, key_id) and duplicates.http_clone(state, msg):
+            return None
+        credential = node.credentials.fresh(state.instance_uid)
+        if isinstance(credential, Missing):
+            return None
+        return msg, state, key_id, credential
+
+    async def _settle(
+        self,
+        msg: pb.AgentToServer,
+        outcome: engine.Outcome,
+        admitted: bool,
+        headers: RequestHeaders,
+        started: float,
+    ) -> Reply:
+        """The rest of `answer_read` for a decided message whose write is committed before its reply
+        (design principle 4), or whose credential record changed."""
+        node = self._node
+        try:
+            await pipeline.settle(node, outcome, admitted)
+            pipeline.observe(node, outcome, msg)
+            reply = self._reply_for(outcome, headers)
+        except pipeline.Shed as exc:
+            reply = self._unavailable(exc.reason)
+        finally:
+            node.limits.end_message()
+        node.metrics.handled("http", str(reply.status), time.perf_counter() - started)
+        return reply
+
+    def _reply_for(self, outcome: engine.Outcome, headers: RequestHeaders) -> Reply:
+        """The HTTP reply of a decided message."""
+        if outcome.forbidden:
+            # The key (or credential) is valid, but not for this agent: the same 401 as a wrong key
+            # (spec: 401 on failed authentication), with a message that says which rule refused it.
+            return text_reply(401, outcome.refusal or KEY_MISMATCH, AGENT_CHALLENGE)
+        reply = outcome.reply.SerializeToString()
+        limit = self._node.settings.max_message_bytes
+        if len(reply) > limit:
+            # Spec: never send a message over the limit; say why instead of silently dropping it.
+            logger.error("dropped a %d-byte reply over the %d-byte limit", len(reply), limit)
+            reply = engine.reply_too_large(outcome.reply.instance_uid)
+        return protobuf_reply(reply, headers.accept_encoding)
 
     async def answer(self, headers: RequestHeaders, source: BodyReader | bytes) -> Reply:
         """The reply to one request with these headers. `source` is the body when it has all
@@ -200,7 +300,6 @@ class OpampHttp:
         self, msg: pb.AgentToServer, headers: RequestHeaders, key_id: str | None, own: OwnCredential | None
     ) -> Reply:
         node = self._node
-        limit = node.settings.max_message_bytes
         try:
             state = await pipeline.load_state(node, msg)
             # A message from another key is refused by the engine, never taken for a clone; nor is one
@@ -234,13 +333,4 @@ class OpampHttp:
                 )
         except pipeline.Shed as exc:
             return self._unavailable(exc.reason)
-        if outcome.forbidden:
-            # The key (or credential) is valid, but not for this agent: the same 401 as a wrong key
-            # (spec: 401 on failed authentication), with a message that says which rule refused it.
-            return text_reply(401, outcome.refusal or KEY_MISMATCH, AGENT_CHALLENGE)
-        reply = outcome.reply.SerializeToString()
-        if len(reply) > limit:
-            # Spec: never send a message over the limit; say why instead of silently dropping it.
-            logger.error("dropped a %d-byte reply over the %d-byte limit", len(reply), limit)
-            reply = engine.reply_too_large(outcome.reply.instance_uid)
-        return protobuf_reply(reply, headers.accept_encoding)
+        return self._reply_for(outcome, headers)

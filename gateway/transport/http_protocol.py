@@ -123,7 +123,7 @@ class OpampAnswers(Protocol):
     @property
     def limit(self) -> int: ...
 
-    def answer_read(self, headers: RequestHeaders, body: bytes) -> Coroutine[Any, Any, Reply]: ...
+    def answer_read(self, headers: RequestHeaders, body: bytes) -> Reply | Coroutine[Any, Any, Reply]: ...
 
 
 class _Request:
@@ -175,12 +175,31 @@ class OpampPortProtocol(SlowClientProtocol):
             and self.limit_concurrency is None
         )
 
+    def on_message_begin(self) -> None:
+        # uvicorn's own begin, without the ASGI scope (a dict and a copy of the app state per
+        # request): a request this protocol answers never needs it; `_to_uvicorn` builds it for one
+        # that uvicorn takes.
+        self.unfinished.begin(self, self._address)
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
+    def _to_uvicorn(self) -> None:
+        """Hand the request whose head has arrived to uvicorn: its scope, as its own
+        on_message_begin makes it, with what the parser already gave."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
+        HttpToolsProtocol.on_message_begin(self)
+        self.url, self.expect_100_continue = url, expect
+        self.headers.extend(headers)
+        super().on_headers_complete()
+
     def on_headers_complete(self) -> None:
         headers = request_headers(self.headers)
         if not self._takes(headers):
-            super().on_headers_complete()
+            self._to_uvicorn()
             return
-        self.unfinished.head_done(self)
+        # The head's deadline ends when the whole request has arrived, in this same read
+        # (on_message_complete), or when uvicorn takes the request over (data_received).
         version = self.parser.get_http_version()
         self._request = _Request(headers, version != "1.0" and self.parser.should_keep_alive())
 
@@ -211,13 +230,17 @@ class OpampPortProtocol(SlowClientProtocol):
             # arrived, and the handler reads the rest with a deadline, answering a bad key first.
             self._request = None
             if not self.transport.is_closing():
-                super().on_headers_complete()
+                self._to_uvicorn()
                 for chunk in request.chunks:
                     super().on_body(chunk)
 
     def _answer(self, request: _Request, body: bytes) -> None:
         try:
-            task = eager.run(self.opamp.answer_read(request.headers, body), partial(self._reply, request))
+            answer = self.opamp.answer_read(request.headers, body)
+            if isinstance(answer, Reply):
+                self._reply(request, answer)
+                return
+            task = eager.run(answer, partial(self._reply, request))
         except Exception:
             logger.exception("failed to answer an OpAMP request")
             request.keep_alive = False

@@ -153,13 +153,16 @@ def text_reply(status: int, message: str, extra: Mapping[str, str] | None = None
     return Reply(status, (message + "\n").encode(), headers)
 
 
+# The headers of every plain protobuf answer: shared, never changed (response_bytes knows it).
+_PROTOBUF_HEADERS = [(b"content-type", b"application/x-protobuf")]
+_GZIPPED_HEADERS = [*_PROTOBUF_HEADERS, (b"content-encoding", b"gzip")]
+
+
 def protobuf_reply(body: bytes, accept_encoding: str) -> Reply:
     """A protobuf answer: gzipped when the client accepts it and it is worth it."""
-    headers = [(b"content-type", b"application/x-protobuf")]
     if len(body) >= GZIP_MIN_BYTES and accept_encoding and accepts_gzip(accept_encoding):
-        body = gzip.compress(body, compresslevel=5, mtime=0)
-        headers.append((b"content-encoding", b"gzip"))
-    return Reply(200, body, headers)
+        return Reply(200, gzip.compress(body, compresslevel=5, mtime=0), _GZIPPED_HEADERS)
+    return Reply(200, body, _PROTOBUF_HEADERS)
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
@@ -169,18 +172,42 @@ async def send_reply(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
+class _Head:
+    """The bytes up to Content-Length of a kept-alive 200 protobuf answer, made again only when the
+    server's default headers change (uvicorn replaces its Date header's list once a second)."""
+
+    defaults: object = None
+    head = b""
+
+
 def response_bytes(
     reply: Reply, status_line: bytes, default_headers: Iterable[tuple[bytes, bytes]], keep_alive: bool
 ) -> bytes:
     """`reply` as one HTTP/1.1 response, written to the socket in one piece; `status_line` ends in
     CRLF, `default_headers` are the server's own (Date), as uvicorn sends them."""
+    if keep_alive and reply.headers is _PROTOBUF_HEADERS and reply.status == 200:
+        # Nearly every answer: a heartbeat's.
+        if _Head.defaults is not default_headers:
+            _Head.head = _head(status_line, default_headers, _PROTOBUF_HEADERS)
+            _Head.defaults = default_headers
+        return b"%scontent-length: %d\r\n\r\n%s" % (_Head.head, len(reply.body), reply.body)
+    return b"".join(
+        (
+            _head(status_line, default_headers, reply.headers),
+            b"content-length: %d\r\n" % len(reply.body),
+            b"" if keep_alive else b"connection: close\r\n",
+            b"\r\n",
+            reply.body,
+        )
+    )
+
+
+def _head(
+    status_line: bytes, default_headers: Iterable[tuple[bytes, bytes]], headers: Iterable[tuple[bytes, bytes]]
+) -> bytes:
     parts = [status_line]
     for name, value in default_headers:
         parts += (name, b": ", value, b"\r\n")
-    for name, value in reply.headers:
+    for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
-    parts.append(b"content-length: %d\r\n" % len(reply.body))
-    if not keep_alive:
-        parts.append(b"connection: close\r\n")
-    parts += (b"\r\n", reply.body)
     return b"".join(parts)

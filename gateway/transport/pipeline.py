@@ -218,12 +218,18 @@ async def process(
         await node.config_cache.refresh_if_stale()
     credential = await load_credential(node, state, msg)
     outcome = decide(node, state, msg, transport, decided, duplicate_of, key_id, credential, own)
-    if outcome.write is not None and (admit is None or admit(outcome.write)):
+    await settle(node, outcome, outcome.write is not None and (admit is None or admit(outcome.write)))
+    observe(node, outcome, msg)
+    return outcome
+
+
+async def settle(node: OpampNode, outcome: engine.Outcome, admitted: bool) -> None:
+    """Hand a decided message's write to the writer if `admitted`, awaiting its commit when it is
+    durable, then store its changed credential record (Shed if either fails)."""
+    if admitted:
         if outcome.durable:
             await store_durable(node, outcome)
         else:
             store(node, outcome)
     if outcome.credential is not None:
         await commit_credential(node, outcome)
-    observe(node, outcome, msg)
-    return outcome

@@ -76,6 +76,7 @@ class UnfinishedRequests:
         self._address: dict[Droppable, str] = {}
         self._per_address: dict[str, int] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self._address)
@@ -110,8 +111,9 @@ class UnfinishedRequests:
             self._evict_oldest()
         self._per_address[key] = self._per_address.get(key, 0) + 1
         self._address[socket] = key
-        self._heads[socket] = asyncio.get_running_loop().time() + self.header_timeout
-        self._arm()
+        self._heads[socket] = self._now() + self.header_timeout
+        if self._timer is None:
+            self._arm()
         return True
 
     def head_done(self, socket: Droppable) -> None:
@@ -119,7 +121,7 @@ class UnfinishedRequests:
         `body_timeout`."""
         if self._heads.pop(socket, None) is None:
             return
-        self._bodies[socket] = asyncio.get_running_loop().time() + self.body_timeout
+        self._bodies[socket] = self._now() + self.body_timeout
 
     def done(self, socket: Droppable) -> None:
         """`socket`'s request has fully arrived, or the socket is gone (or no longer HTTP)."""
@@ -133,6 +135,13 @@ class UnfinishedRequests:
             self._per_address[key] = left
         else:
             del self._per_address[key]
+
+    def _now(self) -> float:
+        # The port's loop, looked up once: asyncio.get_running_loop() costs a getpid() each time.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     def _drop(self, socket: Droppable, why: str) -> None:
         self.done(socket)

@@ -10,14 +10,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import uvicorn
 
 from gateway.transport.http_protocol import http_protocol_class
-from gateway.transport.http_wire import Reply, RequestHeaders
+from gateway.transport.http_wire import Reply, RequestHeaders, protobuf_reply
 from gateway.transport.unfinished import UnfinishedRequests
 from tests.support.sockets import raw_socket
 
@@ -40,7 +41,16 @@ class _Answers:
     gates: dict[bytes, asyncio.Event] = field(default_factory=dict)
     finished: list[bytes] = field(default_factory=list)
 
-    async def answer_read(self, headers: RequestHeaders, body: bytes) -> Reply:
+    def answer_read(self, headers: RequestHeaders, body: bytes) -> Reply | Coroutine[Any, Any, Reply]:
+        if not body.startswith(b"now"):
+            return self._later(body)
+        # Decided at once, as the transport answers a heartbeat whose records the node holds.
+        self.answered.append(body)
+        if body.endswith(b"boom"):
+            raise _Boom("the handler failed at once")
+        return protobuf_reply(b"protocol:" + body, "")
+
+    async def _later(self, body: bytes) -> Reply:
         self.answered.append(body)
         if body.startswith(b"wait"):
             await self.gates.setdefault(body, asyncio.Event()).wait()
@@ -145,6 +155,33 @@ async def test_keep_alive_requests_are_answered_by_the_protocol_on_one_connectio
             assert b"date" in headers and b"connection" not in headers
             assert headers[b"content-type"] == b"text/plain"
     assert port.answers.answered == [b"beat-0", b"beat-1", b"beat-2"]
+
+
+async def test_answers_given_at_once_and_awaited_ones_share_a_connection(port: _Port) -> None:
+    async with _connect(port) as (reader, writer):
+        for body in (b"now-1", b"later", b"now-2", b"now-3"):
+            writer.write(_post(body))
+            status, headers, got = await _response(reader)
+            assert (status, got) == (b"HTTP/1.1 200 OK", b"protocol:" + body)
+            assert b"connection" not in headers and b"date" in headers
+        assert headers[b"content-type"] == b"application/x-protobuf"
+        writer.write(_post(b"now-last", b"connection: close"))
+        _status, headers, got = await _response(reader)
+        assert (got, headers[b"connection"]) == (b"protocol:now-last", b"close")
+        assert await _closed(reader)
+    assert port.answers.answered == [b"now-1", b"later", b"now-2", b"now-3", b"now-last"]
+
+
+async def test_an_answer_that_fails_at_once_gets_500_and_the_connection_closes(
+    port: _Port, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, "gateway.transport.http_protocol"):
+        async with _connect(port) as (reader, writer):
+            writer.write(_post(b"now-boom"))
+            status, headers, _body = await _response(reader)
+            assert (status, headers[b"connection"]) == (b"HTTP/1.1 500 Internal Server Error", b"close")
+            assert await _closed(reader)
+    assert "failed to answer an OpAMP request" in caplog.text
 
 
 async def test_connection_close_is_answered_then_the_socket_closes(port: _Port) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
-from gateway.transport.http_wire import RequestHeaders, request_headers
+from gateway.transport.http_wire import Reply, RequestHeaders, protobuf_reply, request_headers, response_bytes
 from tests.support.servers import Node, run_node
 
 pytestmark = pytest.mark.anyio
@@ -155,3 +155,18 @@ def test_request_headers_reads_only_what_it_needs_first_one_wins() -> None:
         content_type="application/x-protobuf", content_length="25", authorization="Bearer caf\u00e9"
     )
     assert request_headers([]) == RequestHeaders()
+
+
+def test_a_protobuf_answer_follows_the_servers_default_headers_as_they_change() -> None:
+    # uvicorn gives a new list of default headers each time its Date changes.
+    status = b"HTTP/1.1 200 OK\r\n"
+    reply = protobuf_reply(b"\x0a\x01x", "")
+    first = response_bytes(reply, status, [(b"date", b"Mon, 07 Dec 2026 04:00:00 GMT")], keep_alive=True)
+    again = response_bytes(reply, status, [(b"date", b"Mon, 07 Dec 2026 04:00:01 GMT")], keep_alive=True)
+    head = b"content-type: application/x-protobuf\r\ncontent-length: 3\r\n\r\n\x0a\x01x"
+    assert first == status + b"date: Mon, 07 Dec 2026 04:00:00 GMT\r\n" + head
+    assert again == status + b"date: Mon, 07 Dec 2026 04:00:01 GMT\r\n" + head
+    closing = response_bytes(reply, status, [], keep_alive=False)
+    assert closing == status + head.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
+    refused = response_bytes(Reply(503, b"busy\n", [(b"retry-after", b"1")]), b"HTTP/1.1 503 x\r\n", [], True)
+    assert refused == b"HTTP/1.1 503 x\r\nretry-after: 1\r\ncontent-length: 5\r\n\r\nbusy\n"

@@ -207,14 +207,17 @@ class WsSession:
         self._backlog = bytes(answer[end + len(END_OF_HEAD) :])
 
     def _send(self, name: str, frame: bytes) -> None:
+        self.pending.append((name, time.perf_counter()))
+        self._write(frame)
+
+    def _write(self, data: bytes) -> None:
         sock = self._sock
         assert sock is not None
-        self.pending.append((name, time.perf_counter()))
         # Not sendall: gevent's asks the kernel for the send buffer size (getsockopt) on every call,
         # and a frame of a few bytes goes out in one send() but when the buffer is full.
-        sent = sock.send(frame)
-        if sent < len(frame):
-            sock.sendall(frame[sent:])
+        sent = sock.send(data)
+        if sent < len(data):
+            sock.sendall(data[sent:])
 
     def step(self) -> float:
         """Wait for frames or the next heartbeat, whichever comes first; the back-off to use if the
@@ -322,8 +325,12 @@ class WsSession:
             # The gateway is shedding load: the full report waits as long as it said (`tick`).
             self.resume_at = time.monotonic() + reaction.retry_after
             self.backoff = reaction.retry_after or 1.0
-        for name, msg in reaction.send:
-            self._send(name, binary_frame(b"\x00" + msg.SerializeToString()))
+        if reaction.send:
+            # The messages of one reaction (APPLYING and APPLIED) in one write: the frames and their
+            # order are the same, each still timed as a request of its own, for one system call.
+            started = time.perf_counter()
+            self.pending.extend((name, started) for name, _ in reaction.send)
+            self._write(b"".join(binary_frame(b"\x00" + msg.SerializeToString()) for _, msg in reaction.send))
 
     def fail(self, exc: Exception) -> None:
         """Every message still waiting fails with `exc` (or the connection does, if none was); the

@@ -147,9 +147,31 @@ def test_a_new_uid_is_adopted_by_the_next_heartbeat(peer: Peer) -> None:
     assert beat.instance_uid == b"\x09" * 16 and beat.sequence_num == 1
 
 
+class _CountingSends:
+    """The session's socket, counting the system calls that send."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sends = 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.sends += 1
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
 def test_a_pushed_config_is_reported_applying_then_applied_with_the_effective_config(peer: Peer) -> None:
     recorder = Recorder()
     session = _connected(peer, recorder)
+    assert session.connection is not None
+    counting = _CountingSends(session.connection)
+    session.replace_socket(counting)  # type: ignore[arg-type]
     push = pb.ServerToAgent()
     push.remote_config.config_hash = b"h1"
     push.remote_config.config.config_map["collector.yaml"].body = b"# opamp-loadtest changed_at=1\n"
@@ -161,6 +183,8 @@ def test_a_pushed_config_is_reported_applying_then_applied_with_the_effective_co
     assert applied.remote_config_status.last_remote_config_hash == b"h1"
     assert applied.effective_config.config_map.config_map["collector.yaml"].body.startswith(b"# opamp")
     assert [name for name, _ in session.pending] == ["config applying", "config applied"]
+    # Both frames in one write: one system call on each side of the socket.
+    assert counting.sends == 1
     assert recorder.reactions[-1].applied is not None and recorder.reactions[-1].applied[0] == b"h1"
     for _ in range(2):
         peer.reply(pb.ServerToAgent())

@@ -49,7 +49,7 @@ from gateway.store.base import (
 )
 from gateway.store.sqlite_cache import Cached, RowCache
 from gateway.store.sqlite_configs import CONFIGS
-from gateway.store.sqlite_lock import NodeMark, WriterLock
+from gateway.store.sqlite_lock import NodeMark
 from gateway.store.sqlite_packages import PACKAGES
 from gateway.store.sqlite_schema import (
     MIGRATIONS,
@@ -65,6 +65,7 @@ from gateway.store.sqlite_schema import (
     selector_sql,
     state_of,
 )
+from gateway.store.sqlite_turns import Turns, no_automatic_checkpoints
 from gateway.store.sqlite_watch import CommitWatch
 from gateway.store.sqlite_writes import Encoded, apply_batch, encode
 
@@ -82,14 +83,6 @@ _GET_CHUNK = 500
 READ_THREADS = 2
 # How often `alone` asks the kernel again (a node that starts on the file is seen within this).
 ALONE_RECHECK = 0.25
-# Agent rows this node commits between two checkpoints of the write-ahead log (about SQLite's own
-# 1,000 pages): SQLite would run each one inside the commit that crosses its threshold, while this
-# node holds the writer lock every other node waits for, so the node runs them after the lock.
-CHECKPOINT_ROWS = 1000
-# Frames in the log past which the next checkpoint runs under the writer lock after all: while other
-# nodes commit beside it, a checkpoint never catches up with the log's end, and SQLite starts the
-# log over only once one has (the file would grow for as long as the nodes are busy).
-LOG_RESTART_FRAMES = 10_000
 # Waits between attempts once SQLite's own busy timeout has run out.
 _BUSY_RETRY_DELAYS = (0.05, 0.25)
 _SQLITE_BUSY = 5
@@ -133,15 +126,11 @@ class SQLiteStore:
         self._cache = RowCache()
         self._reads_open: dict[int, set[bytes]] = {}
         # Taken by the write thread around every write: several nodes may share the file.
-        self._writer_lock = WriterLock(path)
+        self._turns = Turns(path)
         # Held while open: whether other gateways share the file (`alone`).
         self._mark = NodeMark(path)
         self._alone = False
         self._alone_asked = -math.inf
-        # Agent rows committed since the last checkpoint, and whether the log is long enough that
-        # the next one runs under the writer lock (write thread only).
-        self._uncheckpointed = 0
-        self._log_long = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -529,8 +518,7 @@ class SQLiteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
-            # Checkpoints run outside the writer lock (_checkpoint), never inside a commit.
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            no_automatic_checkpoints(conn)
         except BaseException:
             conn.close()
             raise
@@ -575,7 +563,7 @@ class SQLiteStore:
         if self._write_conn is not None:
             conn, self._write_conn = self._write_conn, None
             conn.close()
-        self._writer_lock.close()
+        self._turns.close()
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -681,42 +669,8 @@ class SQLiteStore:
         return self._locked(self._transaction, conn, writes, encoded, expected)
 
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` under the writer lock every node takes, then, once this node has changed
-        CHECKPOINT_ROWS rows since the last one, a checkpoint: after the lock, not inside it."""
-        conn = self._write_conn
-        before = 0 if conn is None else conn.total_changes
-        try:
-            result: T = self._writer_lock.run(self._then_restart, fn, *args)
-            return result
-        finally:
-            if conn is not None:
-                self._uncheckpointed += conn.total_changes - before
-                if self._uncheckpointed >= CHECKPOINT_ROWS:
-                    self._checkpoint(conn)
-
-    def _then_restart(self, fn: Callable[..., T], *args: Any) -> T:
-        result = fn(*args)
-        conn = self._write_conn
-        if self._log_long and conn is not None:
-            # Nobody commits meanwhile: this one copies the whole log, and the next write starts
-            # the log over from its beginning.
-            self._checkpoint(conn)
-        return result
-
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the write-ahead log into the database, as far as no reader still needs it, while
-        other nodes commit (PASSIVE waits for no one). A 1,000-row commit takes about a third less
-        time under the writer lock than with SQLite's own checkpoint inside it (docs/performance.md)."""
-        try:
-            busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:
-            # Nothing is lost: the log keeps every commit, and the next batch tries again.
-            logger.warning("checkpoint of %s failed: %s", self.path, exc)
-            return
-        self._log_long = frames >= LOG_RESTART_FRAMES
-        if not busy:
-            # Busy: another node is checkpointing; this one asks again after its next commit.
-            self._uncheckpointed = 0
+        """`fn(*args)` in a turn at the writer lock every node takes (sqlite_turns.py)."""
+        return self._turns.take(self._write_conn, fn, *args)
 
     def _transaction(
         self,

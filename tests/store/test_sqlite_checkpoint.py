@@ -1,5 +1,6 @@
-"""The SQLite store checkpoints its write-ahead log itself, after the writer lock every node takes,
-never inside a commit (SQLite's own automatic checkpoint would run there)."""
+"""The SQLite store checkpoints its write-ahead log itself, after its turn at the writer lock every
+node takes, never inside a commit (SQLite's own automatic checkpoint would run there):
+gateway/store/sqlite_turns.py."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import sqlite as sqlite_module
-from gateway.store.sqlite import CHECKPOINT_ROWS, SQLiteStore
+from gateway.store import sqlite_turns
+from gateway.store.sqlite import SQLiteStore
 from gateway.store.sqlite_lock import SUFFIX
+from gateway.store.sqlite_turns import CHECKPOINT_ROWS, Turns
 from tests.store.store_helpers import agent, full, new_uid
 
 pytestmark = pytest.mark.anyio
@@ -43,13 +45,13 @@ async def test_the_log_is_checkpointed_after_enough_rows_outside_the_writer_lock
     store = SQLiteStore(path)
     await store.open()
     checkpoints: list[bool] = []
-    checkpoint = SQLiteStore._checkpoint
+    checkpoint = Turns.checkpoint
 
-    def watched(self: SQLiteStore, conn: sqlite3.Connection) -> None:
+    def watched(self: Turns, conn: sqlite3.Connection) -> None:
         checkpoints.append(_lock_is_free(path))
         checkpoint(self, conn)
 
-    monkeypatch.setattr(SQLiteStore, "_checkpoint", watched)
+    monkeypatch.setattr(Turns, "checkpoint", watched)
     try:
         opened = _pages_in_database(path)
         below = CHECKPOINT_ROWS // 2
@@ -67,7 +69,7 @@ async def test_the_log_is_checkpointed_after_enough_rows_outside_the_writer_lock
 async def test_a_reader_holding_the_log_back_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_ROWS", 2)
+    monkeypatch.setattr(sqlite_turns, "CHECKPOINT_ROWS", 2)
     path = str(tmp_path / "gateway.db")
     store = SQLiteStore(path)
     await store.open()
@@ -96,11 +98,11 @@ class _Failing:
 def test_a_failed_checkpoint_is_logged_and_tried_after_the_next_commit(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = SQLiteStore(str(tmp_path / "gateway.db"))
-    store._uncheckpointed = CHECKPOINT_ROWS
-    store._checkpoint(_Failing())  # type: ignore[arg-type]
+    turns = Turns(str(tmp_path / "gateway.db"))
+    turns.unchecked = CHECKPOINT_ROWS
+    turns.checkpoint(_Failing())  # type: ignore[arg-type]
     assert "checkpoint of" in caplog.text and "disk I/O error" in caplog.text
-    assert store._uncheckpointed == CHECKPOINT_ROWS
+    assert turns.unchecked == CHECKPOINT_ROWS
 
 
 async def test_the_log_starts_over_while_two_nodes_commit_side_by_side(
@@ -108,8 +110,8 @@ async def test_the_log_starts_over_while_two_nodes_commit_side_by_side(
 ) -> None:
     # Checkpoints beside other nodes' commits never reach the log's end, and SQLite starts the log
     # over only after one has: past LOG_RESTART_FRAMES, one runs under the writer lock.
-    monkeypatch.setattr(sqlite_module, "CHECKPOINT_ROWS", 100)
-    monkeypatch.setattr(sqlite_module, "LOG_RESTART_FRAMES", 300)
+    monkeypatch.setattr(sqlite_turns, "CHECKPOINT_ROWS", 100)
+    monkeypatch.setattr(sqlite_turns, "LOG_RESTART_FRAMES", 300)
     path = str(tmp_path / "gateway.db")
     nodes = [SQLiteStore(path), SQLiteStore(path)]
     for node in nodes:

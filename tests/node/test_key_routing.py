@@ -16,7 +16,7 @@ from gateway.bus.base import BusUnavailable
 from gateway.bus.local import LocalBus, LocalHub
 from gateway.transport.websocket import CLOSE_POLICY, CLOSE_TAKEN_OVER
 from tests.support.memory_store import MemoryStore
-from tests.support.servers import Node, run_node
+from tests.support.servers import Node, agent_keys_file, run_node
 from tests.support.waiting import uid
 from tests.support.ws import agent_socket, closed_with, exchange, heartbeat, report
 
@@ -34,14 +34,13 @@ def _bearer(key: str) -> dict[str, str]:
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    keys = tmp_path / "agent-keys"
-    keys.write_text(f"team-a:{KEY_A}\nteam-b:{KEY_B}\n")
+    keys = agent_keys_file(tmp_path, {"team-a": KEY_A, "team-b": KEY_B})
     hub, store = LocalHub(), MemoryStore()
     async with contextlib.AsyncExitStack() as stack:
         pair = []
         for name in ("node-a", "node-b"):
             node = run_node(
-                tmp_path, store=store, bus=LocalBus(name, hub), node_id=name, agent_keys_file=str(keys)
+                tmp_path, store=store, bus=LocalBus(name, hub), node_id=name, agent_keys_file=keys
             )
             pair.append(await stack.enter_async_context(node))
         yield pair[0], pair[1]

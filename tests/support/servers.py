@@ -21,6 +21,13 @@ from gateway.store.base import Store
 from harness.ports import free_port
 
 
+def agent_keys_file(tmp_path: Path, keys: dict[str, str]) -> str:
+    """An --agent-keys-file of `key id: key` lines in the test's directory; its path."""
+    path = tmp_path / "agent-keys"
+    path.write_text("".join(f"{key_id}:{key}\n" for key_id, key in keys.items()))
+    return str(path)
+
+
 @dataclass
 class Node:
     services: Services

@@ -14,7 +14,7 @@ from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from gateway.transport.http import OpampHttp
 from gateway.transport.http_wire import Reply, RequestHeaders
-from tests.support.servers import Node, run_node
+from tests.support.servers import Node, agent_keys_file, run_node
 from tests.support.waiting import uid
 from tests.support.ws import CAPS, heartbeat, report
 
@@ -31,9 +31,8 @@ def _headers(key: str | None = KEY_A, content_type: str = "application/x-protobu
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    keys = tmp_path / "agent-keys"
-    keys.write_text(f"team-a:{KEY_A}\nteam-b:{KEY_B}\n")
-    async with run_node(tmp_path, agent_keys_file=str(keys)) as running:
+    keys = agent_keys_file(tmp_path, {"team-a": KEY_A, "team-b": KEY_B})
+    async with run_node(tmp_path, agent_keys_file=keys) as running:
         yield running
 
 

@@ -16,7 +16,7 @@ from gateway.opamp import capabilities as caps
 from gateway.proto import opamp_pb2 as pb
 from gateway.store.base import StoreError
 from gateway.transport.websocket import CLOSE_POLICY, CLOSE_TAKEN_OVER
-from tests.support.servers import Node, run_node
+from tests.support.servers import Node, agent_keys_file, run_node
 from tests.support.waiting import eventually, uid
 from tests.support.ws import CAPS, agent_socket, closed_with, exchange, heartbeat, recv, report
 
@@ -38,9 +38,8 @@ def _protobuf(key: str) -> dict[str, str]:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    keys = tmp_path / "agent-keys"
-    keys.write_text(f"team-a:{KEY_A}\nteam-b:{KEY_B}\n")
-    async with run_node(tmp_path, agent_keys_file=str(keys)) as running:
+    keys = agent_keys_file(tmp_path, {"team-a": KEY_A, "team-b": KEY_B})
+    async with run_node(tmp_path, agent_keys_file=keys) as running:
         yield running
 
 
